@@ -1,0 +1,438 @@
+"""`flows.toml` parsed once into frozen, validated objects.
+
+Nothing else in the project reads TOML: the rest of the code receives a `Config`.
+Every error names the file, the key, the value and what was expected, so a PBX admin
+can fix the file without reading code; a bad file never starts a half-working server.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from b2bua.policy import Record
+
+#: Where `b2bua run` looks when no --config is given and ./flows.toml is absent.
+PACKAGED_CONFIG = Path(__file__).with_name("data") / "flows.toml"
+
+#: RFC 3261 §19.1.2 default port; used when `listen` has no port.
+DEFAULT_SIP_PORT = 5060
+#: The feature-digit timeout: how long a `*` waits for its `1` before it is passed on.
+DEFAULT_FEATURE_TIMEOUT = 2.0
+#: Ring groups ring this long when the file does not say (seconds).
+DEFAULT_RING_TIMEOUT = 30
+#: An RTP port pair per party and two parties per call: a range needs at least one call.
+MIN_RTP_PORTS = 4
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the person editing the file."""
+
+    def __init__(self, path: Path | str, key: str, reason: str) -> None:
+        self.path = str(path)
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{self.path}: {key}: {reason}")
+
+
+@dataclass(frozen=True)
+class Server:
+    host: str
+    port: int
+    media_ip: str
+    rtp_ports: tuple[int, int]  # inclusive range
+    recordings_dir: Path
+    realm: str
+    pause: str = "silence"  # "silence" | "skip"
+    feature_timeout: float = DEFAULT_FEATURE_TIMEOUT
+    registrations_db: Path | None = None
+
+
+@dataclass(frozen=True)
+class Organisation:
+    name: str
+    call_recording: bool
+
+
+@dataclass(frozen=True)
+class Security:
+    """Brute-force protection for digest authentication."""
+
+    max_failures: int = 5
+    failure_window: float = 60.0
+    lockout_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
+class Trunk:
+    name: str
+    sources: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int | None], ...]
+    uri: str
+
+    def matches(self, host: str, port: int) -> bool:
+        """True when a packet from host:port comes from this trunk."""
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(ip in net and (p is None or p == port) for net, p in self.sources)
+
+
+@dataclass(frozen=True)
+class Number:
+    ddi: str
+    record: Record
+    to: tuple[str, str]  # ("ring_group" | "user", name)
+
+
+@dataclass(frozen=True)
+class RingGroup:
+    name: str
+    record: Record
+    members: tuple[str, ...]
+    ring_timeout: float
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    extension: str | None
+    password: str
+    record_inbound: Record
+    record_outbound: Record
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    server: Server
+    organisation: Organisation
+    security: Security = field(default_factory=Security)
+    trunks: tuple[Trunk, ...] = ()
+    numbers: tuple[Number, ...] = ()
+    ring_groups: tuple[RingGroup, ...] = ()
+    users: tuple[User, ...] = ()
+
+    def user(self, name: str) -> User | None:
+        return next((u for u in self.users if u.name == name), None)
+
+    def ring_group(self, name: str) -> RingGroup | None:
+        return next((g for g in self.ring_groups if g.name == name), None)
+
+    def number(self, dialled: str) -> Number | None:
+        """The number a Request-URI user part dials; a leading + is ignored."""
+        wanted = dialled.lstrip("+")
+        return next((n for n in self.numbers if n.ddi == wanted), None)
+
+    def user_by_extension(self, extension: str) -> User | None:
+        return next((u for u in self.users if u.extension == extension), None)
+
+    def trunk_for(self, host: str, port: int) -> Trunk | None:
+        return next((t for t in self.trunks if t.matches(host, port)), None)
+
+
+def load(path: Path | str | None = None) -> Config:
+    """Read the file `b2bua` should use: the given one, ./flows.toml, else the demo."""
+    if path is None:
+        local = Path("flows.toml")
+        if local.is_file():
+            return load_file(local)
+        # The demo inside the package: its relative paths would land in
+        # site-packages, so they are taken relative to the working directory.
+        return load_file(PACKAGED_CONFIG, base=Path.cwd())
+    return load_file(Path(path))
+
+
+def load_file(path: Path, base: Path | None = None) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(path, "(file)", f"cannot read: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "(syntax)", f"not valid TOML: {exc}") from None
+    return parse(data, path, base=base if base is not None else path.resolve().parent)
+
+
+# -- validation helpers -------------------------------------------------------------
+
+
+class _Reader:
+    """Reads one table, remembering the key path for error messages."""
+
+    def __init__(self, path: Path, where: str, table: Any) -> None:
+        self.path = path
+        self.where = where
+        if not isinstance(table, dict):
+            raise ConfigError(path, where, f"expected a table, got {_show(table)}")
+        self.table = table
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = ..., *, what: str = "") -> Any:
+        self.used.add(name)
+        if name not in self.table:
+            if default is ...:
+                raise ConfigError(self.path, self.key(name), f"missing; expected {what or _kind(kind)}")
+            return default
+        value = self.table[name]
+        # TOML booleans are ints to Python: keep them apart.
+        if isinstance(value, bool) and bool not in _as_tuple(kind):
+            raise ConfigError(self.path, self.key(name), f"got {_show(value)}, expected {what or _kind(kind)}")
+        if not isinstance(value, kind):
+            raise ConfigError(self.path, self.key(name), f"got {_show(value)}, expected {what or _kind(kind)}")
+        return value
+
+    def record(self, name: str) -> Record:
+        value = self.get(name, str, "dont_care", what='"yes", "no" or "dont_care"')
+        try:
+            return Record.parse(value)
+        except ValueError:
+            raise ConfigError(
+                self.path, self.key(name), f'got {_show(value)}, expected "yes", "no" or "dont_care"'
+            ) from None
+
+    def done(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise ConfigError(self.path, self.key(unknown[0]), "unknown key (a typo?)")
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _kind(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list", dict: "a table"}
+    return " or ".join(names.get(k, k.__name__) for k in _as_tuple(kind))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, dict):
+        return "a table"
+    return repr(value)
+
+
+def _host_port(path: Path, key: str, value: str, default_port: int | None) -> tuple[str, int | None]:
+    """Split "ip", "ip:port", "[v6]:port" into parts, checking both."""
+    host, port_text = value, None
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            raise ConfigError(path, key, f'got "{value}", expected "[IPv6]:port"')
+        host, rest = value[1:end], value[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigError(path, key, f'got "{value}", expected "[IPv6]:port"')
+            port_text = rest[1:]
+    elif value.count(":") == 1:
+        host, port_text = value.split(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(path, key, f'got "{value}", expected an IP address (optionally with :port)') from None
+    if port_text is None:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(path, key, f'got "{value}", the port must be 1-65535')
+    return host, int(port_text)
+
+
+# -- sections -------------------------------------------------------------------------
+
+
+def parse(data: dict[str, Any], path: Path, base: Path) -> Config:
+    top = _Reader(path, "", data)
+    server = _server(path, base, top.get("server", dict, what="a [server] table"))
+    org_table = _Reader(path, "organisation", top.get("organisation", dict, {}))
+    organisation = Organisation(
+        name=org_table.get("name", str, "Organisation"),
+        call_recording=org_table.get("call_recording", bool, True),
+    )
+    org_table.done()
+    security = _security(path, top.get("security", dict, {}))
+    trunks = tuple(_trunk(path, i, t) for i, t in enumerate(top.get("trunks", list, [])))
+    users = tuple(_user(path, i, u) for i, u in enumerate(top.get("users", list, [])))
+    groups = tuple(_ring_group(path, i, g) for i, g in enumerate(top.get("ring_groups", list, [])))
+    numbers = tuple(_number(path, i, n) for i, n in enumerate(top.get("numbers", list, [])))
+    top.done()
+    config = Config(path, server, organisation, security, trunks, numbers, groups, users)
+    _cross_check(config)
+    return config
+
+
+def _server(path: Path, base: Path, table: Any) -> Server:
+    r = _Reader(path, "server", table)
+    host, port = _host_port(path, "server.listen", r.get("listen", str, "127.0.0.1:5060"), DEFAULT_SIP_PORT)
+    media_ip = r.get("media_ip", str, host)
+    try:
+        ipaddress.ip_address(media_ip)
+    except ValueError:
+        raise ConfigError(path, "server.media_ip", f'got "{media_ip}", expected an IP address') from None
+    ports_text = r.get("rtp_ports", str, "20000-20999", what='a range like "20000-20999"')
+    parts = ports_text.split("-")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(path, "server.rtp_ports", f'got "{ports_text}", expected a range like "20000-20999"')
+    low, high = (int(p) for p in parts)
+    if not 1024 <= low < high <= 65535:
+        raise ConfigError(path, "server.rtp_ports", f'got "{ports_text}", expected 1024 <= first < last <= 65535')
+    if high - low + 1 < MIN_RTP_PORTS:
+        raise ConfigError(path, "server.rtp_ports", f'got "{ports_text}", expected at least {MIN_RTP_PORTS} ports (two RTP/RTCP pairs make one call)')
+    if media_ip == host or _is_wildcard(host) or _is_wildcard(media_ip):
+        if port is not None and low <= port <= high:
+            raise ConfigError(path, "server.rtp_ports", f'"{ports_text}" overlaps the SIP port {port} of server.listen')
+    recordings = Path(r.get("recordings_dir", str, "recordings"))
+    if not recordings.is_absolute():
+        recordings = base / recordings
+    pause = r.get("pause", str, "silence", what='"silence" or "skip"')
+    if pause not in ("silence", "skip"):
+        raise ConfigError(path, "server.pause", f'got "{pause}", expected "silence" or "skip"')
+    timeout = r.get("feature_digit_timeout", (int, float), DEFAULT_FEATURE_TIMEOUT)
+    if not 0.2 <= timeout <= 10:
+        raise ConfigError(path, "server.feature_digit_timeout", f"got {timeout}, expected 0.2 to 10 seconds")
+    db_text = r.get("registrations_db", str, "")
+    db = Path(db_text) if db_text else recordings.parent / "registrations.sqlite3"
+    if not db.is_absolute():
+        db = base / db
+    server = Server(
+        host=host,
+        port=port or DEFAULT_SIP_PORT,
+        media_ip=media_ip,
+        rtp_ports=(low, high),
+        recordings_dir=recordings,
+        realm=r.get("realm", str, "b2bua"),
+        pause=pause,
+        feature_timeout=float(timeout),
+        registrations_db=db,
+    )
+    r.done()
+    return server
+
+
+def _is_wildcard(ip: str) -> bool:
+    return ip in ("0.0.0.0", "::")
+
+
+def _security(path: Path, table: Any) -> Security:
+    r = _Reader(path, "security", table)
+    sec = Security(
+        max_failures=r.get("max_auth_failures", int, 5),
+        failure_window=float(r.get("failure_window", (int, float), 60)),
+        lockout_seconds=float(r.get("lockout_seconds", (int, float), 600)),
+    )
+    r.done()
+    if sec.max_failures < 1:
+        raise ConfigError(path, "security.max_auth_failures", f"got {sec.max_failures}, expected at least 1")
+    return sec
+
+
+def _trunk(path: Path, i: int, table: Any) -> Trunk:
+    r = _Reader(path, f"trunks[{i}]", table)
+    name = r.get("name", str)
+    sources = []
+    for j, src in enumerate(r.get("sources", list, what='a list like ["127.0.0.1:5080", "203.0.113.0/24"]')):
+        key = f"trunks[{i}].sources[{j}]"
+        if not isinstance(src, str):
+            raise ConfigError(path, key, f"got {_show(src)}, expected a string")
+        if "/" in src:
+            try:
+                sources.append((ipaddress.ip_network(src, strict=False), None))
+            except ValueError:
+                raise ConfigError(path, key, f'got "{src}", expected a CIDR like "203.0.113.0/24"') from None
+        else:
+            host, port = _host_port(path, key, src, None)
+            sources.append((ipaddress.ip_network(host), port))
+    uri = r.get("uri", str)
+    if not uri.lower().startswith(("sip:", "sips:")):
+        raise ConfigError(path, f"trunks[{i}].uri", f'got "{uri}", expected a SIP URI like "sip:203.0.113.5:5060"')
+    r.done()
+    return Trunk(name, tuple(sources), uri)
+
+
+def _user(path: Path, i: int, table: Any) -> User:
+    r = _Reader(path, f"users[{i}]", table)
+    name = r.get("name", str)
+    if not name or any(c in name for c in ' :@;<>"'):
+        raise ConfigError(path, f"users[{i}].name", f'got "{name}", expected a SIP user name (no spaces, : @ ; < > ")')
+    extension = r.get("extension", (str, int), None)
+    user = User(
+        name=name,
+        extension=str(extension) if extension is not None else None,
+        password=r.get("password", str),
+        record_inbound=r.record("record_inbound"),
+        record_outbound=r.record("record_outbound"),
+    )
+    if not user.password:
+        raise ConfigError(path, f"users[{i}].password", "is empty; every user needs a password")
+    r.done()
+    return user
+
+
+def _ring_group(path: Path, i: int, table: Any) -> RingGroup:
+    r = _Reader(path, f"ring_groups[{i}]", table)
+    members = r.get("members", list, what='a list of user names like ["alice", "bob"]')
+    for j, m in enumerate(members):
+        if not isinstance(m, str):
+            raise ConfigError(path, f"ring_groups[{i}].members[{j}]", f"got {_show(m)}, expected a user name")
+    timeout = r.get("ring_timeout", (int, float), DEFAULT_RING_TIMEOUT)
+    if not 1 <= timeout <= 600:
+        raise ConfigError(path, f"ring_groups[{i}].ring_timeout", f"got {timeout}, expected 1 to 600 seconds")
+    group = RingGroup(r.get("name", str), r.record("record"), tuple(members), float(timeout))
+    r.done()
+    return group
+
+
+def _number(path: Path, i: int, table: Any) -> Number:
+    r = _Reader(path, f"numbers[{i}]", table)
+    ddi = r.get("ddi", (str, int))
+    ddi = str(ddi).lstrip("+")
+    if not ddi or not all(c.isdigit() or c in "*#" for c in ddi):
+        raise ConfigError(path, f"numbers[{i}].ddi", f'got "{ddi}", expected digits like "441632960000"')
+    to = r.get("to", str, what='"ring_group:NAME" or "user:NAME"')
+    kind, _, name = to.partition(":")
+    if kind not in ("ring_group", "user") or not name:
+        raise ConfigError(path, f"numbers[{i}].to", f'got "{to}", expected "ring_group:NAME" or "user:NAME"')
+    number = Number(ddi, r.record("record"), (kind, name))
+    r.done()
+    return number
+
+
+def _cross_check(config: Config) -> None:
+    path = config.path
+    _unique(path, "users", [u.name for u in config.users], "name")
+    _unique(path, "users", [u.extension for u in config.users], "extension")
+    _unique(path, "ring_groups", [g.name for g in config.ring_groups], "name")
+    _unique(path, "numbers", [n.ddi for n in config.numbers], "ddi")
+    _unique(path, "trunks", [t.name for t in config.trunks], "name")
+    names = {u.name for u in config.users}
+    for i, group in enumerate(config.ring_groups):
+        for j, member in enumerate(group.members):
+            if member not in names:
+                raise ConfigError(path, f"ring_groups[{i}].members[{j}]", f'"{member}" is in no [[users]] table')
+    groups = {g.name for g in config.ring_groups}
+    for i, number in enumerate(config.numbers):
+        kind, name = number.to
+        if kind == "user" and name not in names:
+            raise ConfigError(path, f"numbers[{i}].to", f'"user:{name}": no [[users]] table has name = "{name}"')
+        if kind == "ring_group" and name not in groups:
+            raise ConfigError(path, f"numbers[{i}].to", f'"ring_group:{name}": no [[ring_groups]] table has name = "{name}"')
+
+
+def _unique(path: Path, table: str, values: list[str | None], key: str) -> None:
+    seen: dict[str, int] = {}
+    for i, value in enumerate(values):
+        if value is None:
+            continue
+        if value in seen:
+            raise ConfigError(path, f"{table}[{i}].{key}", f'"{value}" is used twice (also {table}[{seen[value]}])')
+        seen[value] = i
