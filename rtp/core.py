@@ -1,0 +1,301 @@
+"""The asyncio edge of the media relay: sockets, ports and the 20 ms clock.
+
+Everything about media decisions lives in the sans-IO `rtp.relay.CallRelay`; this module
+only moves datagrams between UDP sockets and relays, and ticks their timers.
+
+Why raw non-blocking sockets with `loop.add_reader` rather than datagram protocols: a
+session must be opened synchronously (the signalling side needs our ports for the SDP
+it is writing), and a reader callback that drains the socket in a loop is the cheapest
+per-packet path both asyncio and uvloop offer. Sends are `sendto` on a non-blocking
+socket; a full socket buffer drops the packet (counted), as the network would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from b2bua.call import Call, MediaEndpoint
+from rtp.feature import FEATURE_TIMEOUT
+from rtp.prompts import Prompts, load_prompts
+from rtp.relay import TICK_INTERVAL, CallRelay, Datagram, recorder_factory
+
+MAX_DATAGRAM = 2048  # bytes read per datagram: above any G.711 packet and the Ethernet MTU
+MAX_READS_PER_WAKEUP = 64  # datagrams drained per readiness callback before yielding to other sockets
+SOCKET_BUFFER = 256 * 1024  # receive buffer per socket: ~1 s of a 50 pps stream survives a stalled loop
+PORTS_PER_SESSION = 2  # one RTP/RTCP pair facing each party
+
+
+class PortsExhausted(RuntimeError):
+    """No free even RTP port (with its odd RTCP neighbour) left in the configured range."""
+
+
+def _bind(ip: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+        except OSError:
+            pass
+        sock.bind((ip, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class MediaSession:
+    """One call's media: two RTP/RTCP port pairs and the relay between them."""
+
+    def __init__(self, core: MediaCore, call: Call, base_ports: tuple[int, int], sockets: list[socket.socket]) -> None:
+        self.core = core
+        self.call = call
+        self.relay = CallRelay(call, core.prompts, core.make_recorder, feature_timeout=core.feature_timeout)
+        self._base_ports = base_ports
+        # [rtp leg 0, rtcp leg 0, rtp leg 1, rtcp leg 1]
+        self._sockets = sockets
+        self._rtp = (sockets[0], sockets[2])
+        self._rtcp = (sockets[1], sockets[3])
+        self.send_errors = 0
+        self.closed = False
+        now = time.monotonic()
+        for channel, party in enumerate(call.parties):
+            if party.media is not None:  # SDP signalling already knew when it opened the session
+                self.relay.set_media(channel, party.media, now)
+        loop = core.loop
+        for channel in (0, 1):
+            loop.add_reader(self._rtp[channel].fileno(), self._on_rtp, channel)
+            loop.add_reader(self._rtcp[channel].fileno(), self._on_rtcp, channel)
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        """Our RTP port facing channel 1's party (leg 0), and facing channel 2's (leg 1)."""
+        return self._base_ports
+
+    def set_media(self, channel: int, endpoint: MediaEndpoint) -> None:
+        """A party's negotiated stream (channel 0 or 1); again on re-INVITE or hold."""
+        self.relay.set_media(channel, endpoint, time.monotonic())
+
+    def answered(self, now: float | None = None) -> None:
+        """The call is answered: starts the recording clock (call.record_at_answer)."""
+        self.relay.answered(time.monotonic() if now is None else now)
+
+    def dtmf(self, channel: int, digit: str, now: float | None = None) -> None:
+        """A digit from SIP INFO: the same *1 rules as RFC 4733 digits."""
+        self._send(self.relay.dtmf(channel, digit, time.monotonic() if now is None else now))
+
+    def close(self) -> None:
+        """Finalise the recording and free the ports. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        loop = self.core.loop
+        for sock in self._sockets:
+            try:
+                loop.remove_reader(sock.fileno())
+            except (ValueError, RuntimeError):  # loop already closed at shutdown
+                pass
+            sock.close()
+        try:
+            self.relay.close(time.monotonic())
+        finally:
+            self.core._release(self)
+
+    # -- datagrams -------------------------------------------------------------------
+
+    def _on_rtp(self, channel: int) -> None:
+        sock = self._rtp[channel]
+        relay = self.relay
+        monotonic = time.monotonic
+        for _ in range(MAX_READS_PER_WAKEUP):
+            try:
+                data, addr = sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. ICMP port unreachable reported on a later read
+                continue
+            try:
+                out = relay.receive(channel, data, addr[:2], monotonic())
+            except Exception:  # a relay bug must cost one packet, not the event loop's reader
+                self.core.log.exception("media relay failed on a packet for call %s", self.call.call_id)
+                continue
+            if out:
+                self._send(out)
+
+    def _on_rtcp(self, channel: int) -> None:
+        sock = self._rtcp[channel]
+        for _ in range(MAX_READS_PER_WAKEUP):
+            try:
+                data, addr = sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            for leg, payload, target in self.relay.receive_rtcp(channel, data, addr[:2], time.monotonic()):
+                self._sendto(self._rtcp[leg], payload, target)
+
+    def _send(self, out: list[Datagram]) -> None:
+        rtp = self._rtp
+        for leg, payload, target in out:
+            self._sendto(rtp[leg], payload, target)
+
+    def _sendto(self, sock: socket.socket, payload: bytes, target: tuple[str, int]) -> None:
+        try:
+            sock.sendto(payload, target)
+        except OSError:  # full buffer, unreachable network: a lost packet, as on the wire
+            self.send_errors += 1
+
+    def _tick(self, now: float) -> None:
+        out = self.relay.tick(now)
+        if out:
+            self._send(out)
+
+
+class MediaCore:
+    """All calls' media on one event loop: port allocation and the shared 20 ms tick."""
+
+    def __init__(
+        self,
+        media_ip: str,
+        port_range: tuple[int, int],
+        recordings_dir: Path | str,
+        pause_mode: str = "silence",
+        feature_timeout: float = FEATURE_TIMEOUT,
+        log: logging.Logger | None = None,
+        *,
+        prompts: Prompts | None = None,
+        make_recorder: Callable | None = None,
+    ) -> None:
+        low, high = port_range
+        if low % 2:
+            low += 1  # RTP on even ports, RTCP on the odd port above (RFC 3550 §11)
+        if high - low < 2 * PORTS_PER_SESSION - 1:
+            raise ValueError(f"RTP port range {port_range} holds fewer than {PORTS_PER_SESSION} even/odd pairs")
+        self.media_ip = media_ip
+        self.port_range = (low, high)
+        self.recordings_dir = Path(recordings_dir)
+        self.pause_mode = pause_mode
+        self.feature_timeout = feature_timeout
+        self.log = log if log is not None else logging.getLogger("rtp")
+        self.prompts = prompts if prompts is not None else load_prompts()
+        self.make_recorder = (
+            make_recorder if make_recorder is not None else recorder_factory(self.recordings_dir, pause_mode)
+        )
+        self.sessions: list[MediaSession] = []
+        self._in_use: set[int] = set()
+        self._cursor = low
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._next_tick = 0.0
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    @property
+    def free_pairs(self) -> int:
+        """Even/odd port pairs not in use (some may still be taken by other processes)."""
+        low, high = self.port_range
+        return (high - low + 1) // 2 - len(self._in_use)
+
+    def open_session(self, call: Call) -> MediaSession:
+        """Bind two RTP/RTCP pairs for `call` at once; PortsExhausted when the range is full."""
+        sockets: list[socket.socket] = []
+        bases: list[int] = []
+        try:
+            while len(bases) < PORTS_PER_SESSION:
+                base, rtp, rtcp = self._bind_pair()
+                bases.append(base)
+                sockets += [rtp, rtcp]
+                self._in_use.add(base)
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            for base in bases:
+                self._in_use.discard(base)
+            raise
+        session = MediaSession(self, call, (bases[0], bases[1]), sockets)
+        self.sessions.append(session)
+        self._start_ticking()
+        return session
+
+    def _bind_pair(self) -> tuple[int, socket.socket, socket.socket]:
+        low, high = self.port_range
+        pairs = (high - low + 1) // 2
+        for _ in range(pairs):
+            base = self._cursor
+            self._cursor = base + 2 if base + 3 <= high else low
+            if base in self._in_use:
+                continue
+            try:
+                rtp = _bind(self.media_ip, base)
+            except OSError as exc:
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    continue  # another process holds it: try the next pair
+                raise
+            try:
+                rtcp = _bind(self.media_ip, base + 1)
+            except OSError as exc:
+                rtp.close()
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    continue
+                raise
+            return base, rtp, rtcp
+        raise PortsExhausted(
+            f"no free RTP port pair in {low}-{high} on {self.media_ip}: "
+            f"{len(self._in_use)} pairs in use by {len(self.sessions)} calls; widen [server] rtp_ports"
+        )
+
+    def _release(self, session: MediaSession) -> None:
+        for base in session.ports:
+            self._in_use.discard(base)
+        try:
+            self.sessions.remove(session)
+        except ValueError:
+            pass
+        if not self.sessions and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- the shared clock --------------------------------------------------------------
+
+    def _start_ticking(self) -> None:
+        if self._timer is None:
+            self._next_tick = self.loop.time() + TICK_INTERVAL
+            self._timer = self.loop.call_at(self._next_tick, self._tick)
+
+    def _tick(self) -> None:
+        """Every 20 ms: drive only the relays with something due (held `*`, prompt, flush)."""
+        now = time.monotonic()
+        for session in list(self.sessions):
+            relay = session.relay
+            if relay.busy or now >= relay.next_flush:
+                try:
+                    session._tick(now)
+                except Exception:  # one call's failure must not stop every call's clock
+                    self.log.exception("media tick failed for call %s", session.call.call_id)
+        loop = self.loop
+        self._next_tick += TICK_INTERVAL
+        if self._next_tick < loop.time():  # fell behind: skip missed ticks instead of bursting
+            self._next_tick = loop.time() + TICK_INTERVAL
+        self._timer = loop.call_at(self._next_tick, self._tick) if self.sessions else None
+
+    async def close(self) -> None:
+        """Finalise every recording and free every port (graceful shutdown, SIGTERM)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for session in list(self.sessions):
+            try:
+                session.close()
+            except Exception:
+                self.log.exception("closing media for call %s failed", session.call.call_id)

@@ -1,0 +1,416 @@
+"""One call's recording: a two-channel WAV and its JSON sidecar (contract: "Recordings").
+
+The relay feeds decoded packets with `add()`; `set_recording()` follows the policy at answer
+and each *1; `flush(now)`, called about every `FLUSH_INTERVAL_SECONDS`, writes every position
+older than the jitter window; `close(now)` finalises. No clock is read except once, at
+construction, for the wall-clock time of `t0` (`wall_t0`), which dates the sidecar.
+
+Timeline (see `rtp.timeline`): positions are samples since `t0`. The file starts at the
+position where recording first starts; in "silence" mode file position = timeline position
+minus that start, paused spans being zeros; in "skip" mode the paused spans are left out.
+
+Durability: the WAV header is true after every block (`rtp.wavfile`), so a kill -9 leaves a
+playable file of everything up to the last flush. A failed write (ENOSPC, EIO) is logged once
+per call and never raised: finished audio waits in memory, up to `MAX_BACKLOG_SECONDS`, and
+is retried at each flush; beyond that the oldest waiting audio becomes silence of the same
+length, so the timeline never shifts and memory stays bounded. `repair()` fixes recordings a
+crash left unfinalised.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from b2bua.call import Call
+from rtp.sidecar import describe_call, iso_utc, read_sidecar, write_sidecar
+from rtp.timeline import CHANNELS, SAMPLE_RATE, StreamClock, Timeline
+from rtp.wavfile import SAMPLE_WIDTH, WavWriter, repair_wav
+
+# A packet arriving up to this late still lands in its place. Adaptive jitter buffers in
+# phones top out around 200 ms (and ITU-T G.114 puts 150 ms one-way as the quality limit),
+# so later audio would have been discarded by a listener anyway. With flushes every
+# second, at most FLUSH_INTERVAL + JITTER_WINDOW of audio is only in memory at any time.
+JITTER_WINDOW_SECONDS = 0.2
+JITTER_WINDOW_SAMPLES = int(JITTER_WINDOW_SECONDS * SAMPLE_RATE)
+# How often the owner should call flush(): what a crash may lose, against one write and
+# two header patches per call per flush (2,000 calls: ~6,000 small syscalls a second).
+FLUSH_INTERVAL_SECONDS = 1.0
+# Finished audio kept in memory while the disk refuses writes: 60 s is ~1.9 MB per call.
+MAX_BACKLOG_SECONDS = 60.0
+MAX_BACKLOG_FRAMES = int(MAX_BACKLOG_SECONDS * SAMPLE_RATE)
+SILENCE_CHUNK_FRAMES = 10 * SAMPLE_RATE  # silence written after an outage, 320 kB at a time
+PAUSE_MODES = ("silence", "skip")  # contract: [server] pause
+
+_default_log = logging.getLogger(__name__)
+
+
+class Recorder:
+    """Records one call; created at answer with `t0` = the answer's monotonic time.
+
+    If `call.record_at_answer` (and the organisation records at all), recording starts at
+    construction, at `t0`: a caller that also calls `set_recording(True, t0, None)` at
+    answer changes nothing. With `call.recording_enabled` false the recorder does nothing.
+    `wall_t0` is the UTC wall-clock time matching `t0`; it defaults to now, the one clock
+    read here, taken at construction so everything after it is driven by the caller's `now`.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        call: Call,
+        pause_mode: str,
+        t0: float,
+        *,
+        wall_t0: datetime | None = None,
+        log: logging.Logger | None = None,
+    ) -> None:
+        if pause_mode not in PAUSE_MODES:
+            raise ValueError(f"pause mode must be one of {PAUSE_MODES}, not {pause_mode!r}")
+        if not call.call_id or "/" in call.call_id or "\\" in call.call_id or call.call_id in (".", ".."):
+            raise ValueError(f"call id {call.call_id!r} cannot name a file")
+        self.call = call
+        self.pause_mode = pause_mode
+        self._skip = pause_mode == "skip"
+        self._t0 = t0
+        self._wall_t0 = wall_t0 if wall_t0 is not None else datetime.now(UTC)
+        self._log = log if log is not None else _default_log
+        started = call.started if call.started.tzinfo else call.started.replace(tzinfo=UTC)
+        day = started.astimezone(UTC)
+        folder = Path(directory) / f"{day.year:04d}" / f"{day.month:02d}" / f"{day.day:02d}"
+        self.wav_path = folder / f"{call.call_id}.wav"
+        self.json_path = folder / f"{call.call_id}.json"
+
+        self._enabled = call.recording_enabled
+        self._clocks = tuple(StreamClock() for _ in range(CHANNELS))
+        self._timeline = Timeline(CHANNELS)
+        self._recording = False
+        self._file_start: int | None = None  # timeline position of the file's first frame
+        self._spans: list[list[int | None]] = []  # recorded [start, end) positions; end None: open
+        self._span_cursor = 0  # spans before this end before the timeline base
+        self._events: list[tuple[int, str, str | None]] = []  # (position, event, by)
+        self._writer: WavWriter | None = None
+        self._gave_up = False  # the WAV could not be created for good (e.g. already exists)
+        self._backlog: deque[np.ndarray | int] = deque()  # frames arrays, or silence lengths
+        self._backlog_frames = 0  # frames held as arrays (memory), silence not counted
+        self._sidecar_dirty = False
+        self._disk_failing = False
+        self._disk_error_logged = False
+        self._overflow_logged = False
+        self.silenced_frames = 0  # finished audio replaced by silence after a long outage
+        self._ended: datetime | None = None
+        self._closed = False
+        if self._enabled and call.record_at_answer:
+            self.set_recording(True, t0, None)
+
+    # -- feeding -------------------------------------------------------------------------
+
+    @property
+    def recording(self) -> bool:
+        """Whether audio arriving now is recorded."""
+        return self._recording
+
+    def _pos(self, t: float) -> int:
+        return round((t - self._t0) * SAMPLE_RATE)
+
+    def add(self, channel: int, ssrc: int, seq: int, timestamp: int, samples: np.ndarray,
+            arrival: float) -> None:
+        """Place one packet's decoded int16 samples (channel 0: external party, 1: user)."""
+        if self._closed or not self._enabled or samples.shape[0] == 0:
+            return
+        if channel != 0 and channel != 1:
+            raise ValueError(f"channel must be 0 or 1, not {channel!r}")
+        timeline = self._timeline
+        pos = self._clocks[channel].position(
+            ssrc, seq & 0xFFFF, timestamp & 0xFFFFFFFF, samples.shape[0],
+            round((arrival - self._t0) * SAMPLE_RATE), timeline.base,
+        )
+        timeline.place(channel, pos, samples)
+
+    def set_recording(self, on: bool, now: float, by: str | None) -> None:
+        """Start, pause or resume at `now`; `by` is the user who pressed *1 (None: policy).
+
+        The first start creates the file; later changes add a sidecar event. Asking for
+        the state already in force does nothing.
+        """
+        if self._closed or not self._enabled or on == self._recording:
+            return
+        pos = max(self._pos(now), self._timeline.base)
+        if self._spans:
+            pos = max(pos, self._spans[-1][0], self._spans[-1][1] or 0)  # type: ignore[type-var]
+        if on:
+            first = self._file_start is None
+            if first:
+                self._file_start = pos
+            if self._spans and self._spans[-1][1] == pos:
+                self._spans[-1][1] = None  # resumed at the very position it paused: one span
+            else:
+                self._spans.append([pos, None])
+            if not first or by is not None:
+                self._events.append((pos, "resumed", by))
+        else:
+            span = self._spans[-1]
+            span[1] = pos
+            self._events.append((pos, "paused", by))
+        self._recording = on
+        self._sidecar_dirty = True
+        if self._file_start is not None:
+            self._write_out()
+
+    # -- writing -------------------------------------------------------------------------
+
+    def flush(self, now: float) -> None:
+        """Write everything older than the jitter window; never raises on disk errors."""
+        if self._closed or not self._enabled:
+            return
+        self._finalise(self._pos(now) - JITTER_WINDOW_SAMPLES)
+        self._write_out()
+
+    def close(self, now: float) -> None:
+        """Finalise at `now`: end the recording, write all audio, set `ended` in the sidecar."""
+        if self._closed:
+            return
+        if not self._enabled:
+            self._closed = True
+            return
+        end = max(self._pos(now), self._timeline.base)
+        if self._recording:
+            last = self._spans[-1]
+            last[1] = max(end, last[0])  # type: ignore[type-var]
+            self._recording = False
+        self._finalise(end)
+        self._ended = self._wall_t0 + timedelta(seconds=now - self._t0)
+        self._closed = True
+        if self._file_start is None:
+            return  # never recorded: no file at all
+        self._sidecar_dirty = True
+        self._write_out()
+        if self._writer is not None:
+            self._writer.close()
+        if self._backlog:
+            self._log.error(
+                "recording %s: closed with %.1f s of audio not written to %s",
+                self.call.call_id, self._pending_frames() / SAMPLE_RATE, self.wav_path,
+            )
+
+    def _pending_frames(self) -> int:
+        return sum(item if isinstance(item, int) else item.shape[0] for item in self._backlog)
+
+    def _finalise(self, upto: int) -> None:
+        """Move timeline positions below `upto` into the backlog, in file order."""
+        timeline = self._timeline
+        base = timeline.base
+        if upto <= base:
+            return
+        start = self._file_start
+        lo = base if start is None else max(base, start)
+        if start is None or lo >= upto:
+            timeline.discard(upto)
+            return
+        spans = self._spans
+        while self._span_cursor < len(spans):
+            end = spans[self._span_cursor][1]
+            if end is not None and end <= lo:
+                self._span_cursor += 1
+            else:
+                break
+        overlaps: list[tuple[int, int]] = []
+        for span_start, span_end in spans[self._span_cursor:]:
+            if span_start >= upto:  # type: ignore[operator]
+                break
+            s = max(span_start, lo)  # type: ignore[type-var]
+            e = upto if span_end is None else min(span_end, upto)
+            if e > s:
+                overlaps.append((s, e))
+        if not overlaps:
+            timeline.discard(upto)
+            if not self._skip:
+                self._queue(upto - lo)
+            return
+        frames = timeline.take(upto)
+        if self._skip:
+            parts = [frames[s - base : e - base] for s, e in overlaps]
+            self._queue(parts[0] if len(parts) == 1 else np.concatenate(parts))
+            return
+        frames = frames[lo - base :]
+        if overlaps != [(lo, upto)]:
+            kept = np.zeros_like(frames)
+            for s, e in overlaps:
+                kept[s - lo : e - lo] = frames[s - lo : e - lo]
+            frames = kept
+        self._queue(frames)
+
+    def _queue(self, item: np.ndarray | int) -> None:
+        """Append finished frames (or a silence length); bound what is held in memory."""
+        backlog = self._backlog
+        if isinstance(item, int):
+            if backlog and isinstance(backlog[-1], int):
+                backlog[-1] += item
+            else:
+                backlog.append(item)
+            return
+        backlog.append(item)
+        self._backlog_frames += item.shape[0]
+        while self._backlog_frames > MAX_BACKLOG_FRAMES:
+            self._silence_oldest()
+
+    def _silence_oldest(self) -> None:
+        """Replace the oldest waiting audio by silence of the same length (keeps alignment)."""
+        backlog = self._backlog
+        for i, item in enumerate(backlog):
+            if not isinstance(item, int):
+                n = item.shape[0]
+                backlog[i] = n
+                self._backlog_frames -= n
+                self.silenced_frames += n
+                break
+        merged: deque[np.ndarray | int] = deque()
+        for item in backlog:
+            if isinstance(item, int) and merged and isinstance(merged[-1], int):
+                merged[-1] += item
+            else:
+                merged.append(item)
+        self._backlog = merged
+        if not self._overflow_logged:
+            self._overflow_logged = True
+            self._log.error(
+                "recording %s: disk unavailable for over %.0f s; older audio kept as silence",
+                self.call.call_id, MAX_BACKLOG_FRAMES / SAMPLE_RATE,
+            )
+
+    def _write_out(self) -> None:
+        """Write the backlog and a dirty sidecar; on OSError keep them for the next flush."""
+        if self._file_start is None or self._gave_up:
+            return
+        try:
+            if self._writer is None:
+                self.wav_path.parent.mkdir(parents=True, exist_ok=True)
+                self._writer = WavWriter(self.wav_path, SAMPLE_RATE, CHANNELS)
+                self._sidecar_dirty = True
+            backlog = self._backlog
+            while backlog:
+                item = backlog[0]
+                if isinstance(item, int):
+                    while backlog[0] > 0:  # type: ignore[operator]
+                        n = min(backlog[0], SILENCE_CHUNK_FRAMES)  # type: ignore[type-var]
+                        self._writer.write(bytes(n * CHANNELS * SAMPLE_WIDTH))
+                        backlog[0] -= n  # type: ignore[operator]
+                else:
+                    self._writer.write(item)
+                    self._backlog_frames -= item.shape[0]
+                backlog.popleft()
+            if self._sidecar_dirty:
+                write_sidecar(self.json_path, self._sidecar())
+                self._sidecar_dirty = False
+        except FileExistsError:
+            self._gave_up = True
+            self._backlog.clear()
+            self._backlog_frames = 0
+            self._log.error(
+                "recording %s: %s already exists; not overwriting, call not recorded",
+                self.call.call_id, self.wav_path,
+            )
+            return
+        except OSError as exc:
+            if not self._disk_error_logged:
+                self._disk_error_logged = True
+                self._log.error(
+                    "recording %s: cannot write %s: %s; holding up to %.0f s in memory, retrying",
+                    self.call.call_id, self.wav_path.parent, exc, MAX_BACKLOG_FRAMES / SAMPLE_RATE,
+                )
+            self._disk_failing = True
+            return
+        if self._disk_failing:
+            self._disk_failing = False
+            self._log.warning("recording %s: writing again to %s", self.call.call_id, self.wav_path)
+
+    # -- sidecar -------------------------------------------------------------------------
+
+    def _file_time(self, pos: int) -> float:
+        """Seconds into the file of timeline position `pos` (within or at a span's edge)."""
+        assert self._file_start is not None
+        if not self._skip:
+            return (pos - self._file_start) / SAMPLE_RATE
+        recorded = 0
+        for start, end in self._spans:
+            if start >= pos:  # type: ignore[operator]
+                break
+            recorded += (pos if end is None or end > pos else end) - start  # type: ignore[operator]
+        return recorded / SAMPLE_RATE
+
+    def _sidecar(self) -> dict[str, Any]:
+        assert self._file_start is not None
+        started = self._wall_t0 + timedelta(seconds=self._file_start / SAMPLE_RATE)
+        segments = []
+        for start, end in self._spans:
+            s = self._file_time(start)  # type: ignore[arg-type]
+            segments.append([s, None if end is None else s + self._span_length(start, end)])
+        data = describe_call(self.call)
+        data.update(
+            {
+                "started": iso_utc(started),
+                "ended": iso_utc(self._ended),
+                "sample_rate": SAMPLE_RATE,
+                "channels": CHANNELS,
+                "pause": self.pause_mode,
+                "segments": segments,
+                "events": [
+                    {"t": self._file_time(pos), "event": event, "by": by}
+                    for pos, event, by in self._events
+                ],
+            }
+        )
+        if self.silenced_frames:
+            data["silenced_s"] = self.silenced_frames / SAMPLE_RATE  # lost to a long disk outage
+        return data
+
+    def _span_length(self, start: int | None, end: int) -> float:
+        return (end - start) / SAMPLE_RATE  # type: ignore[operator]
+
+
+def repair(directory: Path, log: logging.Logger | None = None) -> list[Path]:
+    """Fix recordings left unfinalised by a crash; return the WAV paths repaired.
+
+    Run at start-up, before any call records (a live recording also has `ended` null). For
+    each sidecar with `ended` null and not already `recovered`: the WAV's header sizes are
+    rewritten from its length (a partial last frame cut off), an open segment is closed at
+    the end of the audio, and the sidecar gets `"recovered": true` (`ended` stays null:
+    when the call really ended is unknown).
+    """
+    log = log if log is not None else _default_log
+    repaired: list[Path] = []
+    root = Path(directory)
+    if not root.is_dir():
+        return repaired
+    for json_path in sorted(root.rglob("*.json")):
+        try:
+            data = read_sidecar(json_path)
+        except (OSError, ValueError) as exc:
+            log.warning("repair: skipping unreadable sidecar %s: %s", json_path, exc)
+            continue
+        if data.get("ended") is not None or data.get("recovered"):
+            continue
+        wav_path = json_path.with_suffix(".wav")
+        rate = int(data.get("sample_rate", SAMPLE_RATE))
+        channels = int(data.get("channels", CHANNELS))
+        try:
+            frames = repair_wav(wav_path, rate, channels) if wav_path.exists() else 0
+            duration = frames / rate
+            segments = data.get("segments") or []
+            if segments and segments[-1][1] is None:
+                segments[-1][1] = max(duration, segments[-1][0])
+            data["ended"] = None
+            data["recovered"] = True
+            write_sidecar(json_path, data)
+        except OSError as exc:
+            log.error("repair: cannot repair %s: %s", wav_path, exc)
+            continue
+        log.warning("repair: recovered unfinalised recording %s (%.1f s)", wav_path, duration)
+        if wav_path.exists():
+            repaired.append(wav_path)
+    return repaired

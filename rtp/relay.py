@@ -1,0 +1,648 @@
+"""The per-call media relay, sans-IO: datagrams and `now` in, datagrams to send out.
+
+One `CallRelay` sits between the call's two parties (legs 0 and 1, `Call.parties`
+order: leg 0 is recording channel 1, the external party or caller). For every packet it:
+
+1. latches: a party's packets are accepted from its SDP address, or, during the first
+   LATCH_WINDOW seconds after its SDP, from any port at its signalling IP (symmetric RTP
+   behind NAT, the address it then answers to); anyone else is a counted drop, so no
+   stranger's audio bleeds into a call;
+2. forwards audio to the other party under our own SSRC with continuous sequence numbers
+   and timestamps (`OutStream`), so packets we inject (prompts, regenerated digits) fit
+   in the stream the phone already follows (RFC 3550 §5.1, §8.2);
+3. runs RFC 4733 key presses of "user" parties through the *1 machine (rtp/feature.py):
+   swallowed, forwarded intact, or regenerated as a fresh event train when a held `*`
+   is passed on late;
+4. feeds the decoded audio, with its own SSRC/sequence/timestamp/arrival, to the
+   recorder, which places it on the call timeline by timestamp;
+5. mixes a playing prompt into the audio heading to the user who pressed *1, and makes
+   its own 20 ms packets when the other party sends none.
+
+The asyncio adapter (rtp/core.py) owns sockets and the clock and calls `receive`,
+`receive_rtcp`, `dtmf` and, every TICK_INTERVAL, `tick`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from b2bua.call import Call, MediaEndpoint, Party
+from rtp import g711
+from rtp.events import EventDetector, digit_train
+from rtp.feature import FEATURE_TIMEOUT, FeatureMachine, Forward, Release, State, Toggle
+from rtp.inband import InbandDetector
+from rtp.packet import RtpPacket
+from rtp.prompts import Prompts
+from rtp.sequence import MAX_DROPOUT, MAX_MISORDER
+
+LATCH_WINDOW = 10.0  # seconds after a party's SDP during which its signalling IP may latch: covers ringing-to-first-packet
+TICK_INTERVAL = 0.02  # the relay's own clock: one G.711 packet time (RFC 3551 §4.5 default ptime)
+FLUSH_INTERVAL = 1.0  # recorder flush period: at most a second of audio lost on a crash
+SOURCE_SILENT = 0.06  # three packet times without audio from the other party: play the prompt from our own clock
+SAMPLE_RATE = 8000  # G.711 (RFC 3551 §4.5.14)
+FRAME_SAMPLES = 160  # samples in one 20 ms packet
+MAX_DECISIONS = 16  # per-leg remembered forward/swallow decisions, by event: a few key presses back
+PAUSE_GRACE = 0.2  # after *1 pauses, late packets of the recorded span still reach the recorder (its jitter window)
+
+Datagram = tuple[int, bytes, tuple[str, int]]  # (leg it goes to, bytes, address)
+
+_HEADER = struct.Struct("!BBHII")
+_pack_header = _HEADER.pack
+_unpack_header = _HEADER.unpack_from
+_ULAW_DECODE = g711.ULAW_DECODE
+_ALAW_DECODE = g711.ALAW_DECODE
+_frombuffer = np.frombuffer
+_uint8 = np.uint8
+
+
+class RecorderLike(Protocol):
+    """What the relay needs of rtp.recorder.Recorder."""
+
+    recording: bool
+
+    def add(self, channel: int, ssrc: int, seq: int, timestamp: int, samples: np.ndarray, arrival: float) -> None: ...
+
+    def set_recording(self, on: bool, now: float, by: str | None) -> None: ...
+
+    def flush(self, now: float) -> None: ...
+
+    def close(self, now: float) -> None: ...
+
+
+RecorderFactory = Callable[[Call, float], RecorderLike]  # (call, t0) -> recorder
+
+
+def recorder_factory(directory: Path, pause_mode: str) -> RecorderFactory:
+    """The production factory: rtp.recorder.Recorder under `directory`."""
+    from rtp.recorder import Recorder  # the recorder module is only needed once a call is answered
+
+    def make(call: Call, t0: float) -> RecorderLike:
+        return Recorder(Path(directory), call, pause_mode, t0)
+
+    return make
+
+
+@dataclass(slots=True)
+class RelayStats:
+    """Counters: drops are counted, never raised (style.md §4)."""
+
+    forwarded: int = 0
+    malformed: int = 0  # not RTP v2, truncated, bad padding
+    unlatched: int = 0  # from an address that is not the party's: RTP bleed refused
+    no_target: int = 0  # nowhere to send (no SDP yet, hold, no telephone-event at the far end)
+    swallowed: int = 0  # telephone-event packets of *1 not passed on
+    injected: int = 0  # packets we made: prompts and regenerated digits
+    rtcp: int = 0
+
+
+class OutStream:
+    """Our RTP stream towards one party: own SSRC, continuous sequence and timestamp.
+
+    Forwarded packets keep their sender's spacing (gaps stay gaps, so the phone's
+    loss concealment still works) through two offsets; the offsets are re-based when
+    the source changes SSRC or jumps (RFC 3550 A.1 MAX_DROPOUT/MAX_MISORDER), and the
+    sequence offset grows by every packet we insert ourselves.
+    """
+
+    __slots__ = ("ssrc", "seq", "ts", "sent_at", "src_ssrc", "seq_offset", "ts_offset", "started", "check_ts")
+
+    def __init__(self, ssrc: int, seq: int, ts: int) -> None:
+        self.ssrc = ssrc
+        self.seq = seq  # the highest sequence number sent so far
+        self.ts = ts  # the newest audio timestamp sent so far
+        self.sent_at = 0.0  # when `ts` was sent
+        self.src_ssrc = -1  # the source stream the offsets are for
+        self.seq_offset = 0
+        self.ts_offset = 0
+        self.started = False
+        self.check_ts = False  # we generated audio: the next source packet must not go back in time
+
+    def map(self, src_ssrc: int, seq: int, ts: int, now: float) -> tuple[int, int]:
+        """Our sequence number and timestamp for a forwarded source packet."""
+        if src_ssrc != self.src_ssrc:
+            self._rebase(src_ssrc, seq, ts, now)
+        out_seq = (seq + self.seq_offset) & 0xFFFF
+        step = ((out_seq - self.seq + 0x8000) & 0xFFFF) - 0x8000
+        if step > MAX_DROPOUT or step < -MAX_MISORDER:
+            self._rebase(src_ssrc, seq, ts, now)
+            out_seq = (seq + self.seq_offset) & 0xFFFF
+            step = 1
+        out_ts = (ts + self.ts_offset) & 0xFFFFFFFF
+        if self.check_ts:
+            self.check_ts = False
+            if (out_ts - self.ts) & 0xFFFFFFFF >= 0x80000000 or out_ts == self.ts:
+                shift = self._elapsed_samples(now) - ((out_ts - self.ts) & 0xFFFFFFFF)
+                self.ts_offset += shift
+                out_ts = (out_ts + shift) & 0xFFFFFFFF
+        if step > 0:
+            self.seq = out_seq
+            if (out_ts - self.ts) & 0xFFFFFFFF < 0x80000000:
+                self.ts = out_ts
+                self.sent_at = now
+        return out_seq, out_ts
+
+    def skip(self, src_ssrc: int, seq: int) -> None:
+        """A source packet we swallow: close its sequence number gap, it is no loss."""
+        if src_ssrc == self.src_ssrc and (seq + self.seq_offset) & 0xFFFF == (self.seq + 1) & 0xFFFF:
+            self.seq_offset -= 1
+
+    def next_audio(self, now: float) -> tuple[int, int]:
+        """Sequence number and timestamp for one packet of our own audio (a prompt)."""
+        if not self.started:
+            self._start(now)
+            ts = self.ts
+        else:
+            ts = (self.ts + self._elapsed_samples(now)) & 0xFFFFFFFF
+        self.seq = (self.seq + 1) & 0xFFFF
+        self.seq_offset += 1
+        self.ts = ts
+        self.sent_at = now
+        self.check_ts = True
+        return self.seq, ts
+
+    def next_event(self, now: float, count: int) -> tuple[int, int]:
+        """First sequence number and the timestamp for `count` packets of one new event.
+
+        The event starts now (RFC 4733 §2.3.1); audio timestamps are left alone, since
+        an event's packets overlap the audio of the same moment.
+        """
+        if not self.started:
+            self._start(now)
+            ts = self.ts
+        else:
+            ts = (self.ts + self._elapsed_samples(now)) & 0xFFFFFFFF
+        first = (self.seq + 1) & 0xFFFF
+        self.seq = (self.seq + count) & 0xFFFF
+        self.seq_offset += count
+        return first, ts
+
+    def _elapsed_samples(self, now: float) -> int:
+        frames = round((now - self.sent_at) / TICK_INTERVAL)
+        return FRAME_SAMPLES * (frames if frames > 1 else 1)
+
+    def _start(self, now: float) -> None:
+        self.started = True
+        self.sent_at = now
+
+    def _rebase(self, src_ssrc: int, seq: int, ts: int, now: float) -> None:
+        if self.started:
+            target_seq = self.seq + 1
+            target_ts = self.ts + self._elapsed_samples(now)
+        else:
+            self.started = True
+            target_seq = self.seq
+            target_ts = self.ts
+        self.src_ssrc = src_ssrc
+        self.seq_offset = (target_seq - seq) & 0xFFFF
+        self.ts_offset = (target_ts - ts) & 0xFFFFFFFF
+        self.check_ts = False
+        self.seq = (target_seq - 1) & 0xFFFF  # so this packet counts as the next one
+        self.ts = target_ts & 0xFFFFFFFF
+        self.sent_at = now
+
+
+class Leg:
+    """One party: where its media comes from and goes to, and its key-press state."""
+
+    __slots__ = (
+        "index",
+        "party",
+        "endpoint",
+        "remote",
+        "latched",
+        "latch_until",
+        "rtcp_latched",
+        "audio_pt",
+        "dtmf_pt",
+        "detector",
+        "decisions",
+        "feature",
+        "inband",
+        "out",
+        "prompt",
+        "prompt_pos",
+        "source_at",
+        "gen_at",
+    )
+
+    def __init__(self, index: int, party: Party, out: OutStream, feature_timeout: float) -> None:
+        self.index = index
+        self.party = party
+        self.endpoint: MediaEndpoint | None = None
+        self.remote: tuple[str, int] | None = None  # the SDP address: accepted, and sent to until latched
+        self.latched: tuple[str, int] | None = None  # where its packets really come from (and where we send)
+        self.latch_until = 0.0
+        self.rtcp_latched: tuple[str, int] | None = None
+        self.audio_pt = -1
+        self.dtmf_pt = -1
+        self.detector = EventDetector()
+        self.decisions: OrderedDict[int, bool] = OrderedDict()  # event key -> forward its packets?
+        self.feature = FeatureMachine(enabled=False, timeout=feature_timeout)
+        self.inband: InbandDetector | None = None
+        self.out = out  # our stream towards this party
+        self.prompt: np.ndarray | None = None  # playing towards this party
+        self.prompt_pos = 0
+        self.source_at = -1.0  # when the other party's audio last reached this party
+        self.gen_at = 0.0  # next generated prompt packet is due
+
+    @property
+    def target(self) -> tuple[str, int] | None:
+        """Where our packets to this party go: nowhere on hold (RFC 3264 §8.4)."""
+        if self.remote is None:
+            return None
+        return self.latched or self.remote
+
+    @property
+    def rtcp_target(self) -> tuple[str, int] | None:
+        """RTCP goes to the RTP port + 1 (RFC 3550 §11), or where its RTCP came from."""
+        if self.remote is None:
+            return None
+        if self.rtcp_latched is not None:
+            return self.rtcp_latched
+        host, port = self.latched or self.remote
+        return (host, port + 1)
+
+
+class CallRelay:
+    """Media for one call: feed it datagrams, send what it returns (sans-IO)."""
+
+    # Slots: with thousands of calls the per-packet attribute reads are cache misses; a
+    # compact object without a __dict__ has fewer of them.
+    __slots__ = (
+        "call",
+        "prompts",
+        "make_recorder",
+        "latch_window",
+        "stats",
+        "recorder",
+        "record_grace_until",
+        "answered_at",
+        "next_flush",
+        "busy",
+        "legs",
+    )
+
+    def __init__(
+        self,
+        call: Call,
+        prompts: Prompts,
+        make_recorder: RecorderFactory | None,
+        *,
+        feature_timeout: float = FEATURE_TIMEOUT,
+        latch_window: float = LATCH_WINDOW,
+        ssrcs: tuple[int, int] | None = None,
+    ) -> None:
+        self.call = call
+        self.prompts = prompts
+        self.make_recorder = make_recorder
+        self.latch_window = latch_window
+        self.stats = RelayStats()
+        self.recorder: RecorderLike | None = None
+        # After a pause, packets still in flight for the recorded span arrive for up to
+        # the recorder's jitter window; they are kept (the recorder gates by timeline).
+        self.record_grace_until = 0.0
+        self.answered_at: float | None = None
+        self.next_flush = float("inf")
+        # True while a timer runs (a held `*`, a prompt): the owner must call `tick` every
+        # TICK_INTERVAL. A plain attribute, set when one may start, re-checked by `tick`,
+        # because the owner reads it for every call every 20 ms.
+        self.busy = False
+        if ssrcs is None:
+            ssrcs = (secrets.randbits(32), secrets.randbits(32))  # RFC 3550 §8.1: random SSRC
+        self.legs = tuple(
+            Leg(
+                i,
+                call.parties[i],
+                OutStream(ssrcs[i], secrets.randbits(16), secrets.randbits(32)),  # RFC 3550 §5.1: random starts
+                feature_timeout,
+            )
+            for i in (0, 1)
+        )
+
+    # -- signalling side -------------------------------------------------------------
+
+    def set_media(self, channel: int, endpoint: MediaEndpoint, now: float) -> None:
+        """A party's SDP (again on re-INVITE or hold); restarts latching when it moved."""
+        leg = self.legs[channel]
+        moved = leg.endpoint is None or (endpoint.remote, endpoint.signalling_ip) != (
+            leg.endpoint.remote,
+            leg.endpoint.signalling_ip,
+        )
+        leg.endpoint = endpoint
+        leg.remote = endpoint.remote
+        # Only G.711 is decoded (recorded, mixed, transcoded); any other codec is relayed untouched.
+        leg.audio_pt = endpoint.payload_type if endpoint.payload_type in (g711.PCMU, g711.PCMA) else -2
+        leg.dtmf_pt = endpoint.dtmf_payload_type if endpoint.dtmf_payload_type is not None else -1
+        if moved:
+            leg.latched = None
+            leg.rtcp_latched = None
+            leg.latch_until = now + self.latch_window
+        self._arm_features()
+
+    def answered(self, now: float) -> None:
+        """The call is answered: the recording clock starts (t0 = now)."""
+        if self.answered_at is not None:
+            return
+        self.answered_at = now
+        call = self.call
+        if call.recording_enabled and self.make_recorder is not None:
+            self.recorder = self.make_recorder(call, now)
+            self.next_flush = now + FLUSH_INTERVAL
+            if call.record_at_answer and not self.recorder.recording:
+                self.recorder.set_recording(True, now, None)
+        self._arm_features()
+
+    def close(self, now: float) -> None:
+        """The call ended: finalise the recording."""
+        recorder, self.recorder = self.recorder, None
+        self.next_flush = float("inf")
+        if recorder is not None:
+            recorder.close(now)
+
+    def _arm_features(self) -> None:
+        """*1 works for "user" parties once answered, when the organisation records calls."""
+        armed = self.recorder is not None
+        for leg in self.legs:
+            enabled = armed and leg.party.role == "user"
+            leg.feature.enabled = enabled
+            wants_inband = enabled and leg.endpoint is not None and leg.dtmf_pt < 0
+            if wants_inband and leg.inband is None:
+                leg.inband = InbandDetector()
+            elif not wants_inband:
+                leg.inband = None
+
+    # -- media side ------------------------------------------------------------------
+
+    def receive(self, channel: int, data: bytes, addr: tuple[str, int], now: float) -> list[Datagram]:
+        """One RTP datagram from the party on `channel`; returns datagrams to send.
+
+        The audio case is written inline, without helper calls: it is every packet of
+        every call, and each Python call costs as much as the numpy decode.
+        """
+        stats = self.stats
+        leg = self.legs[channel]
+        if addr != leg.latched and not self._latch(leg, addr, now):
+            stats.unlatched += 1
+            return []
+        if len(data) > 12 and data[0] == 0x80:  # the common case: no padding, extension or CSRC
+            b0, b1, seq, ts, ssrc = _unpack_header(data)
+            rest = payload = data[12:]
+        else:
+            packet = RtpPacket.parse(data)
+            if packet is None:
+                stats.malformed += 1
+                return []
+            b0 = data[0]
+            b1 = data[1]
+            seq, ts, ssrc, payload = packet.sequence, packet.timestamp, packet.ssrc, packet.payload
+            rest = data[12:]  # CSRCs, extension and padding are forwarded as they came
+        pt = b1 & 0x7F
+        other = self.legs[1 - channel]
+        if pt != leg.audio_pt:
+            if pt == leg.dtmf_pt:
+                return self._event(leg, other, b0, b1, seq, ts, ssrc, payload, rest, now)
+            return self._other(other, b0, b1, seq, ts, ssrc, rest, now)
+        samples = None
+        recorder = self.recorder
+        if recorder is not None and (recorder.recording or now < self.record_grace_until):
+            # ndarray.take is the cheapest numpy gather for 160 indices (~25% under fancy indexing).
+            samples = (_ALAW_DECODE if pt else _ULAW_DECODE).take(_frombuffer(payload, _uint8))
+            recorder.add(channel, ssrc, seq, ts, samples, now)
+        if leg.inband is not None:
+            self._inband(leg, samples if samples is not None else g711.decode(payload, pt), now)
+        if other.remote is None:  # hold, or no SDP yet: nothing is sent (RFC 3264 §8.4)
+            stats.no_target += 1
+            return []
+        target = other.latched or other.remote
+        other.source_at = now
+        stream = other.out
+        out_seq, out_ts = stream.map(ssrc, seq, ts, now)
+        stats.forwarded += 1
+        if other.prompt is None and other.audio_pt == pt:
+            return [(other.index, _pack_header(b0, b1, out_seq, out_ts, stream.ssrc) + rest, target)]
+        # Mix a playing prompt in, or transcode PCMU <-> PCMA: decode, add, clip, re-encode.
+        if samples is None:
+            samples = g711.decode(payload, pt)
+        if other.prompt is not None:
+            samples = self._mix(other, samples)
+        body = g711.encode(samples, other.audio_pt)
+        return [(other.index, _pack_header(0x80, (b1 & 0x80) | other.audio_pt, out_seq, out_ts, stream.ssrc) + body, target)]
+
+    def _other(self, other: Leg, b0: int, b1: int, seq: int, ts: int, ssrc: int, rest: bytes, now: float) -> list[Datagram]:
+        """Any other payload type (comfort noise, RFC 3389; a non-G.711 codec): relayed untouched but the header."""
+        target = other.target
+        if target is None:
+            self.stats.no_target += 1
+            return []
+        out_seq, out_ts = other.out.map(ssrc, seq, ts, now)
+        self.stats.forwarded += 1
+        return [(other.index, _pack_header(b0, b1, out_seq, out_ts, other.out.ssrc) + rest, target)]
+
+    def _inband(self, leg: Leg, samples: np.ndarray, now: float) -> None:
+        """Tones in the audio of a phone without telephone-event: they still travel in the
+        audio (nothing to swallow or regenerate), so only a completed *1 has an effect."""
+        assert leg.inband is not None
+        for digit in leg.inband.feed(samples):
+            self.busy = True
+            for action in leg.feature.digit(digit, now):
+                if isinstance(action, Toggle):
+                    self._toggle(leg, now)
+
+    def _mix(self, leg: Leg, samples: np.ndarray) -> np.ndarray:
+        """The next stretch of the prompt playing to `leg`, added to `samples` and clipped."""
+        prompt = leg.prompt
+        assert prompt is not None
+        start = leg.prompt_pos
+        piece = prompt[start : start + len(samples)]
+        leg.prompt_pos = start + len(samples)
+        if leg.prompt_pos >= len(prompt):
+            leg.prompt = None
+        mixed = samples.astype(np.int32)
+        mixed[: len(piece)] += piece
+        return np.clip(mixed, -32768, 32767).astype(np.int16)
+
+    def _event(
+        self,
+        leg: Leg,
+        other: Leg,
+        b0: int,
+        b1: int,
+        seq: int,
+        ts: int,
+        ssrc: int,
+        payload: bytes,
+        rest: bytes,
+        now: float,
+    ) -> list[Datagram]:
+        out: list[Datagram] = []
+        press = leg.detector.feed(ts, bool(b1 & 0x80), payload)
+        if press is not None:
+            forward = True
+            if press.digit is not None and leg.feature.enabled:
+                forward = False
+                self.busy = True
+                for action in leg.feature.digit(press.digit, now):
+                    if isinstance(action, Forward):
+                        forward = True
+                    elif isinstance(action, Release):
+                        out.extend(self._synthesise(other, action.digit, now))
+                    else:
+                        self._toggle(leg, now)
+            decisions = leg.decisions
+            decisions[press.timestamp] = forward
+            if len(decisions) > MAX_DECISIONS:
+                decisions.popitem(last=False)
+        key = leg.detector.key_of(ts)
+        if key is not None and not leg.decisions.get(key, True):
+            self.stats.swallowed += 1
+            other.out.skip(ssrc, seq)
+            return out
+        target = other.target
+        if target is None or other.dtmf_pt < 0:
+            self.stats.no_target += 1
+            return out
+        out_seq, out_ts = other.out.map(ssrc, seq, ts, now)
+        self.stats.forwarded += 1
+        # Kept intact but for the header; the payload type is the one the far end negotiated.
+        out.append(
+            (
+                other.index,
+                _pack_header(b0, (b1 & 0x80) | other.dtmf_pt, out_seq, out_ts, other.out.ssrc) + rest,
+                target,
+            )
+        )
+        return out
+
+    def receive_rtcp(self, channel: int, data: bytes, addr: tuple[str, int], now: float) -> list[Datagram]:
+        """One RTCP datagram: relayed as-is to the other party's RTCP address (RFC 3550 §6).
+
+        Accepted from the party's media host (SDP or latched) or its signalling IP; the
+        first accepted source becomes where RTCP for that party is sent.
+        """
+        leg = self.legs[channel]
+        if leg.endpoint is None or len(data) < 8 or data[0] >> 6 != 2:
+            self.stats.malformed += 1
+            return []
+        host = addr[0]
+        known = {leg.endpoint.signalling_ip}
+        if leg.remote is not None:
+            known.add(leg.remote[0])
+        if leg.latched is not None:
+            known.add(leg.latched[0])
+        if host not in known:
+            self.stats.unlatched += 1
+            return []
+        if leg.rtcp_latched is None:
+            leg.rtcp_latched = addr
+        other = self.legs[1 - channel]
+        target = other.rtcp_target
+        if target is None:
+            self.stats.no_target += 1
+            return []
+        self.stats.rtcp += 1
+        return [(other.index, data, target)]
+
+    def dtmf(self, channel: int, digit: str, now: float) -> list[Datagram]:
+        """A key press signalled out of band (SIP INFO): same *1 rules, regenerated as RFC 4733."""
+        leg = self.legs[channel]
+        other = self.legs[1 - channel]
+        out: list[Datagram] = []
+        self.busy = True
+        actions = leg.feature.digit(digit, now) if leg.feature.enabled else [Forward(digit)]
+        for action in actions:
+            if isinstance(action, Toggle):
+                self._toggle(leg, now)
+            else:
+                out.extend(self._synthesise(other, action.digit, now))
+        return out
+
+    def tick(self, now: float) -> list[Datagram]:
+        """Drive timers: the *1 timeout, prompt packets from our own clock, recorder flush."""
+        out: list[Datagram] = []
+        for leg in self.legs:
+            other = self.legs[1 - leg.index]
+            for action in leg.feature.poll(now):
+                if isinstance(action, Release):
+                    out.extend(self._synthesise(other, action.digit, now))
+            if leg.prompt is not None and now - leg.source_at >= SOURCE_SILENT:
+                out.extend(self._generate(leg, now))
+        first, second = self.legs
+        self.busy = (
+            first.prompt is not None
+            or second.prompt is not None
+            or first.feature.state is not State.IDLE
+            or second.feature.state is not State.IDLE
+        )
+        if now >= self.next_flush and self.recorder is not None:
+            self.next_flush += FLUSH_INTERVAL
+            if self.next_flush <= now:
+                self.next_flush = now + FLUSH_INTERVAL
+            self.recorder.flush(now)
+        return out
+
+    # -- what the relay makes itself ---------------------------------------------------
+
+    def _toggle(self, leg: Leg, now: float) -> None:
+        """*1: flip the recording; the presser (only) hears what it is now."""
+        recorder = self.recorder
+        if recorder is None:
+            return
+        on = not recorder.recording
+        recorder.set_recording(on, now, leg.party.name)
+        if not on:
+            self.record_grace_until = now + PAUSE_GRACE
+        leg.prompt = self.prompts.recording if on else self.prompts.paused
+        leg.prompt_pos = 0
+        leg.gen_at = now
+        self.busy = True
+
+    def _generate(self, leg: Leg, now: float) -> list[Datagram]:
+        """Prompt packets towards `leg` while the other party sends no audio."""
+        target = leg.target
+        out: list[Datagram] = []
+        pt = leg.audio_pt if leg.audio_pt in (g711.PCMU, g711.PCMA) else g711.PCMU
+        while leg.prompt is not None and leg.gen_at <= now + 1e-9:
+            leg.gen_at += TICK_INTERVAL
+            if leg.gen_at < now - TICK_INTERVAL:  # we fell behind (a stalled loop): do not burst
+                leg.gen_at = now + TICK_INTERVAL
+            samples = self._mix(leg, np.zeros(FRAME_SAMPLES, dtype=np.int16))
+            if target is None:
+                continue
+            first = not leg.out.started or now - leg.out.sent_at > SOURCE_SILENT
+            seq, ts = leg.out.next_audio(now)
+            marker = 0x80 if first else 0  # RFC 3551 §4.1: first packet after silence
+            out.append((leg.index, _pack_header(0x80, marker | pt, seq, ts, leg.out.ssrc) + g711.encode(samples, pt), target))
+            self.stats.injected += 1
+        return out
+
+    def _synthesise(self, leg: Leg, digit: str, now: float) -> list[Datagram]:
+        """A whole RFC 4733 packet train for `digit` towards `leg` (a digit we held back)."""
+        target = leg.target
+        if target is None or leg.dtmf_pt < 0:
+            self.stats.no_target += 1
+            return []
+        train = digit_train(digit)
+        first, ts = leg.out.next_event(now, len(train))
+        self.stats.injected += len(train)
+        ssrc = leg.out.ssrc
+        return [
+            (leg.index, _pack_header(0x80, (0x80 if marker else 0) | leg.dtmf_pt, (first + i) & 0xFFFF, ts, ssrc) + body, target)
+            for i, (marker, body) in enumerate(train)
+        ]
+
+    def _latch(self, leg: Leg, addr: tuple[str, int], now: float) -> bool:
+        """May a packet from `addr` be this party's? Latches NAT addresses (symmetric RTP)."""
+        if leg.endpoint is None:
+            return False
+        if addr == leg.remote or (addr[0] == leg.endpoint.signalling_ip and now <= leg.latch_until):
+            leg.latched = addr  # symmetric RTP (RFC 4961): answer where it really sends from
+            return True
+        return False

@@ -1,0 +1,169 @@
+"""Where each RTP packet's samples belong on the call's wall-clock timeline.
+
+Positions are whole samples at 8 kHz since the recorder's `t0` (the answer), so both
+channels of a recording share one timeline and a missing packet is simply a position nobody
+wrote: silence, never a shift. Sans-IO and clock-free: callers pass arrival times.
+
+Placement (per channel, per SSRC, `StreamClock`): the first packet of an SSRC is anchored at
+its arrival; every later packet goes to `anchor + (timestamp - anchor timestamp)`, the RTP
+timestamp being the sender's sample clock (RFC 3550 §5.1), unwrapped across 32-bit wrap. The
+anchor is re-taken when a newer packet's timestamp disagrees with its arrival by more than
+`RESYNC_SECONDS` (a sender that restarted its timestamps), or when newer packets keep
+arriving too late to place for `LATE_RUN_SECONDS` (a sender clock slower than ours), but
+never for a reordered or duplicate packet, which lands where its timestamp says.
+
+Buffering (`Timeline`): a two-channel int16 block from the last finalised position onward.
+Writing a packet is one numpy slice assignment, so a duplicate overwrites itself instead of
+doubling; `take(upto)` hands back finished frames already interleaved as the WAV wants them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+SAMPLE_RATE = 8000  # G.711: the recording's rate, so positions are G.711 samples
+CHANNELS = 2  # contract: channel 1 external party, channel 2 user
+RESYNC_SECONDS = 1.0  # a timestamp this far from its arrival is a jump, not network jitter
+RESYNC_SAMPLES = int(RESYNC_SECONDS * SAMPLE_RATE)
+LATE_RUN_SECONDS = 1.0  # this much newer audio in a row too late to place: our anchor is stale (drift)
+LATE_RUN_SAMPLES = int(LATE_RUN_SECONDS * SAMPLE_RATE)
+MAX_SSRCS_PER_CHANNEL = 4  # old SSRCs kept so stragglers after a switch still land right
+SEQ_NEWER_WINDOW = 0x8000  # RFC 3550 A.1 style: a seq ahead by less than half the space is newer
+MAX_PENDING_SECONDS = 60.0  # audio held before finalising; a packet further ahead is bogus
+MAX_PENDING_FRAMES = int(MAX_PENDING_SECONDS * SAMPLE_RATE)
+INITIAL_CAPACITY_FRAMES = 2 * SAMPLE_RATE  # one flush interval plus the jitter window, rounded up
+
+
+@dataclass
+class _Anchor:
+    anchor_pos: int  # timeline position of the anchor packet's first sample
+    anchor_ts: int  # its extended (unwrapped) timestamp
+    newest_ts: int  # extended timestamp of the newest packet (by sequence number)
+    newest_seq: int
+    late_run: int = 0  # samples of consecutive newer packets that arrived too late to place
+
+
+class StreamClock:
+    """Maps (ssrc, seq, timestamp, arrival) to a timeline position for one channel."""
+
+    def __init__(self) -> None:
+        self._anchors: OrderedDict[int, _Anchor] = OrderedDict()
+        self.resyncs = 0  # times an anchor was re-taken (SSRC changes not counted)
+
+    def position(self, ssrc: int, seq: int, timestamp: int, length: int, arrival_pos: int,
+                 horizon: int) -> int:
+        """Where the packet's first sample goes; `horizon` is the first position not yet final."""
+        anchor = self._anchors.get(ssrc)
+        if anchor is None:
+            if len(self._anchors) >= MAX_SSRCS_PER_CHANNEL:
+                self._anchors.popitem(last=False)
+            self._anchors[ssrc] = _Anchor(arrival_pos, timestamp, timestamp, seq)
+            return arrival_pos
+        # Unwrap against the newest timestamp (RFC 3550 §5.1 wrap), inlined: the hot path.
+        ts = anchor.newest_ts + (((timestamp - anchor.newest_ts) + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+        pos = anchor.anchor_pos + (ts - anchor.anchor_ts)
+        step = (seq - anchor.newest_seq) & 0xFFFF
+        if step == 0 or step >= SEQ_NEWER_WINDOW:
+            return pos  # a duplicate or a reordered packet: its timestamp decides
+        anchor.newest_seq = seq
+        drift = pos - arrival_pos
+        if drift > RESYNC_SAMPLES or drift < -RESYNC_SAMPLES:
+            # The timestamp jumped (a restarted sender, a source switch behind one SSRC, a
+            # sender that fell silent and went on from the timestamp where it stopped):
+            # trust the arrival instead.
+            return self._resync(anchor, ts, arrival_pos)
+        if pos < horizon:
+            # Newer yet too late to place: dropped, unless it keeps happening, which means
+            # the sender's clock has drifted from ours by more than the jitter window.
+            anchor.late_run += length
+            if anchor.late_run >= LATE_RUN_SAMPLES:
+                return self._resync(anchor, ts, arrival_pos)
+        else:
+            anchor.late_run = 0
+        anchor.newest_ts = ts
+        return pos
+
+    def _resync(self, anchor: _Anchor, ts: int, arrival_pos: int) -> int:
+        """Re-take the anchor at this packet's arrival."""
+        self.resyncs += 1
+        anchor.anchor_pos = arrival_pos
+        anchor.anchor_ts = ts
+        anchor.newest_ts = ts
+        anchor.late_run = 0
+        return arrival_pos
+
+
+class Timeline:
+    """Two channels of int16 audio from `base` (first position not yet taken) onward."""
+
+    def __init__(self, channels: int = CHANNELS) -> None:
+        self.base = 0
+        self.channels = channels
+        self._buf = np.zeros((INITIAL_CAPACITY_FRAMES, channels), dtype=np.int16)
+        self._end = 0  # frames of _buf that may hold non-zero samples
+        self.dropped_late = 0  # samples that arrived after their position was finalised
+        self.dropped_ahead = 0  # samples too far ahead of `base` to hold
+
+    def place(self, channel: int, pos: int, samples: np.ndarray) -> None:
+        """Write `samples` at timeline position `pos`, dropping what is already final."""
+        offset = pos - self.base
+        n = samples.shape[0]
+        if offset < 0:
+            cut = min(-offset, n)
+            self.dropped_late += cut
+            samples = samples[cut:]
+            n -= cut
+            offset = 0
+            if n == 0:
+                return
+        end = offset + n
+        if end > MAX_PENDING_FRAMES:
+            self.dropped_ahead += n
+            return
+        if end > self._buf.shape[0]:
+            self._grow(end)
+        self._buf[offset:end, channel] = samples
+        if end > self._end:
+            self._end = end
+
+    def _grow(self, needed: int) -> None:
+        capacity = self._buf.shape[0]
+        while capacity < needed:
+            capacity *= 2
+        capacity = min(capacity, MAX_PENDING_FRAMES)
+        grown = np.zeros((capacity, self.channels), dtype=np.int16)
+        grown[: self._end] = self._buf[: self._end]
+        self._buf = grown
+
+    def take(self, upto: int) -> np.ndarray:
+        """Finalise [base, upto): return those frames (a new (n, channels) array)."""
+        k = upto - self.base
+        if k <= 0:
+            return np.zeros((0, self.channels), dtype=np.int16)
+        have = min(k, self._end)
+        if have == k:
+            out = self._buf[:k].copy()
+        else:
+            out = np.zeros((k, self.channels), dtype=np.int16)
+            out[:have] = self._buf[:have]
+        self._advance(k)
+        return out
+
+    def discard(self, upto: int) -> None:
+        """Finalise [base, upto) without keeping it (nothing is being recorded there)."""
+        if upto > self.base:
+            self._advance(upto - self.base)
+
+    def _advance(self, k: int) -> None:
+        remaining = self._end - k
+        if remaining > 0:
+            self._buf[:remaining] = self._buf[k : self._end]
+            self._buf[remaining : self._end] = 0
+            self._end = remaining
+        else:
+            self._buf[: self._end] = 0
+            self._end = 0
+        self.base += k

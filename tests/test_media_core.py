@@ -1,0 +1,184 @@
+"""MediaSession over real UDP sockets on 127.0.0.1 (asyncio)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from b2bua.call import Call, MediaEndpoint, Party
+from rtp import g711
+from rtp.core import MediaCore, PortsExhausted
+from rtp.events import event_payload
+from rtp.packet import RtpPacket, build
+from rtp.prompts import Prompts
+
+HOST = "127.0.0.1"
+PROMPTS = Prompts(paused=np.full(1600, 3000, dtype=np.int16), recording=np.full(1600, -3000, dtype=np.int16))
+
+
+def free_range(pairs: int) -> tuple[int, int]:
+    """An even-based port range nobody seems to use right now."""
+    for base in range(30000, 60000, 200):
+        socks = []
+        try:
+            for port in range(base, base + 2 * pairs):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind((HOST, port))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return base, base + 2 * pairs - 1
+    raise RuntimeError("no free ports")
+
+
+def make_call(call_id: str = "core1") -> Call:
+    return Call(
+        call_id=call_id,
+        direction="inbound",
+        from_uri="sip:+441632960999@carrier",
+        to_uri="sip:441632960000@pbx",
+        ddi="441632960000",
+        user="alice",
+        started=datetime.now(UTC),
+        record_at_answer=True,
+        parties=(Party("external", "carrier"), Party("user", "alice")),
+    )
+
+
+def phone() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((HOST, 0))
+    sock.setblocking(False)
+    return sock
+
+
+async def receive(sock: socket.socket, timeout: float = 1.0) -> tuple[bytes, tuple[str, int]]:
+    loop = asyncio.get_running_loop()
+    return await asyncio.wait_for(loop.sock_recvfrom(sock, 2048), timeout)
+
+
+async def drain(sock: socket.socket, seconds: float) -> list[RtpPacket]:
+    packets = []
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return packets
+        try:
+            data, _ = await receive(sock, remaining)
+        except TimeoutError:
+            return packets
+        packet = RtpPacket.parse(data)
+        if packet is not None:
+            packets.append(packet)
+
+
+@pytest.fixture
+async def core(tmp_path: Path):  # type: ignore[no-untyped-def]
+    media = MediaCore(HOST, free_range(4), tmp_path, prompts=PROMPTS, feature_timeout=0.5)
+    yield media
+    await media.close()
+
+
+async def test_audio_flows_both_ways_and_is_recorded(core: MediaCore, tmp_path: Path) -> None:
+    ext, user = phone(), phone()
+    session = core.open_session(make_call())
+    rtp_ext, rtp_user = session.ports
+    assert rtp_ext % 2 == 0 and rtp_user % 2 == 0 and rtp_ext != rtp_user
+    session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
+    session.set_media(1, MediaEndpoint(user.getsockname(), HOST))
+    session.answered()
+    for i in range(25):
+        ext.sendto(build(0, i, i * 160, 0x1111, g711.encode(np.full(160, 1000, dtype=np.int16), 0)), (HOST, rtp_ext))
+        user.sendto(build(0, i, i * 160, 0x2222, g711.encode(np.full(160, -1000, dtype=np.int16), 0)), (HOST, rtp_user))
+        await asyncio.sleep(0.02)
+    to_user = await drain(user, 0.2)
+    to_ext = await drain(ext, 0.05)
+    assert len(to_user) == 25 and len(to_ext) == 25
+    assert {p.ssrc for p in to_user} != {0x1111}  # our own SSRC towards each party
+    assert [(p.sequence - to_user[0].sequence) & 0xFFFF for p in to_user] == list(range(25))
+    session.close()
+    wavs = list(tmp_path.rglob("core1.wav"))
+    assert len(wavs) == 1
+    sidecar = json.loads(wavs[0].with_suffix(".json").read_text())
+    assert sidecar["call_id"] == "core1"
+    assert core.sessions == []
+    ext.close()
+    user.close()
+
+
+async def test_rtcp_is_relayed_to_rtp_port_plus_one(core: MediaCore) -> None:
+    ext_rtp, user_rtp = phone(), phone()
+    user_rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    user_rtcp.setblocking(False)
+    try:
+        user_rtcp.bind((HOST, user_rtp.getsockname()[1] + 1))
+    except OSError:
+        pytest.skip("the port above the phone's RTP port is taken")
+    session = core.open_session(make_call("core2"))
+    session.set_media(0, MediaEndpoint(ext_rtp.getsockname(), HOST))
+    session.set_media(1, MediaEndpoint(user_rtp.getsockname(), HOST))
+    report = bytes.fromhex("80c90001") + (0x1111).to_bytes(4, "big")
+    ext_rtp.sendto(report, (HOST, session.ports[0] + 1))
+    data, source = await receive(user_rtcp)
+    assert data == report and source == (HOST, session.ports[1] + 1)
+    session.close()
+    for s in (ext_rtp, user_rtp, user_rtcp):
+        s.close()
+
+
+async def test_strangers_are_not_relayed(core: MediaCore) -> None:
+    ext, user = phone(), phone()
+    session = core.open_session(make_call("core3"))
+    session.set_media(0, MediaEndpoint(("127.0.0.2", 4000), "127.0.0.2"))  # the trunk lives elsewhere
+    session.set_media(1, MediaEndpoint(user.getsockname(), HOST))
+    ext.sendto(build(0, 1, 160, 0x1111, b"\xff" * 160), (HOST, session.ports[0]))
+    assert await drain(user, 0.1) == []
+    assert session.relay.stats.unlatched == 1
+    session.close()
+    ext.close()
+    user.close()
+
+
+async def test_star_one_prompt_from_the_tick(core: MediaCore) -> None:
+    ext, user = phone(), phone()
+    session = core.open_session(make_call("core4"))
+    session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
+    session.set_media(1, MediaEndpoint(user.getsockname(), HOST))
+    session.answered()
+    seq = 0
+    for code in (10, 1):
+        for i in range(5):
+            seq += 1
+            payload = event_payload(code, i >= 2, 160 * (i + 1))
+            user.sendto(build(101, seq, 1000 * (code + 1), 0x2222, payload, marker=i == 0), (HOST, session.ports[1]))
+            await asyncio.sleep(0.005)
+    heard = await drain(user, 0.6)  # the carrier is silent: the 20 ms tick plays the prompt
+    assert session.relay.recorder is not None and not session.relay.recorder.recording
+    levels = [int(g711.decode(p.payload, 0)[0]) for p in heard if p.payload_type == 0]
+    assert len(levels) >= 8 and all(abs(v - 3000) < 200 for v in levels)
+    assert await drain(ext, 0.05) == []  # the carrier heard neither digits nor prompt
+    session.close()
+    ext.close()
+    user.close()
+
+
+async def test_port_exhaustion_is_a_clear_error(tmp_path: Path) -> None:
+    media = MediaCore(HOST, free_range(2), tmp_path, prompts=PROMPTS)
+    first = media.open_session(make_call("a"))
+    with pytest.raises(PortsExhausted, match="no free RTP port pair"):
+        media.open_session(make_call("b"))
+    first.close()
+    second = media.open_session(make_call("c"))  # freed ports are reused
+    assert set(second.ports) == set(first.ports)
+    await media.close()
+    assert media.sessions == []

@@ -1,0 +1,521 @@
+"""The recorder end to end: files, sidecars, pause modes, crashes, repair and full disks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from b2bua.call import Call
+from rtp import recorder as recorder_module
+from rtp.recorder import JITTER_WINDOW_SECONDS, Recorder, repair
+from rtp.wavfile import WavWriter
+
+N = 160
+T0 = 1000.0  # monotonic seconds at answer
+WALL_T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def make_call(record: bool = True, **kw: object) -> Call:
+    fields: dict = dict(
+        call_id="c0ffee",
+        direction="inbound",
+        from_uri="sip:+441632960999@carrier",
+        to_uri="sip:441632960000@pbx.example",
+        ddi="441632960000",
+        user="alice",
+        started=datetime(2024, 5, 1, 11, 59, 50, tzinfo=UTC),
+        route=("number:441632960000", "user:alice"),
+        record_at_answer=record,
+    )
+    fields.update(kw)
+    return Call(**fields)
+
+
+def make(tmp_path: Path, record: bool = True, mode: str = "silence", **kw: object) -> Recorder:
+    return Recorder(tmp_path, make_call(record, **kw), mode, T0, wall_t0=WALL_T0)
+
+
+def packet_value(channel: int, k: int) -> int:
+    """A distinct, recognisable value per channel and packet."""
+    return (k + 1) * (1 if channel == 0 else -1)
+
+
+def feed(rec: Recorder, start: float, end: float, *, flush_every: float = 1.0,
+         skip: frozenset[int] = frozenset(), channels: tuple[int, ...] = (0, 1)) -> None:
+    """Send both channels' 20 ms packets for [start, end) seconds after T0, on time."""
+    k0 = round(start / 0.02)
+    last_flush = T0 + start
+    for k in range(k0, round(end / 0.02)):
+        t = T0 + k * 0.02
+        if k not in skip:
+            for ch in channels:
+                rec.add(ch, 0x1000 + ch, k & 0xFFFF, (5000 + k * N) & 0xFFFFFFFF,
+                        np.full(N, packet_value(ch, k), np.int16), t)
+        if t - last_flush >= flush_every:
+            rec.flush(t)
+            last_flush = t
+
+
+def read(rec: Recorder) -> np.ndarray:
+    data, rate = soundfile.read(str(rec.wav_path), dtype="int16", always_2d=True)
+    assert rate == 8000 and data.shape[1] == 2
+    return data
+
+
+def sidecar(rec: Recorder) -> dict:
+    return json.loads(rec.json_path.read_text())
+
+
+def expected_frames(start: float, end: float, skip: frozenset[int] = frozenset()) -> np.ndarray:
+    out = np.zeros((round((end - start) * 8000), 2), np.int16)
+    for k in range(round(start / 0.02), round(end / 0.02)):
+        if k in skip:
+            continue
+        i = k * N - round(start * 8000)
+        out[i : i + N, 0] = packet_value(0, k)
+        out[i : i + N, 1] = packet_value(1, k)
+    return out
+
+
+# -- files and sidecar ----------------------------------------------------------------------
+
+
+def test_recorded_call_has_wav_and_sidecar_where_the_contract_says(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    feed(rec, 0, 3)
+    rec.close(T0 + 3)
+    assert rec.wav_path == tmp_path / "2024" / "05" / "01" / "c0ffee.wav"
+    assert rec.json_path == tmp_path / "2024" / "05" / "01" / "c0ffee.json"
+    info = soundfile.info(str(rec.wav_path))
+    assert (info.samplerate, info.channels, info.subtype) == (8000, 2, "PCM_16")
+    assert np.array_equal(read(rec), expected_frames(0, 3))
+    meta = sidecar(rec)
+    assert meta["call_id"] == "c0ffee" and meta["direction"] == "inbound"
+    assert meta["from"] == "sip:+441632960999@carrier"
+    assert meta["to"] == "sip:441632960000@pbx.example"
+    assert meta["ddi"] == "441632960000" and meta["user"] == "alice"
+    assert meta["route"] == ["number:441632960000", "user:alice"]
+    assert meta["started"] == "2024-05-01T12:00:00.000Z"
+    assert meta["ended"] == "2024-05-01T12:00:03.000Z"
+    assert (meta["sample_rate"], meta["channels"], meta["pause"]) == (8000, 2, "silence")
+    assert meta["segments"] == [[0.0, 3.0]]
+    assert meta["events"] == []
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_channel_one_is_the_external_party(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    feed(rec, 0, 1, channels=(0,))
+    rec.close(T0 + 1)
+    data = read(rec)
+    assert (data[:, 0] > 0).all() and (data[:, 1] == 0).all()
+
+
+def test_path_date_is_the_calls_start_date_in_utc(tmp_path: Path) -> None:
+    plus2 = timezone(timedelta(hours=2))
+    rec = make(tmp_path, started=datetime(2024, 5, 2, 1, 30, tzinfo=plus2))
+    assert rec.wav_path.parent == tmp_path / "2024" / "05" / "01"
+
+
+def test_never_recorded_call_leaves_no_file(tmp_path: Path) -> None:
+    rec = make(tmp_path, record=False)
+    feed(rec, 0, 3)
+    rec.close(T0 + 3)
+    assert not rec.recording
+    assert list(tmp_path.rglob("*")) == []
+
+
+def test_organisation_switch_off_records_nothing(tmp_path: Path) -> None:
+    rec = make(tmp_path, record=True, recording_enabled=False)
+    feed(rec, 0, 1)
+    rec.set_recording(True, T0 + 1, "alice")
+    rec.close(T0 + 2)
+    assert list(tmp_path.rglob("*")) == []
+
+
+def test_recording_from_a_later_resume_starts_the_file_then(tmp_path: Path) -> None:
+    rec = make(tmp_path, record=False)
+    feed(rec, 0, 2)
+    assert not rec.wav_path.exists()
+    rec.set_recording(True, T0 + 2, "alice")
+    assert rec.recording and rec.wav_path.exists()
+    feed(rec, 2, 4)
+    rec.close(T0 + 4)
+    assert np.array_equal(read(rec), expected_frames(2, 4))
+    meta = sidecar(rec)
+    assert meta["started"] == "2024-05-01T12:00:02.000Z"
+    assert meta["segments"] == [[0.0, 2.0]]
+    assert meta["events"] == [{"t": 0.0, "event": "resumed", "by": "alice"}]
+
+
+def test_start_at_answer_is_idempotent(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    rec.set_recording(True, T0, None)  # the caller may also start it explicitly
+    feed(rec, 0, 1)
+    rec.close(T0 + 1)
+    assert sidecar(rec)["events"] == [] and sidecar(rec)["segments"] == [[0.0, 1.0]]
+
+
+def test_sidecar_is_written_at_start_with_ended_null(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    meta = sidecar(rec)
+    assert meta["ended"] is None and meta["segments"] == [[0.0, None]]
+
+
+def test_pause_silence_keeps_the_call_length(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    feed(rec, 0, 2)
+    rec.set_recording(False, T0 + 2, "alice")
+    assert sidecar(rec)["events"] == [{"t": 2.0, "event": "paused", "by": "alice"}]
+    feed(rec, 2, 3)
+    rec.set_recording(True, T0 + 3, "alice")
+    feed(rec, 3, 5)
+    rec.close(T0 + 5)
+    expected = expected_frames(0, 5)
+    expected[16000:24000] = 0
+    assert np.array_equal(read(rec), expected)
+    meta = sidecar(rec)
+    assert meta["pause"] == "silence"
+    assert meta["segments"] == [[0.0, 2.0], [3.0, 5.0]]
+    assert meta["events"] == [
+        {"t": 2.0, "event": "paused", "by": "alice"},
+        {"t": 3.0, "event": "resumed", "by": "alice"},
+    ]
+
+
+def test_pause_skip_leaves_the_span_out(tmp_path: Path) -> None:
+    rec = make(tmp_path, mode="skip")
+    feed(rec, 0, 2)
+    rec.set_recording(False, T0 + 2, "alice")
+    feed(rec, 2, 3.5)
+    rec.set_recording(True, T0 + 3.5, "bob")
+    feed(rec, 3.5, 5)
+    rec.close(T0 + 5)
+    expected = np.concatenate([expected_frames(0, 2), expected_frames(3.5, 5)])
+    assert np.array_equal(read(rec), expected)
+    meta = sidecar(rec)
+    assert meta["pause"] == "skip"
+    assert meta["segments"] == [[0.0, 2.0], [2.0, 3.5]]
+    assert meta["events"] == [
+        {"t": 2.0, "event": "paused", "by": "alice"},
+        {"t": 2.0, "event": "resumed", "by": "bob"},
+    ]
+
+
+def test_paused_at_close_ends_the_file_at_close_in_silence_mode(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    feed(rec, 0, 1)
+    rec.set_recording(False, T0 + 1, "alice")
+    feed(rec, 1, 3)
+    rec.close(T0 + 3)
+    data = read(rec)
+    assert data.shape[0] == 24000 and not data[8000:].any()
+    assert sidecar(rec)["segments"] == [[0.0, 1.0]]
+
+
+def test_one_file_however_often_paused(tmp_path: Path) -> None:
+    rec = make(tmp_path, mode="skip")
+    for i in range(10):
+        feed(rec, i, i + 0.5)
+        rec.set_recording(False, T0 + i + 0.5, "alice")
+        rec.set_recording(True, T0 + i + 1, "alice")
+    rec.close(T0 + 10)
+    assert len(list(tmp_path.rglob("*.wav"))) == 1
+    assert read(rec).shape[0] == 10 * 4000
+    assert len(sidecar(rec)["segments"]) == 11  # the last one opened at 10 s, closed empty
+
+
+# -- timeline through the recorder -----------------------------------------------------------
+
+
+def test_lost_packets_are_silence_not_a_shift(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    lost = frozenset({3, 4, 50})
+    feed(rec, 0, 2, skip=lost)
+    rec.close(T0 + 2)
+    assert np.array_equal(read(rec), expected_frames(0, 2, lost))
+
+
+def test_three_second_silence_keeps_both_channels_aligned(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    feed(rec, 0, 1)
+    feed(rec, 1, 4, channels=(1,))  # channel 0 sends nothing for 3 s
+    feed(rec, 4, 5)
+    rec.close(T0 + 5)
+    data = read(rec)
+    expected = expected_frames(0, 5)
+    expected[8000:32000, 0] = 0
+    assert np.array_equal(data, expected)
+
+
+def test_late_packet_within_window_lands_in_place(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    v = lambda k: np.full(N, k + 1, np.int16)  # noqa: E731
+    for k in range(50):
+        if k == 20:
+            continue
+        rec.add(0, 9, k, k * N, v(k), T0 + k * 0.02)
+        if k == 30:
+            rec.flush(T0 + k * 0.02)
+    rec.add(0, 9, 20, 20 * N, v(20), T0 + 20 * 0.02 + 0.19)  # 190 ms late, after a flush
+    rec.close(T0 + 1)
+    assert np.array_equal(read(rec)[: 50 * N, 0], np.repeat(np.arange(1, 51, dtype=np.int16), N))
+
+
+def test_packet_later_than_the_window_is_dropped_not_shifted(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    for k in range(50):
+        if k != 5:
+            rec.add(0, 9, k, k * N, np.full(N, 1, np.int16), T0 + k * 0.02)
+    rec.flush(T0 + 0.99)
+    rec.add(0, 9, 5, 5 * N, np.full(N, 1, np.int16), T0 + 0.99)
+    rec.close(T0 + 1)
+    data = read(rec)[:, 0]
+    assert not data[5 * N : 6 * N].any() and data[6 * N : 50 * N].all()
+
+
+def test_ssrc_change_mid_call(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    for k in range(25):
+        rec.add(0, 0xA, k, k * N, np.full(N, 1, np.int16), T0 + k * 0.02)
+    # New source at 0.6 s (100 ms of nothing), unrelated seq/timestamp.
+    for j in range(20):
+        rec.add(0, 0xB, 30000 + j, 7_777_777 + j * N, np.full(N, 2, np.int16), T0 + 0.6 + j * 0.02)
+    rec.close(T0 + 1)
+    data = read(rec)[:, 0]
+    assert (data[:4000] == 1).all()
+    assert not data[4000:4800].any()
+    assert (data[4800:8000] == 2).all()
+
+
+def test_timestamp_wrap_mid_call(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    start = 2**32 - 10 * N
+    for k in range(50):
+        rec.add(1, 3, k, (start + k * N) & 0xFFFFFFFF, np.full(N, k + 1, np.int16), T0 + k * 0.02)
+    rec.close(T0 + 1)
+    assert np.array_equal(read(rec)[:, 1], np.repeat(np.arange(1, 51, dtype=np.int16), N))
+
+
+def test_duplicates_do_not_double(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    for k in range(50):
+        for _ in range(2):
+            rec.add(0, 3, k, k * N, np.full(N, 100, np.int16), T0 + k * 0.02)
+        rec.add(0, 3, k, k * N, np.full(N, 100, np.int16), T0 + k * 0.02 + 0.05)
+    rec.close(T0 + 1)
+    data = read(rec)
+    assert data.shape[0] == 8000 and (data[:, 0] == 100).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    delays=st.lists(st.floats(0, JITTER_WINDOW_SECONDS - 0.002), min_size=2 * 60, max_size=2 * 60),
+    flushes=st.lists(st.floats(0, 1.3), max_size=5),
+)
+def test_any_arrival_order_within_the_window_gives_the_same_wav(
+    tmp_path_factory: pytest.TempPathFactory, delays: list[float], flushes: list[float]
+) -> None:
+    """Packets delayed by anything under the window, in whatever order that makes, and
+    flushed at any moment, give the file an on-time, in-order stream gives."""
+    count = 60
+    rng = np.random.default_rng(7)
+    audio = rng.integers(-20000, 20000, size=(2, count, N)).astype(np.int16)
+    packets = []
+    for ch in (0, 1):
+        for k in range(count):
+            delay = 0.0 if k == 0 else delays[ch * count + k]  # the anchor packet is on time
+            packets.append((T0 + k * 0.02 + delay, ch, k))
+    packets += [(T0 + f, -1, -1) for f in flushes]
+    packets.sort()
+
+    def run(order: list[tuple[float, int, int]], directory: Path) -> np.ndarray:
+        rec = Recorder(directory, make_call(), "silence", T0, wall_t0=WALL_T0)
+        for arrival, ch, k in order:
+            if ch < 0:
+                rec.flush(arrival)
+            else:
+                rec.add(ch, 50 + ch, 1000 + k, 99 + k * N, audio[ch, k], arrival)
+        rec.close(T0 + 1.5)
+        return read(rec)
+
+    on_time = sorted((T0 + k * 0.02, ch, k) for ch in (0, 1) for k in range(count))
+    reference = run(on_time, tmp_path_factory.mktemp("ref"))
+    assert np.array_equal(run(packets, tmp_path_factory.mktemp("jit")), reference)
+    assert np.array_equal(reference[: count * N, 0], audio[0].reshape(-1))
+
+
+# -- crashes and repair ----------------------------------------------------------------------
+
+
+def test_close_finalises(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    feed(rec, 0, 2)
+    rec.close(T0 + 2)
+    size = rec.wav_path.stat().st_size
+    header = rec.wav_path.read_bytes()[:44]
+    assert struct.unpack_from("<I", header, 4)[0] == size - 8
+    assert struct.unpack_from("<I", header, 40)[0] == size - 44 == 16000 * 4
+    assert sidecar(rec)["ended"] is not None
+    rec.close(T0 + 3)  # twice is harmless
+    rec.flush(T0 + 4)
+    rec.add(0, 1, 1, 1, np.ones(N, np.int16), T0 + 4)
+    assert rec.wav_path.stat().st_size == size
+
+
+def test_crash_without_close_leaves_a_playable_file(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    feed(rec, 0, 3.5, flush_every=1.0)
+    # kill -9 here: no close. Everything older than the window at the last flush is there.
+    data = read(rec)
+    last_flush = 3.0
+    frames = round((last_flush - JITTER_WINDOW_SECONDS) * 8000)
+    assert data.shape[0] == frames
+    assert np.array_equal(data, expected_frames(0, 3.5)[:frames])
+    assert sidecar(rec)["ended"] is None
+
+
+def test_repair_fixes_a_header_left_with_zero_sizes(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    feed(rec, 0, 2.5)
+    rec.flush(T0 + 2.5)
+    del rec  # crash
+    wav = tmp_path / "2024" / "05" / "01" / "c0ffee.wav"
+    with open(wav, "r+b") as f:  # a writer that died before ever patching the sizes,
+        f.seek(4)
+        f.write(b"\0\0\0\0")
+        f.seek(40)
+        f.write(b"\0\0\0\0")
+        f.seek(0, os.SEEK_END)
+        f.write(b"\x01\x02\x03")  # and a frame cut off mid-write
+    assert repair(tmp_path) == [wav]
+    data, rate = soundfile.read(str(wav), dtype="int16", always_2d=True)
+    assert data.shape[0] == round(2.3 * 8000)
+    assert np.array_equal(data, expected_frames(0, 2.3))
+    meta = json.loads(wav.with_suffix(".json").read_text())
+    assert meta["ended"] is None and meta["recovered"] is True
+    assert meta["segments"] == [[0.0, 2.3]]
+    assert repair(tmp_path) == []  # already recovered
+
+
+def test_repair_leaves_finalised_recordings_alone(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    feed(rec, 0, 1)
+    rec.close(T0 + 1)
+    before = rec.wav_path.read_bytes(), rec.json_path.read_text()
+    assert repair(tmp_path) == []
+    assert (rec.wav_path.read_bytes(), rec.json_path.read_text()) == before
+    assert repair(tmp_path / "nowhere") == []
+
+
+def test_repair_of_a_header_only_file(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    wav = rec.wav_path
+    del rec
+    assert repair(tmp_path) == [wav]
+    assert soundfile.info(str(wav)).frames == 0
+
+
+# -- full disk -------------------------------------------------------------------------------
+
+
+def test_disk_full_once_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    real_write = WavWriter.write
+    failures = {"left": 1}
+
+    def flaky(self: WavWriter, frames: object) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(28, "No space left on device")
+        real_write(self, frames)  # type: ignore[arg-type]
+
+    rec = make(tmp_path)
+    feed(rec, 0, 1.5)
+    monkeypatch.setattr(WavWriter, "write", flaky)
+    with caplog.at_level(logging.ERROR):
+        feed(rec, 1.5, 6)  # one flush fails, the next ones catch up
+    rec.close(T0 + 6)
+    assert failures["left"] == 0
+    assert np.array_equal(read(rec), expected_frames(0, 6))
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "c0ffee" in errors[0].getMessage()
+
+
+def test_disk_full_for_long_keeps_alignment_and_bounded_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recorder_module, "MAX_BACKLOG_FRAMES", 2 * 8000)
+    real_write = WavWriter.write
+    state = {"full": False}
+
+    def maybe(self: WavWriter, frames: object) -> None:
+        if state["full"]:
+            raise OSError(28, "No space left on device")
+        real_write(self, frames)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(WavWriter, "write", maybe)
+    rec = make(tmp_path)
+    feed(rec, 0, 2)
+    state["full"] = True
+    feed(rec, 2, 8)
+    assert rec._backlog_frames <= 2 * 8000
+    state["full"] = False
+    feed(rec, 8, 10)
+    rec.close(T0 + 10)
+    data = read(rec)
+    assert data.shape[0] == 80000  # nothing shifted: the file is the call's length
+    expected = expected_frames(0, 10)
+    assert np.array_equal(data[:6400], expected[:6400])  # flushed at 1 s, before the outage
+    assert np.array_equal(data[-16000:], expected[-16000:])  # the newest audio survived
+    assert sidecar(rec)["silenced_s"] > 0
+
+
+def test_file_creation_failure_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_init = WavWriter.__init__
+    failures = {"left": 2}
+
+    def flaky_init(self: WavWriter, *args: object) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(28, "No space left on device")
+        real_init(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(WavWriter, "__init__", flaky_init)
+    rec = make(tmp_path)
+    assert not rec.wav_path.exists()
+    feed(rec, 0, 3)
+    rec.close(T0 + 3)
+    assert np.array_equal(read(rec), expected_frames(0, 3))
+    assert sidecar(rec)["ended"] is not None
+
+
+def test_existing_file_is_never_overwritten(tmp_path: Path) -> None:
+    first = make(tmp_path)
+    feed(first, 0, 1)
+    first.close(T0 + 1)
+    before = first.wav_path.read_bytes()
+    again = make(tmp_path)
+    feed(again, 0, 2)
+    again.close(T0 + 2)
+    assert first.wav_path.read_bytes() == before
+
+
+def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        make(tmp_path, mode="mute")
+    with pytest.raises(ValueError):
+        make(tmp_path, call_id="../etc")
+    rec = make(tmp_path)
+    with pytest.raises(ValueError):
+        rec.add(2, 1, 1, 1, np.ones(N, np.int16), T0)
