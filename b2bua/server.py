@@ -1,0 +1,182 @@
+"""`b2bua run`: the asyncio edge that owns the sockets and the clock.
+
+It parses what the transport hands it, feeds the transaction layer and the B2BUA core
+with `loop.time()` as `now`, sends what they queue, and keeps one timer armed at the
+earliest deadline any of them has. Everything it wires together is sans-IO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+import sys
+from typing import Any
+
+from b2bua.auth import DigestAuthenticator
+from b2bua.b2bua import B2BUA
+from b2bua.config import Config
+from b2bua.lockout import Lockout
+from b2bua.message import SipParseError, parse_message
+from b2bua.peer import Peer
+from b2bua.registrar import Registrar
+from b2bua.transaction import TransactionLayer
+from b2bua.transport import SipTransport
+from b2bua.wire_errors import error_response
+
+#: SIGTERM: calls get BYE and recordings are finalised; this long is allowed for the
+#: BYEs to leave before media is closed (issue 5 asks for everything within 5 s).
+SHUTDOWN_GRACE = 0.5
+
+log = logging.getLogger("b2bua")
+
+
+def setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def serve(config: Config) -> int:
+    """Run until SIGINT/SIGTERM; the exit code for the command line."""
+    setup_logging()
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but optional at heart
+        runner: Any = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        return runner(Server(config).run())
+    except KeyboardInterrupt:  # pragma: no cover
+        return 0
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.stopping = asyncio.Event()
+
+    async def run(self) -> int:
+        config = self.config
+        server = config.server
+        self.loop = asyncio.get_running_loop()
+        from rtp.core import MediaCore
+        from rtp.recorder import repair
+
+        try:
+            server.recordings_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.error("startup event=failed reason=%r path=%s", str(exc), server.recordings_dir)
+            return 1
+        for path in repair(server.recordings_dir):
+            log.warning("recording event=repaired path=%s", path)
+
+        advertised = server.host if server.host not in ("0.0.0.0", "::") else server.media_ip
+        self.transactions = TransactionLayer()
+        authenticator = DigestAuthenticator(server.realm, secrets.token_bytes(32))
+        lockout = Lockout(
+            max_failures=config.security.max_failures,
+            window=config.security.failure_window,
+            duration=config.security.lockout_seconds,
+        )
+        passwords = {u.name: u.password for u in config.users}
+        self.registrar = Registrar(passwords, server.realm, server.registrations_db, authenticator, lockout)
+        self.media = MediaCore(
+            server.media_ip,
+            server.rtp_ports,
+            server.recordings_dir,
+            pause_mode=server.pause,
+            feature_timeout=server.feature_timeout,
+        )
+        self.core = B2BUA(
+            config, self.transactions, self.registrar, authenticator, lockout, self.media,
+            advertised_host=advertised, port=server.port,
+        )
+        self.transport = SipTransport(server.host, server.port, self.on_message, log)
+        try:
+            await self.transport.start()
+        except OSError as exc:
+            log.error("startup event=failed reason=%r listen=%s:%d", str(exc), server.host, server.port)
+            return 1
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.loop.add_signal_handler(sig, self.stopping.set)
+        self.banner()
+        self.arm()
+        await self.stopping.wait()
+        await self.shutdown()
+        return 0
+
+    def banner(self) -> None:
+        c = self.config
+        s = c.server
+        log.info("startup listen=%s:%d (udp+tcp) media=%s ports=%d-%d", s.host, s.port, s.media_ip, *s.rtp_ports)
+        log.info("startup organisation=%r call_recording=%s recordings=%s pause=%s", c.organisation.name,
+                 "on" if c.organisation.call_recording else "off", s.recordings_dir, s.pause)
+        for user in c.users:
+            log.info("startup user=%s extension=%s", user.name, user.extension or "-")
+        for number in c.numbers:
+            log.info("startup number=%s to=%s:%s record=%s", number.ddi, *number.to, number.record.value)
+        for trunk in c.trunks:
+            log.info("startup trunk=%s uri=%s", trunk.name, trunk.uri)
+
+    async def shutdown(self) -> None:
+        log.info("shutdown event=begin calls=%d", len(self.core.calls))
+        now = self.loop.time()
+        self.core.shutdown(now)
+        self.flush()
+        if self.core.calls or self.transactions.next_deadline() is not None:
+            await asyncio.sleep(SHUTDOWN_GRACE)
+        await self.media.close()
+        await self.transport.stop()
+        self.registrar.close()
+        log.info("shutdown event=done")
+
+    # -- the pump
+
+    def on_message(self, data: bytes, peer: Peer) -> None:
+        now = self.loop.time()
+        try:
+            message = parse_message(data)
+        except SipParseError as exc:
+            log.info("sip event=malformed source=%s:%d status=%d reason=%r", peer.host, peer.port, exc.status, exc.reason)
+            reply = error_response(data, exc.status, exc.reason, peer)
+            if reply is not None:
+                self.transport.send(reply, peer)
+            return
+        try:
+            for event in self.transactions.receive(message, peer, now):
+                self.core.handle(event, now)
+        except Exception:  # a bug must cost one message, never the server
+            log.exception("sip event=internal-error source=%s:%d", peer.host, peer.port)
+        self.flush()
+        self.arm()
+
+    def flush(self) -> None:
+        for data, peer in self.transactions.outgoing():
+            self.transport.send(data, peer)
+
+    def arm(self) -> None:
+        deadlines = [d for d in (self.transactions.next_deadline(), self.core.next_deadline()) if d is not None]
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if deadlines:
+            self.timer = self.loop.call_at(max(min(deadlines), self.loop.time()), self.on_timer)
+
+    def on_timer(self) -> None:
+        self.timer = None
+        now = self.loop.time()
+        try:
+            for event in self.transactions.handle_timers(now):
+                self.core.handle(event, now)
+            self.core.handle_timers(now)
+        except Exception:
+            log.exception("sip event=internal-error in=timers")
+        self.flush()
+        self.arm()
