@@ -36,6 +36,7 @@ from b2bua.headers import NameAddr, parse_name_addr, parse_uri
 from b2bua.message import Headers, Request, Response, make_response
 from b2bua.peer import Peer
 from b2bua import sdp as sdpmod
+from b2bua.transaction import TransactionError
 from b2bua.identity import Identity
 
 #: Methods we answer; sent in Allow (RFC 3261 §20.5) so phones know what to try.
@@ -228,7 +229,10 @@ class B2BUA:
         if body:
             response.body = body
             response.headers.set("Content-Type", content_type or "application/sdp")
-        self.txn.send_response(txn, response, now)
+        try:
+            self.txn.send_response(txn, response, now)
+        except TransactionError as exc:  # e.g. the transaction already ended: nothing to answer
+            log.debug("sip event=late-response status=%d reason=%r", status, str(exc))
 
     # -- new calls
 
@@ -705,6 +709,8 @@ class B2BUA:
             return
         body = b""
         if 200 <= response.status < 300:
+            if to_leg is not None and to_leg.dialog is not None:
+                to_leg.dialog.target_refresh(response)  # RFC 3261 §12.2.1.2
             if original.method == "INVITE" and to_leg is not None and to_leg.dialog is not None:
                 ack = to_leg.dialog.ack(response.cseq[0], self.identity.via(to_leg.peer.transport))
                 self._acks[(response.call_id, response.cseq[0])] = (ack, to_leg.peer)

@@ -410,6 +410,10 @@ class _TcpConnection(asyncio.Protocol):
         # A cast, not an isinstance check: uvloop's transports do not subclass asyncio's.
         self.transport = cast(asyncio.Transport, transport)
         name = self.transport.get_extra_info("peername")
+        if not name:  # reset before we got to it: nothing to keep
+            self.closed = True
+            transport.abort()
+            return
         self.peer = Peer("tcp", _normalise_host(name[0]), name[1])
         if not self.owner.admit(self):
             self.closed = True
@@ -508,8 +512,5 @@ class _TcpConnection(asyncio.Protocol):
 
 
 def _framer_holds_partial(framer: StreamFramer) -> bool:
-    """Whether part of a message is buffered, which runs the slowloris clock.
-
-    CRLFs alone are a keep-alive in progress (half a ping), not a message.
-    """
+    """Whether part of a message is buffered, which runs the slowloris clock."""
     return framer.buffered > 0

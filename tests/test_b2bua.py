@@ -1,0 +1,491 @@
+"""The B2BUA core driven like a trace: SIP bytes and a fake clock in, SIP bytes out.
+
+No sockets and no real media: the transaction layer, registrar and core are the real
+ones; media is a recorder of what signalling asked of it.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from b2bua.auth import DigestAuthenticator, compute_response
+from b2bua.b2bua import B2BUA
+from b2bua.config import load_file
+from b2bua.lockout import Lockout
+from b2bua.message import Request, Response, parse_message
+from b2bua.peer import Peer
+from b2bua.registrar import Registrar
+from b2bua.sdp import SessionDescription
+from b2bua.transaction import TransactionLayer
+
+CONFIG = """
+[server]
+listen = "192.0.2.1:5060"
+media_ip = "192.0.2.1"
+rtp_ports = "30000-30099"
+realm = "pbx.test"
+
+[organisation]
+name = "T"
+call_recording = true
+
+[[trunks]]
+name = "carrier"
+sources = ["198.51.100.7:5060"]
+uri = "sip:198.51.100.7:5060"
+
+[[numbers]]
+ddi = "441632960000"
+record = "yes"
+to = "ring_group:sales"
+
+[[numbers]]
+ddi = "441632960001"
+to = "user:carol"
+
+[[ring_groups]]
+name = "sales"
+members = ["alice", "bob"]
+ring_timeout = 20
+
+[[users]]
+name = "alice"
+extension = "201"
+password = "alice-pw"
+record_inbound = "no"
+
+[[users]]
+name = "bob"
+extension = "202"
+password = "bob-pw"
+
+[[users]]
+name = "carol"
+extension = "203"
+password = "carol-pw"
+record_outbound = "yes"
+"""
+
+TRUNK = Peer("udp", "198.51.100.7", 5060)
+ALICE_DESK = Peer("udp", "203.0.113.10", 5062)
+ALICE_MOBILE = Peer("udp", "203.0.113.11", 40000)
+BOB = Peer("udp", "203.0.113.20", 5060)
+CAROL = Peer("udp", "203.0.113.30", 5060)
+STRANGER = Peer("udp", "192.0.2.99", 5060)
+
+OFFER = (
+    "v=0\r\no=trunk 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\n"
+    "m=audio 16000 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\n"
+)
+
+
+def answer_sdp(ip: str, port: int) -> str:
+    return (
+        f"v=0\r\no=phone 5 5 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n"
+        f"m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
+    )
+
+
+@dataclass
+class FakeSession:
+    call: object
+    ports: tuple[int, int] = (30000, 30002)
+    media: dict = field(default_factory=dict)
+    answered_at: float | None = None
+    closed: bool = False
+    digits: list = field(default_factory=list)
+
+    def set_media(self, channel, endpoint):
+        self.media[channel] = endpoint
+
+    def answered(self, now):
+        self.answered_at = now
+
+    def dtmf(self, channel, digit, now):
+        self.digits.append((channel, digit))
+
+    def close(self):
+        self.closed = True
+
+
+class FakeMedia:
+    def __init__(self):
+        self.sessions: list[FakeSession] = []
+
+    def open_session(self, call):
+        session = FakeSession(call)
+        self.sessions.append(session)
+        return session
+
+
+class Harness:
+    """The core with a fake clock; `send` delivers bytes, `out` collects what it sent."""
+
+    def __init__(self, tmp_path: Path):
+        (tmp_path / "flows.toml").write_text(CONFIG)
+        self.config = load_file(tmp_path / "flows.toml")
+        self.now = 1000.0
+        self.txn = TransactionLayer()
+        auth = DigestAuthenticator("pbx.test", b"k" * 32)
+        self.lockout = Lockout(max_failures=3, window=60, duration=600)
+        users = {u.name: u.password for u in self.config.users}
+        self.registrar = Registrar(users, "pbx.test", None, auth, self.lockout)
+        self.media = FakeMedia()
+        self.core = B2BUA(self.config, self.txn, self.registrar, auth, self.lockout, self.media,
+                          advertised_host="192.0.2.1", port=5060)
+        self.sent: list[tuple[Request | Response, Peer]] = []
+
+    def send(self, text: str, peer: Peer) -> None:
+        message = parse_message(text.replace("\n", "\r\n").replace("\r\r\n", "\r\n").encode())
+        for event in self.txn.receive(message, peer, self.now):
+            self.core.handle(event, self.now)
+        self._drain()
+
+    def advance(self, seconds: float) -> None:
+        end = self.now + seconds
+        while True:
+            deadlines = [d for d in (self.txn.next_deadline(), self.core.next_deadline()) if d is not None and d <= end]
+            if not deadlines:
+                break
+            self.now = max(self.now, min(deadlines))
+            for event in self.txn.handle_timers(self.now):
+                self.core.handle(event, self.now)
+            self.core.handle_timers(self.now)
+            self._drain()
+        self.now = end
+
+    def _drain(self) -> None:
+        for data, peer in self.txn.outgoing():
+            self.sent.append((parse_message(data), peer))
+
+    def take(self, peer: Peer | None = None, kind: str | int | None = None) -> list[Request | Response]:
+        """Remove and return what was sent (to `peer`, of method/status `kind`)."""
+        picked, kept = [], []
+        for message, to in self.sent:
+            match = (peer is None or to == peer) and (
+                kind is None
+                or (isinstance(message, Request) and message.method == kind)
+                or (isinstance(message, Response) and message.status == kind)
+            )
+            (picked if match else kept).append((message, to))
+        self.sent = kept
+        return [m for m, _ in picked]
+
+    def one(self, peer: Peer | None, kind: str | int) -> Request | Response:
+        found = self.take(peer, kind)
+        # UDP retransmissions of the same message count once.
+        unique = {m.to_bytes(): m for m in found}
+        found = list(unique.values())
+        assert len(found) == 1, f"expected one {kind} to {peer}, got {len(found)}; left: {self.sent}"
+        return found[0]
+
+    # -- phones
+
+    def register(self, user: str, password: str, peer: Peer, contact: str) -> None:
+        call_id = secrets.token_hex(4)
+        base = (
+            f"REGISTER sip:pbx.test SIP/2.0\n"
+            f"Via: SIP/2.0/UDP {peer.host}:{peer.port};branch=z9hG4bK{secrets.token_hex(4)};rport\n"
+            f"From: <sip:{user}@pbx.test>;tag=r{call_id}\nTo: <sip:{user}@pbx.test>\n"
+            f"Call-ID: {call_id}\nContact: <{contact}>\nExpires: 600\nMax-Forwards: 70\n"
+        )
+        self.send(base + "CSeq: 1 REGISTER\nContent-Length: 0\n\n", peer)
+        challenge = self.one(peer, 401)
+        auth = digest(challenge.headers.get("WWW-Authenticate"), user, password, "REGISTER", "sip:pbx.test", "Authorization")
+        second = base.replace(f"branch=z9hG4bK", f"branch=z9hG4bKx") + f"CSeq: 2 REGISTER\n{auth}\nContent-Length: 0\n\n"
+        self.send(second, peer)
+        self.one(peer, 200)
+
+
+def digest(challenge: str, user: str, password: str, method: str, uri: str, header: str) -> str:
+    nonce = re.search(r'nonce="([^"]+)"', challenge).group(1)
+    algorithm = re.search(r"algorithm=([\w-]+)", challenge).group(1)
+    response = compute_response(algorithm, user, "pbx.test", password, method, uri, nonce,
+                                qop="auth", nc="00000001", cnonce="abc")
+    return (f'{header}: Digest username="{user}", realm="pbx.test", nonce="{nonce}", uri="{uri}", '
+            f'response="{response}", algorithm={algorithm}, qop=auth, nc=00000001, cnonce="abc"')
+
+
+def trunk_invite(ddi: str, call_id: str = "trunk-call-1", branch: str = "z9hG4bKtrunk1") -> str:
+    return (
+        f"INVITE sip:+{ddi}@192.0.2.1:5060 SIP/2.0\n"
+        f"Via: SIP/2.0/UDP 198.51.100.7:5060;branch={branch}\n"
+        f'From: "Caller" <sip:447700900123@198.51.100.7>;tag=tr1\nTo: <sip:{ddi}@192.0.2.1>\n'
+        f"Call-ID: {call_id}\nCSeq: 10 INVITE\nContact: <sip:447700900123@198.51.100.7:5060>\n"
+        f"Max-Forwards: 70\nContent-Type: application/sdp\nContent-Length: {len(OFFER)}\n\n{OFFER}"
+    )
+
+
+def respond(request: Request, status: int, reason: str, to_tag: str, peer_contact: str, body: str = "") -> str:
+    vias = "".join(f"Via: {v}\n" for v in request.headers.get_all("Via"))
+    ctype = "Content-Type: application/sdp\n" if body else ""
+    return (
+        f"SIP/2.0 {status} {reason}\n{vias}From: {request.headers.get('From')}\n"
+        f"To: {request.headers.get('To')};tag={to_tag}\nCall-ID: {request.call_id}\nCSeq: {request.headers.get('CSeq')}\n"
+        f"Contact: <{peer_contact}>\n{ctype}Content-Length: {len(body)}\n\n{body}"
+    )
+
+
+@pytest.fixture
+def h(tmp_path):
+    return Harness(tmp_path)
+
+
+def test_unknown_number_gets_404(h):
+    h.send(trunk_invite("999"), TRUNK)
+    assert h.one(TRUNK, 404)
+    assert not h.media.sessions
+
+
+def test_nobody_registered_gets_480_at_once(h):
+    h.send(trunk_invite("441632960000"), TRUNK)
+    assert h.one(TRUNK, 480)
+
+
+def test_invite_from_stranger_is_refused_with_403_and_never_forwarded(h):
+    invite = trunk_invite("441632960000").replace("198.51.100.7:5060;branch", "192.0.2.99:5060;branch")
+    h.send(invite, STRANGER)
+    assert h.one(STRANGER, 403)
+    assert not h.take(TRUNK, "INVITE")
+    assert not h.media.sessions
+
+
+def test_ring_group_forks_to_every_contact_and_first_answer_wins(h):
+    h.register("alice", "alice-pw", ALICE_DESK, "sip:alice@203.0.113.10:5062;transport=udp;ob")
+    h.register("alice", "alice-pw", ALICE_MOBILE, "sip:alice-mobile@10.0.0.5:5060")
+    h.register("bob", "bob-pw", BOB, "sip:bob@203.0.113.20")
+    h.send(trunk_invite("441632960000"), TRUNK)
+    assert h.one(TRUNK, 100)
+    desk = h.one(ALICE_DESK, "INVITE")
+    mobile = h.one(ALICE_MOBILE, "INVITE")
+    bob = h.one(BOB, "INVITE")
+    # A phone is called on the Contact it registered, exactly (behind NAT: at its source address).
+    assert desk.uri == "sip:alice@203.0.113.10:5062;transport=udp;ob"
+    assert mobile.uri == "sip:alice-mobile@10.0.0.5:5060"
+    # A new dialog on the B side: new Call-ID, our tags, our SDP.
+    assert desk.call_id != "trunk-call-1" and desk.from_tag != "tr1"
+    sdp = SessionDescription.parse(desk.body)
+    session = h.media.sessions[0]
+    assert "IN IP4 192.0.2.1" in sdp.session_connection() and sdp.first_audio().port == session.ports[1]
+    assert session.media[0].remote == ("198.51.100.7", 16000)
+
+    h.send(respond(desk, 180, "Ringing", "d1", "sip:alice@203.0.113.10:5062"), ALICE_DESK)
+    h.send(respond(bob, 180, "Ringing", "b1", "sip:bob@203.0.113.20"), BOB)
+    assert h.take(TRUNK, 180)
+    h.send(respond(desk, 200, "OK", "d1", "sip:alice@203.0.113.10:5062", answer_sdp("203.0.113.10", 7000)), ALICE_DESK)
+    assert h.one(ALICE_DESK, "ACK")
+    assert h.one(BOB, "CANCEL")
+    ok = h.one(TRUNK, 200)
+    answer = SessionDescription.parse(ok.body)
+    assert answer.first_audio().port == session.ports[0]
+    assert session.media[1].remote == ("203.0.113.10", 7000)
+    assert session.answered_at == h.now
+    # Number yes, ring group dont_care, alice inbound no: not recorded.
+    assert session.call.route == ("number:441632960000", "ring_group:sales", "user:alice")
+    assert session.call.record_at_answer is False
+    assert session.call.user == "alice" and session.call.ddi == "441632960000"
+    # The mobile never sent a provisional: its CANCEL waits for one (RFC 3261 §9.1).
+    h.send(respond(mobile, 180, "Ringing", "m1", "sip:alice-mobile@10.0.0.5"), ALICE_MOBILE)
+    assert h.one(ALICE_MOBILE, "CANCEL")
+
+
+def answered_call(h) -> tuple[Request, Request]:
+    h.register("bob", "bob-pw", BOB, "sip:bob@203.0.113.20")
+    h.send(trunk_invite("441632960000"), TRUNK)
+    bob = h.one(BOB, "INVITE")
+    h.send(respond(bob, 200, "OK", "b1", "sip:bob@203.0.113.20", answer_sdp("203.0.113.20", 7000)), BOB)
+    ok = h.one(TRUNK, 200)
+    h.send(
+        f"ACK sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKack1\n"
+        f"From: \"Caller\" <sip:447700900123@198.51.100.7>;tag=tr1\nTo: {ok.headers.get('To')}\n"
+        f"Call-ID: trunk-call-1\nCSeq: 10 ACK\nContent-Length: 0\n\n",
+        TRUNK,
+    )
+    h.take()
+    return bob, ok
+
+
+def test_answered_call_is_recorded_by_number_yes(h):
+    answered_call(h)
+    assert h.media.sessions[0].call.record_at_answer is True
+
+
+def test_bye_from_trunk_ends_both_legs(h):
+    bob, ok = answered_call(h)
+    to = ok.headers.get("To")
+    h.send(
+        f"BYE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKbye1\n"
+        f"From: \"Caller\" <sip:447700900123@198.51.100.7>;tag=tr1\nTo: {to}\n"
+        f"Call-ID: trunk-call-1\nCSeq: 11 BYE\nContent-Length: 0\n\n",
+        TRUNK,
+    )
+    assert h.one(TRUNK, 200)
+    bye = h.one(BOB, "BYE")
+    assert bye.call_id == bob.call_id and bye.uri == "sip:bob@203.0.113.20"
+    assert h.media.sessions[0].closed
+    assert not h.core.calls
+
+
+def test_bye_from_phone_ends_trunk_leg(h):
+    bob, _ = answered_call(h)
+    h.send(
+        f"BYE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 203.0.113.20:5060;branch=z9hG4bKpb1\n"
+        f"From: <sip:bob@pbx.test>;tag=b1\nTo: {bob.headers.get('From')}\nCall-ID: {bob.call_id}\n"
+        f"CSeq: 1 BYE\nContent-Length: 0\n\n",
+        BOB,
+    )
+    assert h.one(BOB, 200)
+    bye = h.one(TRUNK, "BYE")
+    assert bye.call_id == "trunk-call-1" and bye.uri == "sip:447700900123@198.51.100.7:5060"
+    assert h.media.sessions[0].closed
+
+
+def test_busy_reaches_caller(h):
+    h.register("carol", "carol-pw", CAROL, "sip:carol@203.0.113.30")
+    h.send(trunk_invite("441632960001"), TRUNK)
+    invite = h.one(CAROL, "INVITE")
+    h.send(respond(invite, 486, "Busy Here", "c1", "sip:carol@203.0.113.30"), CAROL)
+    assert h.one(CAROL, "ACK")
+    assert h.one(TRUNK, 486)
+    assert h.media.sessions[0].closed
+
+
+def test_ring_timeout_gives_480_and_cancels(h):
+    h.register("carol", "carol-pw", CAROL, "sip:carol@203.0.113.30")
+    h.send(trunk_invite("441632960001"), TRUNK)
+    invite = h.one(CAROL, "INVITE")
+    h.send(respond(invite, 180, "Ringing", "c1", "sip:carol@203.0.113.30"), CAROL)
+    h.take()
+    h.advance(29.0)
+    assert not h.take(TRUNK, 480)
+    h.advance(2.0)  # a number straight to a user rings 30 s
+    assert h.one(CAROL, "CANCEL")
+    assert h.one(TRUNK, 480)
+
+
+def test_caller_cancel_cancels_every_branch(h):
+    h.register("alice", "alice-pw", ALICE_DESK, "sip:alice@203.0.113.10:5062")
+    h.register("bob", "bob-pw", BOB, "sip:bob@203.0.113.20")
+    h.send(trunk_invite("441632960000"), TRUNK)
+    alice, bob = h.one(ALICE_DESK, "INVITE"), h.one(BOB, "INVITE")
+    h.send(respond(alice, 180, "Ringing", "a1", "sip:alice@x"), ALICE_DESK)
+    h.send(respond(bob, 180, "Ringing", "b1", "sip:bob@x"), BOB)
+    h.take()
+    h.send(
+        "CANCEL sip:+441632960000@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKtrunk1\n"
+        "From: \"Caller\" <sip:447700900123@198.51.100.7>;tag=tr1\nTo: <sip:441632960000@192.0.2.1>\n"
+        "Call-ID: trunk-call-1\nCSeq: 10 CANCEL\nContent-Length: 0\n\n",
+        TRUNK,
+    )
+    assert h.one(TRUNK, 200)  # the CANCEL itself
+    assert h.one(TRUNK, 487)
+    assert h.one(ALICE_DESK, "CANCEL") and h.one(BOB, "CANCEL")
+
+
+def phone_invite(user: str, peer: Peer, dialled: str, extra: str = "", branch: str = "z9hG4bKph1") -> str:
+    sdp = answer_sdp(peer.host, 8000)
+    return (
+        f"INVITE sip:{dialled}@pbx.test SIP/2.0\nVia: SIP/2.0/UDP {peer.host}:{peer.port};branch={branch};rport\n"
+        f"From: <sip:{user}@pbx.test>;tag=ph1\nTo: <sip:{dialled}@pbx.test>\nCall-ID: phone-call-1\n"
+        f"CSeq: 1 INVITE\nContact: <sip:{user}@{peer.host}:{peer.port}>\nMax-Forwards: 70\n{extra}"
+        f"Content-Type: application/sdp\nContent-Length: {len(sdp)}\n\n{sdp}"
+    )
+
+
+def test_outbound_call_is_challenged_then_sent_to_trunk(h):
+    h.register("carol", "carol-pw", CAROL, "sip:carol@203.0.113.30")
+    h.send(phone_invite("carol", CAROL, "447700900999"), CAROL)
+    challenge = h.one(CAROL, 407)
+    assert not h.take(TRUNK, "INVITE")
+    auth = digest(challenge.headers.get("Proxy-Authenticate"), "carol", "carol-pw", "INVITE",
+                  "sip:447700900999@pbx.test", "Proxy-Authorization")
+    h.send(phone_invite("carol", CAROL, "447700900999", extra=auth + "\n", branch="z9hG4bKph2"), CAROL)
+    out = h.one(TRUNK, "INVITE")
+    assert out.uri == "sip:447700900999@198.51.100.7:5060"
+    assert "Proxy-Authorization" not in out.headers
+    call = h.media.sessions[0].call
+    assert call.direction == "outbound"
+    assert [p.role for p in call.parties] == ["external", "user"]
+    h.send(respond(out, 200, "OK", "t9", "sip:x@198.51.100.7", answer_sdp("198.51.100.7", 17000)), TRUNK)
+    assert h.one(CAROL, 200)
+    assert call.route == ("user:carol", "outbound") and call.record_at_answer is True
+
+
+def test_authenticated_phone_cannot_call_as_another_user(h):
+    h.register("carol", "carol-pw", CAROL, "sip:carol@203.0.113.30")
+    spoofed = phone_invite("alice", CAROL, "447700900999")
+    h.send(spoofed, CAROL)
+    challenge = h.one(CAROL, 407)
+    auth = digest(challenge.headers.get("Proxy-Authenticate"), "carol", "carol-pw", "INVITE",
+                  "sip:447700900999@pbx.test", "Proxy-Authorization")
+    h.send(phone_invite("alice", CAROL, "447700900999", extra=auth + "\n", branch="z9hG4bKph2"), CAROL)
+    assert h.one(CAROL, 403)
+    assert not h.take(TRUNK, "INVITE")
+
+
+def test_extension_dialling_is_an_internal_call(h):
+    h.register("carol", "carol-pw", CAROL, "sip:carol@203.0.113.30")
+    h.register("bob", "bob-pw", BOB, "sip:bob@203.0.113.20")
+    h.send(phone_invite("carol", CAROL, "202"), CAROL)
+    challenge = h.one(CAROL, 407)
+    auth = digest(challenge.headers.get("Proxy-Authenticate"), "carol", "carol-pw", "INVITE",
+                  "sip:202@pbx.test", "Proxy-Authorization")
+    h.send(phone_invite("carol", CAROL, "202", extra=auth + "\n", branch="z9hG4bKph2"), CAROL)
+    invite = h.one(BOB, "INVITE")
+    h.send(respond(invite, 200, "OK", "b7", "sip:bob@203.0.113.20", answer_sdp("203.0.113.20", 7000)), BOB)
+    assert h.one(CAROL, 200)
+    call = h.media.sessions[0].call
+    assert call.direction == "internal"
+    assert call.route == ("user:carol", "user:bob")
+    assert call.record_at_answer is True  # carol's outbound yes, bob's inbound dont_care
+    assert [p.name for p in call.parties] == ["carol", "bob"]
+
+
+def test_options_gets_200_with_allow(h):
+    h.send(
+        "OPTIONS sip:192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP 192.0.2.99:5060;branch=z9hG4bKo1\n"
+        "From: <sip:scanner@x>;tag=1\nTo: <sip:192.0.2.1>\nCall-ID: o1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n",
+        STRANGER,
+    )
+    ok = h.one(STRANGER, 200)
+    assert "INVITE" in ok.headers.get("Allow")
+
+
+def test_reinvite_hold_is_relayed_across(h):
+    bob, ok = answered_call(h)
+    hold = answer_sdp("203.0.113.20", 7000).replace("a=sendrecv", "a=sendonly")
+    h.send(
+        f"INVITE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 203.0.113.20:5060;branch=z9hG4bKri1\n"
+        f"From: <sip:bob@pbx.test>;tag=b1\nTo: {bob.headers.get('From')}\nCall-ID: {bob.call_id}\n"
+        f"CSeq: 2 INVITE\nContact: <sip:bob@203.0.113.20>\nContent-Type: application/sdp\n"
+        f"Content-Length: {len(hold)}\n\n{hold}",
+        BOB,
+    )
+    reinvite = h.one(TRUNK, "INVITE")
+    assert reinvite.call_id == "trunk-call-1"
+    assert "a=sendonly" in reinvite.body.decode()
+    assert h.media.sessions[0].media[1].direction == "sendonly"
+    h.send(respond(reinvite, 200, "OK", "tr1", "sip:x@198.51.100.7",
+                   OFFER.replace("a=ptime:20", "a=recvonly")).replace(
+        f"To: {reinvite.headers.get('To')};tag=tr1", f"To: {reinvite.headers.get('To')}"), TRUNK)
+    assert h.one(TRUNK, "ACK")
+    ok2 = h.one(BOB, 200)
+    assert "a=recvonly" in ok2.body.decode()
+
+
+def test_sip_info_digit_goes_to_media(h):
+    bob, _ = answered_call(h)
+    body = "Signal=*\r\nDuration=160\r\n"
+    h.send(
+        f"INFO sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 203.0.113.20:5060;branch=z9hG4bKinfo1\n"
+        f"From: <sip:bob@pbx.test>;tag=b1\nTo: {bob.headers.get('From')}\nCall-ID: {bob.call_id}\n"
+        f"CSeq: 3 INFO\nContent-Type: application/dtmf-relay\nContent-Length: {len(body)}\n\n{body}",
+        BOB,
+    )
+    assert h.one(BOB, 200)
+    assert h.media.sessions[0].digits == [(1, "*")]
