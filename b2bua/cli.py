@@ -24,6 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run_p = sub.add_parser("run", help="start the B2BUA in the foreground")
     run_p.add_argument("--config", metavar="FILE", help="flows.toml to use (default ./flows.toml, else the demo)")
+    run_p.add_argument("--sip-trace", action="store_true", help="log every SIP message sent and received")
     check_p = sub.add_parser("check", help="validate the file and show which routes are recorded")
     check_p.add_argument("--config", metavar="FILE", help="flows.toml to check (default ./flows.toml, else the demo)")
     check_p.add_argument("--json", action="store_true", help="print one JSON array of routes")
@@ -41,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check(config, as_json=args.json)
     from b2bua.server import serve  # the server pulls in asyncio, sockets, media
 
-    return serve(config)
+    return serve(config, sip_trace=args.sip_trace)
 
 
 def check(config: Config, as_json: bool = False) -> int:

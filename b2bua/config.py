@@ -64,6 +64,11 @@ class Security:
     max_failures: int = 5
     failure_window: float = 60.0
     lockout_seconds: float = 600.0
+    #: Digest challenges offered, in order (RFC 8760 §2.4: preferred first). Phones on
+    #: older stacks (baresip 1.0's libre, seen here) fail registration outright when any
+    #: challenge is SHA-256 instead of picking the MD5 one, so MD5 alone is the default;
+    #: ["SHA-256", "MD5"] offers both to fleets that cope.
+    digest_algorithms: tuple[str, ...] = ("MD5",)
 
 
 @dataclass(frozen=True)
@@ -325,10 +330,17 @@ def _is_wildcard(ip: str) -> bool:
 
 def _security(path: Path, table: Any) -> Security:
     r = _Reader(path, "security", table)
+    algorithms = r.get("digest_algorithms", list, ["MD5"], what='a list like ["MD5", "SHA-256"]')
+    for i, name in enumerate(algorithms):
+        if name not in ("MD5", "SHA-256"):
+            raise ConfigError(path, f"security.digest_algorithms[{i}]", f'got {_show(name)}, expected "MD5" or "SHA-256"')
+    if not algorithms:
+        raise ConfigError(path, "security.digest_algorithms", "is empty; expected at least one of MD5, SHA-256")
     sec = Security(
         max_failures=r.get("max_auth_failures", int, 5),
         failure_window=float(r.get("failure_window", (int, float), 60)),
         lockout_seconds=float(r.get("lockout_seconds", (int, float), 600)),
+        digest_algorithms=tuple(algorithms),
     )
     r.done()
     if sec.max_failures < 1:

@@ -30,6 +30,7 @@ from b2bua.wire_errors import error_response
 SHUTDOWN_GRACE = 0.5
 
 log = logging.getLogger("b2bua")
+wire = logging.getLogger("b2bua.wire")  # --sip-trace: every message in and out, at DEBUG
 
 
 def setup_logging() -> None:
@@ -40,9 +41,11 @@ def setup_logging() -> None:
     root.setLevel(logging.INFO)
 
 
-def serve(config: Config) -> int:
+def serve(config: Config, sip_trace: bool = False) -> int:
     """Run until SIGINT/SIGTERM; the exit code for the command line."""
     setup_logging()
+    if sip_trace:
+        wire.setLevel(logging.DEBUG)
     try:
         import uvloop  # type: ignore[import-not-found]
     except ImportError:  # pragma: no cover - uvloop is a dependency, but optional at heart
@@ -79,7 +82,7 @@ class Server:
 
         advertised = server.host if server.host not in ("0.0.0.0", "::") else server.media_ip
         self.transactions = TransactionLayer()
-        authenticator = DigestAuthenticator(server.realm, secrets.token_bytes(32))
+        authenticator = DigestAuthenticator(server.realm, secrets.token_bytes(32), algorithms=config.security.digest_algorithms)
         lockout = Lockout(
             max_failures=config.security.max_failures,
             window=config.security.failure_window,
@@ -141,6 +144,8 @@ class Server:
 
     def on_message(self, data: bytes, peer: Peer) -> None:
         now = self.loop.time()
+        if wire.isEnabledFor(logging.DEBUG):
+            wire.debug("recv %s:%s:%d\n%s", peer.transport, peer.host, peer.port, data.decode("utf-8", "replace"))
         try:
             message = parse_message(data)
         except SipParseError as exc:
@@ -159,6 +164,8 @@ class Server:
 
     def flush(self) -> None:
         for data, peer in self.transactions.outgoing():
+            if wire.isEnabledFor(logging.DEBUG):
+                wire.debug("send %s:%s:%d\n%s", peer.transport, peer.host, peer.port, data.decode("utf-8", "replace"))
             self.transport.send(data, peer)
 
     def arm(self) -> None:

@@ -269,6 +269,7 @@ async def test_promised_body_never_sent_is_closed(transport: SipTransport, inbox
     writer.write(options(13, body=b"x" * 100)[:-40])  # headers and part of the body
     await assert_closed(reader, within=MESSAGE_TIMEOUT + 0.5)
     await inbox.nothing_for(0)
+    writer.close()
 
 
 async def test_keepalives_keep_an_idle_connection_alive(transport: SipTransport, inbox: Inbox) -> None:
@@ -306,16 +307,14 @@ async def test_garbage_closes_the_connection(transport: SipTransport, inbox: Inb
     writer.write(b"OPTIONS sip:x SIP/2.0\r\nContent-Length: banana\r\n\r\n")
     await assert_closed(reader)
     await inbox.nothing_for(0)
+    writer.close()
 
 
 async def test_double_crlf_ping_gets_single_crlf_pong(transport: SipTransport, inbox: Inbox) -> None:
     reader, writer = await tcp_client(transport)
     writer.write(b"\r\n\r\n")
     assert await asyncio.wait_for(reader.readexactly(2), WAIT) == b"\r\n"
-    writer.write(b"\r\n")  # a ping split across segments
-    await writer.drain()
-    await asyncio.sleep(0.02)
-    writer.write(b"\r\n" + options(17))
+    writer.write(b"\r\n\r\n" + options(17))  # a ping, then a message in the same segment
     assert await asyncio.wait_for(reader.readexactly(2), WAIT) == b"\r\n"
     assert (await inbox.get())[0] == options(17)
     with pytest.raises(asyncio.TimeoutError):  # exactly one pong per ping
@@ -359,8 +358,8 @@ async def test_handler_error_costs_one_message_not_the_connection(inbox: Inbox) 
 
 async def test_udp_and_tcp_share_the_port(transport: SipTransport) -> None:
     assert transport.local_port > 0
-    with pytest.raises(OSError):  # the UDP port is taken...
-        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).bind(("127.0.0.1", transport.local_port))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s, pytest.raises(OSError):
+        s.bind(("127.0.0.1", transport.local_port))  # the UDP port is taken...
     reader, writer = await tcp_client(transport)  # ...and TCP listens on the same number
     writer.close()
 
@@ -440,3 +439,12 @@ def test_works_on_uvloop() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
+
+
+async def test_udp_send_to_a_host_name_is_resolved(transport: SipTransport) -> None:
+    client, protocol = await udp_client()
+    try:
+        transport.send(OK, Peer("udp", "localhost", client.get_extra_info("sockname")[1]))
+        assert (await asyncio.wait_for(protocol.queue.get(), WAIT))[0] == OK
+    finally:
+        client.close()
