@@ -20,7 +20,7 @@ missing=()
 "$PY" -c 'import ctypes.util, sys; sys.exit(ctypes.util.find_library("sndfile") is None)' 2>/dev/null || missing+=(libsndfile1)
 if [ $want_test = 1 ]; then
     command -v sipp >/dev/null || missing+=(sip-tester)
-    command -v baresip >/dev/null || missing+=(baresip)
+    command -v baresip >/dev/null || missing+=(baresip-core)
 fi
 [ ${#missing[@]} -gt 0 ] && apt_install "${missing[@]}"
 
