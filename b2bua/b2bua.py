@@ -105,6 +105,7 @@ class CallState:
     answered_at: float | None = None
     ended: bool = False
     a_acked: bool = False
+    awaiting_ack_answer: bool = False  # late offer: the caller's SDP answer comes in its ACK
     provisional_sent: bool = False
 
     def other(self, leg: Leg) -> Leg | None:
@@ -414,8 +415,11 @@ class B2BUA:
         headers.add("User-Agent", self.identity.user_agent)
         body = b""
         offer = self._parse_sdp(a_req)
-        if offer is not None and call.media is not None:
-            body = self._anchored(offer, call, leg)
+        if call.media is not None:
+            if offer is not None:
+                body = self._anchored(offer, call, leg)
+            else:
+                body = self._own_offer(call, leg)  # late offer from the caller: we offer on B
             headers.add("Content-Type", "application/sdp")
         request = Request("INVITE", target, headers, body)
         leg.request = request
@@ -430,6 +434,12 @@ class B2BUA:
         self._by_invite_txn[leg.txn] = (call, leg)
         self._log(call, "ringing-out", target=target, via=f"{dest.transport}:{dest.host}:{dest.port}",
                   user=user.name if user else "trunk")
+
+    def _own_offer(self, call: CallState, leg: Leg, payload_types: tuple[int, ...] = (sdpmod.PCMU, sdpmod.PCMA),
+                   dtmf: int | None = 101) -> bytes:
+        leg.sdp_version += 1
+        return sdpmod.offer(self.config.server.media_ip, call.media.ports[leg.channel], session_id=leg.sdp_session,
+                            version=leg.sdp_version, payload_types=payload_types, dtmf_payload_type=dtmf).to_bytes()
 
     def _anchored(self, sdp: Any, call: CallState, leg: Leg) -> bytes:
         """Our copy of the other side's SDP: our address and the port facing `leg`."""
@@ -533,8 +543,15 @@ class B2BUA:
             if other is not leg and not other.ended:
                 other.ended = True
                 self.txn.cancel(other.txn, now)
-        call.media.set_media(leg.channel, sdpmod.audio_endpoint(answer, leg.peer.host))
-        body = self._anchored(answer, call, call.a)
+        answered_endpoint = sdpmod.audio_endpoint(answer, leg.peer.host)
+        call.media.set_media(leg.channel, answered_endpoint)
+        if self._parse_sdp(call.a.request) is None:
+            # Late offer: the caller sent no SDP, so our 200 carries an offer with the codec
+            # the callee chose, and the caller's answer arrives in its ACK (RFC 3261 §13.2.1).
+            call.awaiting_ack_answer = True
+            body = self._own_offer(call, call.a, (answered_endpoint.payload_type,), answered_endpoint.dtmf_payload_type)
+        else:
+            body = self._anchored(answer, call, call.a)
         self._reply(call.a.txn, call.a.request, 200, now, "OK", to_tag=call.a.local_tag, body=body,
                     headers=[("Allow", ALLOW)])
         call.a.dialog = Dialog.from_uas(call.a.request, call.a.local_tag, self.identity.contact(call.a.peer.transport))
@@ -667,7 +684,10 @@ class B2BUA:
         call, leg = found
         if leg is call.a:
             call.a_acked = True
-        # An ACK carrying an SDP answer to our offer-less INVITE is not supported (we always offer).
+            answer = self._parse_sdp(request)
+            if call.awaiting_ack_answer and answer is not None and call.media is not None:
+                call.awaiting_ack_answer = False
+                call.media.set_media(leg.channel, sdpmod.audio_endpoint(answer, leg.peer.host))
 
     def _bye(self, call: CallState, leg: Leg, now: float) -> None:
         if leg.dialog is None or leg.ended:

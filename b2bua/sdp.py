@@ -194,3 +194,23 @@ def audio_endpoint(sdp: SessionDescription, signalling_ip: str) -> MediaEndpoint
             direction = flag
             break
     return MediaEndpoint(remote, signalling_ip, payload_type, codec, dtmf, ptime, direction)
+
+
+def offer(media_ip: str, port: int, *, session_id: int, version: int, payload_types: tuple[int, ...] = (PCMU, PCMA),
+          dtmf_payload_type: int | None = 101) -> SessionDescription:
+    """Our own offer, for a leg whose peer sent none (late offer, RFC 3261 §13.2.1)."""
+    family = "IP6" if ":" in media_ip else "IP4"
+    formats = [str(pt) for pt in payload_types]
+    lines: list[tuple[str, str]] = [("a", f"rtpmap:{pt} {STATIC_NAMES.get(pt, 'PCMU')}/8000") for pt in payload_types]
+    if dtmf_payload_type is not None:
+        formats.append(str(dtmf_payload_type))
+        lines += [("a", f"rtpmap:{dtmf_payload_type} telephone-event/8000"), ("a", f"fmtp:{dtmf_payload_type} 0-16")]
+    lines += [("a", "ptime:20"), ("a", "sendrecv")]
+    session = [
+        ("v", "0"),
+        ("o", f"b2bua {session_id} {version} IN {family} {media_ip}"),
+        ("s", "b2bua"),
+        ("c", f"IN {family} {media_ip}"),
+        ("t", "0 0"),
+    ]
+    return SessionDescription(session, [Media("audio", port, "RTP/AVP", formats, lines)])

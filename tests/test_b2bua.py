@@ -489,3 +489,27 @@ def test_sip_info_digit_goes_to_media(h):
     )
     assert h.one(BOB, 200)
     assert h.media.sessions[0].digits == [(1, "*")]
+
+
+def test_late_offer_we_offer_on_b_and_take_the_answer_from_ack(h):
+    h.register("bob", "bob-pw", BOB, "sip:bob@203.0.113.20")
+    invite = trunk_invite("441632960000").replace("Content-Type: application/sdp\n", "")
+    invite = invite[: invite.index("Content-Length")] + "Content-Length: 0\n\n"
+    h.send(invite, TRUNK)
+    bob = h.one(BOB, "INVITE")
+    our_offer = SessionDescription.parse(bob.body)
+    assert our_offer.first_audio().formats[:2] == ["0", "8"]
+    h.send(respond(bob, 200, "OK", "b1", "sip:bob@203.0.113.20", answer_sdp("203.0.113.20", 7000)), BOB)
+    ok = h.one(TRUNK, 200)
+    offer_to_caller = SessionDescription.parse(ok.body)
+    assert offer_to_caller.first_audio().formats == ["0", "101"]  # the codec bob chose, and DTMF
+    session = h.media.sessions[0]
+    assert 0 not in session.media  # no caller media known until its ACK
+    ack_sdp = OFFER.replace("RTP/AVP 0 8 101", "RTP/AVP 0 101")
+    h.send(
+        f"ACK sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKack9\n"
+        f"From: \"Caller\" <sip:447700900123@198.51.100.7>;tag=tr1\nTo: {ok.headers.get('To')}\n"
+        f"Call-ID: trunk-call-1\nCSeq: 10 ACK\nContent-Type: application/sdp\nContent-Length: {len(ack_sdp)}\n\n{ack_sdp}",
+        TRUNK,
+    )
+    assert session.media[0].remote == ("198.51.100.7", 16000)
