@@ -9,6 +9,7 @@ answer), so the transport replies correctly without knowing why.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from b2bua.headers import NameAddr, Via, parse_cseq, parse_name_addr, parse_via, split_quoted
@@ -36,6 +37,8 @@ LIST_HEADERS = frozenset({
     "unsupported", "accept", "accept-encoding", "accept-language", "allow-events", "content-encoding",
     "in-reply-to", "path", "service-route", "p-asserted-identity", "reason", "security-client",
 })
+#: RFC 3261 §25.1 token: method names and header names.
+_TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+\Z")
 #: Requests must carry these (RFC 3261 §8.1.1); Max-Forwards is tolerated missing (old UAs).
 MANDATORY = ("Via", "From", "To", "Call-ID", "CSeq")
 
@@ -49,7 +52,23 @@ class SipParseError(Exception):
         self.reason = reason
 
 
+_canonical_cache: dict[str, str] = {}
+#: Distinct header spellings remembered; bounded so hostile names cannot grow it.
+MAX_CANONICAL_CACHE = 4096
+
+
 def canonical(name: str) -> str:
+    """The one spelling a header name is stored under (RFC 3261 §7.3.1: names are case-insensitive)."""
+    known = _canonical_cache.get(name)
+    if known is not None:
+        return known
+    result = _canonical(name)
+    if len(_canonical_cache) < MAX_CANONICAL_CACHE:
+        _canonical_cache[name] = result
+    return result
+
+
+def _canonical(name: str) -> str:
     low = name.strip().lower()
     if low in COMPACT:
         return COMPACT[low]
@@ -277,7 +296,7 @@ def parse_message(data: bytes) -> Request | Response:
         if len(parts) != 3 or not parts[0] or not parts[1]:
             raise SipParseError(400, "Bad Request Line")
         method, uri, version = parts
-        if not all(c.isalnum() or c in "-.!%*_+`'~" for c in method):
+        if not _TOKEN.match(method):
             raise SipParseError(400, "Bad Request Line (method)")
         if version.upper() != "SIP/2.0":
             if version.upper().startswith("SIP/"):
@@ -307,7 +326,7 @@ def _parse_headers(lines: list[str]) -> Headers:
             continue
         name, sep, value = line.partition(":")
         name = name.strip()
-        if not sep or not name or not all(c.isalnum() or c in "-.!%*_+`'~" for c in name):
+        if not sep or not _TOKEN.match(name):
             raise SipParseError(400, f"Bad Header: {line[:40]!r}")
         items.append((name, value.strip()))
         if len(items) > MAX_HEADERS:
