@@ -50,6 +50,7 @@ SOURCE_SILENT = 0.06  # three packet times without audio from the other party: p
 SAMPLE_RATE = 8000  # G.711 (RFC 3551 §4.5.14)
 FRAME_SAMPLES = 160  # samples in one 20 ms packet
 MAX_DECISIONS = 16  # per-leg remembered forward/swallow decisions, by event: a few key presses back
+PROMPT_DUCK_SHIFT = 1  # while a prompt plays, the other party's audio is halved (-6 dB) under it
 PAUSE_GRACE = 0.2  # after *1 pauses, late packets of the recorded span still reach the recorder (its jitter window)
 
 Datagram = tuple[int, bytes, tuple[str, int]]  # (leg it goes to, bytes, address)
@@ -465,7 +466,10 @@ class CallRelay:
         leg.prompt_pos = start + len(samples)
         if leg.prompt_pos >= len(prompt):
             leg.prompt = None
+        # The other party is ducked by PROMPT_DUCK_SHIFT (6 dB) under the prompt, so the
+        # presser hears it clearly over a loud line but still hears the other party.
         mixed = samples.astype(np.int32)
+        mixed[: len(piece)] >>= PROMPT_DUCK_SHIFT
         mixed[: len(piece)] += piece
         return np.clip(mixed, -32768, 32767).astype(np.int16)
 
