@@ -161,6 +161,9 @@ class Recorder:
         self._sidecar_dirty = True
         if self._file_start is not None:
             self._write_out()
+        event = ("started" if first else "resumed") if on else "paused"
+        self._log.info("call=%s event=recording-%s by=%s t=%.2f path=%s", self.call.call_id, event,
+                       by or "policy", (pos - self._file_start) / SAMPLE_RATE, self.wav_path)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -192,6 +195,8 @@ class Recorder:
         self._write_out()
         if self._writer is not None:
             self._writer.close()
+        self._log.info("call=%s event=recording-finalised path=%s segments=%d", self.call.call_id, self.wav_path,
+                       len(self._spans))
         if self._backlog:
             self._log.error(
                 "recording %s: closed with %.1f s of audio not written to %s",
