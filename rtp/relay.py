@@ -644,9 +644,16 @@ class CallRelay:
 
     def _latch(self, leg: Leg, addr: tuple[str, int], now: float) -> bool:
         """May a packet from `addr` be this party's? Latches NAT addresses (symmetric RTP)."""
-        if leg.endpoint is None:
+        endpoint = leg.endpoint
+        if endpoint is None:
             return False
-        if addr == leg.remote or (addr[0] == leg.endpoint.signalling_ip and now <= leg.latch_until):
-            leg.latched = addr  # symmetric RTP (RFC 4961): answer where it really sends from
+        if addr == leg.remote:
+            leg.latched = addr  # the SDP address is authoritative, and once it speaks nobody else may
             return True
-        return False
+        if leg.latched is not None or now > leg.latch_until or addr[0] != endpoint.signalling_ip:
+            return False  # a second source, too late, or a stranger: RTP bleed refused
+        # Behind NAT (or an asymmetric sender on its signalling host): the first source from
+        # the party's signalling IP is learnt (RFC 4961 symmetric RTP: we answer there too);
+        # no later source can take over, except the SDP address itself.
+        leg.latched = addr
+        return True

@@ -492,3 +492,25 @@ def test_arbitrary_datagrams_never_raise(steps: list) -> None:  # type: ignore[t
             out = h.relay.tick(now)
         for leg, payload, target in out:
             assert leg in (EXT, USER) and isinstance(payload, bytes) and target is not None
+
+
+def test_a_second_source_on_the_signalling_ip_cannot_take_over_the_stream():
+    """RTP bleed: once a party's source is known, a stranger on the same host is refused."""
+    from b2bua.call import Call, MediaEndpoint, Party
+    from rtp.relay import CallRelay
+    from rtp.prompts import load_prompts
+
+    call = Call("c1", "inbound", "sip:a@x", "sip:b@y", "1", "bob", started=__import__("datetime").datetime.now(),
+                parties=(Party("external", "trunk"), Party("user", "bob")))
+    relay = CallRelay(call, load_prompts(), None)
+    relay.set_media(0, MediaEndpoint(("10.0.0.1", 4000), "10.0.0.1"), 0.0)
+    relay.set_media(1, MediaEndpoint(("10.0.0.2", 5000), "10.0.0.2"), 0.0)
+    header = bytes([0x80, 0x00, 0, 1, 0, 0, 0, 160, 0, 0, 0, 7])
+    packet = header + b"\xff" * 160
+    assert relay.receive(0, packet, ("10.0.0.1", 4000), 0.1)  # the SDP address
+    assert relay.receive(0, packet, ("10.0.0.1", 4444), 0.2) == []  # same host, other port: refused
+    assert relay.receive(0, packet, ("192.0.2.66", 4000), 0.3) == []  # another host: refused
+    assert relay.receive(1, packet, ("10.0.0.2", 5002), 0.1)  # NAT/asymmetric: first source learnt
+    assert relay.receive(1, packet, ("10.0.0.2", 5004), 0.2) == []  # ...and no second one
+    assert relay.receive(1, packet, ("10.0.0.2", 5000), 0.3)  # the SDP address still may
+    assert relay.stats.unlatched == 3
