@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 
 _HOST = re.compile(r"[A-Za-z0-9._-]+\Z")
+#: An unquoted display-name is tokens separated by LWS (RFC 3261 §25.1 display-name).
+_DISPLAY_TOKENS = re.compile(r"[A-Za-z0-9.!%*_+`'~ \t-]+\Z")
 
 
 def split_params(text: str) -> tuple[str, dict[str, str | None]]:
@@ -188,6 +190,8 @@ def parse_name_addr(text: str) -> NameAddr:
         display = text[:lt].strip()
         if display.startswith('"') and display.endswith('"') and len(display) >= 2:
             display = display[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        elif display and not _DISPLAY_TOKENS.match(display):
+            raise ValueError(f"display name must be tokens or quoted: {display!r}")  # RFC 3261 §25.1
         uri = parse_uri(text[lt + 1 : gt])
         _, params = split_params("x" + text[gt + 1 :])
         return NameAddr(display or None, uri, params)

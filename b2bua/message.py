@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from b2bua.headers import NameAddr, Via, parse_cseq, parse_name_addr, parse_via, split_quoted
+from b2bua.headers import NameAddr, Via, parse_cseq, parse_name_addr, parse_uri, parse_via, split_quoted
 
 #: RFC 3261 §18.1.1 sets 1300 bytes as the UDP comfort size; carriers send more (long
 #: SDP, many Vias). 64 KiB is the UDP datagram bound and our hard limit on any transport.
@@ -305,11 +305,18 @@ def parse_message(data: bytes) -> Request | Response:
             if version.upper().startswith("SIP/"):
                 raise SipParseError(505, "Version Not Supported")
             raise SipParseError(400, "Bad Request Line (version)")
-        if ":" not in uri:
-            raise SipParseError(400, "Bad Request-URI")
+        if ":" not in uri or uri.startswith("<"):
+            raise SipParseError(400, "Bad Request-URI")  # RFC 4475 §3.1.2.7: no <> around it
         scheme = uri.split(":", 1)[0].lower()
         if scheme not in ("sip", "sips", "tel"):
             raise SipParseError(416, "Unsupported URI Scheme")
+        if scheme != "tel":
+            if "?" in uri:
+                raise SipParseError(400, "Bad Request-URI (headers not allowed)")  # RFC 3261 §19.1.5
+            try:
+                parse_uri(uri)
+            except ValueError:
+                raise SipParseError(400, "Bad Request-URI") from None
         message = Request(method, uri, headers)
     _check(message)
     message.body = _body(message, body)

@@ -224,3 +224,36 @@ def test_rtp_from_a_stranger_never_reaches_the_recording_or_the_phone(b2bua, bar
     heard = call.rtp.audio()
     f = dominant_frequencies(heard, RATE, 0.1)
     assert not np.any(np.abs(f - 2000) < 30), "no injection towards the trunk"
+
+
+def test_torture_messages_get_their_answer_and_the_server_keeps_serving(b2bua, trunk):
+    from tests.samples.torture import INVALID, VALID
+
+    pbx = b2bua(org(Ports.allocate(), trunk.address))
+    host, port = pbx.sip_address.rsplit(":", 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(2)
+        for name, (status, data) in INVALID.items():
+            sock.sendto(data, (host, int(port)))
+            if data.startswith(b"SIP/"):
+                continue  # a bad response is dropped, never answered
+            reply = sock.recv(65535).decode("utf-8", "replace")
+            assert reply.startswith(f"SIP/2.0 {status} "), (name, reply[:80])
+        for data in VALID.values():
+            sock.sendto(data, (host, int(port)))
+        sock.sendto(b"\x00\xff" * 3000, (host, int(port)))
+        sock.sendto(b"INVITE sip:x SIP/2.0\r\n" + b"X: y\r\n" * 5000, (host, int(port)))
+        time.sleep(0.5)
+        sock.settimeout(0.2)
+        with contextlib.suppress(socket.timeout):
+            while sock.recv(65535):
+                pass
+        sock.settimeout(3)
+        sock.sendto(
+            f"OPTIONS sip:{host}:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{sock.getsockname()[1]};branch=z9hG4bKalive\r\n"
+            f"From: <sip:probe@127.0.0.1>;tag=1\r\nTo: <sip:{host}>\r\nCall-ID: alive-1\r\nCSeq: 1 OPTIONS\r\n"
+            f"Content-Length: 0\r\n\r\n".encode(), (host, int(port)))
+        assert sock.recv(65535).startswith(b"SIP/2.0 200")
+    assert pbx.alive()
+    assert "Traceback" not in pbx.logs()
