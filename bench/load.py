@@ -1,0 +1,536 @@
+"""Whole calls under load: N real calls through the B2BUA (or rtpengine), RTP on every leg.
+
+    python bench/load.py --calls 500 --seconds 20                 # this project, recording on
+    python bench/load.py --calls 500 --seconds 20 --record off
+    python bench/load.py --calls 500 --seconds 20 --peer rtpengine --record off|on
+    python bench/load.py --table --seconds 20                      # the issue-6 table, one run
+
+For the B2BUA: N users register (digest auth), a trunk calls N numbers, each rings one
+user who answers; then every leg streams G.711 at 20 ms pacing (2 x 50 packets/s per call)
+from a generator using sendmmsg/recvmmsg, pinned to the other core (it prints its own
+capacity, to show it is not the bottleneck). The B2BUA is pinned to core 0. After S
+seconds the trunk hangs up every call and every WAV's length is checked.
+
+For rtpengine (Debian rtpengine-daemon, userspace forwarding): the same streams through
+calls set up over its ng control protocol (offer/answer/delete, bencode over UDP), with
+recording off or on (pcap recording to a directory).
+
+Loopback only, bounded in time and count. The last line is one JSON object with keys
+calls, loss, cpu_percent, rss_mb, wav_ok.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rtp.batch_io import BatchSocket, FixedStreams, recv_count  # noqa: E402
+
+LOCAL = "127.0.0.1"
+PTIME = 0.02
+PAYLOAD = bytes([0xFF, 0x7F] * 80)  # 160 bytes of PCMU (a buzz, not silence)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+B2BUA_CORE, LOAD_CORE = 0, 1
+
+
+# -- small helpers ------------------------------------------------------------------------
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((LOCAL, 0))
+        return s.getsockname()[1]
+
+
+def udp(port: int = 0, rcvbuf: int = 8 << 20) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, rcvbuf)
+    s.bind((LOCAL, port))
+    return s
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_peak_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def sdp(port: int, session: int) -> str:
+    return (f"v=0\r\no=load {session} 1 IN IP4 {LOCAL}\r\ns=load\r\nc=IN IP4 {LOCAL}\r\nt=0 0\r\n"
+            f"m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
+            f"a=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n")
+
+
+def sdp_port(text: str) -> int:
+    m = re.search(r"^m=audio (\d+)", text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def header(text: str, name: str) -> str:
+    m = re.search(rf"^{name}\s*:\s*(.*?)\r?$", text, re.M | re.I)
+    return m.group(1) if m else ""
+
+
+def sip_message(start: str, headers: list[str], body: str = "") -> bytes:
+    ctype = ["Content-Type: application/sdp"] if body else []
+    return ("\r\n".join([start, *headers, *ctype, f"Content-Length: {len(body.encode())}", "", body])).encode()
+
+
+# -- the media generator (its own process, on the other core) -------------------------------
+
+def generate(socks: list[socket.socket], targets: list[list[tuple[str, int]]], seconds: float, conn) -> None:
+    """Send 20 ms-paced RTP from socks[k] to every address in targets[k]; count what comes back."""
+    import numpy as np
+
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, {LOAD_CORE})
+    receivers = [BatchSocket(s, 256) for s in socks]
+    senders = []
+    for k, (sock, addrs) in enumerate(zip(socks, targets)):
+        fs = FixedStreams(sock, addrs, 12 + len(PAYLOAD))
+        fs.buffer[:, 0] = 0x80
+        ssrc = (np.arange(len(fs.buffer), dtype=np.uint32) | np.uint32(k << 24)).astype(">u4")
+        fs.buffer[:, 8:12] = ssrc.view(np.uint8).reshape(-1, 4)
+        fs.buffer[:, 12:] = np.frombuffer(PAYLOAD, dtype=np.uint8)
+        senders.append(fs)
+    seq = 0
+    offered = received = 0
+    busy = 0.0
+    start = time.perf_counter()
+    next_tick = start
+    end = start + seconds
+
+    def drain() -> int:
+        got = 0
+        for r in receivers:
+            while True:
+                n = recv_count(r)
+                got += n
+                if n < r.batch:
+                    break
+        return got
+
+    while True:
+        now = time.perf_counter()
+        if now >= end:
+            break
+        if now < next_tick:
+            received += drain()
+            sleep = next_tick - time.perf_counter()
+            if sleep > 0:
+                time.sleep(min(sleep, 0.003))
+            continue
+        t0 = time.perf_counter()
+        ts = (seq * 160) & 0xFFFFFFFF
+        header = struct.pack("!HI", seq & 0xFFFF, ts)
+        for fs in senders:
+            if fs.n:
+                fs.buffer[:, 2:8] = np.frombuffer(header, dtype=np.uint8)
+                offered += fs.send()
+        received += drain()
+        busy += time.perf_counter() - t0
+        seq += 1
+        next_tick += PTIME
+    drain_until = time.perf_counter() + 0.3
+    while time.perf_counter() < drain_until:
+        received += drain()
+        time.sleep(0.01)
+    conn.send({"offered": offered, "received": received, "busy_s": busy, "wall_s": time.perf_counter() - start})
+
+
+def run_generator(socks, targets, seconds):
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=generate, args=(socks, targets, seconds, child))
+    proc.start()
+    return proc, parent
+
+
+# -- the B2BUA under load -------------------------------------------------------------------
+
+class SipLoad:
+    """Registers N users, places N trunk calls, answers them, hangs them up."""
+
+    def __init__(self, sip_port: int, trunk: socket.socket, phone: socket.socket, trunk_media: int, phone_media: int):
+        self.server = (LOCAL, sip_port)
+        self.trunk, self.phone = trunk, phone
+        self.trunk_media, self.phone_media = trunk_media, phone_media
+        self.run = os.urandom(3).hex()
+
+    def _recv(self, timeout: float):
+        ready, _, _ = select.select([self.trunk, self.phone], [], [], timeout)
+        for s in ready:
+            while True:
+                try:
+                    data, addr = s.recvfrom(65535)
+                except BlockingIOError:
+                    break
+                yield s, data.decode("utf-8", "replace"), addr
+
+    def register(self, n: int, realm: str, deadline: float) -> int:
+        phone_port = self.phone.getsockname()[1]
+        self.phone.setblocking(False)
+        self.trunk.setblocking(False)
+        uri = f"sip:{LOCAL}:{self.server[1]}"
+
+        def reg(i: int, cseq: int, auth: str = "") -> bytes:
+            return sip_message(f"REGISTER {uri} SIP/2.0", [
+                f"Via: SIP/2.0/UDP {LOCAL}:{phone_port};branch=z9hG4bK{self.run}r{i}c{cseq};rport",
+                f"From: <sip:u{i}@{LOCAL}>;tag=r{i}", f"To: <sip:u{i}@{LOCAL}>", f"Call-ID: reg-{i}-{self.run}",
+                f"CSeq: {cseq} REGISTER", f"Contact: <sip:u{i}@{LOCAL}:{phone_port}>", "Expires: 3600",
+                "Max-Forwards: 70", *([auth] if auth else [])])
+
+        done: set[int] = set()
+        pending = list(range(n))
+        while pending or len(done) < n:
+            for i in pending[:200]:
+                self.phone.sendto(reg(i, 1), self.server)
+            pending = pending[200:]
+            for _, text, _ in self._recv(0.05):
+                m = re.search(r"Call-ID: reg-(\d+)-", text)
+                if not m:
+                    continue
+                i = int(m.group(1))
+                if text.startswith("SIP/2.0 401"):
+                    nonce = re.search(r'nonce="([^"]+)"', text).group(1)
+                    ha1 = hashlib.md5(f"u{i}:{realm}:pw{i}".encode()).hexdigest()
+                    ha2 = hashlib.md5(f"REGISTER:{uri}".encode()).hexdigest()
+                    resp = hashlib.md5(f"{ha1}:{nonce}:00000001:c{i}:auth:{ha2}".encode()).hexdigest()
+                    auth = (f'Authorization: Digest username="u{i}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
+                            f'response="{resp}", algorithm=MD5, qop=auth, nc=00000001, cnonce="c{i}"')
+                    self.phone.sendto(reg(i, 2, auth), self.server)
+                elif text.startswith("SIP/2.0 200"):
+                    done.add(i)
+            if time.monotonic() > deadline:
+                break
+        return len(done)
+
+    def call(self, n: int, rate: float, deadline: float) -> tuple[list[int], list[int], dict]:
+        """Place n calls at `rate` per second; returns (B2BUA ports facing the trunk, facing the phones, dialogs)."""
+        trunk_port = self.trunk.getsockname()[1]
+        phone_port = self.phone.getsockname()[1]
+        a_ports: dict[int, int] = {}
+        b_ports: list[int] = []
+        dialogs: dict[int, tuple[str, str, str]] = {}  # i -> (to header with tag, contact uri, call-id)
+        answered_b: set[str] = set()
+        sent = 0
+        began = time.monotonic()
+        while len(a_ports) < n and time.monotonic() < deadline:
+            due = min(n, int((time.monotonic() - began) * rate) + 1)
+            while sent < due:
+                i = sent
+                ddi = str(4400000000 + i)
+                self.trunk.sendto(sip_message(f"INVITE sip:{ddi}@{LOCAL}:{self.server[1]} SIP/2.0", [
+                    f"Via: SIP/2.0/UDP {LOCAL}:{trunk_port};branch=z9hG4bK{self.run}i{i};rport",
+                    f"From: <sip:caller@{LOCAL}:{trunk_port}>;tag=t{i}", f"To: <sip:{ddi}@{LOCAL}:{self.server[1]}>",
+                    f"Call-ID: load-{i}-{self.run}", "CSeq: 1 INVITE", f"Contact: <sip:caller@{LOCAL}:{trunk_port}>",
+                    "Max-Forwards: 70"], sdp(self.trunk_media, i)), self.server)
+                sent += 1
+            for sock, text, addr in self._recv(0.01):
+                if sock is self.phone and text.startswith("INVITE "):
+                    call_id = header(text, "Call-ID")
+                    if call_id not in answered_b:
+                        answered_b.add(call_id)
+                        b_ports.append(sdp_port(text))
+                    vias = [f"Via: {v}" for v in re.findall(r"^Via\s*:\s*(.*?)\r?$", text, re.M | re.I)]
+                    self.phone.sendto(sip_message("SIP/2.0 200 OK", [
+                        *vias, f"From: {header(text, 'From')}", f"To: {header(text, 'To')};tag=p{len(b_ports)}",
+                        f"Call-ID: {call_id}", f"CSeq: {header(text, 'CSeq')}",
+                        f"Contact: <sip:phone@{LOCAL}:{phone_port}>"], sdp(self.phone_media, len(b_ports))), addr)
+                elif sock is self.trunk and text.startswith("SIP/2.0 200") and "INVITE" in header(text, "CSeq"):
+                    m = re.search(r"load-(\d+)-", header(text, "Call-ID"))
+                    if not m:
+                        continue
+                    i = int(m.group(1))
+                    to = header(text, "To")
+                    contact = re.search(r"<([^>]+)>", header(text, "Contact")).group(1)
+                    self.trunk.sendto(sip_message(f"ACK {contact} SIP/2.0", [
+                        f"Via: SIP/2.0/UDP {LOCAL}:{trunk_port};branch=z9hG4bK{self.run}a{i};rport",
+                        f"From: <sip:caller@{LOCAL}:{trunk_port}>;tag=t{i}", f"To: {to}",
+                        f"Call-ID: load-{i}-{self.run}", "CSeq: 1 ACK", "Max-Forwards: 70"]), addr)
+                    if i not in a_ports:
+                        a_ports[i] = sdp_port(text.split("\r\n\r\n", 1)[1])
+                        dialogs[i] = (to, contact, f"load-{i}-{self.run}")
+        return list(a_ports.values()), b_ports, dialogs
+
+    def hangup(self, dialogs: dict, deadline: float) -> int:
+        trunk_port = self.trunk.getsockname()[1]
+        for i, (to, contact, call_id) in dialogs.items():
+            self.trunk.sendto(sip_message(f"BYE {contact} SIP/2.0", [
+                f"Via: SIP/2.0/UDP {LOCAL}:{trunk_port};branch=z9hG4bK{self.run}b{i};rport",
+                f"From: <sip:caller@{LOCAL}:{trunk_port}>;tag=t{i}", f"To: {to}", f"Call-ID: {call_id}",
+                "CSeq: 2 BYE", "Max-Forwards: 70"]), self.server)
+        ended = set()
+        while len(ended) < len(dialogs) and time.monotonic() < deadline:
+            for sock, text, addr in self._recv(0.05):
+                if sock is self.trunk and text.startswith("SIP/2.0 200") and "BYE" in header(text, "CSeq"):
+                    ended.add(header(text, "Call-ID"))
+                elif sock is self.phone and text.startswith("BYE "):
+                    vias = [f"Via: {v}" for v in re.findall(r"^Via\s*:\s*(.*?)\r?$", text, re.M | re.I)]
+                    self.phone.sendto(sip_message("SIP/2.0 200 OK", [
+                        *vias, f"From: {header(text, 'From')}", f"To: {header(text, 'To')}",
+                        f"Call-ID: {header(text, 'Call-ID')}", f"CSeq: {header(text, 'CSeq')}"]), addr)
+        return len(ended)
+
+
+def b2bua_config(n: int, sip_port: int, trunk_port: int, rtp: tuple[int, int], record: bool, recordings: Path) -> str:
+    lines = [f'''[server]
+listen = "{LOCAL}:{sip_port}"
+media_ip = "{LOCAL}"
+rtp_ports = "{rtp[0]}-{rtp[1]}"
+recordings_dir = "{recordings}"
+realm = "load"
+[organisation]
+name = "Load"
+call_recording = true
+[security]
+max_auth_failures = 1000000
+[[trunks]]
+name = "load"
+sources = ["{LOCAL}:{trunk_port}"]
+uri = "sip:{LOCAL}:{trunk_port}"
+''']
+    rec = "yes" if record else "no"
+    for i in range(n):
+        lines.append(f'[[numbers]]\nddi = "{4400000000 + i}"\nrecord = "{rec}"\nto = "user:u{i}"\n'
+                     f'[[users]]\nname = "u{i}"\npassword = "pw{i}"\n')
+    return "\n".join(lines)
+
+
+def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path) -> dict:
+    sip_port = free_port()
+    trunk, phone = udp(), udp()
+    trunk_media, phone_media = udp(), udp()
+    low = 20000
+    rtp = (low, low + calls * 4 + 200)
+    recordings = workdir / "recordings"
+    config = workdir / "flows.toml"
+    config.write_text(b2bua_config(calls, sip_port, trunk.getsockname()[1], rtp, record, recordings))
+    log = open(workdir / "b2bua.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "b2bua", "run", "--config", str(config)], stdout=log, stderr=log,
+                            preexec_fn=lambda: os.sched_setaffinity(0, {B2BUA_CORE}))
+    try:
+        os.sched_setaffinity(0, {LOAD_CORE})
+        wait_listening(sip_port, proc)
+        load = SipLoad(sip_port, trunk, phone, trunk_media.getsockname()[1], phone_media.getsockname()[1])
+        t = time.monotonic()
+        registered = load.register(calls, "load", time.monotonic() + 60)
+        reg_s = time.monotonic() - t
+        t = time.monotonic()
+        a_ports, b_ports, dialogs = load.call(calls, rate=250, deadline=time.monotonic() + 60 + calls / 100)
+        setup_s = time.monotonic() - t
+        answered = len(a_ports)
+        targets = [[(LOCAL, p) for p in a_ports], [(LOCAL, p) for p in b_ports]]
+        cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
+        gen, pipe = run_generator([trunk_media, phone_media], targets, seconds)
+        stats = pipe.recv()
+        gen.join()
+        cpu = cpu_seconds(proc.pid) - cpu0
+        wall = time.monotonic() - wall0
+        rss = rss_peak_mb(proc.pid)
+        ended = load.hangup(dialogs, time.monotonic() + 30)
+        time.sleep(2.0)
+        wavs = sorted(recordings.rglob("*.wav"))
+        lengths = [(w.stat().st_size - 44) / 4 / 8000 for w in wavs]
+        expected = calls if record else 0
+        wav_ok = len(wavs) == expected and all(abs(x - seconds) < 2.5 for x in lengths)
+        recorded_packets = int(sum(lengths) * 50 * 2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(20)
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+        for s in (trunk, phone, trunk_media, phone_media):
+            s.close()
+    offered, received = stats["offered"], stats["received"]
+    return {
+        "peer": "b2bua", "record": record, "calls": calls, "registered": registered, "answered": answered,
+        "ended": ended, "offered": offered, "relayed": received, "recorded": recorded_packets,
+        "loss": round(1 - received / offered, 5) if offered else 1.0,
+        "cpu_percent": round(100 * cpu / wall, 1), "rss_mb": round(rss, 1), "wav_ok": wav_ok,
+        "wavs": len(wavs), "register_s": round(reg_s, 2), "setup_s": round(setup_s, 2),
+        "generator_capacity_pps": round(offered / stats["busy_s"]) if stats["busy_s"] else 0,
+        "offered_pps": round(offered / stats["wall_s"]),
+    }
+
+
+def wait_listening(sip_port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.5)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError("the B2BUA exited at start")
+            s.sendto(sip_message(f"OPTIONS sip:{LOCAL}:{sip_port} SIP/2.0", [
+                f"Via: SIP/2.0/UDP {LOCAL}:{s.getsockname()[1] if s.getsockname()[1] else 0};branch=z9hG4bKping",
+                "From: <sip:ping@127.0.0.1>;tag=1", f"To: <sip:{LOCAL}>", "Call-ID: ping", "CSeq: 1 OPTIONS"]),
+                (LOCAL, sip_port))
+            with contextlib.suppress(socket.timeout):
+                s.recvfrom(65535)
+                return
+    raise RuntimeError("the B2BUA did not answer OPTIONS")
+
+
+# -- rtpengine under the same load -----------------------------------------------------------
+
+def bencode(x) -> bytes:
+    if isinstance(x, int):
+        return b"i%de" % x
+    if isinstance(x, str):
+        x = x.encode()
+    if isinstance(x, bytes):
+        return b"%d:%s" % (len(x), x)
+    if isinstance(x, list):
+        return b"l" + b"".join(bencode(v) for v in x) + b"e"
+    if isinstance(x, dict):
+        return b"d" + b"".join(bencode(k) + bencode(v) for k, v in sorted(x.items())) + b"e"
+    raise TypeError(type(x))
+
+
+def ng(sock: socket.socket, addr, command: dict) -> str:
+    cookie = os.urandom(4).hex().encode()
+    sock.sendto(cookie + b" " + bencode(command), addr)
+    data = sock.recv(65535)
+    return data.split(b" ", 1)[1].decode("utf-8", "replace")
+
+
+def run_rtpengine(calls: int, seconds: float, record: bool, workdir: Path) -> dict:
+    binary = shutil.which("rtpengine")
+    if binary is None:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "rtpengine-daemon"], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        binary = shutil.which("rtpengine")
+    if binary is None:
+        raise RuntimeError("rtpengine is not installed and apt-get could not install rtpengine-daemon")
+    ng_port = free_port()
+    rec_dir = workdir / "rtpengine-rec"
+    rec_dir.mkdir(exist_ok=True)
+    argv = [binary, "--foreground", "--log-stderr", "--table=-1", f"--interface={LOCAL}",
+            f"--listen-ng={LOCAL}:{ng_port}", "--port-min=30000", f"--port-max={30000 + calls * 4 + 200}",
+            "--num-threads=1", "--log-level=3"]
+    if record:
+        argv += [f"--recording-dir={rec_dir}", "--recording-method=pcap"]
+    log = open(workdir / "rtpengine.log", "w")
+    proc = subprocess.Popen(argv, stdout=log, stderr=log, preexec_fn=lambda: os.sched_setaffinity(0, {B2BUA_CORE}))
+    trunk_media, phone_media = udp(), udp()
+    try:
+        os.sched_setaffinity(0, {LOAD_CORE})
+        ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        ctl.settimeout(2)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if "pong" in ng(ctl, (LOCAL, ng_port), {"command": "ping"}):
+                    break
+            except (socket.timeout, ConnectionRefusedError):
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("rtpengine did not start: " + (workdir / "rtpengine.log").read_text()[-500:])
+            time.sleep(0.2)
+        a_ports, b_ports = [], []
+        for i in range(calls):
+            base = {"call-id": f"c{i}", "from-tag": f"f{i}"}
+            flags = {"record call": "yes"} if record else {}
+            offer = ng(ctl, (LOCAL, ng_port), {**base, **flags, "command": "offer",
+                                                "sdp": sdp(trunk_media.getsockname()[1], i)})
+            b_ports.append(sdp_port(re.search(r"sdp\d+:(.*)", offer, re.S).group(1)))
+            answer = ng(ctl, (LOCAL, ng_port), {**base, "command": "answer", "to-tag": f"t{i}",
+                                                 "sdp": sdp(phone_media.getsockname()[1], i)})
+            a_ports.append(sdp_port(re.search(r"sdp\d+:(.*)", answer, re.S).group(1)))
+        targets = [[(LOCAL, p) for p in a_ports], [(LOCAL, p) for p in b_ports]]
+        cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
+        gen, pipe = run_generator([trunk_media, phone_media], targets, seconds)
+        stats = pipe.recv()
+        gen.join()
+        cpu = cpu_seconds(proc.pid) - cpu0
+        wall = time.monotonic() - wall0
+        rss = rss_peak_mb(proc.pid)
+        for i in range(calls):
+            ng(ctl, (LOCAL, ng_port), {"command": "delete", "call-id": f"c{i}", "from-tag": f"f{i}"})
+        ctl.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+        trunk_media.close()
+        phone_media.close()
+    offered, received = stats["offered"], stats["received"]
+    return {
+        "peer": "rtpengine", "record": record, "calls": calls, "offered": offered, "relayed": received,
+        "loss": round(1 - received / offered, 5) if offered else 1.0,
+        "cpu_percent": round(100 * cpu / wall, 1), "rss_mb": round(rss, 1),
+        "wav_ok": None, "generator_capacity_pps": round(offered / stats["busy_s"]) if stats["busy_s"] else 0,
+        "offered_pps": round(offered / stats["wall_s"]),
+    }
+
+
+def one(peer: str, calls: int, seconds: float, record: bool) -> dict:
+    with tempfile.TemporaryDirectory(prefix="load-") as tmp:
+        if peer == "b2bua":
+            return run_b2bua(calls, seconds, record, Path(tmp))
+        return run_rtpengine(calls, seconds, record, Path(tmp))
+
+
+def line(r: dict) -> str:
+    return (f"{r['peer']:<10} record={'on ' if r['record'] else 'off'} calls={r['calls']:<5} loss={r['loss']:.4%} "
+            f"cpu={r['cpu_percent']:>5}% rss={r['rss_mb']:>6} MB offered={r['offered_pps']}/s "
+            f"generator_capacity={r['generator_capacity_pps']}/s wav_ok={r.get('wav_ok')}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=100)
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--peer", choices=["b2bua", "rtpengine"], default="b2bua")
+    ap.add_argument("--record", choices=["on", "off"], default="on")
+    ap.add_argument("--table", action="store_true", help="calls 500/1000/2000 x {b2bua, rtpengine off/on}")
+    args = ap.parse_args()
+    if not args.table:
+        r = one(args.peer, args.calls, args.seconds, args.record == "on")
+        print(line(r))
+        print(json.dumps({k: r[k] for k in ("calls", "loss", "cpu_percent", "rss_mb", "wav_ok")} | {"peer": r["peer"]}))
+        return
+    rows = []
+    for calls in (500, 1000, 2000):
+        for peer, record in (("b2bua", True), ("rtpengine", False), ("rtpengine", True)):
+            try:
+                r = one(peer, calls, args.seconds, record)
+            except Exception as exc:  # a failed cell is reported, the table goes on
+                r = {"peer": peer, "record": record, "calls": calls, "error": str(exc)[:200]}
+                print(f"{peer} record={record} calls={calls}: failed: {exc}")
+            else:
+                print(line(r), flush=True)
+            rows.append(r)
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
