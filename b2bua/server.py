@@ -14,6 +14,7 @@ import signal
 import sys
 from typing import Any
 
+from b2bua import os_limits
 from b2bua.auth import DigestAuthenticator
 from b2bua.b2bua import B2BUA
 from b2bua.config import Config
@@ -127,6 +128,8 @@ class Server:
             log.info("startup number=%s to=%s:%s record=%s", number.ddi, *number.to, number.record.value)
         for trunk in c.trunks:
             log.info("startup trunk=%s uri=%s", trunk.name, trunk.uri)
+        for warning in os_limits.check(s.rtp_ports):
+            log.warning("startup os-limit: %s", warning)
 
     async def shutdown(self) -> None:
         log.info("shutdown event=begin calls=%d", len(self.core.calls))
