@@ -199,8 +199,7 @@ class B2BUA:
         elif method == "INVITE":
             self._invite(txn, request, peer, now)
         elif method == "REGISTER":
-            response = self.registrar.handle(request, peer, now)
-            self.txn.send_response(txn, response, now)
+            self._register(txn, request, peer, now)
         elif method == "OPTIONS":
             self._reply(txn, request, 200, now, headers=[("Allow", ALLOW), ("Accept", "application/sdp")])
         elif method == "BYE":
@@ -209,6 +208,25 @@ class B2BUA:
             pass  # the transaction layer deals with these
         else:
             self._reply(txn, request, 405, now, headers=[("Allow", ALLOW)])
+
+    def _register(self, txn: Any, request: Request, peer: Peer, now: float) -> None:
+        """RFC 3261 §10.3 is the registrar's; here each added or removed binding is logged."""
+        try:
+            user = request.to.uri.user or ""
+        except ValueError:
+            user = ""
+        before = {b.uri for b in self.registrar.contacts(user, now)} if user else set()
+        response = self.registrar.handle(request, peer, now)
+        self.txn.send_response(txn, response, now)
+        if response.status == 200 and user:
+            after = {b.uri: b for b in self.registrar.contacts(user, now)}
+            for uri in after.keys() - before:
+                log.info("registration event=added user=%s contact=%s source=%s:%s:%d expires=%d", user, uri,
+                         peer.transport, peer.host, peer.port, after[uri].expires_in(now))
+            for uri in before - after.keys():
+                log.info("registration event=removed user=%s contact=%s", user, uri)
+        elif response.status == 403:
+            log.warning("registration event=refused user=%s source=%s:%d", user, peer.host, peer.port)
 
     def _reply(
         self,
