@@ -45,6 +45,10 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER"
 MAX_FORWARDS = 70
 #: How often registrations are swept for expiry (seconds).
 EXPIRY_SWEEP = 1.0
+#: How long a branch INVITE cancelled when its call ended is remembered, so that a 2xx
+#: crossing our CANCEL still gets ACK and BYE (RFC 3261 §9.1): past the transaction's own
+#: give-up time (64*T1 = 32 s, after which it reports a timeout and is forgotten then).
+LATE_ANSWER_WINDOW = 64.0
 #: Status we give a caller when the answering branch never sent a usable answer.
 NOT_ACCEPTABLE = 488
 #: Ranking of branch failures when every branch of a fork failed: a 6xx ends the
@@ -144,6 +148,8 @@ class B2BUA:
         self._next_sweep = 0.0
         # in-dialog requests relayed across: client txn -> (call, server txn, request, leg it came from)
         self._relays: dict[Any, tuple[CallState, Any, Request, Leg]] = {}
+        # branch INVITEs of ended calls still awaiting their final response: txn -> forget-by time
+        self._late_branches: dict[Any, float] = {}
         self.wall_clock = wall_clock
 
     # ------------------------------------------------------------------ events in
@@ -178,6 +184,8 @@ class B2BUA:
             self._next_sweep = now + EXPIRY_SWEEP
             for binding in self.registrar.expire(now):
                 log.info("registration event=expired user=%s contact=%s", binding.user, binding.uri)
+            for txn in [t for t, until in self._late_branches.items() if now >= until]:
+                self._forget_late_branch(txn)
 
     def shutdown(self, now: float) -> None:
         """SIGTERM: every call gets BYE (or CANCEL/503 before answer); media finalises."""
@@ -489,9 +497,19 @@ class B2BUA:
             call, leg = self._by_invite_txn[txn]
             if leg is not call.a:
                 self._branch_response(call, leg, response, now)
+            if txn in self._late_branches and response.status >= 200:
+                self._forget_late_branch(txn)
             return
         if txn in self._relays:
             self._relay_response(txn, response, now)
+
+    def _forget_late_branch(self, txn: Any) -> None:
+        self._late_branches.pop(txn, None)
+        found = self._by_invite_txn.pop(txn, None)
+        if found is not None:
+            call_id = found[0].id
+            for key in [k for k in self._acks if k[0].startswith(call_id)]:
+                del self._acks[key]
 
     def _stray_response(self, response: Response) -> None:
         """A retransmitted 2xx to an INVITE we already ACKed: ACK again (RFC 3261 §13.2.2.4)."""
@@ -537,12 +555,23 @@ class B2BUA:
             self._fail_call(call, best, reason if best == status else None, now, cause=str(best))
 
     def _branch_answered(self, call: CallState, leg: Leg, response: Response, now: float) -> None:
+        if leg.answered or (leg.final_status is not None and 200 <= leg.final_status < 300):
+            # A retransmission of a 2xx we already took (our ACK was lost or late): the same
+            # ACK again (RFC 3261 §13.2.2.4). It is not a second answer: the call stays up.
+            sent = self._acks.get((response.call_id, response.cseq[0]))
+            if sent is not None:
+                self.txn.send_stateless(*sent)
+            return
         dialog = Dialog.from_uac(leg.request, response)
         ack = dialog.ack(response.cseq[0], self.identity.via(leg.peer.transport))
         self._acks[(response.call_id, response.cseq[0])] = (ack, leg.peer)
         self.txn.send_stateless(ack, leg.peer)
         if call.winner is not None or call.ended:
-            # Lost the race (another branch answered first, or the caller gave up): hang it up.
+            # Lost the race (another branch answered first, or the caller gave up, and the 2xx
+            # crossed our CANCEL): ACK it, then hang it up (RFC 3261 §9.1, §15).
+            leg.ended = True
+            leg.final_status = response.status
+            self._log(call, "late-answer", by=leg.user.name if leg.user else "trunk", action="bye")
             bye = dialog.create_request("BYE", self.identity.via(leg.peer.transport))
             self.txn.send_request(bye, leg.peer, now)
             return
@@ -613,6 +642,8 @@ class B2BUA:
             call, leg = found
             if leg is not call.a and not leg.answered and not leg.ended:
                 self._branch_failed(call, leg, 408, "Request Timeout", now)
+            if txn in self._late_branches:
+                self._forget_late_branch(txn)
             return
         relay = self._relays.pop(txn, None)
         if relay is not None:
@@ -659,7 +690,11 @@ class B2BUA:
         self.calls.pop(call.id, None)
         for key in [k for k, (c, _) in self._by_dialog.items() if c is call]:
             del self._by_dialog[key]
-        for key in [k for k, (c, _) in self._by_invite_txn.items() if c is call]:
+        for key, (_, leg) in [(k, v) for k, v in self._by_invite_txn.items() if v[0] is call]:
+            if leg is not call.a and not leg.answered and leg.final_status is None and leg.txn is not None:
+                # Cancelled, final response not in yet: a 2xx may still cross our CANCEL.
+                self._late_branches[key] = now + LATE_ANSWER_WINDOW
+                continue
             del self._by_invite_txn[key]
         for key in [k for k in self._acks if k[0].startswith(call.id)]:
             del self._acks[key]

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 _HOST = re.compile(r"[A-Za-z0-9._-]+\Z")
 #: An unquoted display-name is tokens separated by LWS (RFC 3261 §25.1 display-name).
 _DISPLAY_TOKENS = re.compile(r"[A-Za-z0-9.!%*_+`'~ \t-]+\Z")
+#: A backslash escapes the next character inside a quoted-string (RFC 3261 §25.1 quoted-pair).
+_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 
 
 def split_params(text: str) -> tuple[str, dict[str, str | None]]:
@@ -149,7 +151,7 @@ def split_host_port(text: str) -> tuple[str, int | None]:
 
 
 def _port(text: str, whole: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise ValueError(f"bad port: {whole!r}")
     return int(text)
 
@@ -167,7 +169,9 @@ class NameAddr:
         return self.params.get("tag")
 
     def __str__(self) -> str:
-        display = f'"{self.display}" ' if self.display else ""
+        # RFC 3261 §25.1 quoted-string: escape the backslash and the quote.
+        quoted = self.display.replace("\\", "\\\\").replace('"', '\\"') if self.display else ""
+        display = f'"{quoted}" ' if self.display else ""
         return f"{display}<{self.uri}>{_format_params(self.params)}"
 
 
@@ -189,7 +193,7 @@ def parse_name_addr(text: str) -> NameAddr:
             raise ValueError(f"unclosed <: {text!r}")
         display = text[:lt].strip()
         if display.startswith('"') and display.endswith('"') and len(display) >= 2:
-            display = display[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+            display = _QUOTED_PAIR.sub(r"\1", display[1:-1])  # RFC 3261 §25.1 quoted-pair
         elif display and not _DISPLAY_TOKENS.match(display):
             raise ValueError(f"display name must be tokens or quoted: {display!r}")  # RFC 3261 §25.1
         uri = parse_uri(text[lt + 1 : gt])
@@ -221,7 +225,7 @@ class Via:
     @property
     def rport(self) -> int | None:
         value = self.params.get("rport")
-        return int(value) if value and value.isdigit() else None
+        return int(value) if value and value.isascii() and value.isdigit() else None
 
     @property
     def has_rport(self) -> bool:
@@ -259,6 +263,6 @@ def parse_via(text: str) -> Via:
 def parse_cseq(text: str) -> tuple[int, str]:
     """`CSeq: 4711 INVITE` (RFC 3261 §20.16: a 32-bit number and a method)."""
     parts = text.split()
-    if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 10 or int(parts[0]) >= 2**31:
+    if len(parts) != 2 or not (parts[0].isascii() and parts[0].isdigit()) or len(parts[0]) > 10 or int(parts[0]) >= 2**31:
         raise ValueError(f"bad CSeq: {text!r}")
     return int(parts[0]), parts[1]

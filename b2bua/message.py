@@ -13,7 +13,9 @@ answer), so the transport replies correctly without knowing why.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from b2bua.headers import NameAddr, Via, parse_cseq, parse_name_addr, parse_uri, parse_via, split_quoted
 
@@ -55,29 +57,38 @@ class SipParseError(Exception):
         self.reason = reason
 
 
-_canonical_cache: dict[str, str] = {}
-#: Distinct header spellings remembered; bounded so hostile names cannot grow it.
-MAX_CANONICAL_CACHE = 4096
+#: Header names as we write them (RFC 3261 §20 spelling), keyed by their lower-case form.
+#: Looked up before computing Title-Case so the common names cost one dict hit; a constant,
+#: never grown, so hostile names cannot make it a memory sink (style: no global mutable state).
+_KNOWN: Mapping[str, str] = MappingProxyType({
+    **{full.lower(): full for full in COMPACT.values()},
+    **_CANONICAL,
+    **{name.lower(): name for name in (
+        "Accept", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow", "Authentication-Info",
+        "Authorization", "Contact", "Content-Disposition", "Content-Language", "Date", "Error-Info",
+        "Expires", "In-Reply-To", "Max-Forwards", "Min-Expires", "Min-SE", "Organization", "Path",
+        "Priority", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Require", "Reason", "Record-Route",
+        "Reply-To", "Require", "Retry-After", "Route", "Server", "Service-Route", "Timestamp", "Unsupported",
+        "User-Agent", "Warning", "P-Asserted-Identity", "P-Preferred-Identity", "Privacy", "Diversion",
+        "Remote-Party-ID", "Replaces", "Refer-To", "Referred-By", "Event", "Subscription-State",
+    )},
+})
 
 
 def canonical(name: str) -> str:
-    """The one spelling a header name is stored under (RFC 3261 §7.3.1: names are case-insensitive)."""
-    known = _canonical_cache.get(name)
+    """The one spelling a header name is stored under (RFC 3261 §7.3.1: names are
+    case-insensitive; §7.3.3: compact forms mean their full names)."""
+    low = name.strip().lower()
+    known = COMPACT.get(low) or _KNOWN.get(low)
     if known is not None:
         return known
-    result = _canonical(name)
-    if len(_canonical_cache) < MAX_CANONICAL_CACHE:
-        _canonical_cache[name] = result
-    return result
-
-
-def _canonical(name: str) -> str:
-    low = name.strip().lower()
-    if low in COMPACT:
-        return COMPACT[low]
-    if low in _CANONICAL:
-        return _CANONICAL[low]
     return "-".join(p.capitalize() for p in low.split("-"))
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²' and other Unicode digits that
+    int() then rejects, which would escape as a ValueError instead of a 400 (RFC 3261 §25.1 DIGIT)."""
+    return text.isascii() and text.isdigit()
 
 
 class Headers:
@@ -122,7 +133,10 @@ class Headers:
         self._items = [it for it in self._items if it[0] != key]
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and any(n == canonical(name) for n, _ in self._items)
+        if not isinstance(name, str):
+            return False
+        key = canonical(name)
+        return any(n == key for n, _ in self._items)
 
     def items(self) -> list[tuple[str, str]]:
         return list(self._items)
@@ -286,7 +300,7 @@ def parse_message(data: bytes) -> Request | Response:
     message: Request | Response
     if start.startswith("SIP/"):
         parts = start.split(" ", 2)
-        if len(parts) < 2 or not parts[1].isdigit() or len(parts[1]) != 3:
+        if len(parts) < 2 or not _is_number(parts[1]) or len(parts[1]) != 3:
             raise SipParseError(400, "Bad Status Line")
         if parts[0].upper() != "SIP/2.0":
             raise SipParseError(505, "Version Not Supported")
@@ -366,7 +380,7 @@ def _check(message: Request | Response) -> None:
     except ValueError:
         raise SipParseError(400, "Bad Header: Via") from None
     mf = headers.get("Max-Forwards")
-    if mf is not None and (not mf.isdigit() or int(mf) > 255):
+    if mf is not None and (not _is_number(mf) or int(mf) > 255):  # RFC 3261 §20.22: 0-255
         raise SipParseError(400, "Bad Header: Max-Forwards")
     if len(headers.get_all("Content-Length")) > 1 and len(set(headers.get_all("Content-Length"))) > 1:
         raise SipParseError(400, "Bad Header: Content-Length (conflicting values)")
@@ -376,7 +390,7 @@ def _body(message: Request | Response, body: bytes) -> bytes:
     length = message.headers.get("Content-Length")
     if length is None:
         return body  # UDP without Content-Length: the rest of the datagram (§18.3)
-    if not length.strip().isdigit():
+    if not _is_number(length.strip()):
         raise SipParseError(400, "Bad Header: Content-Length")
     n = int(length)
     if n > len(body):
@@ -388,7 +402,11 @@ class StreamFramer:
     """Cuts a TCP byte stream into messages by Content-Length (RFC 3261 §18.3).
 
     CRLF keep-alives between messages (RFC 5626 §3.5.1) are swallowed; `pings` counts
-    the double-CRLF pings so the transport can answer each with one CRLF pong.
+    the double-CRLF pings so the transport can answer each with one CRLF pong. The
+    buffer is bounded by `max_size`: a peer that never ends its header block, or
+    announces a body beyond the bound, gets 513 rather than our memory.
+    A stream message without Content-Length is taken as bodiless (§18.3 makes the
+    header mandatory on streams; §20.14 lets a missing one mean zero).
     """
 
     def __init__(self, max_size: int = MAX_MESSAGE_SIZE) -> None:
@@ -402,6 +420,7 @@ class StreamFramer:
         return len(self.buffer)
 
     def feed(self, data: bytes) -> list[bytes]:
+        """Append `data`; return every message now complete, in order."""
         self.buffer += data
         out: list[bytes] = []
         while True:
@@ -412,21 +431,12 @@ class StreamFramer:
                 del self.buffer[:stripped]
             if not self.buffer:
                 break
-            end = self.buffer.find(b"\r\n\r\n")
+            end, separator = _head_end(self.buffer)
             if end < 0:
                 if len(self.buffer) > self.max_size:
                     raise SipParseError(513, "Message Too Large")
                 break
-            head = bytes(self.buffer[:end])
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, sep, value = line.partition(b":")
-                if sep and name.strip().lower() in (b"content-length", b"l"):
-                    value = value.strip()
-                    if not value.isdigit():
-                        raise SipParseError(400, "Bad Header: Content-Length")
-                    length = int(value)
-            total = end + 4 + length
+            total = end + separator + _content_length(bytes(self.buffer[:end]))
             if total > self.max_size:
                 raise SipParseError(513, "Message Too Large")
             if len(self.buffer) < total:
@@ -434,3 +444,26 @@ class StreamFramer:
             out.append(bytes(self.buffer[:total]))
             del self.buffer[:total]
         return out
+
+
+def _head_end(buffer: bytearray) -> tuple[int, int]:
+    """Where the header block ends and how long its blank-line separator is (-1 when
+    incomplete); CRLF CRLF per RFC 3261 §7, LF LF accepted from lenient stacks."""
+    crlf = buffer.find(b"\r\n\r\n")
+    lf = buffer.find(b"\n\n")
+    if crlf >= 0 and (lf < 0 or crlf < lf):
+        return crlf, 4
+    return (lf, 2) if lf >= 0 else (-1, 0)
+
+
+def _content_length(head: bytes) -> int:
+    """The Content-Length (or compact `l`, RFC 3261 §7.3.3) of a header block; 0 when absent."""
+    length = 0
+    for line in head.split(b"\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() in (b"content-length", b"l"):
+            value = value.strip()
+            if not value.isdigit():  # bytes.isdigit() is ASCII only
+                raise SipParseError(400, "Bad Header: Content-Length")
+            length = int(value)
+    return length

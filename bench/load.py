@@ -436,7 +436,9 @@ def run_rtpengine(calls: int, seconds: float, record: bool, workdir: Path) -> di
     if record:
         argv += [f"--recording-dir={rec_dir}", "--recording-method=pcap"]
     log = open(workdir / "rtpengine.log", "w")
-    proc = subprocess.Popen(argv, stdout=log, stderr=log, preexec_fn=lambda: os.sched_setaffinity(0, {B2BUA_CORE}))
+    # In its own temp dir: rtpengine 10.5 may dump core on SIGTERM, which must not land in the tree.
+    proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=workdir,
+                            preexec_fn=lambda: os.sched_setaffinity(0, {B2BUA_CORE}))
     trunk_media, phone_media = udp(), udp()
     try:
         os.sched_setaffinity(0, {LOAD_CORE})

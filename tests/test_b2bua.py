@@ -513,3 +513,58 @@ def test_late_offer_we_offer_on_b_and_take_the_answer_from_ack(h):
         TRUNK,
     )
     assert session.media[0].remote == ("198.51.100.7", 16000)
+
+
+def test_retransmitted_2xx_from_the_callee_is_acked_again_and_keeps_the_call(h):
+    """RFC 3261 §13.2.2.4: a 2xx retransmission (our ACK was lost or late) gets the same ACK;
+    it is not a second answer, so the answered call is not hung up."""
+    bob, _ = answered_call(h)
+    h.send(respond(bob, 200, "OK", "b1", "sip:bob@203.0.113.20", answer_sdp("203.0.113.20", 7000)), BOB)
+    assert h.one(BOB, "ACK")
+    assert not h.take(BOB, "BYE") and not h.take(TRUNK, "BYE")
+    assert h.core.calls and not h.media.sessions[0].closed
+
+
+def caller_cancels_carol_ringing(h) -> Request:
+    h.register("carol", "carol-pw", CAROL, "sip:carol@203.0.113.30")
+    h.send(trunk_invite("441632960001"), TRUNK)
+    invite = h.one(CAROL, "INVITE")
+    h.send(respond(invite, 180, "Ringing", "c1", "sip:carol@203.0.113.30"), CAROL)
+    h.take()
+    h.send(
+        "CANCEL sip:+441632960001@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKtrunk1\n"
+        "From: \"Caller\" <sip:447700900123@198.51.100.7>;tag=tr1\nTo: <sip:441632960001@192.0.2.1>\n"
+        "Call-ID: trunk-call-1\nCSeq: 10 CANCEL\nContent-Length: 0\n\n",
+        TRUNK,
+    )
+    assert h.one(TRUNK, 487)
+    assert h.one(CAROL, "CANCEL")
+    h.take()
+    return invite
+
+
+def test_2xx_crossing_our_cancel_is_acked_and_hung_up(h):
+    """RFC 3261 §9.1/§15: a phone that answers as (or after) we cancel it gets ACK then BYE,
+    so it is not left in a call nobody is on (pyVoIP ignores CANCEL and answers anyway)."""
+    invite = caller_cancels_carol_ringing(h)
+    h.send(respond(invite, 200, "OK", "c1", "sip:carol@203.0.113.30", answer_sdp("203.0.113.30", 7000)), CAROL)
+    assert h.one(CAROL, "ACK")
+    bye = h.one(CAROL, "BYE")
+    assert bye.call_id == invite.call_id and bye.uri == "sip:carol@203.0.113.30"
+    assert not h.take(TRUNK)  # the caller got its 487; nothing more
+    assert not h.core.calls
+
+
+def test_cancelled_branch_is_forgotten_after_its_487_or_the_cancel_timeout(h):
+    invite = caller_cancels_carol_ringing(h)
+    h.send(respond(invite, 487, "Request Terminated", "c1", "sip:carol@203.0.113.30"), CAROL)
+    assert h.one(CAROL, "ACK")
+    assert not h.core._by_invite_txn
+    # a phone that never answers the CANCEL: forgotten when the INVITE is given up (64*T1)
+    h.send(trunk_invite("441632960001", call_id="trunk-call-2", branch="z9hG4bKtrunk2"), TRUNK)
+    second = h.one(CAROL, "INVITE")
+    h.send(respond(second, 180, "Ringing", "c2", "sip:carol@203.0.113.30"), CAROL)
+    h.advance(31.0)  # ring timeout: 480 to the caller, CANCEL to carol, who never answers it
+    assert h.one(TRUNK, 480)
+    h.advance(40.0)
+    assert not h.core._by_invite_txn and not h.core.calls
