@@ -181,6 +181,8 @@ class Ports:
         while trunk == sip:
             trunk = free_port("both")
         low, high = free_port_range(rtp_count)
+        while low <= sip <= high or low <= trunk <= high:  # free now, but the B2BUA would refuse the overlap
+            low, high = free_port_range(rtp_count)
         return cls(sip, trunk, low, high)
 
     @property
