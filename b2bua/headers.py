@@ -110,8 +110,11 @@ def parse_uri(text: str) -> SipUri:
             raise ValueError(f"bad URI scheme: {text!r}")
         return SipUri(scheme=scheme, host=rest)
     headers = None
-    if "?" in rest:
-        rest, headers = rest.split("?", 1)
+    # The "?" of URI headers comes after the host: a "?" before the last "@" is in the
+    # user part, where RFC 3261 §25.1 allows it (RFC 4475 §3.1.1.2 intmeth).
+    q = rest.find("?", rest.rfind("@") + 1)
+    if q >= 0:
+        rest, headers = rest[:q], rest[q + 1 :]
     user = password = None
     if "@" in rest:
         userinfo, rest = rest.rsplit("@", 1)
@@ -201,6 +204,9 @@ def parse_name_addr(text: str) -> NameAddr:
         return NameAddr(display or None, uri, params)
     # addr-spec: params after ; belong to the header, not the URI (RFC 3261 §20.10).
     value, params = split_params(text)
+    if "?" in value[value.rfind("@") + 1 :]:
+        # §20.10: a URI with headers must be in <>; bare, it is ambiguous (RFC 4475 §3.1.2.13 regbadct).
+        raise ValueError(f"URI with headers outside <>: {text!r}")
     return NameAddr(None, parse_uri(value), params)
 
 

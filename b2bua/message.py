@@ -343,7 +343,7 @@ def parse_message(data: bytes) -> Request | Response:
         if scheme not in ("sip", "sips", "tel"):
             raise SipParseError(416, "Unsupported URI Scheme")
         if scheme != "tel":
-            if "?" in uri:
+            if "?" in uri[uri.rfind("@") + 1 :]:  # a "?" in the user part is legal (RFC 4475 intmeth)
                 raise SipParseError(400, "Bad Request-URI (headers not allowed)")  # RFC 3261 §19.1.5
             try:
                 parse_uri(uri)
@@ -366,7 +366,9 @@ def _parse_headers(lines: list[str]) -> Headers:
             if not items:
                 raise SipParseError(400, "Bad Header (continuation without header)")
             name, value = items[-1]
-            items[-1] = (name, f"{value} {line.strip()}")  # RFC 3261 §7.3.1 folding
+            # RFC 3261 §7.3.1 folding; an empty first line ("To:" then the value folded
+            # onto the next, RFC 4475 wsinv) leaves no leading space in the value.
+            items[-1] = (name, f"{value} {line.strip()}" if value else line.strip())
             continue
         name, sep, value = line.partition(":")
         name = name.strip()
@@ -401,6 +403,12 @@ def _check(message: Request | Response) -> None:
         message.via  # every Via must parse: responses are routed by it
     except ValueError:
         raise SipParseError(400, "Bad Header: Via") from None
+    try:  # a Contact becomes a binding or a remote target: "*" or a name-addr (§20.10)
+        for contact in headers.get_all("Contact"):
+            if contact != "*":
+                parse_name_addr(contact)
+    except ValueError:
+        raise SipParseError(400, "Bad Header: Contact") from None
     mf = headers.get("Max-Forwards")
     if mf is not None and (not _is_number(mf) or int(mf) > 255):  # RFC 3261 §20.22: 0-255
         raise SipParseError(400, "Bad Header: Max-Forwards")
