@@ -39,7 +39,7 @@ from rtp import g711
 from rtp.events import EventDetector, digit_train
 from rtp.feature import FEATURE_TIMEOUT, FeatureMachine, Forward, Release, State, Toggle
 from rtp.inband import InbandDetector
-from rtp.packet import RtpPacket
+from rtp.packet import MAX_PACKET_SIZE, RtpPacket
 from rtp.prompts import Prompts
 from rtp.sequence import MAX_DROPOUT, MAX_MISORDER
 
@@ -393,7 +393,7 @@ class CallRelay:
         if addr != leg.latched and not self._latch(leg, addr, now):
             stats.unlatched += 1
             return []
-        if len(data) > 12 and data[0] == 0x80:  # the common case: no padding, extension or CSRC
+        if 12 < len(data) <= MAX_PACKET_SIZE and data[0] == 0x80:  # the common case: no padding, extension or CSRC
             b0, b1, seq, ts, ssrc = _unpack_header(data)
             rest = payload = data[12:]
         else:
@@ -405,6 +405,10 @@ class CallRelay:
             b1 = data[1]
             seq, ts, ssrc, payload = packet.sequence, packet.timestamp, packet.ssrc, packet.payload
             rest = data[12:]  # CSRCs, extension and padding are forwarded as they came
+        if ssrc == leg.out.ssrc:
+            # RFC 3550 §8.2 collision: the party uses the SSRC we send it. We are the one
+            # to move (a new random SSRC), so the phone never sees its own SSRC coming back.
+            leg.out.ssrc = (ssrc + 1 + secrets.randbelow(0xFFFFFFFF)) & 0xFFFFFFFF
         pt = b1 & 0x7F
         other = self.legs[1 - channel]
         if pt != leg.audio_pt:
