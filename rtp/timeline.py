@@ -14,7 +14,9 @@ never for a reordered or duplicate packet, which lands where its timestamp says.
 
 Buffering (`Timeline`): a two-channel int16 block from the last finalised position onward.
 Writing a packet is one numpy slice assignment, so a duplicate overwrites itself instead of
-doubling; `take(upto)` hands back finished frames already interleaved as the WAV wants them.
+doubling; `place_many` writes a whole batch of packets (the recorder's second of G.711) in one
+scatter with the same result; `take(upto)` hands back finished frames already interleaved as
+the WAV wants them.
 """
 
 from __future__ import annotations
@@ -126,6 +128,66 @@ class Timeline:
         if end > self._buf.shape[0]:
             self._grow(end)
         self._buf[offset:end, channel] = samples
+        if end > self._end:
+            self._end = end
+
+    def place_many(self, channel: int, positions: np.ndarray, lengths: np.ndarray, samples: np.ndarray) -> None:
+        """`place` for many packets at once, in one scatter: exactly as calling `place` for
+        each in turn, a later packet overwriting an earlier one where they overlap.
+
+        `positions` and `lengths` (int64, one per packet, lengths > 0) say where each packet
+        goes and how long it is; `samples` is every packet's samples concatenated in the
+        same order. NumPy gives no order for repeated indices in a fancy assignment (its
+        indexing guide, "Detailed notes"), so overlapping packets (duplicates, a reordered
+        stream whose timestamps overlap) are resolved explicitly: last writer wins.
+        """
+        count = positions.shape[0]
+        if count == 0:
+            return
+        if count == 1:
+            self.place(channel, int(positions[0]), samples)
+            return
+        offsets = positions - self.base
+        src = None  # where each kept packet's samples start in `samples`, when some are cut
+        if offsets.min() < 0 or offsets.max() + lengths.max() > MAX_PENDING_FRAMES:
+            # Rare: late (already final) or impossibly far ahead packets, dropped as `place` does.
+            cut = np.minimum(np.maximum(-offsets, 0), lengths)
+            self.dropped_late += int(cut.sum())
+            lengths = lengths - cut
+            starts = np.cumsum(lengths) - lengths + np.cumsum(cut)  # first kept sample, in `samples`
+            offsets = np.maximum(offsets, 0)
+            ahead = (offsets + lengths > MAX_PENDING_FRAMES) & (lengths > 0)
+            self.dropped_ahead += int(lengths[ahead].sum())
+            keep = (lengths > 0) & ~ahead
+            if not keep.any():
+                return
+            offsets, lengths, src = offsets[keep], lengths[keep], starts[keep]
+        ends = offsets + lengths
+        end = int(ends.max())
+        if end > self._buf.shape[0]:
+            self._grow(end)
+        column = self._buf[:, channel]
+        if src is not None:
+            runs = np.cumsum(lengths) - lengths
+            samples = samples[np.repeat(src - runs, lengths) + np.arange(int(lengths.sum()))]
+        if offsets.shape[0] == 1:
+            column[offsets[0] : ends[0]] = samples
+        elif (offsets[1:] >= ends[:-1]).all():  # in order, no overlap: the usual stream
+            if (offsets[1:] == ends[:-1]).all():  # and no gap: one slice
+                column[offsets[0] : end] = samples
+            else:
+                runs = np.cumsum(lengths) - lengths
+                column[np.repeat(offsets - runs, lengths) + np.arange(samples.shape[0])] = samples
+        else:
+            # Reordered or overlapping: each position takes the sample of the last packet
+            # (the highest index in `samples`) that covers it, so no index repeats.
+            runs = np.cumsum(lengths) - lengths
+            where = np.repeat(offsets - runs, lengths) + np.arange(samples.shape[0])
+            lo = int(offsets.min())
+            last = np.full(end - lo, -1, dtype=np.intp)
+            np.maximum.at(last, where - lo, np.arange(samples.shape[0]))
+            written = last >= 0
+            column[lo:end][written] = samples[last[written]]
         if end > self._end:
             self._end = end
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rtp.timeline import (
     INITIAL_CAPACITY_FRAMES,
@@ -218,3 +220,111 @@ def test_take_in_any_step_gives_the_same_frames(step: int) -> None:
                 line.place(ch, pos, data[pos : pos + N, ch])
     out = [pieces.take(min(p + step, 4000)) for p in range(0, 4000, step)]
     assert np.array_equal(np.concatenate(out), whole.take(4000))
+
+
+# -- place_many: a batch of packets in one scatter, exactly as `place` one by one ---------------
+
+
+def place_both(packets: list[tuple[int, np.ndarray]], base: int = 0,
+               channel: int = 0) -> tuple[Timeline, Timeline]:
+    """The same packets placed one by one and as one batch, on timelines at `base`."""
+    one, many = Timeline(), Timeline()
+    for line in (one, many):
+        line.discard(base)
+        line.place(1 - channel, base + 3, np.array([5, 6], np.int16))  # the other channel is left alone
+    for pos, samples in packets:
+        one.place(channel, pos, samples)
+    if packets:
+        many.place_many(
+            channel,
+            np.array([pos for pos, _ in packets], np.int64),
+            np.array([len(samples) for _, samples in packets], np.int64),
+            np.concatenate([samples for _, samples in packets]),
+        )
+    return one, many
+
+
+def assert_same(one: Timeline, many: Timeline) -> None:
+    assert (many.dropped_late, many.dropped_ahead) == (one.dropped_late, one.dropped_ahead)
+    assert many.base == one.base
+    upto = one.base + max(one._end, many._end) + 1
+    assert np.array_equal(many.take(upto), one.take(upto))
+
+
+def values(k: int, n: int = N) -> np.ndarray:
+    return np.full(n, k + 1, np.int16) + np.arange(n, dtype=np.int16)
+
+
+def test_place_many_in_order_is_one_slice() -> None:
+    one, many = place_both([(k * N, values(k)) for k in range(50)])
+    assert_same(one, many)
+
+
+def test_place_many_with_gaps() -> None:
+    one, many = place_both([(k * N, values(k)) for k in range(50) if k % 7 != 3])
+    assert_same(one, many)
+
+
+def test_place_many_reordered_lands_in_place() -> None:
+    order = [0, 2, 1, 3, 5, 4, 6, 9, 7, 8]
+    one, many = place_both([(k * N, values(k)) for k in order])
+    assert_same(one, many)
+
+
+def test_place_many_later_duplicate_wins_an_overlap() -> None:
+    """Sequential slice writes: the later packet owns the overlap. NumPy documents no order
+    for repeated indices in a fancy assignment, so place_many must not rely on one."""
+    packets = [(0, values(0)), (N, values(1)), (N, values(7)), (N // 2, values(9)), (N + 80, values(3, 40))]
+    one, many = place_both(packets)
+    assert_same(one, many)
+    line = Timeline()
+    line.place_many(0, np.array([0, 0, 0], np.int64), np.array([4, 4, 4], np.int64),
+                    np.array([1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3], np.int16))
+    assert line.take(4)[:, 0].tolist() == [3, 3, 3, 3]
+
+
+def test_place_many_drops_late_and_far_ahead_as_place_does() -> None:
+    base = 10 * N
+    packets = [
+        (base - 2 * N, values(0)),  # wholly final: dropped
+        (base - 30, values(1)),  # partly final: the first 30 dropped
+        (base + N, values(2)),
+        (base + MAX_PENDING_FRAMES - N + 1, values(3)),  # ends past the pending limit
+        (base + 2 * N, values(4, 17)),
+        (base + N, values(5)),  # a duplicate slot after the drops
+    ]
+    one, many = place_both(packets, base=base)
+    assert_same(one, many)
+    assert many.dropped_late == N + 30 and many.dropped_ahead == N
+
+
+def test_place_many_only_late_packets() -> None:
+    one, many = place_both([(0, values(0)), (N, values(1))], base=4 * N)
+    assert_same(one, many)
+    assert many.dropped_late == 2 * N
+
+
+def test_place_many_grows_the_buffer() -> None:
+    far = INITIAL_CAPACITY_FRAMES * 3
+    one, many = place_both([(0, values(0)), (far, values(1)), (far - 7, values(2, 3))])
+    assert_same(one, many)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    base=st.integers(0, 5000),
+    packets=st.lists(
+        st.tuples(
+            st.one_of(st.integers(-400, 6000), st.integers(MAX_PENDING_FRAMES - 400, MAX_PENDING_FRAMES + 10)),
+            st.integers(1, 400),
+            st.integers(-30000, 30000),
+        ),
+        max_size=40,
+    ),
+)
+def test_place_many_is_place_one_by_one(base: int, packets: list[tuple[int, int, int]]) -> None:
+    """Any positions (late, overlapping, duplicated, out of order, too far ahead) and
+    lengths: the batch leaves the same frames and the same drop counts."""
+    batch = [(base + offset, (np.arange(length) + value).astype(np.int16)) for offset, length, value in packets]
+    one, many = place_both(batch, base=base, channel=1)
+    assert_same(one, many)
