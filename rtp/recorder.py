@@ -1,13 +1,24 @@
 """One call's recording: a two-channel WAV and its JSON sidecar (contract: "Recordings").
 
-The relay feeds decoded packets with `add()`; `set_recording()` follows the policy at answer
-and each *1; `flush(now)`, called about every `FLUSH_INTERVAL_SECONDS`, writes every position
-older than the jitter window; `close(now)` finalises. No clock is read except once, at
-construction, for the wall-clock time of `t0` (`wall_t0`), which dates the sidecar.
+The relay feeds each G.711 packet's payload with `add_g711()` (or decoded samples with
+`add()`); `set_recording()` follows the policy at answer and each *1; `flush(now)`, called
+about every `FLUSH_INTERVAL_SECONDS`, writes every position older than the jitter window;
+`close(now)` finalises. No clock is read except once, at construction, for the wall-clock
+time of `t0` (`wall_t0`), which dates the sidecar.
 
 Timeline (see `rtp.timeline`): positions are samples since `t0`. The file starts at the
 position where recording first starts; in "silence" mode file position = timeline position
 minus that start, paused spans being zeros; in "skip" mode the paused spans are left out.
+
+Batching: `add_g711()` works out the packet's position at once (the `StreamClock`, cheap
+Python arithmetic, against the timeline's current base) but only keeps (position, payload).
+The numpy work, decoding and placing, is done for all of a channel's waiting packets at once
+(one join, one table lookup, one scatter: `Timeline.place_many`) before anything reads or
+moves the timeline: `flush`, `close`, `set_recording`, an `add()` of decoded samples, a change
+of payload type, or `MAX_WAITING_PACKETS` waiting. The timeline's base only moves in
+`flush`/`close`, after that, so every waiting packet is placed against the same base its
+position was computed with: the result is the same, sample for sample, as placing each
+packet as it came.
 
 Durability: the WAV header is true after every block (`rtp.wavfile`), so a kill -9 leaves a
 playable file of everything up to the last flush. A failed write (ENOSPC, EIO) is logged once
@@ -28,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from b2bua.call import Call
+from rtp import g711
 from rtp.sidecar import describe_call, iso_utc, read_sidecar, write_sidecar
 from rtp.timeline import CHANNELS, SAMPLE_RATE, StreamClock, Timeline
 from rtp.wavfile import SAMPLE_WIDTH, WavWriter, repair_wav
@@ -46,6 +58,10 @@ MAX_BACKLOG_SECONDS = 60.0
 MAX_BACKLOG_FRAMES = int(MAX_BACKLOG_SECONDS * SAMPLE_RATE)
 SILENCE_CHUNK_FRAMES = 10 * SAMPLE_RATE  # silence written after an outage, 320 kB at a time
 PAUSE_MODES = ("silence", "skip")  # contract: [server] pause
+# G.711 packets held per channel before they are decoded and placed anyway: a flush a second
+# holds 50 (20 ms packets); this bounds memory if a party floods or flushes stop coming.
+MAX_WAITING_PACKETS = 256
+_DECODE = {g711.PCMU: g711.ULAW_DECODE, g711.PCMA: g711.ALAW_DECODE}
 
 _default_log = logging.getLogger(__name__)
 
@@ -89,6 +105,11 @@ class Recorder:
         self._enabled = call.recording_enabled
         self._clocks = tuple(StreamClock() for _ in range(CHANNELS))
         self._timeline = Timeline(CHANNELS)
+        # G.711 packets not yet decoded and placed, per channel: positions, payloads, and
+        # the payload type they all share (-1: none yet).
+        self._waiting_pos: tuple[list[int], list[int]] = ([], [])
+        self._waiting_data: tuple[list[bytes], list[bytes]] = ([], [])
+        self._waiting_pt = [-1, -1]
         self._recording = False
         self._file_start: int | None = None  # timeline position of the file's first frame
         self._spans: list[list[int | None]] = []  # recorded [start, end) positions; end None: open
@@ -125,12 +146,65 @@ class Recorder:
             return
         if channel != 0 and channel != 1:
             raise ValueError(f"channel must be 0 or 1, not {channel!r}")
+        if self._waiting_pos[channel]:
+            self._place_waiting(channel)  # earlier packets first: a later one must win an overlap
         timeline = self._timeline
         pos = self._clocks[channel].position(
             ssrc, seq & 0xFFFF, timestamp & 0xFFFFFFFF, samples.shape[0],
             round((arrival - self._t0) * SAMPLE_RATE), timeline.base,
         )
         timeline.place(channel, pos, samples)
+
+    def add_g711(self, channel: int, ssrc: int, seq: int, timestamp: int, payload: bytes,
+                 payload_type: int, arrival: float) -> None:
+        """One packet's G.711 payload (PT 0 PCMU or 8 PCMA), as `add` would place it decoded.
+
+        Its position is decided now; decoding and placing wait for the next flush (see
+        "Batching" above), so `payload` is kept: a bytes object, or it is copied.
+        """
+        n = len(payload)
+        if n == 0 or self._closed or not self._enabled:
+            return
+        if channel != 0 and channel != 1:
+            raise ValueError(f"channel must be 0 or 1, not {channel!r}")
+        if payload_type != self._waiting_pt[channel]:
+            self._switch_payload_type(channel, payload_type)
+        if payload.__class__ is not bytes:
+            payload = bytes(payload)  # a view of a buffer the caller reuses would change under us
+        timeline = self._timeline
+        pos = self._clocks[channel].position(
+            ssrc, seq & 0xFFFF, timestamp & 0xFFFFFFFF, n, round((arrival - self._t0) * SAMPLE_RATE), timeline.base,
+        )
+        positions = self._waiting_pos[channel]
+        positions.append(pos)
+        self._waiting_data[channel].append(payload)
+        if len(positions) >= MAX_WAITING_PACKETS:
+            self._place_waiting(channel)
+
+    def _switch_payload_type(self, channel: int, payload_type: int) -> None:
+        if payload_type not in _DECODE:
+            raise ValueError(f"not a G.711 payload type: {payload_type!r} (expected 0 PCMU or 8 PCMA)")
+        if self._waiting_pos[channel]:
+            self._place_waiting(channel)
+        self._waiting_pt[channel] = payload_type
+
+    def _place_waiting(self, channel: int) -> None:
+        """Decode and place every waiting packet of `channel`: one lookup, one scatter."""
+        positions = self._waiting_pos[channel]
+        if not positions:
+            return
+        payloads = self._waiting_data[channel]
+        samples = _DECODE[self._waiting_pt[channel]].take(np.frombuffer(b"".join(payloads), np.uint8))
+        lengths = np.fromiter(map(len, payloads), np.int64, len(payloads))
+        self._timeline.place_many(channel, np.array(positions, np.int64), lengths, samples)
+        positions.clear()
+        payloads.clear()
+
+    def _place_all_waiting(self) -> None:
+        if self._waiting_pos[0]:
+            self._place_waiting(0)
+        if self._waiting_pos[1]:
+            self._place_waiting(1)
 
     def set_recording(self, on: bool, now: float, by: str | None) -> None:
         """Start, pause or resume at `now`; `by` is the user who pressed *1 (None: policy).
@@ -140,6 +214,7 @@ class Recorder:
         """
         if self._closed or not self._enabled or on == self._recording:
             return
+        self._place_all_waiting()  # what arrived before the change is on the timeline first
         pos = max(self._pos(now), self._timeline.base)
         if self._spans:
             pos = max(pos, self._spans[-1][0], self._spans[-1][1] or 0)  # type: ignore[type-var]
@@ -171,6 +246,7 @@ class Recorder:
         """Write everything older than the jitter window; never raises on disk errors."""
         if self._closed or not self._enabled:
             return
+        self._place_all_waiting()
         self._finalise(self._pos(now) - JITTER_WINDOW_SAMPLES)
         self._write_out()
 
@@ -181,6 +257,7 @@ class Recorder:
         if not self._enabled:
             self._closed = True
             return
+        self._place_all_waiting()
         end = max(self._pos(now), self._timeline.base)
         if self._recording:
             last = self._spans[-1]

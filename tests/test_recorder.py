@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from b2bua.call import Call
+from rtp import g711
 from rtp import recorder as recorder_module
 from rtp.recorder import JITTER_WINDOW_SECONDS, Recorder, repair
 from rtp.wavfile import WavWriter
@@ -519,3 +520,255 @@ def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
     rec = make(tmp_path)
     with pytest.raises(ValueError):
         rec.add(2, 1, 1, 1, np.ones(N, np.int16), T0)
+
+
+# -- add_g711: raw G.711 kept until the flush, then decoded and placed in one go ------------
+#
+# Each scenario is a script of events run twice, once through add() with every packet
+# decoded on arrival (the recorder as it was) and once through add_g711(): the WAV files
+# must be the same bytes, the sidecars and the drop and resync counts the same.
+
+Event = tuple  # ("rtp", ch, ssrc, seq, ts, payload, pt, t) | ("flush", t) | ("set", on, t, by)
+
+
+def run_script(directory: Path, events: list[Event], end: float, *, g711_path: bool,
+               mode: str = "silence", record: bool = True) -> Recorder:
+    rec = Recorder(directory, make_call(record), mode, T0, wall_t0=WALL_T0)
+    for event in events:
+        if event[0] == "rtp":
+            _, ch, ssrc, seq, ts, payload, pt, t = event
+            if g711_path:
+                rec.add_g711(ch, ssrc, seq, ts, payload, pt, t)
+            else:
+                rec.add(ch, ssrc, seq, ts, g711.decode(payload, pt), t)
+        elif event[0] == "flush":
+            rec.flush(event[1])
+        else:
+            rec.set_recording(event[1], event[2], event[3])
+    rec.close(end)
+    return rec
+
+
+def assert_g711_path_matches(tmp_path: Path, events: list[Event], end: float, **kw: object) -> bytes:
+    """Both paths give byte-identical WAVs (and sidecars, counters); returns the WAV."""
+    old = run_script(tmp_path / "add", events, end, g711_path=False, **kw)  # type: ignore[arg-type]
+    new = run_script(tmp_path / "add_g711", events, end, g711_path=True, **kw)  # type: ignore[arg-type]
+    assert new.wav_path.read_bytes() == old.wav_path.read_bytes()
+    assert new.json_path.read_bytes() == old.json_path.read_bytes()
+    assert (new._timeline.dropped_late, new._timeline.dropped_ahead) == (
+        old._timeline.dropped_late, old._timeline.dropped_ahead)
+    assert [c.resyncs for c in new._clocks] == [c.resyncs for c in old._clocks]
+    return old.wav_path.read_bytes()
+
+
+def speech(k: int, ch: int, n: int = N, pt: int = g711.PCMU) -> bytes:
+    """A distinct payload per packet: a ramp that starts at a value of its own."""
+    samples = ((np.arange(n) * 37 + k * 1009 + ch * 5003) % 20000 - 10000).astype(np.int16)
+    return g711.encode(samples, pt)
+
+
+def stream(start: float, end: float, *, channels: tuple[int, ...] = (0, 1), pt: int = g711.PCMU,
+           ssrc: int = 0x1000, seq0: int = 1000, ts0: int = 5000, delays: dict[tuple[int, int], float] | None = None,
+           flush_every: float = 1.0, n: int = N) -> list[Event]:
+    """On-time 20 ms packets for [start, end) s after T0, flushed as the relay does; a
+    packet in `delays` arrives that much later (re-sorted by arrival)."""
+    delays = delays or {}
+    events: list[tuple[float, int, Event]] = []
+    for k in range(round(start / 0.02), round(end / 0.02)):
+        for ch in channels:
+            t = T0 + k * 0.02 + delays.get((ch, k), 0.0)
+            events.append((t, 1, ("rtp", ch, ssrc + ch, (seq0 + k) & 0xFFFF, (ts0 + k * n) & 0xFFFFFFFF,
+                                  speech(k, ch, n, pt), pt, t)))
+    t = T0 + start + flush_every
+    while t < T0 + end:
+        events.append((t, 0, ("flush", t)))
+        t += flush_every
+    events.sort(key=lambda e: (e[0], e[1]))
+    return [e for _, _, e in events]
+
+
+def test_g711_in_order(tmp_path: Path) -> None:
+    wav = assert_g711_path_matches(tmp_path, stream(0, 3), T0 + 3)
+    assert len(wav) == 44 + 3 * 8000 * 4
+
+
+def test_g711_reordered_within_the_window(tmp_path: Path) -> None:
+    delays = {(ch, k): 0.03 + 0.15 * ((k * 7 + ch) % 5) / 5 for ch in (0, 1) for k in range(1, 150) if k % 3}
+    events = stream(0, 3, delays=delays)
+    assert [e[3] for e in events if e[0] == "rtp" and e[1] == 0] != sorted(
+        e[3] for e in events if e[0] == "rtp" and e[1] == 0)  # really out of order
+    assert_g711_path_matches(tmp_path, events, T0 + 3.5)
+
+
+def test_g711_duplicates_overwrite_later_copy_wins(tmp_path: Path) -> None:
+    """Duplicates (same seq and timestamp) land on the same samples; where a copy differs,
+    the later one wins, as a second slice assignment would."""
+    events: list[Event] = []
+    for e in stream(0, 2):
+        events.append(e)
+        if e[0] == "rtp" and e[3] % 4 == 0:
+            _, ch, ssrc, seq, ts, payload, pt, t = e
+            events.append(("rtp", ch, ssrc, seq, ts, payload, pt, t + 0.001))
+            events.append(("rtp", ch, ssrc, seq, ts, speech(seq + 77, ch), pt, t + 0.002))
+    assert_g711_path_matches(tmp_path, events, T0 + 2)
+
+
+def test_g711_overlapping_timestamps_later_packet_wins(tmp_path: Path) -> None:
+    """A sender whose packets overlap (timestamp steps shorter than the payload)."""
+    events = [("rtp", 0, 7, k, k * 100, speech(k, 0), g711.PCMU, T0 + k * 0.0125) for k in range(150)]
+    events.insert(40, ("flush", T0 + 0.5))
+    assert_g711_path_matches(tmp_path, events, T0 + 2)
+
+
+def test_g711_late_packets_beyond_the_window_are_dropped(tmp_path: Path) -> None:
+    delays = {(0, 40): 0.35, (1, 45): 0.5, (0, 90): 1.2, (1, 91): 0.25}
+    events = stream(0, 3, delays=delays, flush_every=0.5)
+    old = run_script(tmp_path / "probe", events, T0 + 3, g711_path=True)
+    assert old._timeline.dropped_late > 0  # the scenario really drops some
+    assert_g711_path_matches(tmp_path, events, T0 + 3)
+
+
+def test_g711_three_second_gap(tmp_path: Path) -> None:
+    running = stream(0, 1) + stream(4, 5)  # timestamps ran on through the gap
+    assert_g711_path_matches(tmp_path / "running", running, T0 + 5)
+    frozen = stream(0, 1) + [  # the sender went on from where it stopped: a resync
+        ("rtp", ch, 0x1000 + ch, 1050 + j, 5000 + (50 + j) * N, speech(j, ch), g711.PCMU, T0 + 4 + j * 0.02)
+        for j in range(50) for ch in (0, 1)
+    ]
+    assert_g711_path_matches(tmp_path / "frozen", frozen + [("flush", T0 + 4.5)], T0 + 5)
+
+
+def test_g711_ssrc_change(tmp_path: Path) -> None:
+    events = stream(0, 0.6) + stream(0.7, 2, ssrc=0xBEEF00, seq0=30000, ts0=7_777_777)
+    assert_g711_path_matches(tmp_path, events, T0 + 2)
+
+
+@pytest.mark.parametrize("mode", ["silence", "skip"])
+def test_g711_toggle_mid_batch_cuts_at_the_right_sample(tmp_path: Path, mode: str) -> None:
+    """*1 between flushes: the pause and resume cut exactly where add() would."""
+    events = stream(0, 4)
+    for at, on in ((1.37, False), (2.113, True), (3.5, False)):
+        i = next(i for i, e in enumerate(events) if e[0] == "rtp" and e[-1] > T0 + at)
+        events.insert(i, ("set", on, T0 + at, "alice"))
+    assert_g711_path_matches(tmp_path, events, T0 + 4, mode=mode)
+
+
+def test_g711_start_by_star_one_mid_batch(tmp_path: Path) -> None:
+    events = stream(0, 2)
+    i = next(i for i, e in enumerate(events) if e[0] == "rtp" and e[-1] > T0 + 0.73)
+    events.insert(i, ("set", True, T0 + 0.73, "alice"))
+    assert_g711_path_matches(tmp_path, events, T0 + 2, record=False)
+
+
+def test_g711_pcma_and_pcmu_mixed(tmp_path: Path) -> None:
+    """Channel 0 PCMU, channel 1 PCMA, and a re-INVITE switching channel 0 to PCMA (and
+    back) between flushes, with stragglers of the old codec still arriving."""
+    events = stream(0, 1, channels=(0,)) + stream(0, 3, channels=(1,), pt=g711.PCMA)
+    events += stream(1, 2, channels=(0,), pt=g711.PCMA, delays={(0, 52): 0.07})
+    events += stream(2, 3, channels=(0,), delays={(0, 101): 0.05})
+    events.sort(key=lambda e: (e[-1], e[0] != "flush"))
+    assert_g711_path_matches(tmp_path, events, T0 + 3)
+
+
+def test_g711_odd_payload_lengths(tmp_path: Path) -> None:
+    """10, 30 and 33 ms packets, a 1-byte packet and an empty one (ignored)."""
+    events = stream(0, 1, n=80) + stream(1, 2, n=240, ssrc=0x2000, ts0=1) + stream(2, 3, n=264, ssrc=0x3000)
+    events += [("rtp", 1, 0x77, 9, 9, b"\x12", g711.PCMA, T0 + 3.2), ("rtp", 0, 0x77, 9, 9, b"", g711.PCMU, T0 + 3.3)]
+    events.sort(key=lambda e: (e[-1], e[0] != "flush"))
+    assert_g711_path_matches(tmp_path, events, T0 + 4)
+
+
+def test_g711_waiting_packets_are_bounded(tmp_path: Path) -> None:
+    """Without flushes (or under a flood) no more than MAX_WAITING_PACKETS wait per channel."""
+    events = [("rtp", 0, 5, k, k * 40, speech(k, 0, 40), g711.PCMU, T0 + k * 0.005)
+              for k in range(3 * recorder_module.MAX_WAITING_PACKETS + 5)]
+    rec = run_script(tmp_path / "probe", events[:-1], T0 + 9, g711_path=True)
+    assert rec._waiting_pos == ([], [])
+    live = Recorder(tmp_path / "live", make_call(), "silence", T0, wall_t0=WALL_T0)
+    for _, ch, ssrc, seq, ts, payload, pt, t in events:
+        live.add_g711(ch, ssrc, seq, ts, payload, pt, t)
+        assert len(live._waiting_pos[0]) < recorder_module.MAX_WAITING_PACKETS
+    assert_g711_path_matches(tmp_path, events, T0 + 9)
+
+
+def test_g711_payload_views_are_copied(tmp_path: Path) -> None:
+    """A memoryview of a receive buffer the caller reuses must not change the recording."""
+    buffer = bytearray(speech(0, 0))
+    rec = make(tmp_path)
+    rec.add_g711(0, 1, 1, 0, memoryview(buffer), g711.PCMU, T0)
+    buffer[:] = b"\xff" * N
+    rec.close(T0 + 0.5)
+    assert np.array_equal(read(rec)[:N, 0], g711.decode(speech(0, 0), g711.PCMU))
+
+
+def test_g711_bad_arguments_are_rejected(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    with pytest.raises(ValueError):
+        rec.add_g711(2, 1, 1, 1, b"\xff" * N, g711.PCMU, T0)
+    with pytest.raises(ValueError):
+        rec.add_g711(0, 1, 1, 1, b"\xff" * N, 18, T0)  # G.729 is relayed, never decoded
+    rec.add_g711(0, 1, 1, 1, b"", 18, T0)  # empty: ignored before anything else
+
+
+def test_g711_after_close_or_with_recording_off_does_nothing(tmp_path: Path) -> None:
+    off = Recorder(tmp_path, make_call(recording_enabled=False), "silence", T0, wall_t0=WALL_T0)
+    off.add_g711(0, 1, 1, 1, b"\xff" * N, g711.PCMU, T0)
+    assert off._waiting_pos == ([], [])
+    rec = make(tmp_path)
+    rec.close(T0 + 1)
+    rec.add_g711(0, 1, 1, 1, b"\xff" * N, g711.PCMU, T0 + 1)
+    assert rec._waiting_pos == ([], [])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    delays=st.lists(st.floats(0, JITTER_WINDOW_SECONDS - 0.002), min_size=2 * 60, max_size=2 * 60),
+    dups=st.lists(st.tuples(st.integers(0, 119), st.floats(0, JITTER_WINDOW_SECONDS - 0.002)), max_size=30),
+    flushes=st.lists(st.floats(0, 1.3), max_size=5),
+    pcma=st.booleans(),
+)
+def test_g711_any_order_and_duplicates_within_the_window_give_the_sequential_wav(
+    tmp_path_factory: pytest.TempPathFactory, delays: list[float], dups: list[tuple[int, float]],
+    flushes: list[float], pcma: bool,
+) -> None:
+    """Jittered, reordered and duplicated packets fed as raw G.711, flushed at any moment,
+    give the WAV of the same packets decoded and added one by one, on time and in order."""
+    count = 60
+    pt = g711.PCMA if pcma else g711.PCMU
+    arrivals: list[tuple[float, int, int]] = []
+    for ch in (0, 1):
+        for k in range(count):
+            delay = 0.0 if k == 0 else delays[ch * count + k]  # the anchor packet is on time
+            arrivals.append((T0 + k * 0.02 + delay, ch, k))
+    for i, delay in dups:
+        ch, k = divmod(i, count)
+        arrivals.append((T0 + k * 0.02 + delay, ch, k))
+    arrivals.sort()
+
+    def events_for(order: list[tuple[float, int, int]], flush_at: list[float]) -> list[Event]:
+        timed = [(t, 1, ("rtp", ch, 50 + ch, 1000 + k, 99 + k * N, speech(k, ch, N, pt), pt, t)) for t, ch, k in order]
+        timed += [(T0 + f, 0, ("flush", T0 + f)) for f in flush_at]
+        timed.sort(key=lambda e: (e[0], e[1]))
+        return [e for _, _, e in timed]
+
+    on_time = sorted((T0 + k * 0.02, ch, k) for ch in (0, 1) for k in range(count))
+    reference = run_script(tmp_path_factory.mktemp("ref"), events_for(on_time, []), T0 + 1.5, g711_path=False)
+    jittered = events_for(arrivals, flushes)
+    batched = run_script(tmp_path_factory.mktemp("g711"), jittered, T0 + 1.5, g711_path=True)
+    one_by_one = run_script(tmp_path_factory.mktemp("add"), jittered, T0 + 1.5, g711_path=False)
+    assert batched.wav_path.read_bytes() == one_by_one.wav_path.read_bytes() == reference.wav_path.read_bytes()
+
+
+def test_g711_then_add_on_the_same_channel_keeps_arrival_order(tmp_path: Path) -> None:
+    """Decoded samples added after waiting G.711 of the same slot overwrite it, as they
+    would have had the G.711 been placed on arrival."""
+    rec = make(tmp_path)
+    rec.add_g711(0, 1, 1, 0, speech(0, 0), g711.PCMU, T0)
+    rec.add_g711(0, 1, 2, N, speech(1, 0), g711.PCMU, T0 + 0.02)
+    rec.add(0, 1, 2, N, np.full(N, 1234, np.int16), T0 + 0.03)  # a duplicate of packet 2
+    rec.add_g711(0, 1, 2, N, speech(1, 0)[:80], g711.PCMU, T0 + 0.04)  # and half of it again
+    rec.close(T0 + 0.5)
+    data = read(rec)[:, 0]
+    assert np.array_equal(data[:N], g711.decode(speech(0, 0), g711.PCMU))
+    assert np.array_equal(data[N : N + 80], g711.decode(speech(1, 0)[:80], g711.PCMU))
+    assert (data[N + 80 : 2 * N] == 1234).all()
