@@ -49,6 +49,7 @@ class Server:
     pause: str = "silence"  # "silence" | "skip"
     feature_timeout: float = DEFAULT_FEATURE_TIMEOUT
     registrations_db: Path | None = None
+    media_sockets: str = "per_call"  # "per_call" | "shared" (rtp.mux: many legs per port, IPv4)
 
 
 @dataclass(frozen=True)
@@ -305,6 +306,11 @@ def _server(path: Path, base: Path, table: Any) -> Server:
     timeout = r.get("feature_digit_timeout", (int, float), DEFAULT_FEATURE_TIMEOUT)
     if not 0.2 <= timeout <= 10:
         raise ConfigError(path, "server.feature_digit_timeout", f"got {timeout}, expected 0.2 to 10 seconds")
+    sockets = r.get("media_sockets", str, "per_call", what='"per_call" or "shared"')
+    if sockets not in ("per_call", "shared"):
+        raise ConfigError(path, "server.media_sockets", f'got "{sockets}", expected "per_call" or "shared"')
+    if sockets == "shared" and ":" in media_ip:
+        raise ConfigError(path, "server.media_sockets", f'"shared" needs an IPv4 media_ip, got "{media_ip}"')
     db_text = r.get("registrations_db", str, "")
     db = Path(db_text) if db_text else recordings.parent / "registrations.sqlite3"
     if not db.is_absolute():
@@ -319,6 +325,7 @@ def _server(path: Path, base: Path, table: Any) -> Server:
         pause=pause,
         feature_timeout=float(timeout),
         registrations_db=db,
+        media_sockets=sockets,
     )
     r.done()
     return server

@@ -97,6 +97,7 @@ class Server:
             server.recordings_dir,
             pause_mode=server.pause,
             feature_timeout=server.feature_timeout,
+            shared=server.media_sockets == "shared",
         )
         self.core = B2BUA(
             config, self.transactions, self.registrar, authenticator, lockout, self.media,

@@ -19,6 +19,9 @@ BATCH = 64
 #: larger ptime and header extensions (RFC 3550 has no hard limit; 1500 is the MTU).
 MAX_DATAGRAM = 1500
 MSG_DONTWAIT = 0x40
+_IP_PKTINFO = 8  # <linux/in.h>
+_CMSG_LEN = struct.calcsize("@NiiI4s4s")  # CMSG_LEN(sizeof(struct in_pktinfo)) on LP64
+_CMSG_SPACE = (_CMSG_LEN + 7) & ~7
 
 
 class _Iovec(ctypes.Structure):
@@ -142,7 +145,11 @@ class FixedStreams:
     and no Python work per datagram. Used by the load generator in bench/.
     """
 
-    def __init__(self, sock: socket.socket, addrs: list[tuple[str, int]], size: int) -> None:
+    def __init__(self, sock: socket.socket, addrs: list[tuple[str, int]], size: int,
+                 sources: list[str] | None = None) -> None:
+        """`sources`, if given, is the local IPv4 address each datagram leaves from (IP_PKTINFO
+        on a socket bound to 0.0.0.0): many streams, each from its own (address, port), on
+        one socket, as a load generator standing in for many phones needs."""
         import numpy as np
 
         if _LIBC is None:
@@ -165,6 +172,16 @@ class FixedStreams:
             hdr.msg_namelen = ctypes.sizeof(_SockaddrIn)
             hdr.msg_iov = ctypes.pointer(self._iov[i])
             hdr.msg_iovlen = 1
+        if sources is not None:
+            # struct cmsghdr (len, level, type) + struct in_pktinfo (ifindex, spec_dst, addr)
+            self._cmsg = (ctypes.c_char * (_CMSG_SPACE * max(self.n, 1)))()
+            for i, src in enumerate(sources):
+                cmsg = struct.pack("@NiiI4s4s", _CMSG_LEN, socket.IPPROTO_IP, _IP_PKTINFO, 0,
+                                   socket.inet_aton(src), bytes(4))
+                ctypes.memmove(ctypes.addressof(self._cmsg) + i * _CMSG_SPACE, cmsg, len(cmsg))
+                hdr = self._msgs[i].msg_hdr
+                hdr.msg_control = ctypes.addressof(self._cmsg) + i * _CMSG_SPACE
+                hdr.msg_controllen = _CMSG_SPACE
 
     def send(self) -> int:
         sent = 0
@@ -178,6 +195,137 @@ class FixedStreams:
             if n < count:
                 break
         return sent
+
+
+class BatchMux:
+    """recvmmsg/sendmmsg for a socket shared by many streams, with no Python work per
+    datagram beyond what the caller does with it.
+
+    `recv()` returns the datagrams as one bytes object plus per-datagram lengths and
+    integer source keys (`source_key`), computed with numpy over the whole batch: a caller
+    demultiplexes with a dict lookup per datagram instead of building address tuples.
+    `queue()` collects outgoing datagrams; `flush()` copies them into one buffer and hands
+    the kernel up to `batch` at a time.
+    """
+
+    SLOT = MAX_DATAGRAM
+
+    def __init__(self, sock: socket.socket, batch: int = BATCH) -> None:
+        import numpy as np
+
+        if _LIBC is None:
+            raise OSError("recvmmsg/sendmmsg are not available on this system")
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.batch = batch
+        msg_size = ctypes.sizeof(_Mmsghdr)
+        namelen_at = _Msghdr.msg_namelen.offset // 4
+        len_at = _Mmsghdr.msg_len.offset // 4
+        # Receive side: fixed slots; numpy views over the headers and source addresses.
+        self._rbuf = np.zeros(batch * self.SLOT, dtype=np.uint8)
+        self._raddrs = (_SockaddrIn * batch)()
+        self._riov = (_Iovec * batch)()
+        self._rmsgs = (_Mmsghdr * batch)()
+        for i in range(batch):
+            self._riov[i].iov_base = self._rbuf.ctypes.data + i * self.SLOT
+            self._riov[i].iov_len = self.SLOT
+            hdr = self._rmsgs[i].msg_hdr
+            hdr.msg_name = ctypes.addressof(self._raddrs[i])
+            hdr.msg_iov = ctypes.pointer(self._riov[i])
+            hdr.msg_iovlen = 1
+        words = np.frombuffer(self._rmsgs, dtype=np.uint32).reshape(batch, msg_size // 4)
+        self._namelen = words[:, namelen_at]
+        self._lens = words[:, len_at]
+        sa = np.frombuffer(self._raddrs, dtype=np.uint8).reshape(batch, ctypes.sizeof(_SockaddrIn))
+        self._sa_port = sa[:, 2:4].view(np.uint16)[:, 0]
+        self._sa_addr = sa[:, 4:8].view(np.uint32)[:, 0]
+        # Send side: one contiguous payload buffer; iovecs and addresses rewritten per flush.
+        self._sbuf = np.zeros(batch * self.SLOT, dtype=np.uint8)
+        self._saddrs = (_SockaddrIn * batch)()
+        self._siov = (_Iovec * batch)()
+        self._smsgs = (_Mmsghdr * batch)()
+        for i in range(batch):
+            hdr = self._smsgs[i].msg_hdr
+            hdr.msg_name = ctypes.addressof(self._saddrs[i])
+            hdr.msg_namelen = ctypes.sizeof(_SockaddrIn)
+            hdr.msg_iov = ctypes.pointer(self._siov[i])
+            hdr.msg_iovlen = 1
+        self._siov_words = np.frombuffer(self._siov, dtype=np.uint64).reshape(batch, 2)
+        self._sa_out = np.frombuffer(self._saddrs, dtype=np.uint8).reshape(batch, ctypes.sizeof(_SockaddrIn))
+        self._sbase = self._sbuf.ctypes.data
+        self._np = np
+        self.payloads: list[bytes] = []
+        self.addrs: list[bytes] = []
+        self._packed: dict[tuple[str, int], bytes] = {}
+        self.send_dropped = 0
+        self.sent = 0
+
+    def recv(self) -> tuple[int, bytes, list[int], list[int]]:
+        """(count, the datagrams' slots as bytes, lengths, source keys); count 0 when none."""
+        self._namelen[:] = ctypes.sizeof(_SockaddrIn)
+        n = _LIBC.recvmmsg(self.fd, self._rmsgs, self.batch, MSG_DONTWAIT, None)
+        if n <= 0:
+            return 0, b"", [], []
+        keys = (self._sa_addr[:n].astype(self._np.uint64) << 16) | self._sa_port[:n]
+        return n, self._rbuf[: n * self.SLOT].tobytes(), self._lens[:n].tolist(), keys.tolist()
+
+    def sockaddr(self, addr: tuple[str, int]) -> bytes:
+        """The 16-byte sockaddr_in for an (ip, port) pair, cached."""
+        packed = self._packed.get(addr)
+        if packed is None:
+            packed = struct.pack("<H", socket.AF_INET) + struct.pack("!H", addr[1]) + socket.inet_aton(addr[0]) + bytes(8)
+            if len(self._packed) >= 65536:
+                self._packed.clear()
+            self._packed[addr] = packed
+        return packed
+
+    def queue(self, payload: bytes, addr: tuple[str, int]) -> None:
+        self.payloads.append(payload)
+        self.addrs.append(self._packed.get(addr) or self.sockaddr(addr))
+
+    def flush(self) -> int:
+        """Send everything queued; returns how many datagrams the kernel took."""
+        payloads, addrs = self.payloads, self.addrs
+        if not payloads:
+            return 0
+        self.payloads, self.addrs = [], []
+        np = self._np
+        sent = 0
+        total = len(payloads)
+        for start in range(0, total, self.batch):
+            chunk = payloads[start : start + self.batch]
+            m = len(chunk)
+            lens = np.fromiter(map(len, chunk), dtype=np.uint64, count=m)
+            if int(lens.max()) > self.SLOT:
+                self.send_dropped += m
+                continue
+            joined = b"".join(chunk)
+            self._sbuf[: len(joined)] = np.frombuffer(joined, dtype=np.uint8)
+            offsets = np.zeros(m, dtype=np.uint64)
+            np.cumsum(lens[:-1], out=offsets[1:])
+            self._siov_words[:m, 0] = offsets + self._sbase
+            self._siov_words[:m, 1] = lens
+            self._sa_out[:m] = np.frombuffer(b"".join(addrs[start : start + m]), dtype=np.uint8).reshape(m, 16)
+            n = _LIBC.sendmmsg(self.fd, self._smsgs, m, MSG_DONTWAIT)
+            n = max(n, 0)
+            sent += n
+            if n < m:  # a full socket buffer: the rest are lost, as on the wire
+                self.send_dropped += total - start - n
+                break
+        self.sent += sent
+        return sent
+
+
+def source_key(addr: tuple[str, int]) -> int:
+    """The key `BatchMux.recv` gives datagrams from `addr` (IPv4)."""
+    raw = struct.unpack("<I", socket.inet_aton(addr[0]))[0]
+    port = struct.unpack("<H", struct.pack("!H", addr[1]))[0]
+    return (raw << 16) | port
+
+
+def key_address(key: int) -> tuple[str, int]:
+    """The (ip, port) a source key stands for."""
+    return socket.inet_ntoa(struct.pack("<I", key >> 16)), struct.unpack("!H", struct.pack("<H", key & 0xFFFF))[0]
 
 
 def recv_count(batch: BatchSocket) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from b2bua.call import Call, MediaEndpoint
 from rtp.feature import FEATURE_TIMEOUT
+from rtp.mux import SharedPorts, SharedSession, ipv4
 from rtp.prompts import Prompts, load_prompts
 from rtp.relay import TICK_INTERVAL, CallRelay, Datagram, recorder_factory
 
@@ -35,13 +36,15 @@ class PortsExhausted(RuntimeError):
     """No free even RTP port (with its odd RTCP neighbour) left in the configured range."""
 
 
-def _bind(ip: str, port: int) -> socket.socket:
+def _bind(ip: str, port: int, buffer: int = SOCKET_BUFFER) -> socket.socket:
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+            if buffer > SOCKET_BUFFER:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
         except OSError:
             pass
         sock.bind((ip, port))
@@ -172,6 +175,7 @@ class MediaCore:
         *,
         prompts: Prompts | None = None,
         make_recorder: Callable | None = None,
+        shared: bool = False,
     ) -> None:
         low, high = port_range
         if low % 2:
@@ -188,7 +192,11 @@ class MediaCore:
         self.make_recorder = (
             make_recorder if make_recorder is not None else recorder_factory(self.recordings_dir, pause_mode)
         )
-        self.sessions: list[MediaSession] = []
+        self.sessions: list[MediaSession | SharedSession] = []
+        # [server] media_sockets = "shared": legs share a few ports (rtp.mux), IPv4 only.
+        if shared and not ipv4(media_ip):
+            raise ValueError(f"shared media sockets need an IPv4 media_ip, not {media_ip}")
+        self._shared = SharedPorts(self) if shared else None
         self._in_use: set[int] = set()
         self._cursor = low
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -207,8 +215,13 @@ class MediaCore:
         low, high = self.port_range
         return (high - low + 1) // 2 - len(self._in_use)
 
-    def open_session(self, call: Call) -> MediaSession:
+    def open_session(self, call: Call) -> MediaSession | SharedSession:
         """Bind two RTP/RTCP pairs for `call` at once; PortsExhausted when the range is full."""
+        if self._shared is not None:
+            shared = SharedSession(self, self._shared, call)
+            self.sessions.append(shared)
+            self._start_ticking()
+            return shared
         sockets: list[socket.socket] = []
         bases: list[int] = []
         try:
@@ -228,7 +241,7 @@ class MediaCore:
         self._start_ticking()
         return session
 
-    def _bind_pair(self) -> tuple[int, socket.socket, socket.socket]:
+    def _bind_pair(self, buffer: int = SOCKET_BUFFER) -> tuple[int, socket.socket, socket.socket]:
         low, high = self.port_range
         pairs = (high - low + 1) // 2
         for _ in range(pairs):
@@ -237,13 +250,13 @@ class MediaCore:
             if base in self._in_use:
                 continue
             try:
-                rtp = _bind(self.media_ip, base)
+                rtp = _bind(self.media_ip, base, buffer)
             except OSError as exc:
                 if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                     continue  # another process holds it: try the next pair
                 raise
             try:
-                rtcp = _bind(self.media_ip, base + 1)
+                rtcp = _bind(self.media_ip, base + 1, buffer)
             except OSError as exc:
                 rtp.close()
                 if exc.errno in (errno.EADDRINUSE, errno.EACCES):
@@ -255,9 +268,10 @@ class MediaCore:
             f"{len(self._in_use)} pairs in use by {len(self.sessions)} calls; widen [server] rtp_ports"
         )
 
-    def _release(self, session: MediaSession) -> None:
-        for base in session.ports:
-            self._in_use.discard(base)
+    def _release(self, session: MediaSession | SharedSession) -> None:
+        if isinstance(session, MediaSession):
+            for base in session.ports:
+                self._in_use.discard(base)
         try:
             self.sessions.remove(session)
         except ValueError:
@@ -283,6 +297,8 @@ class MediaCore:
                     session._tick(now)
                 except Exception:  # one call's failure must not stop every call's clock
                     self.log.exception("media tick failed for call %s", session.call.call_id)
+        if self._shared is not None:
+            self._shared.flush()
         loop = self.loop
         self._next_tick += TICK_INTERVAL
         if self._next_tick < loop.time():  # fell behind: skip missed ticks instead of bursting
@@ -299,3 +315,5 @@ class MediaCore:
                 session.close()
             except Exception:
                 self.log.exception("closing media for call %s failed", session.call.call_id)
+        if self._shared is not None:
+            self._shared.close_all()

@@ -59,6 +59,9 @@ def test_good_file_parses_with_defaults(tmp_path):
     assert config.user("alice").extension == "201"
     assert config.server.pause == "silence"
     assert config.server.feature_timeout == 2.0
+    assert config.server.media_sockets == "per_call"
+    shared = load_file(write(tmp_path, GOOD.replace('realm = "test"', 'realm = "test"\nmedia_sockets = "shared"')))
+    assert shared.server.media_sockets == "shared"
 
 
 def test_trunk_sources_match_ip_port_cidr(tmp_path):
@@ -85,6 +88,8 @@ def test_trunk_sources_match_ip_port_cidr(tmp_path):
         (('uri = "sip:127.0.0.1:5080"', 'uri = "127.0.0.1:5080"'), "trunks[0].uri", "SIP URI"),
         (('listen = "127.0.0.1:5070"', 'listen = "localhost:5070"'), "server.listen", "IP address"),
         (('password = "pw"', 'password = ""'), "users[0].password", "empty"),
+        (('realm = "test"', 'realm = "test"\nmedia_sockets = "pooled"'), "server.media_sockets", '"per_call" or "shared"'),
+        (('media_ip = "127.0.0.1"', 'media_ip = "::1"\nmedia_sockets = "shared"'), "server.media_sockets", "IPv4"),
     ],
 )
 def test_bad_file_names_key_and_reason(tmp_path, change, key, words):

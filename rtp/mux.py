@@ -1,0 +1,373 @@
+"""Shared media sockets: many calls' legs on a few RTP ports, told apart by source address.
+
+Why: at 2,000 calls a socket per leg means 200,000 readiness events, recvfrom and sendto
+calls a second, and the kernel's per-call cost is what limits a relay, not Python. Here a
+few sockets each carry up to `LEGS_PER_SOCKET` legs: one `recvmmsg` reads a batch of
+datagrams for many calls, and everything one wakeup produces leaves with one `sendmmsg` per
+socket (`rtp.batch_io.BatchMux`).
+
+What it costs: the port no longer names the call, so a datagram is routed by its source.
+ - A leg's SDP address, and the address it latched to, route exactly (a dict lookup).
+ - An unknown source may still be a party behind NAT during the latch window (the relay's
+   rule: the first source from the party's signalling IP). If exactly one leg on the
+   socket is waiting to latch from that IP and its SDP names another address (a private
+   one), it gets the datagram. A party whose SDP names the source's own IP must send from
+   its SDP address (RFC 4961 symmetric RTP): stricter than per-call ports, where the port
+   already says which leg a datagram is for. Otherwise the datagram is a counted drop:
+   `strangers` (nobody waiting from that IP) or `ambiguous` (several).
+So two phones behind one NAT whose calls start within the same latch window on the same
+socket may lose their first packets to `ambiguous`; per-call sockets (the default,
+`[server] media_sockets = "per_call"`) have no such case. Shared sockets are IPv4 only.
+
+RTCP rides on each shared port + 1, routed the same way (by the legs' known hosts, the
+RTP port + 1 first), with plain recvfrom/sendto: it is a few packets a second per call.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from b2bua.call import Call, MediaEndpoint
+from rtp.batch_io import BatchMux, key_address, source_key
+from rtp.relay import CallRelay, Datagram
+
+if TYPE_CHECKING:
+    from rtp.core import MediaCore
+
+LEGS_PER_SOCKET = 512  # legs sharing one port: 256 calls' worth of one side, ~25,600 packets/s
+SHARED_SOCKET_BUFFER = 8 << 20  # per shared socket: ~100 ms of 25,600 packets/s at skb truesize
+MAX_BATCHES_PER_WAKEUP = 16  # recvmmsg calls per readiness callback before yielding to other sockets
+MAX_DATAGRAM = 2048
+
+
+class SharedPort:
+    """One shared RTP/RTCP port pair and the legs routed through it."""
+
+    def __init__(self, pool: SharedPorts, port: int, rtp: socket.socket, rtcp: socket.socket) -> None:
+        self.pool = pool
+        self.port = port
+        self.rtp = rtp
+        self.rtcp = rtcp
+        self.mux = BatchMux(rtp)
+        self.legs = 0
+        self.routes: dict[int, tuple[SharedSession, int, tuple[str, int]]] = {}  # source key -> leg
+        self.waiting: dict[str, list[tuple[SharedSession, int]]] = {}  # signalling IP -> legs that may latch
+        self.rtcp_routes: dict[tuple[str, int], tuple[SharedSession, int]] = {}
+        self.strangers = 0
+        self.ambiguous = 0
+        self.received = 0
+
+    # -- routing tables ---------------------------------------------------------------
+
+    def attach(self, session: SharedSession, channel: int, endpoint: MediaEndpoint) -> None:
+        """A leg's SDP: route its SDP address, and its signalling IP while it may latch."""
+        if endpoint.remote is not None and endpoint.remote[0] not in ("0.0.0.0", "::"):
+            self.route(source_key(endpoint.remote), session, channel, endpoint.remote)
+        self.waiting.setdefault(endpoint.signalling_ip, []).append((session, channel))
+
+    def route(self, key: int, session: SharedSession, channel: int, addr: tuple[str, int]) -> None:
+        self.routes[key] = (session, channel, addr)
+        session.keys[channel].add(key)
+
+    def detach(self, session: SharedSession, channel: int, endpoint: MediaEndpoint) -> None:
+        """Forget a leg's routes (its SDP changed, or the call ended)."""
+        routes = self.routes
+        for key in session.keys[channel]:
+            owner = routes.get(key)
+            if owner is not None and owner[0] is session and owner[1] == channel:
+                del routes[key]
+        session.keys[channel].clear()
+        legs = self.waiting.get(endpoint.signalling_ip)
+        if legs:
+            legs[:] = [(s, c) for s, c in legs if not (s is session and c == channel)]
+            if not legs:
+                del self.waiting[endpoint.signalling_ip]
+        for addr in [a for a, (s, c) in self.rtcp_routes.items() if s is session and c == channel]:
+            del self.rtcp_routes[addr]
+
+    def _claim(self, key: int, now: float) -> tuple[SharedSession, int, tuple[str, int]] | None:
+        """Who a datagram from an unknown source belongs to, if anyone (see module doc)."""
+        addr = key_address(key)
+        legs = self.waiting.get(addr[0])
+        if not legs:
+            self.strangers += 1
+            return None
+        live = []
+        claimants = []
+        for session, channel in legs:
+            leg = session.relay.legs[channel]
+            if leg.latched is None and now <= leg.latch_until and not session.closed:
+                live.append((session, channel))
+                # A party whose SDP names this very IP sends from its SDP address (RFC 4961
+                # symmetric RTP): another port on its host is not it. Only a party whose SDP
+                # names another address (a private one: NAT) may be found by IP.
+                if leg.remote is None or leg.remote[0] != addr[0]:
+                    claimants.append((session, channel))
+        if len(live) != len(legs):
+            legs[:] = live
+            if not live:
+                del self.waiting[addr[0]]
+        if len(claimants) != 1:
+            if claimants:
+                self.ambiguous += 1
+            else:
+                self.strangers += 1
+            return None
+        session, channel = claimants[0]
+        return session, channel, addr
+
+    # -- datagrams ------------------------------------------------------------------------
+
+    def on_rtp(self) -> None:
+        mux = self.mux
+        routes = self.routes
+        slot = mux.SLOT
+        pool = self.pool
+        log = pool.core.log
+        now = time.monotonic()
+        for _ in range(MAX_BATCHES_PER_WAKEUP):
+            try:
+                n, raw, lens, keys = mux.recv()
+            except OSError:
+                break
+            if not n:
+                break
+            self.received += n
+            for i in range(n):
+                key = keys[i]
+                route = routes.get(key)
+                if route is None:
+                    route = self._claim(key, now)
+                    if route is None:
+                        continue
+                    session, channel, addr = route
+                    learn = True
+                else:
+                    session, channel, addr = route
+                    learn = False
+                start = i * slot
+                try:
+                    out = session.relay.receive(channel, raw[start : start + lens[i]], addr, now)
+                except Exception:  # a relay bug must cost one packet, not every call's reader
+                    log.exception("media relay failed on a packet for call %s", session.call.call_id)
+                    continue
+                if learn and session.relay.legs[channel].latched == addr:
+                    self.route(key, session, channel, addr)  # latched: from now on an exact route
+                if out:
+                    session.queue(out)
+            if n < mux.batch:
+                break
+        pool.flush()
+
+    def on_rtcp(self) -> None:
+        sock = self.rtcp
+        now = time.monotonic()
+        for _ in range(64):
+            try:
+                data, addr = sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            addr = addr[:2]
+            route = self.rtcp_routes.get(addr) or self._rtcp_claim(addr)
+            if route is None:
+                self.strangers += 1
+                continue
+            session, channel = route
+            for leg, payload, target in session.relay.receive_rtcp(channel, data, addr, now):
+                session.send_rtcp(leg, payload, target)
+            if session.relay.legs[channel].rtcp_latched == addr:
+                self.rtcp_routes[addr] = route
+
+    def _rtcp_claim(self, addr: tuple[str, int]) -> tuple[SharedSession, int] | None:
+        """An RTCP source: the leg whose RTP comes from port - 1 of it (or that port), else the only leg on its host."""
+        host, port = addr
+        for rtp_port in (port - 1, port):  # RTCP from RTP + 1 (RFC 3550 §11), or from the RTP port itself
+            rtp_route = self.routes.get(source_key((host, rtp_port))) if rtp_port > 0 else None
+            if rtp_route is not None:
+                return rtp_route[0], rtp_route[1]
+        found = {(s, c) for s, c, _ in self.routes.values() if _[0] == host}
+        for s, c in self.waiting.get(host, ()):
+            found.add((s, c))
+        if len(found) == 1:
+            return found.pop()
+        return None
+
+
+class SharedPorts:
+    """The pool of shared ports: opened on demand, filled up to LEGS_PER_SOCKET each."""
+
+    def __init__(self, core: MediaCore) -> None:
+        self.core = core
+        self.ports: list[SharedPort] = []
+        self._dirty: set[SharedPort] = set()
+        self._closed_counts = {"strangers": 0, "ambiguous": 0, "send_dropped": 0, "received": 0, "sent": 0}  # of ports already closed
+
+    def assign(self) -> SharedPort:
+        for port in self.ports:
+            if port.legs < LEGS_PER_SOCKET:
+                port.legs += 1
+                return port
+        port = self._open()
+        port.legs += 1
+        return port
+
+    def release(self, port: SharedPort) -> None:
+        port.legs -= 1
+        if port.legs <= 0 and len(self.ports) > 1:
+            self.ports.remove(port)
+            self._close(port)
+
+    def _open(self) -> SharedPort:
+        core = self.core
+        base, rtp, rtcp = core._bind_pair(buffer=SHARED_SOCKET_BUFFER)
+        core._in_use.add(base)
+        port = SharedPort(self, base, rtp, rtcp)
+        core.loop.add_reader(rtp.fileno(), port.on_rtp)
+        core.loop.add_reader(rtcp.fileno(), port.on_rtcp)
+        self.ports.append(port)
+        core.log.info("media event=shared_port port=%d shared_ports=%d", base, len(self.ports))
+        return port
+
+    def _close(self, port: SharedPort) -> None:
+        counts = self._closed_counts
+        counts["strangers"] += port.strangers
+        counts["ambiguous"] += port.ambiguous
+        counts["send_dropped"] += port.mux.send_dropped
+        counts["received"] += port.received
+        counts["sent"] += port.mux.sent
+        self.core.log.info("media event=shared_port_closed port=%d received=%d sent=%d", port.port, port.received, port.mux.sent)
+        loop = self.core.loop
+        for sock in (port.rtp, port.rtcp):
+            try:
+                loop.remove_reader(sock.fileno())
+            except (ValueError, RuntimeError):
+                pass
+            sock.close()
+        self.core._in_use.discard(port.port)
+
+    def mark(self, port: SharedPort) -> None:
+        self._dirty.add(port)
+
+    def flush(self) -> None:
+        """Send what every socket has queued: one sendmmsg per socket per batch."""
+        dirty, self._dirty = self._dirty, set()
+        for port in dirty:
+            try:
+                port.mux.flush()
+            except OSError:
+                port.mux.send_dropped += len(port.mux.payloads)
+                port.mux.payloads, port.mux.addrs = [], []
+
+    def close_all(self) -> None:
+        stats = self.stats
+        self.core.log.info("media event=shared_ports_closed %s", " ".join(f"{k}={v}" for k, v in stats.items()))
+        for port in self.ports:
+            self._close(port)
+        self.ports = []
+
+    @property
+    def stats(self) -> dict[str, int]:
+        counts = self._closed_counts
+        return {
+            "shared_ports": len(self.ports),
+            "strangers": counts["strangers"] + sum(p.strangers for p in self.ports),
+            "ambiguous": counts["ambiguous"] + sum(p.ambiguous for p in self.ports),
+            "send_dropped": counts["send_dropped"] + sum(p.mux.send_dropped for p in self.ports),
+            "received": counts["received"] + sum(p.received for p in self.ports),
+            "sent": counts["sent"] + sum(p.mux.sent for p in self.ports),
+        }
+
+
+class SharedSession:
+    """One call's media on shared ports: the same interface as `rtp.core.MediaSession`."""
+
+    def __init__(self, core: MediaCore, pool: SharedPorts, call: Call) -> None:
+        self.core = core
+        self.call = call
+        self.pool = pool
+        self.relay = CallRelay(call, core.prompts, core.make_recorder, feature_timeout=core.feature_timeout)
+        self.closed = False
+        self.send_errors = 0
+        self._ports: list[SharedPort] = []
+        try:
+            for _ in (0, 1):
+                self._ports.append(pool.assign())
+        except BaseException:
+            for port in self._ports:
+                pool.release(port)
+            raise
+        self._endpoints: list[MediaEndpoint | None] = [None, None]
+        self.keys: tuple[set[int], set[int]] = (set(), set())  # route keys each leg owns
+        now = time.monotonic()
+        for channel, party in enumerate(call.parties):
+            if party.media is not None:
+                self.set_media(channel, party.media, now)
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        return self._ports[0].port, self._ports[1].port
+
+    def set_media(self, channel: int, endpoint: MediaEndpoint, now: float | None = None) -> None:
+        old = self._endpoints[channel]
+        if old is not None:
+            self._ports[channel].detach(self, channel, old)
+        self.relay.set_media(channel, endpoint, time.monotonic() if now is None else now)
+        self._ports[channel].attach(self, channel, endpoint)
+        self._endpoints[channel] = endpoint
+        leg = self.relay.legs[channel]
+        if leg.latched is not None and leg.latched != endpoint.remote:  # unchanged SDP keeps its NAT latch
+            self._ports[channel].route(source_key(leg.latched), self, channel, leg.latched)
+
+    def answered(self, now: float | None = None) -> None:
+        self.relay.answered(time.monotonic() if now is None else now)
+
+    def dtmf(self, channel: int, digit: str, now: float | None = None) -> None:
+        self.queue(self.relay.dtmf(channel, digit, time.monotonic() if now is None else now))
+        self.pool.flush()
+
+    def queue(self, out: list[Datagram]) -> None:
+        ports = self._ports
+        for leg, payload, target in out:
+            port = ports[leg]
+            port.mux.queue(payload, target)
+            self.pool._dirty.add(port)
+
+    def send_rtcp(self, leg: int, payload: bytes, target: tuple[str, int]) -> None:
+        try:
+            self._ports[leg].rtcp.sendto(payload, target)
+        except OSError:
+            self.send_errors += 1
+
+    def _tick(self, now: float) -> None:
+        out = self.relay.tick(now)
+        if out:
+            self.queue(out)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for channel, port in enumerate(self._ports):
+            endpoint = self._endpoints[channel]
+            if endpoint is not None:
+                port.detach(self, channel, endpoint)
+        try:
+            self.relay.close(time.monotonic())
+        finally:
+            for port in self._ports:
+                self.pool.release(port)
+            self.core._release(self)
+
+
+def ipv4(ip: str) -> bool:
+    try:
+        socket.inet_aton(ip)
+    except OSError:
+        return False
+    return ip.count(".") == 3
+
+

@@ -1,0 +1,196 @@
+"""Shared media sockets (rtp.mux): many calls on one port, routed by source address.
+
+What each source gets: a party's SDP address or latched address routes to its own leg;
+a source behind NAT (SDP naming a private address) is learnt from the party's signalling
+IP when it is the only leg waiting there; a second phone behind the same NAT waiting at
+the same time makes that source `ambiguous` (dropped, counted); anyone else is a
+`stranger` (dropped, counted), even from a party's own host on another port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from b2bua.call import MediaEndpoint
+from rtp import g711, mux
+from rtp.batch_io import BatchMux, available, key_address, source_key
+from rtp.core import MediaCore
+from rtp.packet import build
+from tests.test_media_core import HOST, PROMPTS, drain, free_range, make_call, phone
+
+pytestmark = pytest.mark.skipif(not available(), reason="recvmmsg/sendmmsg are Linux-only")
+
+AUDIO = g711.encode(np.full(160, 1000, dtype=np.int16), 0)
+
+
+@pytest.fixture
+async def core(tmp_path: Path):  # type: ignore[no-untyped-def]
+    media = MediaCore(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=True)
+    yield media
+    await media.close()
+
+
+def test_source_keys_round_trip_and_match_what_recvmmsg_reports() -> None:
+    for addr in [("127.0.0.1", 5004), ("192.0.2.250", 65535), ("10.1.2.3", 1)]:
+        assert key_address(source_key(addr)) == addr
+    a, b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    a.bind((HOST, 0))
+    b.bind((HOST, 0))
+    try:
+        sender, receiver = BatchMux(a), BatchMux(b)
+        for i in range(200):  # more than one batch
+            sender.queue(bytes([i % 256]) * (12 + i), b.getsockname())
+        assert sender.flush() == 200
+        got = []
+        for _ in range(100):
+            n, raw, lens, keys = receiver.recv()
+            got += [(raw[i * receiver.SLOT : i * receiver.SLOT + lens[i]], keys[i]) for i in range(n)]
+            if len(got) == 200:
+                break
+        assert [d for d, _ in got] == [bytes([i % 256]) * (12 + i) for i in range(200)]
+        assert {k for _, k in got} == {source_key(a.getsockname())}
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_forty_calls_share_one_port_and_each_party_hears_only_its_own_call(core: MediaCore) -> None:
+    calls = []
+    for i in range(40):
+        ext, user = phone(), phone()
+        session = core.open_session(make_call(f"m{i}"))
+        session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
+        session.set_media(1, MediaEndpoint(user.getsockname(), HOST))
+        session.answered()
+        calls.append((session, ext, user))
+    assert len({s.ports for s, _, _ in calls}) == 1 and len(core._shared.ports) == 1
+    port = calls[0][0].ports[0]
+    for k in range(5):
+        for i, (_, ext, user) in enumerate(calls):
+            ext.sendto(build(0, k, k * 160, 0x10000 + i, AUDIO), (HOST, port))
+            user.sendto(build(0, k, k * 160, 0x20000 + i, AUDIO), (HOST, port))
+        await asyncio.sleep(0.02)
+    for i, (session, ext, user) in enumerate(calls):
+        to_user, to_ext = await drain(user, 0.05), await drain(ext, 0.01)
+        assert len(to_user) == 5 and len(to_ext) == 5, i
+        # Each party hears its own call's other side (the relay's SSRC towards it), nobody else's.
+        assert {p.ssrc for p in to_user} == {session.relay.legs[1].out.ssrc}
+        assert {p.ssrc for p in to_ext} == {session.relay.legs[0].out.ssrc}
+        assert session.relay.stats.forwarded == 10
+    assert core._shared.stats["strangers"] == 0
+    for session, ext, user in calls:
+        session.close()
+        ext.close()
+        user.close()
+    assert core.sessions == []
+
+
+async def test_a_phone_behind_nat_is_learnt_from_its_signalling_ip(core: MediaCore) -> None:
+    ext, user = phone(), phone()
+    session = core.open_session(make_call("nat"))
+    session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
+    session.set_media(1, MediaEndpoint(("192.168.1.20", 4000), HOST))  # private SDP, public source
+    session.answered()
+    user.sendto(build(0, 1, 160, 0x2222, AUDIO), (HOST, session.ports[1]))
+    assert len(await drain(ext, 0.1)) == 1
+    ext.sendto(build(0, 1, 160, 0x1111, AUDIO), (HOST, session.ports[0]))
+    assert len(await drain(user, 0.1)) == 1  # we answer where it really is (RFC 4961)
+    assert session.relay.legs[1].latched == user.getsockname()
+    stranger = phone()  # another port on the same host, after the latch: refused
+    stranger.sendto(build(0, 2, 320, 0x2222, AUDIO), (HOST, session.ports[1]))
+    assert await drain(ext, 0.1) == []
+    assert core._shared.stats["strangers"] == 1
+    session.close()
+    for s in (ext, user, stranger):
+        s.close()
+
+
+async def test_two_phones_behind_one_nat_waiting_at_once_are_ambiguous_not_swapped(core: MediaCore) -> None:
+    ext_a, ext_b, src = phone(), phone(), phone()
+    a = core.open_session(make_call("a"))
+    b = core.open_session(make_call("b"))
+    for session, ext, private in ((a, ext_a, ("192.168.1.20", 4000)), (b, ext_b, ("192.168.1.21", 4000))):
+        session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
+        session.set_media(1, MediaEndpoint(private, HOST))
+    src.sendto(build(0, 1, 160, 0x2222, AUDIO), (HOST, a.ports[1]))
+    assert await drain(ext_a, 0.1) == [] and await drain(ext_b, 0.01) == []
+    assert core._shared.stats["ambiguous"] == 1
+    b.close()  # once only one call waits from that IP, its phone is learnt
+    src.sendto(build(0, 2, 320, 0x2222, AUDIO), (HOST, a.ports[1]))
+    assert len(await drain(ext_a, 0.1)) == 1
+    a.close()
+    for s in (ext_a, ext_b, src):
+        s.close()
+
+
+async def test_a_party_on_its_sdp_ip_must_send_from_its_sdp_port(core: MediaCore) -> None:
+    ext, user, other_port = phone(), phone(), phone()
+    session = core.open_session(make_call("sym"))
+    session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
+    session.set_media(1, MediaEndpoint(user.getsockname(), HOST))
+    other_port.sendto(build(0, 1, 160, 0x2222, AUDIO), (HOST, session.ports[1]))
+    assert await drain(ext, 0.1) == []
+    assert core._shared.stats["strangers"] == 1
+    session.close()
+    for s in (ext, user, other_port):
+        s.close()
+
+
+async def test_a_new_sdp_address_replaces_the_old_route(core: MediaCore) -> None:
+    ext, old, new = phone(), phone(), phone()
+    session = core.open_session(make_call("move"))
+    session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
+    session.set_media(1, MediaEndpoint(old.getsockname(), HOST))
+    session.set_media(1, MediaEndpoint(new.getsockname(), HOST))  # re-INVITE: the phone moved
+    old.sendto(build(0, 1, 160, 0x2222, AUDIO), (HOST, session.ports[1]))
+    assert await drain(ext, 0.1) == []
+    new.sendto(build(0, 2, 320, 0x2222, AUDIO), (HOST, session.ports[1]))
+    assert len(await drain(ext, 0.1)) == 1
+    session.close()
+    for s in (ext, old, new):
+        s.close()
+
+
+async def test_ports_open_as_legs_grow_and_close_when_empty(core: MediaCore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mux, "LEGS_PER_SOCKET", 4)
+    sessions = [core.open_session(make_call(f"g{i}")) for i in range(5)]  # 10 legs: 3 ports
+    assert len(core._shared.ports) == 3
+    assert len({p for s in sessions for p in s.ports}) == 3
+    for s in sessions[:4]:
+        s.close()
+    assert len(core._shared.ports) == 1  # emptied ports are closed, one is kept
+    sessions[4].close()
+    assert len(core._shared.ports) == 1
+
+
+def test_shared_mode_needs_ipv4(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="IPv4"):
+        MediaCore("::1", (30000, 30099), tmp_path, prompts=PROMPTS, shared=True)
+
+
+async def test_calls_spread_over_several_ports_all_flow(core: MediaCore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mux, "LEGS_PER_SOCKET", 3)  # legs of one call land on different ports too
+    calls = []
+    for i in range(6):
+        ext, user = phone(), phone()
+        session = core.open_session(make_call(f"s{i}"))
+        session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
+        session.set_media(1, MediaEndpoint(user.getsockname(), HOST))
+        calls.append((session, ext, user))
+    assert len(core._shared.ports) == 4
+    for k in range(3):
+        for session, ext, user in calls:
+            ext.sendto(build(0, k, k * 160, 0x1111, AUDIO), (HOST, session.ports[0]))
+            user.sendto(build(0, k, k * 160, 0x2222, AUDIO), (HOST, session.ports[1]))
+        await asyncio.sleep(0.02)
+    for i, (session, ext, user) in enumerate(calls):
+        assert len(await drain(user, 0.05)) == 3 and len(await drain(ext, 0.01)) == 3, i
+    for session, ext, user in calls:
+        session.close()
+        ext.close()
+        user.close()
