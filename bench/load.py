@@ -58,11 +58,11 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
         return s.getsockname()[1]
 
 
-def udp(port: int = 0, rcvbuf: int = 8 << 20) -> socket.socket:
+def udp(port: int = 0, rcvbuf: int = 8 << 20, host: str = LOCAL) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, rcvbuf)
-    s.bind((LOCAL, port))
+    s.bind((host, port))
     return s
 
 
@@ -78,8 +78,18 @@ def rss_peak_mb(pid: int) -> float:
     return 0.0
 
 
-def sdp(port: int, session: int) -> str:
-    return (f"v=0\r\no=load {session} 1 IN IP4 {LOCAL}\r\ns=load\r\nc=IN IP4 {LOCAL}\r\nt=0 0\r\n"
+def leg_ip(side: int, i: int) -> str:
+    """Each generated party's media address: its own loopback IP (127.side.x.y), one port.
+
+    Like real phones and carrier SBCs, every stream has its own source address; a relay
+    that shares ports (rtp.mux) must tell them apart by it. The generator still sends them
+    all from one socket (IP_PKTINFO picks the source IP per datagram, rtp.batch_io)."""
+    i += 1
+    return f"127.{side}.{i >> 8}.{i & 255}"
+
+
+def sdp(port: int, session: int, ip: str = LOCAL) -> str:
+    return (f"v=0\r\no=load {session} 1 IN IP4 {ip}\r\ns=load\r\nc=IN IP4 {ip}\r\nt=0 0\r\n"
             f"m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
             f"a=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n")
 
@@ -101,8 +111,9 @@ def sip_message(start: str, headers: list[str], body: str = "") -> bytes:
 
 # -- the media generator (its own process, on the other core) -------------------------------
 
-def generate(socks: list[socket.socket], targets: list[list[tuple[str, int]]], seconds: float, conn) -> None:
-    """Send 20 ms-paced RTP from socks[k] to every address in targets[k]; count what comes back."""
+def generate(socks: list[socket.socket], targets: list[list[tuple[str, int]]], sources: list[list[str]],
+             seconds: float, conn) -> None:
+    """Send 20 ms-paced RTP from socks[k] (from sources[k][i]) to targets[k][i]; count what comes back."""
     import numpy as np
 
     with contextlib.suppress(OSError):
@@ -110,7 +121,7 @@ def generate(socks: list[socket.socket], targets: list[list[tuple[str, int]]], s
     receivers = [BatchSocket(s, 256) for s in socks]
     senders = []
     for k, (sock, addrs) in enumerate(zip(socks, targets)):
-        fs = FixedStreams(sock, addrs, 12 + len(PAYLOAD))
+        fs = FixedStreams(sock, addrs, 12 + len(PAYLOAD), sources[k])
         fs.buffer[:, 0] = 0x80
         ssrc = (np.arange(len(fs.buffer), dtype=np.uint32) | np.uint32(k << 24)).astype(">u4")
         fs.buffer[:, 8:12] = ssrc.view(np.uint8).reshape(-1, 4)
@@ -161,10 +172,10 @@ def generate(socks: list[socket.socket], targets: list[list[tuple[str, int]]], s
     conn.send({"offered": offered, "received": received, "busy_s": busy, "wall_s": time.perf_counter() - start})
 
 
-def run_generator(socks, targets, seconds):
+def run_generator(socks, targets, sources, seconds):
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=generate, args=(socks, targets, seconds, child))
+    proc = ctx.Process(target=generate, args=(socks, targets, sources, seconds, child))
     proc.start()
     return proc, parent
 
@@ -228,14 +239,14 @@ class SipLoad:
                 break
         return len(done)
 
-    def call(self, n: int, rate: float, deadline: float) -> tuple[list[int], list[int], dict]:
+    def call(self, n: int, rate: float, deadline: float) -> tuple[list[tuple[int, int]], list[int], dict]:
         """Place n calls at `rate` per second; returns (B2BUA ports facing the trunk, facing the phones, dialogs)."""
         trunk_port = self.trunk.getsockname()[1]
         phone_port = self.phone.getsockname()[1]
         a_ports: dict[int, int] = {}
         b_ports: list[int] = []
         dialogs: dict[int, tuple[str, str, str]] = {}  # i -> (to header with tag, contact uri, call-id)
-        answered_b: set[str] = set()
+        b_index: dict[str, int] = {}  # B-leg Call-ID -> its stream (and media IP) index
         sent = 0
         began = time.monotonic()
         while len(a_ports) < n and time.monotonic() < deadline:
@@ -247,19 +258,20 @@ class SipLoad:
                     f"Via: SIP/2.0/UDP {LOCAL}:{trunk_port};branch=z9hG4bK{self.run}i{i};rport",
                     f"From: <sip:caller@{LOCAL}:{trunk_port}>;tag=t{i}", f"To: <sip:{ddi}@{LOCAL}:{self.server[1]}>",
                     f"Call-ID: load-{i}-{self.run}", "CSeq: 1 INVITE", f"Contact: <sip:caller@{LOCAL}:{trunk_port}>",
-                    "Max-Forwards: 70"], sdp(self.trunk_media, i)), self.server)
+                    "Max-Forwards: 70"], sdp(self.trunk_media, i, leg_ip(1, i))), self.server)
                 sent += 1
             for sock, text, addr in self._recv(0.01):
                 if sock is self.phone and text.startswith("INVITE "):
                     call_id = header(text, "Call-ID")
-                    if call_id not in answered_b:
-                        answered_b.add(call_id)
+                    if call_id not in b_index:
+                        b_index[call_id] = len(b_ports)
                         b_ports.append(sdp_port(text))
                     vias = [f"Via: {v}" for v in re.findall(r"^Via\s*:\s*(.*?)\r?$", text, re.M | re.I)]
                     self.phone.sendto(sip_message("SIP/2.0 200 OK", [
                         *vias, f"From: {header(text, 'From')}", f"To: {header(text, 'To')};tag=p{len(b_ports)}",
                         f"Call-ID: {call_id}", f"CSeq: {header(text, 'CSeq')}",
-                        f"Contact: <sip:phone@{LOCAL}:{phone_port}>"], sdp(self.phone_media, len(b_ports))), addr)
+                        f"Contact: <sip:phone@{LOCAL}:{phone_port}>"],
+                        sdp(self.phone_media, len(b_ports), leg_ip(2, b_index[call_id]))), addr)
                 elif sock is self.trunk and text.startswith("SIP/2.0 200") and "INVITE" in header(text, "CSeq"):
                     m = re.search(r"load-(\d+)-", header(text, "Call-ID"))
                     if not m:
@@ -274,7 +286,7 @@ class SipLoad:
                     if i not in a_ports:
                         a_ports[i] = sdp_port(text.split("\r\n\r\n", 1)[1])
                         dialogs[i] = (to, contact, f"load-{i}-{self.run}")
-        return list(a_ports.values()), b_ports, dialogs
+        return list(a_ports.items()), b_ports, dialogs
 
     def hangup(self, dialogs: dict, deadline: float) -> int:
         trunk_port = self.trunk.getsockname()[1]
@@ -296,9 +308,11 @@ class SipLoad:
         return len(ended)
 
 
-def b2bua_config(n: int, sip_port: int, trunk_port: int, rtp: tuple[int, int], record: bool, recordings: Path) -> str:
+def b2bua_config(n: int, sip_port: int, trunk_port: int, rtp: tuple[int, int], record: bool, recordings: Path,
+                 media_sockets: str = "shared") -> str:
     lines = [f'''[server]
 listen = "{LOCAL}:{sip_port}"
+media_sockets = "{media_sockets}"
 media_ip = "{LOCAL}"
 rtp_ports = "{rtp[0]}-{rtp[1]}"
 recordings_dir = "{recordings}"
@@ -320,15 +334,15 @@ uri = "sip:{LOCAL}:{trunk_port}"
     return "\n".join(lines)
 
 
-def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path) -> dict:
+def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_sockets: str = "shared") -> dict:
     sip_port = free_port()
     trunk, phone = udp(), udp()
-    trunk_media, phone_media = udp(), udp()
+    trunk_media, phone_media = udp(host="0.0.0.0"), udp(host="0.0.0.0")  # every 127.x.y.z: see leg_ip
     low = 20000
     rtp = (low, low + calls * 4 + 200)
     recordings = workdir / "recordings"
     config = workdir / "flows.toml"
-    config.write_text(b2bua_config(calls, sip_port, trunk.getsockname()[1], rtp, record, recordings))
+    config.write_text(b2bua_config(calls, sip_port, trunk.getsockname()[1], rtp, record, recordings, media_sockets))
     log = open(workdir / "b2bua.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "b2bua", "run", "--config", str(config)], stdout=log, stderr=log,
                             preexec_fn=lambda: os.sched_setaffinity(0, {B2BUA_CORE}))
@@ -343,9 +357,10 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path) -> dict:
         a_ports, b_ports, dialogs = load.call(calls, rate=250, deadline=time.monotonic() + 60 + calls / 100)
         setup_s = time.monotonic() - t
         answered = len(a_ports)
-        targets = [[(LOCAL, p) for p in a_ports], [(LOCAL, p) for p in b_ports]]
+        targets = [[(LOCAL, p) for _, p in a_ports], [(LOCAL, p) for p in b_ports]]
+        sources = [[leg_ip(1, i) for i, _ in a_ports], [leg_ip(2, j) for j in range(len(b_ports))]]
         cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
-        gen, pipe = run_generator([trunk_media, phone_media], targets, seconds)
+        gen, pipe = run_generator([trunk_media, phone_media], targets, sources, seconds)
         stats = pipe.recv()
         gen.join()
         cpu = cpu_seconds(proc.pid) - cpu0
@@ -369,7 +384,7 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path) -> dict:
             s.close()
     offered, received = stats["offered"], stats["received"]
     return {
-        "peer": "b2bua", "record": record, "calls": calls, "registered": registered, "answered": answered,
+        "peer": "b2bua" if media_sockets == "shared" else "b2bua/pc", "record": record, "calls": calls, "registered": registered, "answered": answered,
         "ended": ended, "offered": offered, "relayed": received, "recorded": recorded_packets,
         "loss": round(1 - received / offered, 5) if offered else 1.0,
         "cpu_percent": round(100 * cpu / wall, 1), "rss_mb": round(rss, 1), "wav_ok": wav_ok,
@@ -439,7 +454,7 @@ def run_rtpengine(calls: int, seconds: float, record: bool, workdir: Path) -> di
     # In its own temp dir: rtpengine 10.5 may dump core on SIGTERM, which must not land in the tree.
     proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=workdir,
                             preexec_fn=lambda: os.sched_setaffinity(0, {B2BUA_CORE}))
-    trunk_media, phone_media = udp(), udp()
+    trunk_media, phone_media = udp(host="0.0.0.0"), udp(host="0.0.0.0")  # every 127.x.y.z: see leg_ip
     try:
         os.sched_setaffinity(0, {LOAD_CORE})
         ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -459,14 +474,15 @@ def run_rtpengine(calls: int, seconds: float, record: bool, workdir: Path) -> di
             base = {"call-id": f"c{i}", "from-tag": f"f{i}"}
             flags = {"record call": "yes"} if record else {}
             offer = ng(ctl, (LOCAL, ng_port), {**base, **flags, "command": "offer",
-                                                "sdp": sdp(trunk_media.getsockname()[1], i)})
+                                                "sdp": sdp(trunk_media.getsockname()[1], i, leg_ip(1, i))})
             b_ports.append(sdp_port(re.search(r"sdp\d+:(.*)", offer, re.S).group(1)))
             answer = ng(ctl, (LOCAL, ng_port), {**base, "command": "answer", "to-tag": f"t{i}",
-                                                 "sdp": sdp(phone_media.getsockname()[1], i)})
+                                                 "sdp": sdp(phone_media.getsockname()[1], i, leg_ip(2, i))})
             a_ports.append(sdp_port(re.search(r"sdp\d+:(.*)", answer, re.S).group(1)))
         targets = [[(LOCAL, p) for p in a_ports], [(LOCAL, p) for p in b_ports]]
+        sources = [[leg_ip(1, i) for i in range(calls)], [leg_ip(2, i) for i in range(calls)]]
         cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
-        gen, pipe = run_generator([trunk_media, phone_media], targets, seconds)
+        gen, pipe = run_generator([trunk_media, phone_media], targets, sources, seconds)
         stats = pipe.recv()
         gen.join()
         cpu = cpu_seconds(proc.pid) - cpu0
@@ -494,10 +510,10 @@ def run_rtpengine(calls: int, seconds: float, record: bool, workdir: Path) -> di
     }
 
 
-def one(peer: str, calls: int, seconds: float, record: bool) -> dict:
+def one(peer: str, calls: int, seconds: float, record: bool, media_sockets: str = "shared") -> dict:
     with tempfile.TemporaryDirectory(prefix="load-") as tmp:
         if peer == "b2bua":
-            return run_b2bua(calls, seconds, record, Path(tmp))
+            return run_b2bua(calls, seconds, record, Path(tmp), media_sockets)
         return run_rtpengine(calls, seconds, record, Path(tmp))
 
 
@@ -514,9 +530,11 @@ def main() -> None:
     ap.add_argument("--peer", choices=["b2bua", "rtpengine"], default="b2bua")
     ap.add_argument("--record", choices=["on", "off"], default="on")
     ap.add_argument("--table", action="store_true", help="calls 500/1000/2000 x {b2bua, rtpengine off/on}")
+    ap.add_argument("--media-sockets", choices=["shared", "per_call"], default="shared",
+                    help="the B2BUA's [server] media_sockets (default shared: the at-load setting)")
     args = ap.parse_args()
     if not args.table:
-        r = one(args.peer, args.calls, args.seconds, args.record == "on")
+        r = one(args.peer, args.calls, args.seconds, args.record == "on", args.media_sockets)
         print(line(r))
         print(json.dumps({k: r[k] for k in ("calls", "loss", "cpu_percent", "rss_mb", "wav_ok")} | {"peer": r["peer"]}))
         return
@@ -524,7 +542,7 @@ def main() -> None:
     for calls in (500, 1000, 2000):
         for peer, record in (("b2bua", True), ("rtpengine", False), ("rtpengine", True)):
             try:
-                r = one(peer, calls, args.seconds, record)
+                r = one(peer, calls, args.seconds, record, args.media_sockets if peer == "b2bua" else "shared")
             except Exception as exc:  # a failed cell is reported, the table goes on
                 r = {"peer": peer, "record": record, "calls": calls, "error": str(exc)[:200]}
                 print(f"{peer} record={record} calls={calls}: failed: {exc}")
