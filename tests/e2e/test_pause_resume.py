@@ -21,12 +21,13 @@ RATE = 8000
 
 
 def flows(ports: Ports, trunk: str, *, number_record: str = "yes", call_recording: bool = True,
-          pause: str = "silence") -> str:
+          pause: str = "silence", media_sockets: str = "per_call") -> str:
     return f'''
 [server]
 listen = "{ports.listen}"
 rtp_ports = "{ports.rtp_ports}"
 pause = "{pause}"
+media_sockets = "{media_sockets}"
 [organisation]
 name = "Test"
 call_recording = {"true" if call_recording else "false"}
@@ -83,9 +84,10 @@ def at(answered: float, t: float) -> None:
         time.sleep(delay)
 
 
-def test_star1_pauses_and_resumes_one_file_prompt_only_to_the_presser(b2bua, baresip, trunk):
+@pytest.mark.parametrize("media_sockets", ["per_call", "shared"])
+def test_star1_pauses_and_resumes_one_file_prompt_only_to_the_presser(b2bua, baresip, trunk, media_sockets):
     """Issue 3: *1 at ~2 s and ~4 s, hang up at ~6 s; number record = yes."""
-    pbx = b2bua(flows(Ports.allocate(), trunk.address), extra_args=["--sip-trace"])
+    pbx = b2bua(flows(Ports.allocate(), trunk.address, media_sockets=media_sockets), extra_args=["--sip-trace"])
     alice = baresip("alice", "alice-secret", pbx.sip_address, tone_hz=880)
     call, answered = place_call(pbx, trunk, 7.0)
     alice.wait_for("established", 5)
