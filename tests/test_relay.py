@@ -43,6 +43,11 @@ class FakeRecorder:
     def add(self, channel: int, ssrc: int, seq: int, timestamp: int, samples: np.ndarray, arrival: float) -> None:
         self.added.append((channel, ssrc, seq, timestamp, samples.copy(), arrival))
 
+    def add_g711(self, channel: int, ssrc: int, seq: int, timestamp: int, payload: bytes, payload_type: int,
+                 arrival: float) -> None:
+        """The relay hands over raw G.711 (the real recorder decodes at its flush)."""
+        self.add(channel, ssrc, seq, timestamp, g711.decode(payload, payload_type), arrival)
+
     def set_recording(self, on: bool, now: float, by: str | None) -> None:
         self.changes.append((on, now, by))
         self.recording = on
