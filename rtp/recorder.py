@@ -195,8 +195,7 @@ class Recorder:
             return
         payloads = self._waiting_data[channel]
         samples = _DECODE[self._waiting_pt[channel]].take(np.frombuffer(b"".join(payloads), np.uint8))
-        lengths = np.fromiter(map(len, payloads), np.int64, len(payloads))
-        self._timeline.place_many(channel, np.array(positions, np.int64), lengths, samples)
+        self._timeline.place_many(channel, positions, list(map(len, payloads)), samples)
         positions.clear()
         payloads.clear()
 

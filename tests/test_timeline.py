@@ -237,8 +237,8 @@ def place_both(packets: list[tuple[int, np.ndarray]], base: int = 0,
     if packets:
         many.place_many(
             channel,
-            np.array([pos for pos, _ in packets], np.int64),
-            np.array([len(samples) for _, samples in packets], np.int64),
+            [pos for pos, _ in packets],
+            [len(samples) for _, samples in packets],
             np.concatenate([samples for _, samples in packets]),
         )
     return one, many
@@ -257,6 +257,10 @@ def values(k: int, n: int = N) -> np.ndarray:
 
 def test_place_many_in_order_is_one_slice() -> None:
     one, many = place_both([(k * N, values(k)) for k in range(50)])
+    assert_same(one, many)
+    one, many = place_both([(k * N, values(k)) for k in range(50)], base=3 * N + 1)  # the first are late
+    assert_same(one, many)
+    one, many = place_both([(MAX_PENDING_FRAMES - 10 * N + k * N, values(k)) for k in range(12)])  # the last too far
     assert_same(one, many)
 
 
@@ -278,8 +282,7 @@ def test_place_many_later_duplicate_wins_an_overlap() -> None:
     one, many = place_both(packets)
     assert_same(one, many)
     line = Timeline()
-    line.place_many(0, np.array([0, 0, 0], np.int64), np.array([4, 4, 4], np.int64),
-                    np.array([1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3], np.int16))
+    line.place_many(0, [0, 0, 0], [4, 4, 4], np.array([1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3], np.int16))
     assert line.take(4)[:, 0].tolist() == [3, 3, 3, 3]
 
 
