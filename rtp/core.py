@@ -289,7 +289,14 @@ class MediaCore:
 
     def _tick(self) -> None:
         """Every 20 ms: drive only the relays with something due (held `*`, prompt, flush)."""
-        now = time.monotonic()
+        self._tick_sessions(time.monotonic())
+        loop = self.loop
+        self._next_tick += TICK_INTERVAL
+        if self._next_tick < loop.time():  # fell behind: skip missed ticks instead of bursting
+            self._next_tick = loop.time() + TICK_INTERVAL
+        self._timer = loop.call_at(self._next_tick, self._tick) if self.sessions else None
+
+    def _tick_sessions(self, now: float) -> None:
         for session in list(self.sessions):
             relay = session.relay
             if relay.busy or now >= relay.next_flush:
@@ -299,11 +306,6 @@ class MediaCore:
                     self.log.exception("media tick failed for call %s", session.call.call_id)
         if self._shared is not None:
             self._shared.flush()
-        loop = self.loop
-        self._next_tick += TICK_INTERVAL
-        if self._next_tick < loop.time():  # fell behind: skip missed ticks instead of bursting
-            self._next_tick = loop.time() + TICK_INTERVAL
-        self._timer = loop.call_at(self._next_tick, self._tick) if self.sessions else None
 
     async def close(self) -> None:
         """Finalise every recording and free every port (graceful shutdown, SIGTERM)."""

@@ -1,0 +1,145 @@
+"""Benchmark the media edge in process: shared sockets (rtp.mux) against a socket per leg.
+
+N calls on loopback, recording on. Each 20 ms step (simulated time), one socket standing in for every
+party sends one PCMU packet per leg (each party from its own 127.x.y.z, as in
+bench/load.py), then the B2BUA's readers and its 20 ms tick are run directly, without
+an event loop, and their CPU time (process time, kernel included) is what is measured:
+receive, demultiplex, relay, record, send. The generator's own sends are outside the
+timing. Prints microseconds of B2BUA CPU per relayed packet and the implied packets/s
+on one core; the last line is one JSON object.
+
+    python bench/media_edge.py --calls 1000 --seconds 5 [--mode shared|per_call|both] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import pstats
+import socket
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from b2bua.call import Call, MediaEndpoint, Party  # noqa: E402
+from rtp.batch_io import BatchSocket, FixedStreams, recv_count  # noqa: E402
+from rtp.core import MediaCore  # noqa: E402
+
+PAYLOAD = bytes([0xFF, 0x7F] * 80)
+
+
+def leg_ip(side: int, i: int) -> str:
+    i += 1
+    return f"127.{side}.{i >> 8}.{i & 255}"
+
+
+def make_call(i: int) -> Call:
+    return Call(call_id=f"edge-{i:05d}", direction="inbound", from_uri="sip:+441632960999@carrier",
+                to_uri="sip:441632960000@pbx", ddi="441632960000", user="alice", started=datetime.now(UTC),
+                record_at_answer=True, parties=(Party("external", "carrier"), Party("user", "alice")))
+
+
+class SimulatedClock:
+    """Stands in for `time` in rtp.core and rtp.mux: 20 ms per step however long a step
+    takes to compute, so the recorder flushes once per simulated second, as in production."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+async def run(calls: int, seconds: float, mode: str, profile: bool) -> dict:
+    import rtp.core
+    import rtp.mux
+
+    clock = SimulatedClock()
+    rtp.core.time = rtp.mux.time = clock  # type: ignore[assignment]
+    workdir = Path(tempfile.mkdtemp(prefix="edge-"))
+    core = MediaCore("127.0.0.1", (40000, 40000 + 4 * calls + 64), workdir, shared=mode == "shared")
+    gens = []
+    for side in (1, 2):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        s.bind(("0.0.0.0", 0))
+        gens.append(s)
+    sessions = []
+    for i in range(calls):
+        session = core.open_session(make_call(i))
+        for channel, side in ((0, 1), (1, 2)):
+            session.set_media(channel, MediaEndpoint((leg_ip(side, i), gens[channel].getsockname()[1]), "127.0.0.1"))
+        session.answered()
+        sessions.append(session)
+    streams = []
+    for channel, side in ((0, 1), (1, 2)):
+        fs = FixedStreams(gens[channel], [("127.0.0.1", s.ports[channel]) for s in sessions], 12 + len(PAYLOAD),
+                          [leg_ip(side, i) for i in range(calls)])
+        fs.buffer[:, 0] = 0x80
+        fs.buffer[:, 8:12] = (np.arange(calls, dtype=np.uint32) | np.uint32(side << 24)).astype(">u4").view(np.uint8).reshape(-1, 4)
+        fs.buffer[:, 12:] = np.frombuffer(PAYLOAD, dtype=np.uint8)
+        streams.append(fs)
+    receivers = [BatchSocket(g, 256) for g in gens]
+    if mode == "shared":
+        readers = [p.on_rtp for p in core._shared.ports]
+    else:
+        readers = [lambda s=s, c=c: s._on_rtp(c) for s in sessions for c in (0, 1)]
+    steps = int(seconds / 0.02)
+    offered = received = 0
+    cpu = 0.0
+    prof = cProfile.Profile() if profile else None
+    for step in range(steps):
+        clock.now += 0.02
+        header = np.frombuffer(int(step & 0xFFFF).to_bytes(2, "big") + int(step * 160).to_bytes(4, "big"), np.uint8)
+        for fs in streams:
+            fs.buffer[:, 2:8] = header
+            offered += fs.send()
+        c0 = time.process_time()
+        if prof:
+            prof.enable()
+        for read in readers:
+            read()
+        core._tick_sessions(clock.now)
+        if prof:
+            prof.disable()
+        cpu += time.process_time() - c0
+        for r in receivers:
+            while (n := recv_count(r)) == r.batch:
+                received += n
+            received += n
+    for session in sessions:
+        session.close()
+    await core.close()
+    if prof:
+        pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+    return {"mode": mode, "calls": calls, "packets": offered, "relayed": received,
+            "us_per_packet": round(cpu / max(received, 1) * 1e6, 2),
+            "packets_per_core_s": int(received / cpu) if cpu else 0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--calls", type=int, default=1000)
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--mode", choices=["shared", "per_call", "both"], default="both")
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    results = []
+    for mode in (["per_call", "shared"] if args.mode == "both" else [args.mode]):
+        r = asyncio.run(run(args.calls, args.seconds, mode, args.profile))
+        print(f"{mode:9} calls={r['calls']} relayed={r['relayed']}/{r['packets']} "
+              f"{r['us_per_packet']} us/packet -> {r['packets_per_core_s']} packets/s per core")
+        results.append(r)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
