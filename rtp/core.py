@@ -94,6 +94,9 @@ class MediaSession:
         """A digit from SIP INFO: the same *1 rules as RFC 4733 digits."""
         self._send(self.relay.dtmf(channel, digit, time.monotonic() if now is None else now))
 
+    def settle(self) -> None:
+        """`relay` is always current here (nothing is lent: see rtp.mux.SharedSession.settle)."""
+
     def close(self) -> None:
         """Finalise the recording and free the ports. Idempotent."""
         if self.closed:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from b2bua.call import Call, MediaEndpoint
 from rtp.batch_io import BatchMux, key_address, source_key
+from rtp.fastpath import FastTable
 from rtp.relay import CallRelay, Datagram
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class SharedPort:
         self.strangers = 0
         self.ambiguous = 0
         self.received = 0
+        self.ident = pool.next_ident()
+        self.fast_routes: dict[int, int] = {}  # source key -> batch-lane leg (rtp.fastpath)
 
     # -- routing tables ---------------------------------------------------------------
 
@@ -120,12 +123,15 @@ class SharedPort:
 
     # -- datagrams ------------------------------------------------------------------------
 
+    def key_of(self, addr: tuple[str, int]) -> int:
+        return source_key(addr)
+
     def on_rtp(self) -> None:
         mux = self.mux
-        routes = self.routes
-        slot = mux.SLOT
         pool = self.pool
-        log = pool.core.log
+        table = pool.table
+        fast_get = self.fast_routes.get
+        rows = mux.rows
         now = time.monotonic()
         for _ in range(MAX_BATCHES_PER_WAKEUP):
             try:
@@ -135,31 +141,44 @@ class SharedPort:
             if not n:
                 break
             self.received += n
-            for i in range(n):
-                key = keys[i]
-                route = routes.get(key)
-                if route is None:
-                    route = self._claim(key, now)
-                    if route is None:
-                        continue
-                    session, channel, addr = route
-                    learn = True
-                else:
-                    session, channel, addr = route
-                    learn = False
-                start = i * slot
+            legs = [fast_get(k, -1) for k in keys]
+            if max(legs) >= 0:
                 try:
-                    out = session.relay.receive(channel, raw[start : start + lens[i]], addr, now)
-                except Exception:  # a relay bug must cost one packet, not every call's reader
-                    log.exception("media relay failed on a packet for call %s", session.call.call_id)
-                    continue
-                if learn and session.relay.legs[channel].latched == addr:
-                    self.route(key, session, channel, addr)  # latched: from now on an exact route
-                if out:
-                    session.queue(out)
+                    slow = table.forward(rows[:n], raw, mux.SLOT, lens, legs, now)
+                except Exception:  # a lane bug must cost a batch, not the reader
+                    pool.core.log.exception("media batch lane failed; the batch goes packet by packet")
+                    slow = range(n)
+            else:
+                slow = range(n)
+            for i in slow:
+                self._one(i, raw, lens, keys[i], now)
             if n < mux.batch:
                 break
         pool.flush()
+
+    def _one(self, i: int, raw: bytes, lens: list[int], key: int, now: float) -> None:
+        """One datagram the batch lane did not take: the relay's full rules (receive)."""
+        route = self.routes.get(key)
+        learn = route is None
+        if route is None:
+            route = self._claim(key, now)
+            if route is None:
+                return
+        session, channel, addr = route
+        start = i * self.mux.SLOT
+        table = self.pool.table
+        table.store(session)
+        try:
+            out = session.relay.receive(channel, raw[start : start + lens[i]], addr, now)
+        except Exception:  # a relay bug must cost one packet, not every call's reader
+            self.pool.core.log.exception("media relay failed on a packet for call %s", session.call.call_id)
+            return
+        finally:
+            table.load(session, now)
+        if learn and session.relay.legs[channel].latched == addr:
+            self.route(key, session, channel, addr)  # latched: from now on an exact route
+        if out:
+            session.queue(out)
 
     def on_rtcp(self) -> None:
         sock = self.rtcp
@@ -204,7 +223,13 @@ class SharedPorts:
         self.core = core
         self.ports: list[SharedPort] = []
         self._dirty: set[SharedPort] = set()
+        self.table = FastTable()
+        self._idents = 0
         self._closed_counts = {"strangers": 0, "ambiguous": 0, "send_dropped": 0, "received": 0, "sent": 0}  # of ports already closed
+
+    def next_ident(self) -> int:
+        self._idents += 1
+        return self._idents
 
     def assign(self) -> SharedPort:
         for port in self.ports:
@@ -226,6 +251,7 @@ class SharedPorts:
         base, rtp, rtcp = core._bind_pair(buffer=SHARED_SOCKET_BUFFER)
         core._in_use.add(base)
         port = SharedPort(self, base, rtp, rtcp)
+        self.table.ports[port.ident] = port
         core.loop.add_reader(rtp.fileno(), port.on_rtp)
         core.loop.add_reader(rtcp.fileno(), port.on_rtcp)
         self.ports.append(port)
@@ -233,6 +259,7 @@ class SharedPorts:
         return port
 
     def _close(self, port: SharedPort) -> None:
+        self.table.ports.pop(port.ident, None)
         counts = self._closed_counts
         counts["strangers"] += port.strangers
         counts["ambiguous"] += port.ambiguous
@@ -302,31 +329,52 @@ class SharedSession:
             raise
         self._endpoints: list[MediaEndpoint | None] = [None, None]
         self.keys: tuple[set[int], set[int]] = (set(), set())  # route keys each leg owns
+        self.slot = pool.table.add(self)  # legs 2*slot and 2*slot + 1 of the batch lane
         now = time.monotonic()
         for channel, party in enumerate(call.parties):
             if party.media is not None:
                 self.set_media(channel, party.media, now)
+
+    def settle(self) -> None:
+        """Hand the batch lane's lent state back, so `relay` (its stats, its streams) is current."""
+        self.pool.table.store(self)
+
+    def port_of(self, channel: int) -> SharedPort:
+        return self._ports[channel]
 
     @property
     def ports(self) -> tuple[int, int]:
         return self._ports[0].port, self._ports[1].port
 
     def set_media(self, channel: int, endpoint: MediaEndpoint, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        table = self.pool.table
+        table.store(self)
         old = self._endpoints[channel]
         if old is not None:
             self._ports[channel].detach(self, channel, old)
-        self.relay.set_media(channel, endpoint, time.monotonic() if now is None else now)
+        self.relay.set_media(channel, endpoint, now)
         self._ports[channel].attach(self, channel, endpoint)
         self._endpoints[channel] = endpoint
         leg = self.relay.legs[channel]
         if leg.latched is not None and leg.latched != endpoint.remote:  # unchanged SDP keeps its NAT latch
             self._ports[channel].route(source_key(leg.latched), self, channel, leg.latched)
+        table.load(self, now)
 
     def answered(self, now: float | None = None) -> None:
-        self.relay.answered(time.monotonic() if now is None else now)
+        now = time.monotonic() if now is None else now
+        table = self.pool.table
+        table.store(self)
+        self.relay.answered(now)
+        table.load(self, now)
 
     def dtmf(self, channel: int, digit: str, now: float | None = None) -> None:
-        self.queue(self.relay.dtmf(channel, digit, time.monotonic() if now is None else now))
+        now = time.monotonic() if now is None else now
+        table = self.pool.table
+        table.store(self)
+        out = self.relay.dtmf(channel, digit, now)
+        table.load(self, now)
+        self.queue(out)
         self.pool.flush()
 
     def queue(self, out: list[Datagram]) -> None:
@@ -343,7 +391,12 @@ class SharedSession:
             self.send_errors += 1
 
     def _tick(self, now: float) -> None:
-        out = self.relay.tick(now)
+        table = self.pool.table
+        table.store(self)
+        try:
+            out = self.relay.tick(now)
+        finally:
+            table.load(self, now)
         if out:
             self.queue(out)
 
@@ -351,6 +404,7 @@ class SharedSession:
         if self.closed:
             return
         self.closed = True
+        self.pool.table.remove(self)  # hands the lent state back first
         for channel, port in enumerate(self._ports):
             endpoint = self._endpoints[channel]
             if endpoint is not None:

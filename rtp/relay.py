@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -90,6 +90,22 @@ def recorder_factory(directory: Path, pause_mode: str) -> RecorderFactory:
 
     return make
 
+
+class FastLane(NamedTuple):
+    """One leg's forwarding state, lent to the batch forwarder (`CallRelay.fast_lane`)."""
+
+    source: tuple[str, int]  # the only source whose packets it may take (the latched one)
+    payload_type: int  # the G.711 type both parties use
+    own_ssrc: int  # our SSRC towards the sender: a packet carrying it needs receive() (collision)
+    src_ssrc: int  # the source stream the offsets are for
+    seq_offset: int
+    ts_offset: int
+    seq: int  # the last sequence number sent to the other party
+    ts: int  # the newest timestamp sent to it
+    sent_at: float
+    out_ssrc: int  # our SSRC towards the other party
+    target: tuple[str, int]  # where the other party's packets go
+    record: bool  # the recorder takes this leg's audio now
 
 @dataclass(slots=True)
 class RelayStats:
@@ -526,6 +542,61 @@ class CallRelay:
             )
         )
         return out
+
+    # -- the batch lane (rtp.fastpath) ---------------------------------------------------
+
+    def fast_lane(self, channel: int, now: float) -> FastLane | None:
+        """What a batch forwarder needs to handle `channel`'s next audio packets exactly as
+        `receive` would, or None while its packets need `receive` (not yet latched, a
+        prompt or transcoding towards the other party, in-band detection, a fresh or
+        jumping source, the pause grace). Valid until the caller hands the state back
+        with `fast_absorb` and anything else touches the relay."""
+        leg = self.legs[channel]
+        other = self.legs[1 - channel]
+        out = other.out
+        pt = leg.audio_pt
+        if (
+            leg.latched is None
+            or (pt != g711.PCMU and pt != g711.PCMA)
+            or leg.inband is not None
+            or other.prompt is not None
+            or other.audio_pt != pt
+            or other.remote is None
+            or not out.started
+            or out.src_ssrc < 0
+            or out.check_ts
+            or now < self.record_grace_until
+        ):
+            return None
+        recorder = self.recorder
+        return FastLane(
+            source=leg.latched,
+            payload_type=pt,
+            own_ssrc=leg.out.ssrc,
+            src_ssrc=out.src_ssrc,
+            seq_offset=out.seq_offset,
+            ts_offset=out.ts_offset,
+            seq=out.seq,
+            ts=out.ts,
+            sent_at=out.sent_at,
+            out_ssrc=out.ssrc,
+            target=other.latched or other.remote,
+            record=recorder is not None and recorder.recording,
+        )
+
+    def fast_absorb(self, channel: int, seq: int, ts: int, sent_at: float, source_at: float, forwarded: int) -> None:
+        """Take back what the batch forwarder did since `fast_lane`: `forwarded` packets,
+        the last sequence number and timestamp sent, and when (`OutStream.map` for each)."""
+        if not forwarded:
+            return
+        other = self.legs[1 - channel]
+        out = other.out
+        out.seq = seq
+        out.ts = ts
+        out.sent_at = sent_at
+        if source_at > other.source_at:
+            other.source_at = source_at
+        self.stats.forwarded += forwarded
 
     def receive_rtcp(self, channel: int, data: bytes, addr: tuple[str, int], now: float) -> list[Datagram]:
         """One RTCP datagram: relayed as-is to the other party's RTCP address (RFC 3550 §6).

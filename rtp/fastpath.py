@@ -1,0 +1,233 @@
+"""The batch lane: the common audio packet of every call on a shared port, in numpy.
+
+Why: on the shared sockets (rtp.mux) a recvmmsg hands over dozens of datagrams from as
+many calls at once, and most are the same case: a latched party's next G.711 packet, to be
+re-stamped (sequence number, timestamp, SSRC) and sent on to the other party. Doing that
+per packet in Python costs ~20 us each; here the header fields of the whole batch are read,
+checked and rewritten with a few numpy operations, and the batch leaves in one sendmmsg.
+
+Correctness is `CallRelay.receive`'s, not a second copy of its rules: the relay lends each
+leg's forwarding state (`CallRelay.fast_lane`) only while its packets need nothing but
+`OutStream.map`'s offset arithmetic, and takes it back (`fast_absorb`) before anything else
+touches the call. A packet the lane cannot take exactly as `receive` would (an event, a
+new or jumping SSRC, a reordered or duplicate packet, a second packet of the same leg in
+one batch, CSRCs or an extension, another payload type) goes to `receive`, with the state
+handed back first and lent again after. Recording of lane packets goes to the recorder
+with `add_g711`, exactly as `receive` does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rtp.packet import MAX_PACKET_SIZE
+from rtp.sequence import MAX_DROPOUT
+
+if TYPE_CHECKING:
+    from rtp.mux import SharedPort, SharedSession
+
+_I64 = np.int64
+
+
+class FastTable:
+    """Every shared-port leg's lent forwarding state, as arrays indexed by leg number.
+
+    A session holds slot s; its legs are 2s (channel 0) and 2s + 1. Arrays grow by
+    doubling; nothing here reads a clock."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.sessions: list[SharedSession | None] = []
+        self._free: list[int] = []
+        self.ports: dict[int, SharedPort] = {}
+        self._size = 0
+        self._alloc(capacity)
+
+    def _alloc(self, legs: int) -> None:
+        old = self._size
+        self._size = legs
+
+        def grow(name: str, dtype: type, shape: tuple[int, ...] = ()) -> None:
+            fresh = np.zeros((legs, *shape), dtype=dtype)
+            if old:
+                fresh[:old] = getattr(self, name)
+            setattr(self, name, fresh)
+
+        grow("active", np.bool_)
+        grow("record", np.bool_)
+        for name in ("pt", "own_ssrc", "src_ssrc", "seq_off", "ts_off", "seq", "ts", "out_ssrc", "out_port", "fwd"):
+            grow(name, _I64)
+        grow("sent_at", np.float64)
+        grow("source_at", np.float64)
+        grow("dst", np.uint8, (16,))
+        if old:
+            self.keys += [None] * (legs - old)
+        else:
+            self.keys: list[tuple[int, SharedPort] | None] = [None] * legs  # the lane's route, to undo it
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def add(self, session: SharedSession) -> int:
+        if self._free:
+            slot = self._free.pop()
+            self.sessions[slot] = session
+        else:
+            slot = len(self.sessions)
+            self.sessions.append(session)
+            if 2 * slot + 2 > self._size:
+                self._alloc(2 * self._size)
+        return slot
+
+    def remove(self, session: SharedSession) -> None:
+        self.store(session)
+        slot = session.slot
+        for g in (2 * slot, 2 * slot + 1):
+            self._deactivate(g)
+        self.sessions[slot] = None
+        self._free.append(slot)
+
+    def _deactivate(self, g: int) -> None:
+        self.active[g] = False
+        route = self.keys[g]
+        if route is not None:
+            key, port = route
+            if port.fast_routes.get(key) == g:
+                del port.fast_routes[key]
+            self.keys[g] = None
+
+    def store(self, session: SharedSession) -> None:
+        """Hand the lent state back to the relay: before anything else touches the call."""
+        relay = session.relay
+        g0 = 2 * session.slot
+        for channel in (0, 1):
+            g = g0 + channel
+            forwarded = int(self.fwd[g])
+            if forwarded:
+                relay.fast_absorb(channel, int(self.seq[g]), int(self.ts[g]), float(self.sent_at[g]),
+                                  float(self.source_at[g]), forwarded)
+                self.fwd[g] = 0
+
+    def load(self, session: SharedSession, now: float) -> None:
+        """Lend the relay's state again (after `store` and whatever touched the call)."""
+        relay = session.relay
+        g0 = 2 * session.slot
+        for channel in (0, 1):
+            g = g0 + channel
+            lane = None if session.closed else relay.fast_lane(channel, now)
+            if lane is None:
+                self._deactivate(g)
+                continue
+            port = session.port_of(channel)
+            key = port.key_of(lane.source)
+            route = self.keys[g]
+            if route != (key, port):
+                self._deactivate(g)
+                port.fast_routes[key] = g
+                self.keys[g] = (key, port)
+            self.active[g] = True
+            self.record[g] = lane.record
+            self.pt[g] = lane.payload_type
+            self.own_ssrc[g] = lane.own_ssrc
+            self.src_ssrc[g] = lane.src_ssrc
+            self.seq_off[g] = lane.seq_offset
+            self.ts_off[g] = lane.ts_offset
+            self.seq[g] = lane.seq
+            self.ts[g] = lane.ts
+            self.sent_at[g] = lane.sent_at
+            self.source_at[g] = 0.0
+            self.out_ssrc[g] = lane.out_ssrc
+            out_port = session.port_of(1 - channel)
+            self.out_port[g] = out_port.ident
+            self.dst[g] = np.frombuffer(out_port.mux.sockaddr(lane.target), np.uint8)
+            self.fwd[g] = 0
+
+    # -- the batch ----------------------------------------------------------------------------
+
+    def forward(self, rows: np.ndarray, raw: bytes, slot_bytes: int, lens: list[int], legs: list[int],
+                now: float) -> list[int]:
+        """Forward (and hand to recorders) every packet of the batch the lane can take;
+        returns the indices of the others, in arrival order, for `CallRelay.receive`.
+
+        `rows` is the receive buffer as (n, slot) bytes, `raw` the same bytes as one
+        object (payloads for the recorders are cut from it), `legs` the lane's leg for
+        each packet's source (-1: none)."""
+        n = len(legs)
+        g = np.array(legs, dtype=_I64)
+        size = np.array(lens, dtype=_I64)
+        cand = g >= 0
+        gg = np.where(cand, g, 0)
+        # A leg with two packets in one batch: both to receive(), in order (rare: a burst).
+        seen = g[cand]
+        if np.unique(seen).size != seen.size:
+            uniq, inverse, counts = np.unique(seen, return_inverse=True, return_counts=True)
+            once = np.zeros(n, dtype=np.bool_)
+            once[cand] = counts[inverse] == 1
+            cand &= once
+        head = rows[:, :12]
+        b0 = head[:, 0]
+        pt = head[:, 1] & 0x7F
+        seq = (head[:, 2].astype(_I64) << 8) | head[:, 3]
+        ts = np.ascontiguousarray(head[:, 4:8]).view(">u4")[:, 0].astype(_I64)
+        ssrc = np.ascontiguousarray(head[:, 8:12]).view(">u4")[:, 0].astype(_I64)
+        ok = (
+            cand
+            & self.active[gg]
+            & (b0 == 0x80)
+            & (pt == self.pt[gg])
+            & (size > 12)
+            & (size <= MAX_PACKET_SIZE)
+            & (ssrc == self.src_ssrc[gg])
+            & (ssrc != self.own_ssrc[gg])
+        )
+        out_seq = (seq + self.seq_off[gg]) & 0xFFFF
+        step = ((out_seq - self.seq[gg] + 0x8000) & 0xFFFF) - 0x8000
+        ok &= (step > 0) & (step <= MAX_DROPOUT)  # in order, or after a gap (OutStream.map)
+        fast = np.flatnonzero(ok)
+        if fast.size == 0:
+            return list(range(n))
+        gf = g[fast]
+        seq_f = out_seq[fast]
+        ts_f = (ts[fast] + self.ts_off[gf]) & 0xFFFFFFFF
+        newer = ((ts_f - self.ts[gf]) & 0xFFFFFFFF) < 0x80000000
+        self.seq[gf] = seq_f
+        gn = gf[newer]
+        self.ts[gn] = ts_f[newer]
+        self.sent_at[gn] = now
+        self.source_at[gf] = now
+        self.fwd[gf] += 1
+        # Re-stamp: the sender's header with our sequence number, timestamp and SSRC.
+        size_f = size[fast]
+        width = int(size_f.max())
+        out = np.empty((fast.size, width), dtype=np.uint8)
+        out[:] = rows[fast, :width]
+        out[:, 2] = seq_f >> 8
+        out[:, 3] = seq_f & 0xFF
+        out[:, 4:8] = ts_f.astype(">u4").view(np.uint8).reshape(-1, 4)
+        out[:, 8:12] = self.out_ssrc[gf].astype(">u4").view(np.uint8).reshape(-1, 4)
+        ports = self.out_port[gf]
+        first = int(ports[0])
+        if (ports == first).all():
+            self.ports[first].mux.send_rows(out, size_f, self.dst[gf])
+        else:
+            for ident in np.unique(ports).tolist():
+                sel = ports == ident
+                self.ports[ident].mux.send_rows(out[sel], size_f[sel], self.dst[gf[sel]])
+        # The recorder takes lane packets as receive() gives them: position now, decode at flush.
+        rec = self.record[gf]
+        if rec.any():
+            sessions = self.sessions
+            starts = (fast * slot_bytes).tolist()
+            for i in np.flatnonzero(rec).tolist():
+                leg = int(gf[i])
+                recorder = sessions[leg >> 1].relay.recorder  # type: ignore[union-attr]
+                if recorder is not None:
+                    start = starts[i]
+                    k = int(fast[i])
+                    recorder.add_g711(leg & 1, int(ssrc[k]), int(seq[k]), int(ts[k]),
+                                      raw[start + 12 : start + lens[k]], int(pt[k]), now)
+        if fast.size == n:
+            return []
+        slow = np.ones(n, dtype=np.bool_)
+        slow[fast] = False
+        return np.flatnonzero(slow).tolist()

@@ -1,0 +1,255 @@
+"""The batch lane (rtp.fastpath) forwards and records exactly as CallRelay.receive does.
+
+Two identical relays see the same packets, batch by batch: one packet by packet through
+`receive`, the other through `FastTable.forward` (the packets it declines going to
+`receive`, with the lent state handed back and lent again, as rtp.mux does). Whatever
+the packets (in order, gaps, reordering, duplicates, a leg twice in one batch, SSRC
+changes, *1 and other digits, comfort noise, CSRCs, strangers, garbage), each party gets
+the same datagrams in the same order, the recorder the same packets, and the relays end
+in the same state.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rtp import g711
+from rtp.batch_io import source_key
+from rtp.events import event_payload
+from rtp.fastpath import FastTable
+from rtp.packet import build
+from tests.test_relay import EXT, EXT_ADDR, USER, USER_SDP, Harness
+
+SLOT = 1500
+AUDIO = [g711.encode(np.full(160, v, dtype=np.int16), 0) for v in (1000, -2000, 300)]
+
+
+def sockaddr_to_addr(raw: bytes) -> tuple[str, int]:
+    return socket.inet_ntoa(raw[4:8]), struct.unpack("!H", raw[2:4])[0]
+
+
+class FakeMux:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def sockaddr(self, addr: tuple[str, int]) -> bytes:
+        return struct.pack("<H", socket.AF_INET) + struct.pack("!H", addr[1]) + socket.inet_aton(addr[0]) + bytes(8)
+
+    def send_rows(self, rows: np.ndarray, sizes: np.ndarray, sockaddrs: np.ndarray) -> int:
+        for row, size, sa in zip(rows, sizes.tolist(), sockaddrs):
+            self.sent.append((bytes(row[:size]), sockaddr_to_addr(bytes(sa))))
+        return len(sizes)
+
+
+class FakePort:
+    def __init__(self, ident: int) -> None:
+        self.ident = ident
+        self.mux = FakeMux()
+        self.fast_routes: dict[int, int] = {}
+
+    def key_of(self, addr: tuple[str, int]) -> int:
+        return source_key(addr)
+
+
+class LaneSession:
+    """What FastTable needs of a SharedSession, around a test Harness's relay."""
+
+    def __init__(self, harness: Harness, table: FastTable) -> None:
+        self.harness = harness
+        self.relay = harness.relay
+        self.closed = False
+        self.ports = (FakePort(1), FakePort(2))
+        for port in self.ports:
+            table.ports[port.ident] = port
+        self.slot = table.add(self)
+
+    def port_of(self, channel: int) -> FakePort:
+        return self.ports[channel]
+
+
+def harness() -> Harness:
+    """A relay whose streams start where the other's do (they start at random numbers)."""
+    h = Harness()
+    for leg in h.relay.legs:
+        leg.out.seq, leg.out.ts = 100 + leg.index, 5000 + leg.index
+    return h
+
+
+def run_reference(batches, now0: float) -> tuple[Harness, dict]:
+    h = harness()
+    out: dict[int, list] = {EXT: [], USER: []}
+    for k, batch in enumerate(batches):
+        now = now0 + 0.02 * (k + 1)
+        for channel, data, addr in batch:
+            for leg, payload, target in h.relay.receive(channel, data, addr, now):
+                out[leg].append((payload, target))
+        for leg, payload, target in h.relay.tick(now):
+            out[leg].append((payload, target))
+    return h, out
+
+
+def run_lane(batches, now0: float) -> tuple[Harness, dict, int]:
+    h = harness()
+    table = FastTable(capacity=2)
+    session = LaneSession(h, table)
+    table.load(session, now0)
+    out: dict[int, list] = {EXT: [], USER: []}
+    taken = 0
+    for k, batch in enumerate(batches):
+        now = now0 + 0.02 * (k + 1)
+        # The batch as rtp.mux sees it: the receive buffer's rows, one bytes object, and each
+        # packet's lane leg found from its source on the port it arrived at.
+        rows = np.zeros((len(batch), SLOT), dtype=np.uint8)
+        for i, (_, data, _) in enumerate(batch):
+            rows[i, : len(data)] = np.frombuffer(data, np.uint8)
+        raw = rows.tobytes()
+        lens = [len(d) for _, d, _ in batch]
+        legs = [session.ports[c].fast_routes.get(source_key(a), -1) for c, _, a in batch]
+        sent_before = [len(p.mux.sent) for p in session.ports]
+        slow = table.forward(rows, raw, SLOT, lens, legs, now) if batch else []
+        taken += len(batch) - len(slow)
+        for leg, port in enumerate(session.ports):  # port `leg` sends to the party on channel `leg`
+            out[leg] += port.mux.sent[sent_before[leg]:]
+        for i in slow:
+            channel, data, addr = batch[i]
+            table.store(session)
+            got = h.relay.receive(channel, data, addr, now)
+            table.load(session, now)
+            for leg, payload, target in got:
+                out[leg].append((payload, target))
+        table.store(session)
+        got = h.relay.tick(now)
+        table.load(session, now)
+        for leg, payload, target in got:
+            out[leg].append((payload, target))
+    table.store(session)
+    return h, out, taken
+
+
+class Party:
+    """A sender: its own sequence numbers, timestamps and SSRC."""
+
+    def __init__(self, channel: int, ssrc: int) -> None:
+        self.channel = channel
+        self.seq = 1000 * (channel + 1)
+        self.ts = 50000 * (channel + 1)
+        self.ssrc = ssrc
+        self.event_ts = 0
+        self.event_n = 0
+
+    def audio(self, n: int = 0, step: int = 1) -> bytes:
+        self.seq = (self.seq + step) & 0xFFFF
+        self.ts = (self.ts + 160 * step) & 0xFFFFFFFF
+        return build(0, self.seq, self.ts, self.ssrc, AUDIO[n % len(AUDIO)])
+
+    def event(self, code: int, end: bool) -> bytes:
+        self.seq = (self.seq + 1) & 0xFFFF
+        if self.event_n == 0:
+            self.event_ts = self.ts
+        self.event_n = 0 if end else self.event_n + 1
+        return build(101, self.seq, self.event_ts, self.ssrc, event_payload(code, end, 160 * (self.event_n + 1)),
+                     marker=self.event_n == 1)
+
+
+ADDR = {EXT: EXT_ADDR, USER: USER_SDP}
+
+step_kinds = st.sampled_from(["audio", "audio", "audio", "audio", "gap", "back", "dup", "twice", "ssrc", "star",
+                              "one", "digit", "cn", "csrc", "stranger", "garbage", "none"])
+
+
+def script_to_batches(script: list[tuple[str, str]]) -> list[list[tuple[int, bytes, tuple[str, int]]]]:
+    parties = {EXT: Party(EXT, 0x1111), USER: Party(USER, 0x2222)}
+    batches = []
+    last: dict[int, bytes] = {}
+    for kinds in script:
+        batch = []
+        for channel, kind in zip((EXT, USER), kinds):
+            p = parties[channel]
+            addr = ADDR[channel]
+            if kind == "audio":
+                pkts = [p.audio(len(batch))]
+            elif kind == "gap":
+                pkts = [p.audio(step=4)]
+            elif kind == "back":  # a late packet of the past
+                pkts = [build(0, (p.seq - 2) & 0xFFFF, (p.ts - 320) & 0xFFFFFFFF, p.ssrc, AUDIO[2])]
+            elif kind == "dup":
+                pkts = [last.get(channel, p.audio())]
+            elif kind == "twice":
+                pkts = [p.audio(), p.audio(1)]
+            elif kind == "ssrc":
+                p.ssrc = (p.ssrc * 7 + 1) & 0xFFFFFFFF
+                p.seq = (p.seq * 13) & 0xFFFF
+                pkts = [p.audio()]
+            elif kind in ("star", "one", "digit"):
+                code = {"star": 10, "one": 1, "digit": 5}[kind]
+                pkts = [p.event(code, False), p.event(code, False), p.event(code, True)]
+            elif kind == "cn":
+                p.seq = (p.seq + 1) & 0xFFFF
+                pkts = [build(13, p.seq, p.ts, p.ssrc, b"\x40")]
+            elif kind == "csrc":
+                p.seq = (p.seq + 1) & 0xFFFF
+                p.ts = (p.ts + 160) & 0xFFFFFFFF
+                data = bytearray(build(0, p.seq, p.ts, p.ssrc, AUDIO[0]))
+                data[0] |= 1  # one CSRC: the header grows by 4 bytes
+                pkts = [bytes(data[:12]) + b"\x00\x00\x00\x09" + bytes(data[12:])]
+            elif kind == "stranger":
+                pkts = [p.audio()]
+                addr = ("192.0.2.99", 7000)
+            elif kind == "garbage":
+                pkts = [b"\x80\x00\x01"]
+            else:
+                pkts = []
+            for data in pkts:
+                batch.append((channel, data, addr))
+            if pkts:
+                last[channel] = pkts[-1]
+        batches.append(batch)
+    return batches
+
+
+
+def compare(script) -> int:
+    batches = script_to_batches([("audio", "audio")] * 3 + script)
+    ref, ref_out = run_reference(batches, 0.0)
+    lane, lane_out, taken = run_lane(batches, 0.0)
+    for leg in (EXT, USER):
+        assert lane_out[leg] == ref_out[leg], f"datagrams to channel {leg} differ"
+    for channel in (EXT, USER):  # per channel in order (across channels the lane goes first)
+        got = [x for x in lane.recorder.added if x[0] == channel]
+        want = [x for x in ref.recorder.added if x[0] == channel]
+        assert [x[:4] + x[5:] for x in got] == [x[:4] + x[5:] for x in want]
+        assert all(np.array_equal(a[4], b[4]) for a, b in zip(got, want))
+    assert lane.recorder.changes == ref.recorder.changes
+    assert lane.relay.stats == ref.relay.stats
+    for leg in (EXT, USER):
+        a, b = lane.relay.legs[leg].out, ref.relay.legs[leg].out
+        assert (a.seq, a.ts, a.sent_at, a.src_ssrc, a.seq_offset, a.ts_offset) == (
+            b.seq, b.ts, b.sent_at, b.src_ssrc, b.seq_offset, b.ts_offset)
+        assert lane.relay.legs[leg].source_at == ref.relay.legs[leg].source_at
+    return taken
+
+
+def test_a_steady_call_goes_through_the_lane_and_matches_receive() -> None:
+    taken = compare([("audio", "audio")] * 50)
+    assert taken >= 2 * 50 - 4  # after the first packets latch, everything takes the lane
+
+
+def test_star_one_prompt_and_resume_match_receive() -> None:
+    script = [("audio", "audio")] * 5 + [("audio", "star"), ("audio", "one")] + [("audio", "audio")] * 20
+    script += [("audio", "star"), ("audio", "one")] + [("audio", "audio")] * 20
+    compare(script)
+
+
+def test_a_leg_twice_in_one_batch_and_reordering_match_receive() -> None:
+    compare([("twice", "audio"), ("audio", "back"), ("dup", "dup"), ("gap", "twice")] * 5)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(step_kinds, step_kinds), min_size=1, max_size=40))
+def test_any_packets_give_the_same_datagrams_recording_and_state(script) -> None:
+    compare(script)
