@@ -24,6 +24,7 @@ import numpy as np
 
 from rtp.packet import MAX_PACKET_SIZE
 from rtp.sequence import MAX_DROPOUT
+from rtp.timeline import MAX_PENDING_FRAMES, RESYNC_SAMPLES, SAMPLE_RATE, SEQ_NEWER_WINDOW
 
 if TYPE_CHECKING:
     from rtp.mux import SharedPort, SharedSession
@@ -61,10 +62,20 @@ class FastTable:
         grow("sent_at", np.float64)
         grow("source_at", np.float64)
         grow("dst", np.uint8, (16,))
+        # The recorder's clock for the leg's SSRC, when lent (Recorder.fast_clock).
+        grow("clock", np.bool_)
+        grow("placed", np.bool_)  # the lane placed packets since the clock was lent
+        for name in ("a_pos", "a_ts", "n_ts", "n_seq", "base"):
+            grow(name, _I64)
+        grow("t0", np.float64)
         if old:
             self.keys += [None] * (legs - old)
+            self.wpos += [None] * (legs - old)
+            self.wdata += [None] * (legs - old)
         else:
             self.keys: list[tuple[int, SharedPort] | None] = [None] * legs  # the lane's route, to undo it
+            self.wpos: list[list[int] | None] = [None] * legs  # the recorder's waiting lists, when lent
+            self.wdata: list[list[bytes] | None] = [None] * legs
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -89,6 +100,8 @@ class FastTable:
 
     def _deactivate(self, g: int) -> None:
         self.active[g] = False
+        self.clock[g] = False
+        self.wpos[g] = self.wdata[g] = None
         route = self.keys[g]
         if route is not None:
             key, port = route
@@ -107,6 +120,11 @@ class FastTable:
                 relay.fast_absorb(channel, int(self.seq[g]), int(self.ts[g]), float(self.sent_at[g]),
                                   float(self.source_at[g]), forwarded)
                 self.fwd[g] = 0
+            if self.placed[g]:
+                self.placed[g] = False
+                recorder = relay.recorder
+                if recorder is not None:
+                    recorder.fast_clock_absorb(channel, int(self.src_ssrc[g]), int(self.n_seq[g]), int(self.n_ts[g]))
 
     def load(self, session: SharedSession, now: float) -> None:
         """Lend the relay's state again (after `store` and whatever touched the call)."""
@@ -141,6 +159,24 @@ class FastTable:
             self.out_port[g] = out_port.ident
             self.dst[g] = np.frombuffer(out_port.mux.sockaddr(lane.target), np.uint8)
             self.fwd[g] = 0
+            clock = None
+            if lane.record:
+                lend = getattr(relay.recorder, "fast_clock", None)
+                clock = lend(channel, lane.src_ssrc, lane.payload_type) if lend is not None else None
+            if clock is None:
+                self.clock[g] = False
+                self.wpos[g] = self.wdata[g] = None
+            else:
+                self.clock[g] = True
+                self.placed[g] = False
+                self.a_pos[g] = clock.anchor_pos
+                self.a_ts[g] = clock.anchor_ts
+                self.n_ts[g] = clock.newest_ts
+                self.n_seq[g] = clock.newest_seq
+                self.base[g] = clock.base
+                self.t0[g] = clock.t0
+                self.wpos[g] = clock.positions
+                self.wdata[g] = clock.payloads
 
     # -- the batch ----------------------------------------------------------------------------
 
@@ -213,21 +249,63 @@ class FastTable:
             for ident in np.unique(ports).tolist():
                 sel = ports == ident
                 self.ports[ident].mux.send_rows(out[sel], size_f[sel], self.dst[gf[sel]])
-        # The recorder takes lane packets as receive() gives them: position now, decode at flush.
+        # The recorder takes lane packets as receive() gives them: position now, decode at
+        # flush. Where its clock is lent and the packet is the plain case (newer, in place,
+        # not late: StreamClock.position's arithmetic), the position is computed here for
+        # the whole batch and the packet appended to the recorder's waiting lists.
         rec = self.record[gf]
         if rec.any():
-            sessions = self.sessions
-            starts = (fast * slot_bytes).tolist()
-            for i in np.flatnonzero(rec).tolist():
-                leg = int(gf[i])
-                recorder = sessions[leg >> 1].relay.recorder  # type: ignore[union-attr]
-                if recorder is not None:
-                    start = starts[i]
-                    k = int(fast[i])
-                    recorder.add_g711(leg & 1, int(ssrc[k]), int(seq[k]), int(ts[k]),
-                                      raw[start + 12 : start + lens[k]], int(pt[k]), now)
+            r = np.flatnonzero(rec)
+            gr = gf[r]
+            kr = fast[r]
+            seq_r = seq[kr]
+            ts_r = ts[kr]
+            n_r = size[kr] - 12
+            newest = self.n_ts[gr]
+            ts_ext = newest + (((ts_r - newest) + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+            pos = self.a_pos[gr] + (ts_ext - self.a_ts[gr])
+            arrival = np.rint((now - self.t0[gr]) * SAMPLE_RATE).astype(_I64)
+            drift = pos - arrival
+            step = (seq_r - self.n_seq[gr]) & 0xFFFF
+            placed = (
+                self.clock[gr]
+                & (step >= 1)
+                & (step < SEQ_NEWER_WINDOW)
+                & (drift <= RESYNC_SAMPLES)
+                & (drift >= -RESYNC_SAMPLES)
+                & (pos >= self.base[gr])
+                & (pos + n_r - self.base[gr] <= MAX_PENDING_FRAMES)
+            )
+            gp = gr[placed]
+            self.n_seq[gp] = seq_r[placed]
+            self.n_ts[gp] = ts_ext[placed]
+            self.placed[gp] = True
+            wpos, wdata = self.wpos, self.wdata
+            starts = (kr * slot_bytes + 12).tolist()
+            ends = (kr * slot_bytes + size[kr]).tolist()
+            legs_r = gr.tolist()
+            pos_l = pos.tolist()
+            for j, ok in enumerate(placed.tolist()):
+                leg = legs_r[j]
+                if ok:
+                    wpos[leg].append(pos_l[j])  # type: ignore[union-attr]
+                    wdata[leg].append(raw[starts[j] : ends[j]])  # type: ignore[union-attr]
+                else:  # the clock's own rules (a resync, a late packet, no clock lent)
+                    self._record_one(leg, int(kr[j]), raw[starts[j] : ends[j]], int(ssrc[kr[j]]),
+                                     int(seq[kr[j]]), int(ts[kr[j]]), int(pt[kr[j]]), now)
         if fast.size == n:
             return []
         slow = np.ones(n, dtype=np.bool_)
         slow[fast] = False
         return np.flatnonzero(slow).tolist()
+
+    def _record_one(self, leg: int, k: int, payload: bytes, ssrc: int, seq: int, ts: int, pt: int, now: float) -> None:
+        """A lane packet the recorder must place by its own rules: its clock handed back first."""
+        session = self.sessions[leg >> 1]
+        assert session is not None
+        recorder = session.relay.recorder
+        if recorder is None:
+            return
+        self.store(session)
+        recorder.add_g711(leg & 1, ssrc, seq, ts, payload, pt, now)
+        self.load(session, now)  # the clock moved (and an SSRC's first packet made its anchor)

@@ -34,7 +34,7 @@ import logging
 from collections import deque
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -64,6 +64,19 @@ MAX_WAITING_PACKETS = 256
 _DECODE = {g711.PCMU: g711.ULAW_DECODE, g711.PCMA: g711.ALAW_DECODE}
 
 _default_log = logging.getLogger(__name__)
+
+
+class FastClock(NamedTuple):
+    """A channel's clock and waiting lists, lent to the batch lane (`Recorder.fast_clock`)."""
+
+    anchor_pos: int
+    anchor_ts: int
+    newest_ts: int
+    newest_seq: int
+    base: int  # the timeline's first position not yet final: older is late
+    t0: float
+    positions: list[int]  # the waiting lists add_g711 appends to
+    payloads: list[bytes]
 
 
 class Recorder:
@@ -180,6 +193,30 @@ class Recorder:
         self._waiting_data[channel].append(payload)
         if len(positions) >= MAX_WAITING_PACKETS:
             self._place_waiting(channel)
+
+    def fast_clock(self, channel: int, ssrc: int, payload_type: int) -> FastClock | None:
+        """Lend `channel`'s clock for `ssrc` to the batch lane (rtp.fastpath), or None while
+        its packets need `add_g711`: not recording to a file, no anchor for that SSRC yet,
+        another payload type waiting, or a full waiting list. The lane places a packet
+        itself only where `StreamClock.position` would give the same position with no
+        side effect but advancing `newest_seq`/`newest_ts` (a newer packet, in place, not
+        late); `fast_clock_absorb` hands those back before anything else touches us."""
+        if self._closed or not self._enabled:
+            return None
+        anchor = self._clocks[channel].anchor(ssrc)
+        positions = self._waiting_pos[channel]
+        if anchor is None or self._waiting_pt[channel] != payload_type or len(positions) >= MAX_WAITING_PACKETS // 2:
+            return None
+        return FastClock(anchor.anchor_pos, anchor.anchor_ts, anchor.newest_ts, anchor.newest_seq,
+                         self._timeline.base, self._t0, positions, self._waiting_data[channel])
+
+    def fast_clock_absorb(self, channel: int, ssrc: int, newest_seq: int, newest_ts: int) -> None:
+        """The lane placed packets up to (`newest_seq`, `newest_ts`), none of them late."""
+        anchor = self._clocks[channel].anchor(ssrc)
+        if anchor is not None:
+            anchor.newest_seq = newest_seq
+            anchor.newest_ts = newest_ts
+            anchor.late_run = 0
 
     def _switch_payload_type(self, channel: int, payload_type: int) -> None:
         if payload_type not in _DECODE:

@@ -56,6 +56,10 @@ class StreamClock:
         self._anchors: OrderedDict[int, _Anchor] = OrderedDict()
         self.resyncs = 0  # times an anchor was re-taken (SSRC changes not counted)
 
+    def anchor(self, ssrc: int) -> _Anchor | None:
+        """The anchor of `ssrc`, if it has one (for the batch lane, rtp.fastpath)."""
+        return self._anchors.get(ssrc)
+
     def position(self, ssrc: int, seq: int, timestamp: int, length: int, arrival_pos: int,
                  horizon: int) -> int:
         """Where the packet's first sample goes; `horizon` is the first position not yet final."""

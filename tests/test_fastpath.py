@@ -11,19 +11,25 @@ in the same state.
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
+import tempfile
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pathlib import Path
+
+from b2bua.call import MediaEndpoint
 from rtp import g711
 from rtp.batch_io import source_key
 from rtp.events import event_payload
 from rtp.fastpath import FastTable
 from rtp.packet import build
-from tests.test_relay import EXT, EXT_ADDR, USER, USER_SDP, Harness
+from rtp.relay import CallRelay, recorder_factory
+from tests.test_relay import EXT, EXT_ADDR, PROMPTS, USER, USER_SDP, USER_SIG_IP, Harness, make_call
 
 SLOT = 1500
 AUDIO = [g711.encode(np.full(160, v, dtype=np.int16), 0) for v in (1000, -2000, 300)]
@@ -72,16 +78,23 @@ class LaneSession:
         return self.ports[channel]
 
 
-def harness() -> Harness:
-    """A relay whose streams start where the other's do (they start at random numbers)."""
+def harness(recordings: Path | None = None) -> Harness:
+    """A relay whose streams start where the other's do (they start at random numbers);
+    with `recordings`, a real Recorder writing there instead of the fake one."""
     h = Harness()
+    if recordings is not None:
+        h.relay = CallRelay(make_call(), PROMPTS, recorder_factory(recordings, "silence"), feature_timeout=2.0,
+                            ssrcs=(0xAAAA0000, 0xBBBB0000))
+        h.relay.set_media(EXT, MediaEndpoint(EXT_ADDR, EXT_ADDR[0]), 0.0)
+        h.relay.set_media(USER, MediaEndpoint(USER_SDP, USER_SIG_IP), 0.0)
+        h.relay.answered(0.0)
     for leg in h.relay.legs:
         leg.out.seq, leg.out.ts = 100 + leg.index, 5000 + leg.index
     return h
 
 
-def run_reference(batches, now0: float) -> tuple[Harness, dict]:
-    h = harness()
+def run_reference(batches, now0: float, recordings: Path | None = None) -> tuple[Harness, dict]:
+    h = harness(recordings)
     out: dict[int, list] = {EXT: [], USER: []}
     for k, batch in enumerate(batches):
         now = now0 + 0.02 * (k + 1)
@@ -90,11 +103,12 @@ def run_reference(batches, now0: float) -> tuple[Harness, dict]:
                 out[leg].append((payload, target))
         for leg, payload, target in h.relay.tick(now):
             out[leg].append((payload, target))
+    h.relay.close(now0 + 0.02 * (len(batches) + 1))
     return h, out
 
 
-def run_lane(batches, now0: float) -> tuple[Harness, dict, int]:
-    h = harness()
+def run_lane(batches, now0: float, recordings: Path | None = None) -> tuple[Harness, dict, int]:
+    h = harness(recordings)
     table = FastTable(capacity=2)
     session = LaneSession(h, table)
     table.load(session, now0)
@@ -127,7 +141,8 @@ def run_lane(batches, now0: float) -> tuple[Harness, dict, int]:
         table.load(session, now)
         for leg, payload, target in got:
             out[leg].append((payload, target))
-    table.store(session)
+    table.remove(session)
+    h.relay.close(now0 + 0.02 * (len(batches) + 1))
     return h, out, taken
 
 
@@ -253,3 +268,38 @@ def test_a_leg_twice_in_one_batch_and_reordering_match_receive() -> None:
 @given(st.lists(st.tuples(step_kinds, step_kinds), min_size=1, max_size=40))
 def test_any_packets_give_the_same_datagrams_recording_and_state(script) -> None:
     compare(script)
+
+
+def compare_wavs(script, tmp: Path) -> int:
+    """The real recorder: the lane's WAV and sidecar are the reference's, byte for byte."""
+    batches = script_to_batches([("audio", "audio")] * 3 + script)
+    run_reference(batches, 0.0, tmp / "ref")
+    _, _, taken = run_lane(batches, 0.0, tmp / "lane")
+    ref = sorted((tmp / "ref").rglob("*.wav"))
+    lane = sorted((tmp / "lane").rglob("*.wav"))
+    assert len(ref) == len(lane) == 1
+    assert lane[0].read_bytes() == ref[0].read_bytes()
+    ref_side = json.loads(ref[0].with_suffix(".json").read_text())
+    lane_side = json.loads(lane[0].with_suffix(".json").read_text())
+    assert lane_side["segments"] == ref_side["segments"] and lane_side["events"] == ref_side["events"]
+    return taken
+
+
+def test_recording_through_the_lane_writes_the_same_wav(tmp_path: Path, monkeypatch) -> None:
+    from rtp.recorder import Recorder
+
+    calls: list[str] = []
+    original = Recorder.add_g711
+    monkeypatch.setattr(Recorder, "add_g711", lambda self, *a: calls.append(str(self.wav_path)) or original(self, *a))
+    script = [("audio", "audio")] * 60 + [("gap", "back"), ("audio", "star"), ("audio", "one")] + [("audio", "audio")] * 60
+    assert compare_wavs(script, tmp_path) > 200
+    by_reference = sum("/ref/" in c for c in calls)
+    by_lane_slow = sum("/lane/" in c for c in calls)
+    assert by_reference > 240 and by_lane_slow < 10  # the lane placed nearly every packet itself
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(step_kinds, step_kinds), min_size=1, max_size=60))
+def test_any_packets_record_the_same_wav(script) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        compare_wavs(script, Path(tmp))
