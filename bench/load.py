@@ -41,11 +41,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
+
+from rtp import g711  # noqa: E402
 from rtp.batch_io import BatchSocket, FixedStreams, recv_count  # noqa: E402
 
 LOCAL = "127.0.0.1"
 PTIME = 0.02
-PAYLOAD = bytes([0xFF, 0x7F] * 80)  # 160 bytes of PCMU (a buzz, not silence)
+# 160 bytes of PCMU: 20 ms of a 400 Hz tone (eight whole cycles, so packets repeat seamlessly)
+PAYLOAD = g711.encode((8000 * np.sin(2 * np.pi * 400 * np.arange(160) / 8000)).astype(np.int16), g711.PCMU)
+TONE_NONZERO = float(np.count_nonzero(g711.decode(PAYLOAD, g711.PCMU))) / 160  # its zero crossings are silent samples
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 B2BUA_CORE, LOAD_CORE = 0, 1
 
@@ -190,6 +195,8 @@ class SipLoad:
         self.trunk, self.phone = trunk, phone
         self.trunk_media, self.phone_media = trunk_media, phone_media
         self.run = os.urandom(3).hex()
+        self.answered_at: dict[int, float] = {}  # trunk call i -> when its 200 OK arrived
+        self.bye_at: dict[int, float] = {}  # ... and when we sent its BYE
 
     def _recv(self, timeout: float):
         ready, _, _ = select.select([self.trunk, self.phone], [], [], timeout)
@@ -284,6 +291,7 @@ class SipLoad:
                         f"From: <sip:caller@{LOCAL}:{trunk_port}>;tag=t{i}", f"To: {to}",
                         f"Call-ID: load-{i}-{self.run}", "CSeq: 1 ACK", "Max-Forwards: 70"]), addr)
                     if i not in a_ports:
+                        self.answered_at[i] = time.monotonic()
                         a_ports[i] = sdp_port(text.split("\r\n\r\n", 1)[1])
                         dialogs[i] = (to, contact, f"load-{i}-{self.run}")
         return list(a_ports.items()), b_ports, dialogs
@@ -291,6 +299,7 @@ class SipLoad:
     def hangup(self, dialogs: dict, deadline: float) -> int:
         trunk_port = self.trunk.getsockname()[1]
         for i, (to, contact, call_id) in dialogs.items():
+            self.bye_at[i] = time.monotonic()
             self.trunk.sendto(sip_message(f"BYE {contact} SIP/2.0", [
                 f"Via: SIP/2.0/UDP {LOCAL}:{trunk_port};branch=z9hG4bK{self.run}b{i};rport",
                 f"From: <sip:caller@{LOCAL}:{trunk_port}>;tag=t{i}", f"To: {to}", f"Call-ID: {call_id}",
@@ -334,6 +343,25 @@ uri = "sip:{LOCAL}:{trunk_port}"
     return "\n".join(lines)
 
 
+def check_wavs(wavs: list[Path], load: SipLoad, expected: int, seconds: float) -> tuple[bool, list[float], float]:
+    """Every call left one WAV as long as it was up (answer to BYE, within 0.5 s), and how
+    much of the tone streamed meanwhile is in it: the mean, over calls and both channels, of
+    the non-silent samples as a fraction of the generator's `seconds`."""
+    import soundfile
+
+    lengths, present, ok = [], [], len(wavs) == expected
+    for wav in wavs:
+        side = json.loads(wav.with_suffix(".json").read_text())
+        i = int(side["ddi"]) - 4400000000
+        samples, _ = soundfile.read(wav, dtype="int16")
+        length = len(samples) / 8000
+        lengths.append(length)
+        span = load.bye_at.get(i, 0.0) - load.answered_at.get(i, 0.0)
+        ok = ok and abs(length - span) < 0.5
+        present += [float(np.count_nonzero(samples[:, ch])) / (seconds * 8000 * TONE_NONZERO) for ch in (0, 1)]
+    return ok, lengths, round(float(np.mean(present)), 4) if present else 0.0
+
+
 def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_sockets: str = "shared") -> dict:
     sip_port = free_port()
     trunk, phone = udp(), udp()
@@ -369,9 +397,7 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
         ended = load.hangup(dialogs, time.monotonic() + 30)
         time.sleep(2.0)
         wavs = sorted(recordings.rglob("*.wav"))
-        lengths = [(w.stat().st_size - 44) / 4 / 8000 for w in wavs]
-        expected = calls if record else 0
-        wav_ok = len(wavs) == expected and all(abs(x - seconds) < 2.5 for x in lengths)
+        wav_ok, lengths, audio = check_wavs(wavs, load, calls if record else 0, seconds)
         recorded_packets = int(sum(lengths) * 50 * 2)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -388,7 +414,7 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
         "ended": ended, "offered": offered, "relayed": received, "recorded": recorded_packets,
         "loss": round(1 - received / offered, 5) if offered else 1.0,
         "cpu_percent": round(100 * cpu / wall, 1), "rss_mb": round(rss, 1), "wav_ok": wav_ok,
-        "wavs": len(wavs), "register_s": round(reg_s, 2), "setup_s": round(setup_s, 2),
+        "wavs": len(wavs), "wav_audio": audio, "register_s": round(reg_s, 2), "setup_s": round(setup_s, 2),
         "generator_capacity_pps": round(offered / stats["busy_s"]) if stats["busy_s"] else 0,
         "offered_pps": round(offered / stats["wall_s"]),
     }
@@ -520,7 +546,7 @@ def one(peer: str, calls: int, seconds: float, record: bool, media_sockets: str 
 def line(r: dict) -> str:
     return (f"{r['peer']:<10} record={'on ' if r['record'] else 'off'} calls={r['calls']:<5} loss={r['loss']:.4%} "
             f"cpu={r['cpu_percent']:>5}% rss={r['rss_mb']:>6} MB offered={r['offered_pps']}/s "
-            f"generator_capacity={r['generator_capacity_pps']}/s wav_ok={r.get('wav_ok')}")
+            f"generator_capacity={r['generator_capacity_pps']}/s wav_ok={r.get('wav_ok')} wav_audio={r.get('wav_audio')}")
 
 
 def main() -> None:
