@@ -72,10 +72,12 @@ class FastTable:
             self.keys += [None] * (legs - old)
             self.wpos += [None] * (legs - old)
             self.wdata += [None] * (legs - old)
+            self.sources += [None] * (legs - old)
         else:
             self.keys: list[tuple[int, SharedPort] | None] = [None] * legs  # the lane's route, to undo it
             self.wpos: list[list[int] | None] = [None] * legs  # the recorder's waiting lists, when lent
             self.wdata: list[list[bytes] | None] = [None] * legs
+            self.sources: list[tuple[str, int] | None] = [None] * legs  # the address keys[g] is for
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -121,10 +123,45 @@ class FastTable:
                                   float(self.source_at[g]), forwarded)
                 self.fwd[g] = 0
             if self.placed[g]:
-                self.placed[g] = False
-                recorder = relay.recorder
-                if recorder is not None:
-                    recorder.fast_clock_absorb(channel, int(self.src_ssrc[g]), int(self.n_seq[g]), int(self.n_ts[g]))
+                self._absorb_clock(g, relay)
+
+    def _absorb_clock(self, g: int, relay) -> None:  # noqa: ANN001 - a CallRelay
+        self.placed[g] = False
+        recorder = relay.recorder
+        if recorder is not None:
+            recorder.fast_clock_absorb(g & 1, int(self.src_ssrc[g]), int(self.n_seq[g]), int(self.n_ts[g]))
+
+    def store_clocks(self, session: SharedSession) -> None:
+        """Hand back only the recorders' clocks: before a flush that touches nothing else."""
+        relay = session.relay
+        for g in (2 * session.slot, 2 * session.slot + 1):
+            if self.placed[g]:
+                self._absorb_clock(g, relay)
+
+    def load_clocks(self, session: SharedSession) -> None:
+        """Lend the recorders' clocks again after a flush (their timeline moved on)."""
+        relay = session.relay
+        for g in (2 * session.slot, 2 * session.slot + 1):
+            if self.active[g] and self.record[g]:
+                self._lend_clock(g, relay, int(self.src_ssrc[g]), int(self.pt[g]))
+
+    def _lend_clock(self, g: int, relay, src_ssrc: int, payload_type: int) -> None:  # noqa: ANN001
+        lend = getattr(relay.recorder, "fast_clock", None)
+        clock = lend(g & 1, src_ssrc, payload_type) if lend is not None else None
+        if clock is None:
+            self.clock[g] = False
+            self.wpos[g] = self.wdata[g] = None
+            return
+        self.clock[g] = True
+        self.placed[g] = False
+        self.a_pos[g] = clock.anchor_pos
+        self.a_ts[g] = clock.anchor_ts
+        self.n_ts[g] = clock.newest_ts
+        self.n_seq[g] = clock.newest_seq
+        self.base[g] = clock.base
+        self.t0[g] = clock.t0
+        self.wpos[g] = clock.positions
+        self.wdata[g] = clock.payloads
 
     def load(self, session: SharedSession, now: float) -> None:
         """Lend the relay's state again (after `store` and whatever touched the call)."""
@@ -137,8 +174,9 @@ class FastTable:
                 self._deactivate(g)
                 continue
             port = session.port_of(channel)
-            key = port.key_of(lane.source)
             route = self.keys[g]
+            key = route[0] if route is not None and self.sources[g] == lane.source else port.key_of(lane.source)
+            self.sources[g] = lane.source
             if route != (key, port):
                 self._deactivate(g)
                 port.fast_routes[key] = g
@@ -159,24 +197,11 @@ class FastTable:
             self.out_port[g] = out_port.ident
             self.dst[g] = np.frombuffer(out_port.mux.sockaddr(lane.target), np.uint8)
             self.fwd[g] = 0
-            clock = None
             if lane.record:
-                lend = getattr(relay.recorder, "fast_clock", None)
-                clock = lend(channel, lane.src_ssrc, lane.payload_type) if lend is not None else None
-            if clock is None:
+                self._lend_clock(g, relay, lane.src_ssrc, lane.payload_type)
+            else:
                 self.clock[g] = False
                 self.wpos[g] = self.wdata[g] = None
-            else:
-                self.clock[g] = True
-                self.placed[g] = False
-                self.a_pos[g] = clock.anchor_pos
-                self.a_ts[g] = clock.anchor_ts
-                self.n_ts[g] = clock.newest_ts
-                self.n_seq[g] = clock.newest_seq
-                self.base[g] = clock.base
-                self.t0[g] = clock.t0
-                self.wpos[g] = clock.positions
-                self.wdata[g] = clock.payloads
 
     # -- the batch ----------------------------------------------------------------------------
 

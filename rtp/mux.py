@@ -393,11 +393,21 @@ class SharedSession:
 
     def _tick(self, now: float) -> None:
         table = self.pool.table
-        table.store(self)
-        try:
-            out = self.relay.tick(now)
-        finally:
-            table.load(self, now)
+        relay = self.relay
+        if not relay.busy:
+            # Nothing playing or pending (CallRelay.busy): the tick only flushes the
+            # recorder, so only the recorders' clocks need handing back and lending again.
+            table.store_clocks(self)
+            try:
+                out = relay.tick(now)
+            finally:
+                table.load_clocks(self)
+        else:
+            table.store(self)
+            try:
+                out = relay.tick(now)
+            finally:
+                table.load(self, now)
         if out:
             self.queue(out)
 

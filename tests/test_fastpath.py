@@ -136,9 +136,14 @@ def run_lane(batches, now0: float, recordings: Path | None = None) -> tuple[Harn
             table.load(session, now)
             for leg, payload, target in got:
                 out[leg].append((payload, target))
-        table.store(session)
-        got = h.relay.tick(now)
-        table.load(session, now)
+        if h.relay.busy:  # as rtp.mux.SharedSession._tick does
+            table.store(session)
+            got = h.relay.tick(now)
+            table.load(session, now)
+        else:
+            table.store_clocks(session)
+            got = h.relay.tick(now)
+            table.load_clocks(session)
         for leg, payload, target in got:
             out[leg].append((payload, target))
     table.remove(session)
