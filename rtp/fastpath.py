@@ -212,43 +212,68 @@ class FastTable:
 
         `rows` is the receive buffer as (n, slot) bytes, `raw` the same bytes as one
         object (payloads for the recorders are cut from it), `legs` the lane's leg for
-        each packet's source (-1: none)."""
+        each packet's source (-1: none). A leg with several packets in the batch (we fell
+        behind, or the network bunched them) is taken in rounds, its k-th packet in round
+        k, so each round sees the state the previous one left; once one of a leg's packets
+        needs `receive`, so do all its later ones, in order."""
         n = len(legs)
         g = np.array(legs, dtype=_I64)
+        cand = np.flatnonzero(g >= 0)
+        if cand.size == 0:
+            return list(range(n))
         size = np.array(lens, dtype=_I64)
-        cand = g >= 0
-        gg = np.where(cand, g, 0)
-        # A leg with two packets in one batch: both to receive(), in order (rare: a burst).
-        seen = g[cand]
-        if np.unique(seen).size != seen.size:
-            uniq, inverse, counts = np.unique(seen, return_inverse=True, return_counts=True)
-            once = np.zeros(n, dtype=np.bool_)
-            once[cand] = counts[inverse] == 1
-            cand &= once
         head = rows[:, :12]
         b0 = head[:, 0]
-        pt = head[:, 1] & 0x7F
+        pt = (head[:, 1] & 0x7F).astype(_I64)
         seq = (head[:, 2].astype(_I64) << 8) | head[:, 3]
         ts = np.ascontiguousarray(head[:, 4:8]).view(">u4")[:, 0].astype(_I64)
         ssrc = np.ascontiguousarray(head[:, 8:12]).view(">u4")[:, 0].astype(_I64)
-        ok = (
-            cand
-            & self.active[gg]
-            & (b0 == 0x80)
-            & (pt == self.pt[gg])
-            & (size > 12)
-            & (size <= MAX_PACKET_SIZE)
-            & (ssrc == self.src_ssrc[gg])
-            & (ssrc != self.own_ssrc[gg])
-        )
-        out_seq = (seq + self.seq_off[gg]) & 0xFFFF
-        step = ((out_seq - self.seq[gg] + 0x8000) & 0xFFFF) - 0x8000
-        ok &= (step > 0) & (step <= MAX_DROPOUT)  # in order, or after a gap (OutStream.map)
-        fast = np.flatnonzero(ok)
-        if fast.size == 0:
-            return list(range(n))
+        plain = (b0 == 0x80) & (size > 12) & (size <= MAX_PACKET_SIZE)
+        gc = g[cand]
+        order = np.argsort(gc, kind="stable")
+        sorted_legs = gc[order]
+        first = np.ones(sorted_legs.size, dtype=np.bool_)
+        first[1:] = sorted_legs[1:] != sorted_legs[:-1]
+        if first.all():  # the usual batch: each leg once
+            rounds = [cand]
+        else:
+            at = np.arange(sorted_legs.size)
+            rank = np.empty_like(at)
+            rank[order] = at - np.maximum.accumulate(np.where(first, at, 0))
+            rounds = [cand[rank == r] for r in range(int(rank.max()) + 1)]
+        taken = np.zeros(n, dtype=np.bool_)
+        tainted: set[int] = set()
+        for idx in rounds:
+            if tainted:
+                idx = idx[[leg not in tainted for leg in g[idx].tolist()]]
+                if idx.size == 0:
+                    continue
+            gi = g[idx]
+            out_seq = (seq[idx] + self.seq_off[gi]) & 0xFFFF
+            step = ((out_seq - self.seq[gi] + 0x8000) & 0xFFFF) - 0x8000
+            ok = (
+                plain[idx]
+                & self.active[gi]
+                & (pt[idx] == self.pt[gi])
+                & (ssrc[idx] == self.src_ssrc[gi])
+                & (ssrc[idx] != self.own_ssrc[gi])
+                & (step > 0)
+                & (step <= MAX_DROPOUT)  # in order, or after a gap (OutStream.map)
+            )
+            if not ok.all():
+                tainted.update(gi[~ok].tolist())
+                if not ok.any():
+                    continue
+            fast = idx[ok]
+            self._take(fast, out_seq[ok], rows, raw, slot_bytes, lens, g, size, pt, seq, ts, ssrc, now)
+            taken[fast] = True
+        return np.flatnonzero(~taken).tolist()
+
+    def _take(self, fast: np.ndarray, seq_f: np.ndarray, rows: np.ndarray, raw: bytes, slot_bytes: int,
+              lens: list[int], g: np.ndarray, size: np.ndarray, pt: np.ndarray, seq: np.ndarray, ts: np.ndarray,
+              ssrc: np.ndarray, now: float) -> None:
+        """Forward and record packets `fast` (distinct legs, each the lane's to take)."""
         gf = g[fast]
-        seq_f = out_seq[fast]
         ts_f = (ts[fast] + self.ts_off[gf]) & 0xFFFFFFFF
         newer = ((ts_f - self.ts[gf]) & 0xFFFFFFFF) < 0x80000000
         self.seq[gf] = seq_f
@@ -318,11 +343,6 @@ class FastTable:
                 else:  # the clock's own rules (a resync, a late packet, no clock lent)
                     self._record_one(leg, int(kr[j]), raw[starts[j] : ends[j]], int(ssrc[kr[j]]),
                                      int(seq[kr[j]]), int(ts[kr[j]]), int(pt[kr[j]]), now)
-        if fast.size == n:
-            return []
-        slow = np.ones(n, dtype=np.bool_)
-        slow[fast] = False
-        return np.flatnonzero(slow).tolist()
 
     def _record_one(self, leg: int, k: int, payload: bytes, ssrc: int, seq: int, ts: int, pt: int, now: float) -> None:
         """A lane packet the recorder must place by its own rules: its clock handed back first."""
