@@ -13,13 +13,15 @@ order: leg 0 is recording channel 1, the external party or caller). For every pa
 3. runs RFC 4733 key presses of "user" parties through the *1 machine (rtp/feature.py):
    swallowed, forwarded intact, or regenerated as a fresh event train when a held `*`
    is passed on late;
-4. feeds the decoded audio, with its own SSRC/sequence/timestamp/arrival, to the
-   recorder, which places it on the call timeline by timestamp;
+4. hands the G.711 payload, with its own SSRC/sequence/timestamp/arrival, to the
+   recorder (`add_g711`), which places it on the call timeline by timestamp;
 5. mixes a playing prompt into the audio heading to the user who pressed *1, and makes
    its own 20 ms packets when the other party sends none.
 
-The asyncio adapter (rtp/core.py) owns sockets and the clock and calls `receive`,
-`receive_rtcp`, `dtmf` and, every TICK_INTERVAL, `tick`.
+The asyncio adapters (rtp/core.py per-call sockets, rtp/mux.py shared ports) own sockets
+and the clock and call `receive`, `receive_rtcp`, `dtmf` and, every TICK_INTERVAL, `tick`.
+On shared ports the batch lane (rtp/fastpath.py) borrows a leg's forwarding state while
+its packets need nothing but the common case (`fast_lane`, `fast_absorb`).
 """
 
 from __future__ import annotations
@@ -58,10 +60,6 @@ Datagram = tuple[int, bytes, tuple[str, int]]  # (leg it goes to, bytes, address
 _HEADER = struct.Struct("!BBHII")
 _pack_header = _HEADER.pack
 _unpack_header = _HEADER.unpack_from
-_ULAW_DECODE = g711.ULAW_DECODE
-_ALAW_DECODE = g711.ALAW_DECODE
-_frombuffer = np.frombuffer
-_uint8 = np.uint8
 
 
 class RecorderLike(Protocol):
@@ -70,6 +68,9 @@ class RecorderLike(Protocol):
     recording: bool
 
     def add(self, channel: int, ssrc: int, seq: int, timestamp: int, samples: np.ndarray, arrival: float) -> None: ...
+
+    def add_g711(self, channel: int, ssrc: int, seq: int, timestamp: int, payload: bytes, payload_type: int,
+                 arrival: float) -> None: ...
 
     def set_recording(self, on: bool, now: float, by: str | None) -> None: ...
 
