@@ -1,8 +1,8 @@
 """Soak: SIPp at a steady call rate through the B2BUA for minutes, every call recorded.
 
     python bench/soak.py                                   # issue 5: 50 calls/s, 10 min, 30 s hold
-    python bench/soak.py --rate 5 --minutes 1 --hold 10    # a short run, ~1.5 minutes
-    python bench/soak.py --rate 20 --minutes 2 --users 3   # the number rings a group of 3
+    python bench/soak.py --rate 5 --minutes 1 --hold 10    # a short run, about 2 minutes
+    python bench/soak.py --rate 5 --minutes 2 --users 3    # the number rings a group of 3
 
 What runs (loopback only, every process bounded in time):
 
@@ -381,6 +381,16 @@ def slowest_ms(stat: dict[str, str], rtd: str) -> float:
     return bound
 
 
+def failure_kinds(stat: dict[str, str]) -> dict[str, int]:
+    """SIPp's cumulative failure counters that are not zero, e.g. {"MaxUDPRetrans": 12}."""
+    kinds = {}
+    for key in stat:
+        m = re.fullmatch(r"Failed(\w+)\(C\)", key)
+        if m and m.group(1) != "Call" and stat_int(stat, key):
+            kinds[m.group(1)] = stat_int(stat, key)
+    return kinds
+
+
 def stat_int(stat: dict[str, str], key: str) -> int:
     try:
         return int(stat.get(key, "0") or 0)
@@ -695,6 +705,8 @@ def run(a: argparse.Namespace, workdir: Path, deadline: float) -> dict:
         "setup_ms_mean": stat_ms(uac_stat, "ResponseTimesetup(C)"),
         "setup_ms_stdev": stat_ms(uac_stat, "ResponseTimesetupStDev(C)"),
         "bye_ms_mean": stat_ms(uac_stat, "ResponseTimebye(C)"),
+        "uac_failure_kinds": failure_kinds(uac_stat),
+        "uas_failure_kinds": failure_kinds(uas_stat),
         "retransmissions": stat_int(uac_stat, "Retransmissions(C)") + stat_int(uas_stat, "Retransmissions(C)"),
         "sipp_watchdog": stat_int(uac_stat, "WatchdogMajor(C)") + stat_int(uas_stat, "WatchdogMajor(C)"),
         "sipp_cpu_seconds": round(sipp_cpu, 1),
