@@ -374,7 +374,9 @@ class Recorder:
             return
         backlog.append(item)
         self._backlog_frames += item.shape[0]
-        while self._backlog_frames > MAX_BACKLOG_FRAMES:
+        # The bound is for audio the disk refuses: a healthy disk takes a long overdue
+        # flush (an overloaded loop) whole at the next _write_out.
+        while self._disk_failing and self._backlog_frames > MAX_BACKLOG_FRAMES:
             self._silence_oldest()
 
     def _silence_oldest(self) -> None:
@@ -442,6 +444,8 @@ class Recorder:
                     self.call.call_id, self.wav_path.parent, exc, MAX_BACKLOG_FRAMES / SAMPLE_RATE,
                 )
             self._disk_failing = True
+            while self._backlog_frames > MAX_BACKLOG_FRAMES:
+                self._silence_oldest()
             return
         if self._disk_failing:
             self._disk_failing = False

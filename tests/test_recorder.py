@@ -772,3 +772,17 @@ def test_g711_then_add_on_the_same_channel_keeps_arrival_order(tmp_path: Path) -
     assert np.array_equal(data[:N], g711.decode(speech(0, 0), g711.PCMU))
     assert np.array_equal(data[N : N + 80], g711.decode(speech(1, 0)[:80], g711.PCMU))
     assert (data[N + 80 : 2 * N] == 1234).all()
+
+
+def test_a_flush_seventy_seconds_late_on_a_healthy_disk_keeps_every_sample(tmp_path: Path, caplog) -> None:
+    """An overloaded loop may flush a minute late: what the timeline held (its own bound is
+    60 s ahead of the last flush) is written, not silenced as if the disk had failed (the
+    60 s memory bound on finished audio is for a disk that refuses writes)."""
+    rec = make(tmp_path)
+    with caplog.at_level(logging.ERROR):
+        feed(rec, 0.0, 70.0, flush_every=1000.0)
+        rec.close(T0 + 70.0)
+    data = read(rec)
+    assert len(data) == 70 * 8000
+    assert np.array_equal(data[: 60 * 8000], expected_frames(0.0, 60.0))
+    assert rec.silenced_frames == 0 and "disk unavailable" not in caplog.text
