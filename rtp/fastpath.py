@@ -177,6 +177,9 @@ class FastTable:
             route = self.keys[g]
             key = route[0] if route is not None and self.sources[g] == lane.source else port.key_of(lane.source)
             self.sources[g] = lane.source
+            if key in port.conflicts:  # an address two calls share: receive() drops it (rtp.mux)
+                self._deactivate(g)
+                continue
             if route != (key, port):
                 self._deactivate(g)
                 port.fast_routes[key] = g

@@ -62,14 +62,43 @@ class SharedPort:
         self.received = 0
         self.ident = pool.next_ident()
         self.fast_routes: dict[int, int] = {}  # source key -> batch-lane leg (rtp.fastpath)
+        # source keys two live calls' legs share -> those legs: dropped (see _conflict)
+        self.conflicts: dict[int, set[tuple[SharedSession, int]]] = {}
 
     # -- routing tables ---------------------------------------------------------------
 
     def attach(self, session: SharedSession, channel: int, endpoint: MediaEndpoint) -> None:
         """A leg's SDP: route its SDP address, and its signalling IP while it may latch."""
         if endpoint.remote is not None and endpoint.remote[0] not in ("0.0.0.0", "::"):
-            self.route(source_key(endpoint.remote), session, channel, endpoint.remote)
+            key = source_key(endpoint.remote)
+            owner = self.routes.get(key)
+            if key in self.conflicts or (owner is not None and owner[0] is not session and not owner[0].closed):
+                self._conflict(key, session, channel, endpoint.remote)
+            else:
+                self.route(key, session, channel, endpoint.remote)
         self.waiting.setdefault(endpoint.signalling_ip, []).append((session, channel))
+
+    def _conflict(self, key: int, session: SharedSession, channel: int, addr: tuple[str, int]) -> None:
+        """Two calls' parties send from one address (a test tool or an SBC with one media
+        port for every call): the port cannot tell them apart, so packets from it are
+        dropped for both (counted as `ambiguous`) rather than crossing into the wrong call."""
+        legs = self.conflicts.setdefault(key, set())
+        legs.add((session, channel))
+        owner = self.routes.pop(key, None)
+        if owner is not None:
+            legs.add((owner[0], owner[1]))
+            owner[0].keys[owner[1]].discard(key)
+            table = self.pool.table
+            g = owner[0].slot * 2 + owner[1]
+            if self.fast_routes.get(key) == g:
+                del self.fast_routes[key]
+                table.keys[g] = None
+                table.active[g] = False
+        self.pool.core.log.error(
+            "media event=address_conflict call=%s addr=%s:%d port=%d: two calls' parties send from one "
+            "address; shared media ports cannot tell them apart (use [server] media_sockets = \"per_call\")",
+            session.call.call_id, addr[0], addr[1], self.port,
+        )
 
     def route(self, key: int, session: SharedSession, channel: int, addr: tuple[str, int]) -> None:
         self.routes[key] = (session, channel, addr)
@@ -83,6 +112,13 @@ class SharedPort:
             if owner is not None and owner[0] is session and owner[1] == channel:
                 del routes[key]
         session.keys[channel].clear()
+        if endpoint.remote is not None and self.conflicts:
+            key = source_key(endpoint.remote)
+            sharing = self.conflicts.get(key)
+            if sharing is not None:
+                sharing.discard((session, channel))
+                if not sharing:  # the last of the calls that shared it is gone
+                    del self.conflicts[key]
         legs = self.waiting.get(endpoint.signalling_ip)
         if legs:
             legs[:] = [(s, c) for s, c in legs if not (s is session and c == channel)]
@@ -93,6 +129,9 @@ class SharedPort:
 
     def _claim(self, key: int, now: float) -> tuple[SharedSession, int, tuple[str, int]] | None:
         """Who a datagram from an unknown source belongs to, if anyone (see module doc)."""
+        if key in self.conflicts:
+            self.ambiguous += 1
+            return None
         addr = key_address(key)
         legs = self.waiting.get(addr[0])
         if not legs:

@@ -57,6 +57,7 @@ class FakePort:
         self.ident = ident
         self.mux = FakeMux()
         self.fast_routes: dict[int, int] = {}
+        self.conflicts: dict[int, set] = {}
 
     def key_of(self, addr: tuple[str, int]) -> int:
         return source_key(addr)

@@ -195,3 +195,32 @@ async def test_calls_spread_over_several_ports_all_flow(core: MediaCore, monkeyp
         session.close()
         ext.close()
         user.close()
+
+
+async def test_two_calls_whose_parties_share_one_address_never_cross(core: MediaCore) -> None:
+    """SIPp sends every call's RTP from one port: on a shared port such packets cannot be
+    told apart, so they are dropped (ambiguous) and logged, never heard in the wrong call;
+    once the calls are over the address is usable again."""
+    ext_a, ext_b, same = phone(), phone(), phone()
+    a = core.open_session(make_call("first"))
+    a.set_media(0, MediaEndpoint(ext_a.getsockname(), HOST))
+    a.set_media(1, MediaEndpoint(same.getsockname(), HOST))
+    b = core.open_session(make_call("second"))
+    b.set_media(0, MediaEndpoint(ext_b.getsockname(), HOST))
+    b.set_media(1, MediaEndpoint(same.getsockname(), HOST))  # the same address as call a's phone
+    assert a.ports[1] == b.ports[1]
+    same.sendto(build(0, 1, 160, 0x2222, AUDIO), (HOST, a.ports[1]))
+    assert await drain(ext_a, 0.1) == [] and await drain(ext_b, 0.01) == []
+    assert core._shared.stats["ambiguous"] == 1
+    ext_a.sendto(build(0, 1, 160, 0x1111, AUDIO), (HOST, a.ports[0]))  # the unaffected side still flows
+    assert len(await drain(same, 0.1)) == 1
+    a.close()
+    b.close()
+    c = core.open_session(make_call("third"))  # after both calls, the address is free again
+    c.set_media(0, MediaEndpoint(ext_a.getsockname(), HOST))
+    c.set_media(1, MediaEndpoint(same.getsockname(), HOST))
+    same.sendto(build(0, 2, 320, 0x2222, AUDIO), (HOST, c.ports[1]))
+    assert len(await drain(ext_a, 0.1)) == 1
+    c.close()
+    for s in (ext_a, ext_b, same):
+        s.close()
