@@ -24,7 +24,7 @@ import numpy as np
 
 from rtp.packet import MAX_PACKET_SIZE
 from rtp.sequence import MAX_DROPOUT
-from rtp.timeline import MAX_PENDING_FRAMES, RESYNC_SAMPLES, SAMPLE_RATE, SEQ_NEWER_WINDOW
+from rtp.timeline import LATE_RUN_SAMPLES, MAX_PENDING_FRAMES, RESYNC_SAMPLES, SAMPLE_RATE, SEQ_NEWER_WINDOW
 
 if TYPE_CHECKING:
     from rtp.mux import SharedPort, SharedSession
@@ -65,7 +65,7 @@ class FastTable:
         # The recorder's clock for the leg's SSRC, when lent (Recorder.fast_clock).
         grow("clock", np.bool_)
         grow("placed", np.bool_)  # the lane placed packets since the clock was lent
-        for name in ("a_pos", "a_ts", "n_ts", "n_seq", "base"):
+        for name in ("a_pos", "a_ts", "n_ts", "n_seq", "base", "late"):
             grow(name, _I64)
         grow("t0", np.float64)
         if old:
@@ -129,7 +129,8 @@ class FastTable:
         self.placed[g] = False
         recorder = relay.recorder
         if recorder is not None:
-            recorder.fast_clock_absorb(g & 1, int(self.src_ssrc[g]), int(self.n_seq[g]), int(self.n_ts[g]))
+            recorder.fast_clock_absorb(g & 1, int(self.src_ssrc[g]), int(self.n_seq[g]), int(self.n_ts[g]),
+                                       int(self.late[g]))
 
     def store_clocks(self, session: SharedSession) -> None:
         """Hand back only the recorders' clocks: before a flush that touches nothing else."""
@@ -158,6 +159,7 @@ class FastTable:
         self.a_ts[g] = clock.anchor_ts
         self.n_ts[g] = clock.newest_ts
         self.n_seq[g] = clock.newest_seq
+        self.late[g] = clock.late_run
         self.base[g] = clock.base
         self.t0[g] = clock.t0
         self.wpos[g] = clock.positions
@@ -320,18 +322,24 @@ class FastTable:
             arrival = np.rint((now - self.t0[gr]) * SAMPLE_RATE).astype(_I64)
             drift = pos - arrival
             step = (seq_r - self.n_seq[gr]) & 0xFFFF
+            # A newer packet too late to place (we or the network fell behind) is the clock's
+            # `late_run` case: placed (the timeline drops and counts it) unless this makes a
+            # whole LATE_RUN of them, which re-anchors: that one goes to add_g711.
+            late = pos < self.base[gr]
+            late_run = np.where(late, self.late[gr] + n_r, 0)
             placed = (
                 self.clock[gr]
                 & (step >= 1)
                 & (step < SEQ_NEWER_WINDOW)
                 & (drift <= RESYNC_SAMPLES)
                 & (drift >= -RESYNC_SAMPLES)
-                & (pos >= self.base[gr])
+                & (late_run < LATE_RUN_SAMPLES)
                 & (pos + n_r - self.base[gr] <= MAX_PENDING_FRAMES)
             )
             gp = gr[placed]
             self.n_seq[gp] = seq_r[placed]
             self.n_ts[gp] = ts_ext[placed]
+            self.late[gp] = late_run[placed]
             self.placed[gp] = True
             wpos, wdata = self.wpos, self.wdata
             starts = (kr * slot_bytes + 12).tolist()

@@ -73,6 +73,7 @@ class FastClock(NamedTuple):
     anchor_ts: int
     newest_ts: int
     newest_seq: int
+    late_run: int  # samples of newer packets in a row too late to place
     base: int  # the timeline's first position not yet final: older is late
     t0: float
     positions: list[int]  # the waiting lists add_g711 appends to
@@ -199,24 +200,26 @@ class Recorder:
         its packets need `add_g711`: not recording to a file, no anchor for that SSRC yet,
         another payload type waiting, or a full waiting list. The lane places a packet
         itself only where `StreamClock.position` would give the same position with no
-        side effect but advancing `newest_seq`/`newest_ts` (a newer packet, in place, not
-        late); `fast_clock_absorb` hands those back before anything else touches us."""
+        side effect but advancing `newest_seq`/`newest_ts` and counting `late_run` (a newer
+        packet, in place or too late, short of a re-anchoring); `fast_clock_absorb` hands
+        those back before anything else touches us."""
         if self._closed or not self._enabled:
             return None
         anchor = self._clocks[channel].anchor(ssrc)
         positions = self._waiting_pos[channel]
         if anchor is None or self._waiting_pt[channel] != payload_type or len(positions) >= MAX_WAITING_PACKETS // 2:
             return None
-        return FastClock(anchor.anchor_pos, anchor.anchor_ts, anchor.newest_ts, anchor.newest_seq,
+        return FastClock(anchor.anchor_pos, anchor.anchor_ts, anchor.newest_ts, anchor.newest_seq, anchor.late_run,
                          self._timeline.base, self._t0, positions, self._waiting_data[channel])
 
-    def fast_clock_absorb(self, channel: int, ssrc: int, newest_seq: int, newest_ts: int) -> None:
-        """The lane placed packets up to (`newest_seq`, `newest_ts`), none of them late."""
+    def fast_clock_absorb(self, channel: int, ssrc: int, newest_seq: int, newest_ts: int, late_run: int) -> None:
+        """The lane placed packets up to (`newest_seq`, `newest_ts`), the last `late_run`
+        samples of them too late (StreamClock's count of late newer packets)."""
         anchor = self._clocks[channel].anchor(ssrc)
         if anchor is not None:
             anchor.newest_seq = newest_seq
             anchor.newest_ts = newest_ts
-            anchor.late_run = 0
+            anchor.late_run = late_run
 
     def _switch_payload_type(self, channel: int, payload_type: int) -> None:
         if payload_type not in _DECODE:

@@ -162,6 +162,7 @@ class Party:
         self.ssrc = ssrc
         self.event_ts = 0
         self.event_n = 0
+        self.held: list[bytes] = []
 
     def audio(self, n: int = 0, step: int = 1) -> bytes:
         self.seq = (self.seq + step) & 0xFFFF
@@ -180,7 +181,7 @@ class Party:
 ADDR = {EXT: EXT_ADDR, USER: USER_SDP}
 
 step_kinds = st.sampled_from(["audio", "audio", "audio", "audio", "gap", "back", "dup", "twice", "ssrc", "star",
-                              "one", "digit", "cn", "csrc", "stranger", "garbage", "none"])
+                              "one", "digit", "cn", "csrc", "stranger", "garbage", "none", "none", "burst", "held", "held", "release"])
 
 
 def script_to_batches(script: list[tuple[str, str]]) -> list[list[tuple[int, bytes, tuple[str, int]]]]:
@@ -202,6 +203,13 @@ def script_to_batches(script: list[tuple[str, str]]) -> list[list[tuple[int, byt
                 pkts = [last.get(channel, p.audio())]
             elif kind == "twice":
                 pkts = [p.audio(), p.audio(1)]
+            elif kind == "burst":  # a sender that paused its clock, then 15 packets (300 ms) at once
+                pkts = [p.audio(j) for j in range(15)]
+            elif kind == "held":  # made on time, held up in the network
+                p.held.append(p.audio())
+                pkts = []
+            elif kind == "release":  # ...and delivered all at once, late
+                pkts, p.held = p.held, []
             elif kind == "ssrc":
                 p.ssrc = (p.ssrc * 7 + 1) & 0xFFFFFFFF
                 p.seq = (p.seq * 13) & 0xFFFF
@@ -264,6 +272,15 @@ def test_star_one_prompt_and_resume_match_receive() -> None:
     script = [("audio", "audio")] * 5 + [("audio", "star"), ("audio", "one")] + [("audio", "audio")] * 20
     script += [("audio", "star"), ("audio", "one")] + [("audio", "audio")] * 20
     compare(script)
+
+
+def test_late_bursts_match_receive(tmp_path: Path) -> None:
+    """Packets held up across a flush, past the jitter window (the clock's late_run), and a
+    sender that paused its clock (a re-anchoring): the lane agrees with receive()."""
+    script = [("audio", "audio")] * 52 + [("held", "held")] * 45 + [("release", "release")] + [("audio", "audio")] * 50
+    script += ([("audio", "audio")] * 48 + [("none", "none")] * 20 + [("burst", "burst")] * 3) * 2
+    compare(script)
+    compare_wavs(script, tmp_path)
 
 
 def test_a_leg_twice_in_one_batch_and_reordering_match_receive() -> None:
