@@ -30,6 +30,11 @@ MAX_DATAGRAM = 2048  # bytes read per datagram: above any G.711 packet and the E
 MAX_READS_PER_WAKEUP = 64  # datagrams drained per readiness callback before yielding to other sockets
 SOCKET_BUFFER = 256 * 1024  # receive buffer per socket: ~1 s of a 50 pps stream survives a stalled loop
 PORTS_PER_SESSION = 2  # one RTP/RTCP pair facing each party
+# How late the 20 ms tick may run, smoothed over ~10 ticks, before the core says it is
+# overloaded and new calls are refused (503): past a core's capacity every call would
+# otherwise degrade together (SIP read seconds late, audio too late to record).
+OVERLOAD_LAG = 0.1
+LAG_SMOOTHING = 0.1  # weight of the newest tick in the moving average
 
 
 class PortsExhausted(RuntimeError):
@@ -205,6 +210,7 @@ class MediaCore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._next_tick = 0.0
+        self.lag = 0.0  # smoothed lateness of the tick (seconds)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -282,6 +288,7 @@ class MediaCore:
         if not self.sessions and self._timer is not None:
             self._timer.cancel()
             self._timer = None
+            self.lag = 0.0
 
     # -- the shared clock --------------------------------------------------------------
 
@@ -290,10 +297,21 @@ class MediaCore:
             self._next_tick = self.loop.time() + TICK_INTERVAL
             self._timer = self.loop.call_at(self._next_tick, self._tick)
 
+    @property
+    def overloaded(self) -> bool:
+        """The loop runs the tick more than OVERLOAD_LAG late: take no new calls (b2bua 503)."""
+        return self.lag > OVERLOAD_LAG
+
+    def note_lag(self, late: float) -> None:
+        """One tick's lateness into the average; a single stall counts as at most 0.5 s, so
+        one pause (a slow disk, a collection) alone never refuses calls."""
+        self.lag += LAG_SMOOTHING * (min(max(late, 0.0), 0.5) - self.lag)
+
     def _tick(self) -> None:
         """Every 20 ms: drive only the relays with something due (held `*`, prompt, flush)."""
-        self._tick_sessions(time.monotonic())
         loop = self.loop
+        self.note_lag(loop.time() - self._next_tick)
+        self._tick_sessions(time.monotonic())
         self._next_tick += TICK_INTERVAL
         if self._next_tick < loop.time():  # fell behind: skip missed ticks instead of bursting
             self._next_tick = loop.time() + TICK_INTERVAL

@@ -255,6 +255,17 @@ def test_invite_from_stranger_is_refused_with_403_and_never_forwarded(h):
     assert not h.media.sessions
 
 
+def test_an_overloaded_media_core_refuses_new_calls_with_503_and_retry_after(h):
+    h.media.overloaded = True
+    h.send(trunk_invite("441632960000"), TRUNK)
+    reply = h.one(TRUNK, 503)
+    assert reply.headers.get("Retry-After") == "10" and "overload" in reply.reason
+    assert not h.media.sessions
+    h.media.overloaded = False  # recovered: calls are taken again
+    h.send(trunk_invite("441632960000", call_id="after", branch="z9hG4bKafter"), TRUNK)
+    assert h.one(TRUNK, 480)  # (nobody registered here: routed as usual)
+
+
 def test_ring_group_forks_to_every_contact_and_first_answer_wins(h):
     h.register("alice", "alice-pw", ALICE_DESK, "sip:alice@203.0.113.10:5062;transport=udp;ob")
     h.register("alice", "alice-pw", ALICE_MOBILE, "sip:alice-mobile@10.0.0.5:5060")

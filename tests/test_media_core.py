@@ -191,3 +191,18 @@ async def test_port_exhaustion_is_a_clear_error(tmp_path: Path) -> None:
     assert set(second.ports) == set(first.ports)
     await media.close()
     assert media.sessions == []
+
+
+async def test_a_tick_running_late_marks_the_core_overloaded_and_it_recovers(tmp_path: Path) -> None:
+    """The smoothed lateness of the 20 ms tick (a loop past its core's capacity) is what
+    b2bua checks before taking a new call; one late tick is not overload, a run of them is."""
+    media = MediaCore(HOST, free_range(2), tmp_path, prompts=PROMPTS)
+    media.note_lag(0.5)
+    assert not media.overloaded  # one hiccup (a GC pause, a slow disk write)
+    for _ in range(20):
+        media.note_lag(0.3)
+    assert media.overloaded
+    for _ in range(40):
+        media.note_lag(0.0)
+    assert not media.overloaded
+    await media.close()
