@@ -17,7 +17,7 @@ import errno
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from b2bua.call import Call, MediaEndpoint
@@ -39,6 +39,19 @@ LAG_SMOOTHING = 0.1  # weight of the newest tick in the moving average
 
 class PortsExhausted(RuntimeError):
     """No free even RTP port (with its odd RTCP neighbour) left in the configured range."""
+
+
+def read_datagrams(sock: socket.socket, limit: int) -> Iterator[tuple[bytes, tuple[str, int]]]:
+    """Up to `limit` waiting datagrams from a non-blocking socket, then back to the loop.
+    An OSError on one read (ICMP port unreachable reported late) costs that read only."""
+    for _ in range(limit):
+        try:
+            data, addr = sock.recvfrom(MAX_DATAGRAM)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            continue
+        yield data, addr[:2]
 
 
 def _bind(ip: str, port: int, buffer: int = SOCKET_BUFFER) -> socket.socket:
@@ -141,15 +154,8 @@ class MediaSession:
                 self._send(out)
 
     def _on_rtcp(self, channel: int) -> None:
-        sock = self._rtcp[channel]
-        for _ in range(MAX_READS_PER_WAKEUP):
-            try:
-                data, addr = sock.recvfrom(MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                continue
-            for leg, payload, target in self.relay.receive_rtcp(channel, data, addr[:2], time.monotonic()):
+        for data, addr in read_datagrams(self._rtcp[channel], MAX_READS_PER_WAKEUP):
+            for leg, payload, target in self.relay.receive_rtcp(channel, data, addr, time.monotonic()):
                 self._sendto(self._rtcp[leg], payload, target)
 
     def _send(self, out: list[Datagram]) -> None:

@@ -48,7 +48,6 @@ MAX_BATCHES_PER_WAKEUP = 16  # recvmmsg calls per read of a port before yielding
 # pay numpy's per-call cost for each handful; 2 ms gathers ~400 packets at 2,000 calls,
 # and 2 ms more delay is nothing to a phone's jitter buffer (the recorder's window is 200 ms).
 POLL_INTERVAL = float(os.environ.get("B2BUA_MEDIA_POLL", "0.002"))  # 0: on readiness (experiments)
-MAX_DATAGRAM = 2048
 
 
 class SharedPort:
@@ -228,16 +227,10 @@ class SharedPort:
             session.queue(out)
 
     def on_rtcp(self) -> None:
-        sock = self.rtcp
+        from rtp.core import read_datagrams  # rtp.core imports this module
+
         now = time.monotonic()
-        for _ in range(64):
-            try:
-                data, addr = sock.recvfrom(MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                continue
-            addr = addr[:2]
+        for data, addr in read_datagrams(self.rtcp, 64):
             route = self.rtcp_routes.get(addr) or self._rtcp_claim(addr)
             if route is None:
                 self.strangers += 1
