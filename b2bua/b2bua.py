@@ -267,7 +267,8 @@ class B2BUA:
         if getattr(self.media, "overloaded", False):
             # RFC 3261 §21.5.4: the carrier or phone retries later or elsewhere, and the
             # calls already up keep a core that can carry them.
-            log.warning("call=%s event=refused reason=overload source=%s:%d", request.call_id, peer.host, peer.port)
+            log.warning("call=%s event=refused reason=overload source=%s:%d calls=%d", request.call_id, peer.host,
+                        peer.port, len(getattr(self.media, "sessions", ())))
             self._reply(txn, request, 503, now, "Service Unavailable (overloaded)", headers=[("Retry-After", "10")])
             return
         trunk = self.config.trunk_for(peer.host, peer.port)

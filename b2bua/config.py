@@ -50,6 +50,7 @@ class Server:
     feature_timeout: float = DEFAULT_FEATURE_TIMEOUT
     registrations_db: Path | None = None
     media_sockets: str = "per_call"  # "per_call" | "shared" (rtp.mux: many legs per port, IPv4)
+    max_calls: int = 0  # concurrent calls taken before new INVITEs get 503; 0: as many as the core carries
 
 
 @dataclass(frozen=True)
@@ -311,6 +312,9 @@ def _server(path: Path, base: Path, table: Any) -> Server:
         raise ConfigError(path, "server.media_sockets", f'got "{sockets}", expected "per_call" or "shared"')
     if sockets == "shared" and ":" in media_ip:
         raise ConfigError(path, "server.media_sockets", f'"shared" needs an IPv4 media_ip, got "{media_ip}"')
+    max_calls = r.get("max_calls", int, 0)
+    if max_calls < 0:
+        raise ConfigError(path, "server.max_calls", f"got {max_calls}, expected a whole number >= 0 (0: no fixed limit)")
     db_text = r.get("registrations_db", str, "")
     db = Path(db_text) if db_text else recordings.parent / "registrations.sqlite3"
     if not db.is_absolute():
@@ -326,6 +330,7 @@ def _server(path: Path, base: Path, table: Any) -> Server:
         feature_timeout=float(timeout),
         registrations_db=db,
         media_sockets=sockets,
+        max_calls=max_calls,
     )
     r.done()
     return server

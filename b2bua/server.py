@@ -98,6 +98,7 @@ class Server:
             pause_mode=server.pause,
             feature_timeout=server.feature_timeout,
             shared=server.media_sockets == "shared",
+            max_calls=server.max_calls,
         )
         self.core = B2BUA(
             config, self.transactions, self.registrar, authenticator, lockout, self.media,

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from b2bua.call import Call, MediaEndpoint
+from rtp.admission import Admission
 from rtp.feature import FEATURE_TIMEOUT
 from rtp.mux import SharedPorts, SharedSession, ipv4
 from rtp.prompts import Prompts, load_prompts
@@ -30,10 +31,6 @@ MAX_DATAGRAM = 2048  # bytes read per datagram: above any G.711 packet and the E
 MAX_READS_PER_WAKEUP = 64  # datagrams drained per readiness callback before yielding to other sockets
 SOCKET_BUFFER = 256 * 1024  # receive buffer per socket: ~1 s of a 50 pps stream survives a stalled loop
 PORTS_PER_SESSION = 2  # one RTP/RTCP pair facing each party
-# How late the 20 ms tick may run, smoothed over ~10 ticks, before the core says it is
-# overloaded and new calls are refused (503): past a core's capacity every call would
-# otherwise degrade together (SIP read seconds late, audio too late to record).
-OVERLOAD_LAG = 0.1
 LAG_SMOOTHING = 0.1  # weight of the newest tick in the moving average
 
 
@@ -190,6 +187,8 @@ class MediaCore:
         prompts: Prompts | None = None,
         make_recorder: Callable | None = None,
         shared: bool = False,
+        max_calls: int = 0,
+        cpu_clock: Callable[[], float] = time.process_time,
     ) -> None:
         low, high = port_range
         if low % 2:
@@ -217,6 +216,11 @@ class MediaCore:
         self._timer: asyncio.TimerHandle | None = None
         self._next_tick = 0.0
         self.lag = 0.0  # smoothed lateness of the tick (seconds)
+        # Past a core's capacity every call would degrade together (SIP read seconds late,
+        # audio too late to record): new calls are refused instead (rtp.admission).
+        self.admission = Admission(max_calls=max_calls)
+        self._cpu_clock = cpu_clock
+        self._overloaded = False  # as of the last admission sample (for the log line)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -301,12 +305,14 @@ class MediaCore:
     def _start_ticking(self) -> None:
         if self._timer is None:
             self._next_tick = self.loop.time() + TICK_INTERVAL
+            self.admission.restart(self._next_tick, self._cpu_clock())
             self._timer = self.loop.call_at(self._next_tick, self._tick)
 
     @property
     def overloaded(self) -> bool:
-        """The loop runs the tick more than OVERLOAD_LAG late: take no new calls (b2bua 503)."""
-        return self.lag > OVERLOAD_LAG
+        """No new call fits (b2bua answers 503): the learned ceiling or max_calls is reached,
+        or the tick runs late right now."""
+        return not self.admission.admit(len(self.sessions), self.lag)
 
     def note_lag(self, late: float) -> None:
         """One tick's lateness into the average; a single stall counts as at most 0.5 s, so
@@ -316,12 +322,28 @@ class MediaCore:
     def _tick(self) -> None:
         """Every 20 ms: drive only the relays with something due (held `*`, prompt, flush)."""
         loop = self.loop
-        self.note_lag(loop.time() - self._next_tick)
+        now = loop.time()
+        self.note_lag(now - self._next_tick)
+        if self.admission.due(now):
+            self._sample(now)
         self._tick_sessions(time.monotonic())
         self._next_tick += TICK_INTERVAL
         if self._next_tick < loop.time():  # fell behind: skip missed ticks instead of bursting
             self._next_tick = loop.time() + TICK_INTERVAL
         self._timer = loop.call_at(self._next_tick, self._tick) if self.sessions else None
+
+    def _sample(self, now: float) -> None:
+        """One admission sample a second; a log line when the core enters or leaves overload."""
+        sample = self.admission.sample(now, self._cpu_clock(), self.lag, len(self.sessions))
+        if sample is None or sample.overloaded == self._overloaded:
+            return
+        self._overloaded = sample.overloaded
+        ceiling = self.admission.ceiling
+        self.log.warning(
+            "media event=%s calls=%d ceiling=%s cpu_percent=%.0f lag_ms=%.0f",
+            "overloaded" if sample.overloaded else "recovered", sample.calls,
+            int(ceiling) if ceiling != float("inf") else "none", 100 * sample.utilisation, 1000 * sample.lag,
+        )
 
     def _tick_sessions(self, now: float) -> None:
         for session in list(self.sessions):

@@ -62,6 +62,9 @@ def test_good_file_parses_with_defaults(tmp_path):
     assert config.server.media_sockets == "per_call"
     shared = load_file(write(tmp_path, GOOD.replace('realm = "test"', 'realm = "test"\nmedia_sockets = "shared"')))
     assert shared.server.media_sockets == "shared"
+    assert config.server.max_calls == 0  # no fixed limit: the learned ceiling alone (rtp.admission)
+    capped = load_file(write(tmp_path, GOOD.replace('realm = "test"', 'realm = "test"\nmax_calls = 400')))
+    assert capped.server.max_calls == 400
 
 
 def test_trunk_sources_match_ip_port_cidr(tmp_path):
@@ -89,6 +92,9 @@ def test_trunk_sources_match_ip_port_cidr(tmp_path):
         (('listen = "127.0.0.1:5070"', 'listen = "localhost:5070"'), "server.listen", "IP address"),
         (('password = "pw"', 'password = ""'), "users[0].password", "empty"),
         (('realm = "test"', 'realm = "test"\nmedia_sockets = "pooled"'), "server.media_sockets", '"per_call" or "shared"'),
+        (('realm = "test"', 'realm = "test"\nmax_calls = -1'), "server.max_calls", ">= 0"),
+        (('realm = "test"', 'realm = "test"\nmax_calls = "many"'), "server.max_calls", "integer"),
+        (('realm = "test"', 'realm = "test"\nmax_calls = true'), "server.max_calls", "integer"),
         (('media_ip = "127.0.0.1"', 'media_ip = "::1"\nmedia_sockets = "shared"'), "server.media_sockets", "IPv4"),
     ],
 )

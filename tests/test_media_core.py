@@ -206,3 +206,26 @@ async def test_a_tick_running_late_marks_the_core_overloaded_and_it_recovers(tmp
         media.note_lag(0.0)
     assert not media.overloaded
     await media.close()
+
+
+async def test_a_core_using_most_of_its_cpu_refuses_calls_above_what_it_carries(tmp_path: Path) -> None:
+    """The media clock samples the process's CPU share once a second (rtp.admission): at 95%
+    with three calls up the ceiling drops under three, so a fourth INVITE would get 503."""
+    loop = asyncio.get_running_loop()
+    media = MediaCore(HOST, free_range(8), tmp_path, prompts=PROMPTS, cpu_clock=lambda: 0.95 * loop.time())
+    for name in "abc":
+        media.open_session(make_call(name))
+    assert not media.overloaded
+    await asyncio.sleep(1.2)
+    assert media.admission.last is not None and media.admission.last.utilisation > 0.9
+    assert media.overloaded
+    await media.close()
+
+
+async def test_max_calls_refuses_the_call_past_the_limit(tmp_path: Path) -> None:
+    media = MediaCore(HOST, free_range(8), tmp_path, prompts=PROMPTS, max_calls=2)
+    media.open_session(make_call("a"))
+    assert not media.overloaded
+    media.open_session(make_call("b"))
+    assert media.overloaded
+    await media.close()
