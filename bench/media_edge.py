@@ -8,7 +8,7 @@ receive, demultiplex, relay, record, send. The generator's own sends are outside
 timing. Prints microseconds of B2BUA CPU per relayed packet and the implied packets/s
 on one core; the last line is one JSON object.
 
-    python bench/media_edge.py --calls 1000 --seconds 5 [--mode shared|per_call|both] [--profile]
+    python bench/media_edge.py --calls 1000 --seconds 5 [--mode shared|per_call|both] [--polls 10] [--profile]
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class SimulatedClock:
         return self.now
 
 
-async def run(calls: int, seconds: float, mode: str, profile: bool) -> dict:
+async def run(calls: int, seconds: float, mode: str, profile: bool, polls: int = 1) -> dict:
     import rtp.core
     import rtp.mux
 
@@ -79,14 +79,22 @@ async def run(calls: int, seconds: float, mode: str, profile: bool) -> dict:
             session.set_media(channel, MediaEndpoint((leg_ip(side, i), gens[channel].getsockname()[1]), "127.0.0.1"))
         session.answered()
         sessions.append(session)
+    # Each 20 ms step is read in `polls` rounds, each after a 1/polls share of the legs has
+    # sent: the production read clock (rtp.mux.POLL_INTERVAL, 2 ms) sees ~1/10 of a step's
+    # packets per read, not all of them at once.
     streams = []
-    for channel, side in ((0, 1), (1, 2)):
-        fs = FixedStreams(gens[channel], [("127.0.0.1", s.ports[channel]) for s in sessions], 12 + len(PAYLOAD),
-                          [leg_ip(side, i) for i in range(calls)])
-        fs.buffer[:, 0] = 0x80
-        fs.buffer[:, 8:12] = (np.arange(calls, dtype=np.uint32) | np.uint32(side << 24)).astype(">u4").view(np.uint8).reshape(-1, 4)
-        fs.buffer[:, 12:] = np.frombuffer(PAYLOAD, dtype=np.uint8)
-        streams.append(fs)
+    bounds = np.linspace(0, calls, polls + 1).astype(int)
+    for k in range(polls):
+        lo, hi = int(bounds[k]), int(bounds[k + 1])
+        for channel, side in ((0, 1), (1, 2)):
+            if hi <= lo:
+                continue
+            fs = FixedStreams(gens[channel], [("127.0.0.1", s.ports[channel]) for s in sessions[lo:hi]],
+                              12 + len(PAYLOAD), [leg_ip(side, i) for i in range(lo, hi)])
+            fs.buffer[:, 0] = 0x80
+            fs.buffer[:, 8:12] = (np.arange(lo, hi, dtype=np.uint32) | np.uint32(side << 24)).astype(">u4").view(np.uint8).reshape(-1, 4)
+            fs.buffer[:, 12:] = np.frombuffer(PAYLOAD, dtype=np.uint8)
+            streams.append((k, fs))
     receivers = [BatchSocket(g, 256) for g in gens]
     if mode == "shared":
         readers = [p.on_rtp for p in core._shared.ports]
@@ -99,18 +107,21 @@ async def run(calls: int, seconds: float, mode: str, profile: bool) -> dict:
     for step in range(steps):
         clock.now += 0.02
         header = np.frombuffer(int(step & 0xFFFF).to_bytes(2, "big") + int(step * 160).to_bytes(4, "big"), np.uint8)
-        for fs in streams:
-            fs.buffer[:, 2:8] = header
-            offered += fs.send()
-        c0 = time.process_time()
-        if prof:
-            prof.enable()
-        for read in readers:
-            read()
-        core._tick_sessions(clock.now)
-        if prof:
-            prof.disable()
-        cpu += time.process_time() - c0
+        for k in range(polls):
+            for part, fs in streams:
+                if part == k:
+                    fs.buffer[:, 2:8] = header
+                    offered += fs.send()
+            c0 = time.process_time()
+            if prof:
+                prof.enable()
+            for read in readers:
+                read()
+            if k == polls - 1:
+                core._tick_sessions(clock.now)
+            if prof:
+                prof.disable()
+            cpu += time.process_time() - c0
         for r in receivers:
             while (n := recv_count(r)) == r.batch:
                 received += n
@@ -120,7 +131,7 @@ async def run(calls: int, seconds: float, mode: str, profile: bool) -> dict:
     await core.close()
     if prof:
         pstats.Stats(prof).sort_stats("tottime").print_stats(18)
-    return {"mode": mode, "calls": calls, "packets": offered, "relayed": received,
+    return {"mode": mode, "calls": calls, "polls": polls, "packets": offered, "relayed": received,
             "us_per_packet": round(cpu / max(received, 1) * 1e6, 2),
             "packets_per_core_s": int(received / cpu) if cpu else 0}
 
@@ -131,10 +142,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--mode", choices=["shared", "per_call", "both"], default="both")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--polls", type=int, default=1,
+                    help="reads per 20 ms step, each after 1/polls of the legs sent (10: the 2 ms read clock)")
     args = ap.parse_args()
     results = []
     for mode in (["per_call", "shared"] if args.mode == "both" else [args.mode]):
-        r = asyncio.run(run(args.calls, args.seconds, mode, args.profile))
+        r = asyncio.run(run(args.calls, args.seconds, mode, args.profile, args.polls))
         print(f"{mode:9} calls={r['calls']} relayed={r['relayed']}/{r['packets']} "
               f"{r['us_per_packet']} us/packet -> {r['packets_per_core_s']} packets/s per core")
         results.append(r)
