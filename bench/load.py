@@ -257,17 +257,26 @@ class SipLoad:
         b_index: dict[str, int] = {}  # B-leg Call-ID -> its stream (and media IP) index
         sent = 0
         began = time.monotonic()
+        retries: list[tuple[float, int]] = []  # (when, call i): refused with 503, tried again
+        attempt: dict[int, int] = {}
+        self.refused = 0
+
+        def invite(i: int) -> None:
+            ddi = str(4400000000 + i)
+            k = attempt.get(i, 0)
+            self.trunk.sendto(sip_message(f"INVITE sip:{ddi}@{LOCAL}:{self.server[1]} SIP/2.0", [
+                f"Via: SIP/2.0/UDP {LOCAL}:{trunk_port};branch=z9hG4bK{self.run}i{i}k{k};rport",
+                f"From: <sip:caller@{LOCAL}:{trunk_port}>;tag=t{i}k{k}", f"To: <sip:{ddi}@{LOCAL}:{self.server[1]}>",
+                f"Call-ID: load-{i}-{self.run}-{k}", "CSeq: 1 INVITE", f"Contact: <sip:caller@{LOCAL}:{trunk_port}>",
+                "Max-Forwards: 70"], sdp(self.trunk_media, i, leg_ip(1, i))), self.server)
+
         while len(a_ports) < n and time.monotonic() < deadline:
             due = min(n, int((time.monotonic() - began) * rate) + 1)
             while sent < due:
-                i = sent
-                ddi = str(4400000000 + i)
-                self.trunk.sendto(sip_message(f"INVITE sip:{ddi}@{LOCAL}:{self.server[1]} SIP/2.0", [
-                    f"Via: SIP/2.0/UDP {LOCAL}:{trunk_port};branch=z9hG4bK{self.run}i{i};rport",
-                    f"From: <sip:caller@{LOCAL}:{trunk_port}>;tag=t{i}", f"To: <sip:{ddi}@{LOCAL}:{self.server[1]}>",
-                    f"Call-ID: load-{i}-{self.run}", "CSeq: 1 INVITE", f"Contact: <sip:caller@{LOCAL}:{trunk_port}>",
-                    "Max-Forwards: 70"], sdp(self.trunk_media, i, leg_ip(1, i))), self.server)
+                invite(sent)
                 sent += 1
+            while retries and retries[0][0] <= time.monotonic():
+                invite(retries.pop(0)[1])
             for sock, text, addr in self._recv(0.01):
                 if sock is self.phone and text.startswith("INVITE "):
                     call_id = header(text, "Call-ID")
@@ -280,6 +289,20 @@ class SipLoad:
                         f"Call-ID: {call_id}", f"CSeq: {header(text, 'CSeq')}",
                         f"Contact: <sip:phone@{LOCAL}:{phone_port}>"],
                         sdp(self.phone_media, len(b_ports), leg_ip(2, b_index[call_id]))), addr)
+                elif sock is self.trunk and text.startswith("SIP/2.0 503") and "INVITE" in header(text, "CSeq"):
+                    # Overloaded (rtp.admission): ACK the refusal and call again shortly, as
+                    # a carrier honouring Retry-After would (sooner: the bench wants N calls).
+                    m = re.search(r"load-(\d+)-\w+-(\d+)", header(text, "Call-ID"))
+                    if not m or attempt.get(int(m.group(1)), 0) != int(m.group(2)):
+                        continue
+                    i, k = int(m.group(1)), int(m.group(2))
+                    self.trunk.sendto(sip_message(f"ACK sip:{4400000000 + i}@{LOCAL}:{self.server[1]} SIP/2.0", [
+                        f"Via: SIP/2.0/UDP {LOCAL}:{trunk_port};branch=z9hG4bK{self.run}i{i}k{k};rport",
+                        f"From: <sip:caller@{LOCAL}:{trunk_port}>;tag=t{i}k{k}", f"To: {header(text, 'To')}",
+                        f"Call-ID: {header(text, 'Call-ID')}", "CSeq: 1 ACK", "Max-Forwards: 70"]), addr)
+                    self.refused += 1
+                    attempt[i] = k + 1
+                    retries.append((time.monotonic() + 1.0, i))
                 elif sock is self.trunk and text.startswith("SIP/2.0 200") and "INVITE" in header(text, "CSeq"):
                     m = re.search(r"load-(\d+)-", header(text, "Call-ID"))
                     if not m:
@@ -287,23 +310,25 @@ class SipLoad:
                     i = int(m.group(1))
                     to = header(text, "To")
                     contact = re.search(r"<([^>]+)>", header(text, "Contact")).group(1)
+                    call_id = header(text, "Call-ID")
+                    k = attempt.get(i, 0)
                     self.trunk.sendto(sip_message(f"ACK {contact} SIP/2.0", [
-                        f"Via: SIP/2.0/UDP {LOCAL}:{trunk_port};branch=z9hG4bK{self.run}a{i};rport",
-                        f"From: <sip:caller@{LOCAL}:{trunk_port}>;tag=t{i}", f"To: {to}",
-                        f"Call-ID: load-{i}-{self.run}", "CSeq: 1 ACK", "Max-Forwards: 70"]), addr)
+                        f"Via: SIP/2.0/UDP {LOCAL}:{trunk_port};branch=z9hG4bK{self.run}a{i}k{k};rport",
+                        f"From: <sip:caller@{LOCAL}:{trunk_port}>;tag=t{i}k{k}", f"To: {to}",
+                        f"Call-ID: {call_id}", "CSeq: 1 ACK", "Max-Forwards: 70"]), addr)
                     if i not in a_ports:
                         self.answered_at[i] = time.monotonic()
                         a_ports[i] = sdp_port(text.split("\r\n\r\n", 1)[1])
-                        dialogs[i] = (to, contact, f"load-{i}-{self.run}")
+                        dialogs[i] = (to, contact, call_id, k)
         return list(a_ports.items()), b_ports, dialogs
 
     def hangup(self, dialogs: dict, deadline: float) -> int:
         trunk_port = self.trunk.getsockname()[1]
-        for i, (to, contact, call_id) in dialogs.items():
+        for i, (to, contact, call_id, k) in dialogs.items():
             self.bye_at[i] = time.monotonic()
             self.trunk.sendto(sip_message(f"BYE {contact} SIP/2.0", [
                 f"Via: SIP/2.0/UDP {LOCAL}:{trunk_port};branch=z9hG4bK{self.run}b{i};rport",
-                f"From: <sip:caller@{LOCAL}:{trunk_port}>;tag=t{i}", f"To: {to}", f"Call-ID: {call_id}",
+                f"From: <sip:caller@{LOCAL}:{trunk_port}>;tag=t{i}k{k}", f"To: {to}", f"Call-ID: {call_id}",
                 "CSeq: 2 BYE", "Max-Forwards: 70"]), self.server)
         ended = set()
         while len(ended) < len(dialogs) and time.monotonic() < deadline:
@@ -331,6 +356,7 @@ media_ip = "{LOCAL}"
 rtp_ports = "{rtp[0]}-{rtp[1]}"
 recordings_dir = "{recordings}"
 realm = "load"
+max_calls = {n}
 [organisation]
 name = "Load"
 call_recording = true
@@ -418,7 +444,7 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
             s.close()
     offered, received = stats["offered"], stats["received"]
     return {
-        "peer": "b2bua" if media_sockets == "shared" else "b2bua/pc", "record": record, "calls": calls, "registered": registered, "answered": answered,
+        "peer": "b2bua" if media_sockets == "shared" else "b2bua/pc", "record": record, "calls": calls, "registered": registered, "answered": answered, "refused_503": load.refused,
         "ended": ended, "offered": offered, "relayed": received, "recorded": recorded_packets,
         "loss": round(1 - received / offered, 5) if offered else 1.0,
         "cpu_percent": round(100 * cpu / wall, 1), "rss_mb": round(rss, 1), "wav_ok": wav_ok,
@@ -552,7 +578,8 @@ def one(peer: str, calls: int, seconds: float, record: bool, media_sockets: str 
 
 
 def line(r: dict) -> str:
-    return (f"{r['peer']:<10} record={'on ' if r['record'] else 'off'} calls={r['calls']:<5} loss={r['loss']:.4%} "
+    answered = f" answered={r['answered']} refused_503={r['refused_503']}" if "answered" in r else ""
+    return (f"{r['peer']:<10} record={'on ' if r['record'] else 'off'} calls={r['calls']:<5}{answered} loss={r['loss']:.4%} "
             f"cpu={r['cpu_percent']:>5}% rss={r['rss_mb']:>6} MB offered={r['offered_pps']}/s "
             f"generator_capacity={r['generator_capacity_pps']}/s wav_ok={r.get('wav_ok')} wav_audio={r.get('wav_audio')}")
 

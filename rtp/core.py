@@ -221,6 +221,9 @@ class MediaCore:
         self.admission = Admission(max_calls=max_calls)
         self._cpu_clock = cpu_clock
         self._overloaded = False  # as of the last admission sample (for the log line)
+        # CPU seconds the SIP side has spent (b2bua.server adds to it): an overload that
+        # signalling causes must not lower the ceiling on calls (rtp.admission).
+        self.signalling_seconds = 0.0
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -305,14 +308,14 @@ class MediaCore:
     def _start_ticking(self) -> None:
         if self._timer is None:
             self._next_tick = self.loop.time() + TICK_INTERVAL
-            self.admission.restart(self._next_tick, self._cpu_clock())
+            self.admission.restart(self._next_tick, self._cpu_clock(), self.signalling_seconds)
             self._timer = self.loop.call_at(self._next_tick, self._tick)
 
     @property
     def overloaded(self) -> bool:
         """No new call fits (b2bua answers 503): the learned ceiling or max_calls is reached,
         or the tick runs late right now."""
-        return not self.admission.admit(len(self.sessions), self.lag)
+        return not self.admission.admit(len(self.sessions), self.lag, self.loop.time() if self._timer else None)
 
     def note_lag(self, late: float) -> None:
         """One tick's lateness into the average; a single stall counts as at most 0.5 s, so
@@ -334,15 +337,16 @@ class MediaCore:
 
     def _sample(self, now: float) -> None:
         """One admission sample a second; a log line when the core enters or leaves overload."""
-        sample = self.admission.sample(now, self._cpu_clock(), self.lag, len(self.sessions))
+        sample = self.admission.sample(now, self._cpu_clock(), self.lag, len(self.sessions), self.signalling_seconds)
         if sample is None or sample.overloaded == self._overloaded:
             return
         self._overloaded = sample.overloaded
         ceiling = self.admission.ceiling
         self.log.warning(
-            "media event=%s calls=%d ceiling=%s cpu_percent=%.0f lag_ms=%.0f",
+            "media event=%s calls=%d ceiling=%s cpu_percent=%.0f sip_percent=%.0f lag_ms=%.0f",
             "overloaded" if sample.overloaded else "recovered", sample.calls,
-            int(ceiling) if ceiling != float("inf") else "none", 100 * sample.utilisation, 1000 * sample.lag,
+            int(ceiling) if ceiling != float("inf") else "none", 100 * sample.utilisation,
+            100 * sample.signalling, 1000 * sample.lag,
         )
 
     def _tick_sessions(self, now: float) -> None:

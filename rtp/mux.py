@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from b2bua.call import Call, MediaEndpoint
 from rtp.batch_io import BatchMux, key_address, source_key
-from rtp.fastpath import FastTable
+from rtp.fastpath import FastTable, RouteMap
 from rtp.relay import CallRelay, Datagram
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ class SharedPort:
         self.ambiguous = 0
         self.received = 0
         self.ident = pool.next_ident()
-        self.fast_routes: dict[int, int] = {}  # source key -> batch-lane leg (rtp.fastpath)
+        self.fast_routes = RouteMap()  # source key -> batch-lane leg (rtp.fastpath)
         # source keys two live calls' legs share -> those legs: dropped (see _conflict)
         self.conflicts: dict[int, set[tuple[SharedSession, int]]] = {}
 
@@ -176,34 +176,37 @@ class SharedPort:
         mux = self.mux
         pool = self.pool
         table = pool.table
-        fast_get = self.fast_routes.get
+        lookup = self.fast_routes.lookup
         rows = mux.rows
         now = time.monotonic()
         for _ in range(MAX_BATCHES_PER_WAKEUP):
             try:
-                n, raw, lens, keys = mux.recv()
+                n, raw, stride, lens, keys = mux.recv_batch()
             except OSError:
                 break
             if not n:
                 break
             self.received += n
-            legs = [fast_get(k, -1) for k in keys]
-            if max(legs) >= 0:
+            legs = lookup(keys)
+            if legs.max() >= 0:
                 try:
-                    slow = table.forward(rows[:n], raw, mux.SLOT, lens, legs, now)
+                    slow = table.forward(rows[:n], raw, stride, lens, legs, now)
                 except Exception:  # a lane bug must cost a batch, not the reader
                     pool.core.log.exception("media batch lane failed; the batch goes packet by packet")
                     slow = range(n)
             else:
                 slow = range(n)
-            for i in slow:
-                self._one(i, raw, lens, keys[i], now)
+            if slow:
+                sizes = lens.tolist()
+                for i in slow:
+                    self._one(i * stride, raw, sizes[i], int(keys[i]), now)
             if n < mux.batch:
                 break
         pool.flush()
 
-    def _one(self, i: int, raw: bytes, lens: list[int], key: int, now: float) -> None:
-        """One datagram the batch lane did not take: the relay's full rules (receive)."""
+    def _one(self, start: int, raw: bytes, size: int, key: int, now: float) -> None:
+        """One datagram the batch lane did not take (raw[start:start + size]): the relay's
+        full rules (receive)."""
         route = self.routes.get(key)
         learn = route is None
         if route is None:
@@ -211,11 +214,10 @@ class SharedPort:
             if route is None:
                 return
         session, channel, addr = route
-        start = i * self.mux.SLOT
         table = self.pool.table
         table.store(session)
         try:
-            out = session.relay.receive(channel, raw[start : start + lens[i]], addr, now)
+            out = session.relay.receive(channel, raw[start : start + size], addr, now)
         except Exception:  # a relay bug must cost one packet, not every call's reader
             self.pool.core.log.exception("media relay failed on a packet for call %s", session.call.call_id)
             return

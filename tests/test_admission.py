@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtp.admission import DECREASE, LAG_HIGH, UTIL_HIGH, UTIL_LOW, Admission
+from rtp.admission import DECREASE, FRESH, LAG_HIGH, MAX_INCREASE, UTIL_HIGH, UTIL_LOW, Admission
 
 
-def run(admission: Admission, samples: list[tuple[float, int]], *, lag: float = 0.0, start: float = 0.0) -> float:
-    """Feed (CPU share, calls) one second apart; returns the clock after the last one."""
-    now, cpu = start, 0.0
-    admission.restart(now, cpu)
+def run(admission: Admission, samples: list[tuple[float, int]], *, lag: float = 0.0, start: float = 0.0,
+        sip: float = 0.0) -> float:
+    """Feed (CPU share, calls) one second apart, `sip` of each second's share spent on SIP;
+    returns the clock after the last one."""
+    now, cpu, sig = start, 0.0, 0.0
+    admission.restart(now, cpu, sig)
     for share, calls in samples:
         now += 1.0
         cpu += share
-        admission.sample(now, cpu, lag, calls)
+        sig += min(sip, share)
+        admission.sample(now, cpu, lag, calls, sig)
     return now
 
 
@@ -85,6 +90,48 @@ def test_max_calls_is_a_hard_limit() -> None:
     admission = Admission(max_calls=3)
     assert admission.admit(2)
     assert not admission.admit(3)
+
+
+def test_max_calls_replaces_the_learned_ceiling() -> None:
+    """The operator measured the capacity: an overload refuses while it lasts, but no
+    learned ceiling under max_calls keeps calls out after it."""
+    admission = Admission(max_calls=1000)
+    now = run(admission, [(0.97, 600)])
+    assert admission.ceiling == math.inf
+    assert not admission.admit(600, now=now)  # overloaded this second
+    assert admission.admit(999, now=now + FRESH + 0.1)  # the overload is over
+    assert not admission.admit(1000, now=now + FRESH + 0.1)
+
+
+def test_an_overload_from_signalling_refuses_while_it_lasts_and_leaves_no_ceiling() -> None:
+    """A registration storm with a few calls up: the core is full of SIP, not of calls.
+    New calls wait (503) during it; afterwards they are admitted as before it."""
+    admission = Admission()
+    now = run(admission, [(0.99, 10)] * 5, sip=0.9)
+    assert admission.ceiling == math.inf
+    assert admission.last is not None and admission.last.overloaded
+    assert not admission.admit(10, now=now)
+    assert admission.admit(10, now=now + FRESH + 0.1)  # an old sample refuses nothing
+    now = run(admission, [(0.3, 10)], start=now)
+    assert admission.admit(5000, now=now)
+
+
+def test_an_overload_from_the_calls_lowers_the_ceiling_even_with_sip_going_on() -> None:
+    admission = Admission()
+    run(admission, [(0.99, 800)], sip=0.3)  # calls' share 0.69: theirs
+    assert admission.ceiling == DECREASE * 800
+
+
+def test_headroom_grows_the_ceiling_by_what_it_shows_capped_per_second() -> None:
+    admission = Admission()
+    run(admission, [(0.95, 100)])
+    assert admission.ceiling == 95
+    now = run(admission, [(0.3, 95)], start=1.0)  # 95 calls at 30%: ~285 would fit at 90%
+    assert admission.ceiling == pytest.approx(95 * (1 + MAX_INCREASE))
+    for _ in range(20):
+        now = run(admission, [(0.3 * admission.ceiling / 95, int(admission.ceiling))], start=now)
+    # growth stops once the share passes UTIL_LOW (~253 calls), never past what fits at UTIL_HIGH (285)
+    assert 250 <= admission.ceiling <= 285
 
 
 def test_the_first_sample_after_a_restart_only_starts_the_interval() -> None:

@@ -26,7 +26,7 @@ from b2bua.call import MediaEndpoint
 from rtp import g711
 from rtp.batch_io import source_key
 from rtp.events import event_payload
-from rtp.fastpath import FastTable
+from rtp.fastpath import FastTable, RouteMap
 from rtp.packet import build
 from rtp.relay import CallRelay, recorder_factory
 from tests.test_relay import EXT, EXT_ADDR, PROMPTS, USER, USER_SDP, USER_SIG_IP, Harness, make_call
@@ -326,3 +326,29 @@ def test_recording_through_the_lane_writes_the_same_wav(tmp_path: Path, monkeypa
 def test_any_packets_record_the_same_wav(script) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         compare_wavs(script, Path(tmp))
+
+
+_KEYS = st.integers(0, (1 << 48) - 1) | st.sampled_from([0, 1, (1 << 48) - 1, source_key(("127.0.0.1", 5004))])
+
+
+@given(st.lists(st.tuples(st.sampled_from(["set", "del", "pop", "clear", "lookup"]), _KEYS, st.integers(0, 4095)),
+                max_size=60),
+       st.lists(_KEYS, min_size=1, max_size=40))
+def test_a_batch_lookup_finds_exactly_what_the_dict_holds(ops: list[tuple[str, int, int]], probes: list[int]) -> None:
+    """RouteMap.lookup (a whole batch's sources at once) agrees with dict.get(key, -1) after
+    any sequence of route changes, including lookups between them (its cache is rebuilt)."""
+    routes = RouteMap()
+    for op, key, leg in ops:
+        if op == "set":
+            routes[key] = leg
+        elif op == "del" and key in routes:
+            del routes[key]
+        elif op == "pop":
+            routes.pop(key, None)
+        elif op == "clear":
+            routes.clear()
+        else:
+            routes.lookup(np.array([key], dtype=np.uint64))
+        known = list(routes)
+        batch = np.array(probes + known[:5], dtype=np.uint64)
+        assert routes.lookup(batch).tolist() == [routes.get(int(k), -1) for k in batch.tolist()]
