@@ -6,7 +6,9 @@ and on loopback the sender also pays the receiver's delivery (there is no NIC: t
 destination socket's softirq work runs in the sending system call). This bench measures
 that floor with a relay that does nothing else: one socket receives every party's
 datagrams `--batch` at a time with recvmmsg and sends each batch on with one sendmmsg to
-a sink, rewriting only the destination addresses (as the B2BUA's shared ports do).
+a sink, rewriting only the destination addresses, each leg's to its own 127.4.x.y looked
+up from the datagram's source (as the B2BUA's shared ports route; `--one-sink`: all to one
+address, which the kernel does a little cheaper).
 
 The generator (one socket, every party from its own 127.x.y.z through IP_PKTINFO, as in
 bench/load.py) and the sink's reads are outside the timing; the relay's process time
