@@ -201,7 +201,7 @@ class BatchMux:
     """recvmmsg/sendmmsg for a socket shared by many streams, with no Python work per
     datagram beyond what the caller does with it.
 
-    `recv()` returns the datagrams as one bytes object plus per-datagram lengths and
+    `recv_batch()` returns the datagrams as one bytes object plus per-datagram lengths and
     integer source keys (`source_key`), computed with numpy over the whole batch: a caller
     demultiplexes with a dict lookup per datagram instead of building address tuples.
     `queue()` collects outgoing datagrams; `flush()` copies them into one buffer and hands
@@ -223,7 +223,7 @@ class BatchMux:
         len_at = _Mmsghdr.msg_len.offset // 4
         # Receive side: fixed slots; numpy views over the headers and source addresses.
         self._rbuf = np.zeros(batch * self.SLOT, dtype=np.uint8)
-        self.rows = self._rbuf.reshape(batch, self.SLOT)  # the datagrams of the last recv(), one per row
+        self.rows = self._rbuf.reshape(batch, self.SLOT)  # the datagrams of the last recv_batch(), one per row
         self._raddrs = (_SockaddrIn * batch)()
         self._riov = (_Iovec * batch)()
         self._rmsgs = (_Mmsghdr * batch)()
@@ -261,21 +261,12 @@ class BatchMux:
         self.send_dropped = 0
         self.sent = 0
 
-    def recv(self) -> tuple[int, bytes, list[int], list[int]]:
-        """(count, the datagrams' slots as bytes, lengths, source keys); count 0 when none."""
-        self._namelen[:] = ctypes.sizeof(_SockaddrIn)
-        n = _LIBC.recvmmsg(self.fd, self._rmsgs, self.batch, MSG_DONTWAIT, None)
-        if n <= 0:
-            return 0, b"", [], []
-        keys = (self._sa_addr[:n].astype(self._np.uint64) << 16) | self._sa_port[:n]
-        return n, self._rbuf[: n * self.SLOT].tobytes(), self._lens[:n].tolist(), keys.tolist()
-
     def recv_batch(self):  # -> tuple[int, bytes, int, np.ndarray, np.ndarray]
         """(count, the datagrams as bytes `stride` apart, stride, lengths, source keys), the
         last two as numpy arrays; count 0 when none.
 
-        Unlike `recv`, only the first `stride` bytes of each slot (the longest datagram's
-        length) are copied out: a batch of RTP is ~170 bytes a datagram, not SLOT."""
+        Only the first `stride` bytes of each slot (the longest datagram's length) are
+        copied out: a batch of RTP is ~170 bytes a datagram, not SLOT."""
         self._namelen[:] = ctypes.sizeof(_SockaddrIn)
         n = _LIBC.recvmmsg(self.fd, self._rmsgs, self.batch, MSG_DONTWAIT, None)
         if n <= 0:

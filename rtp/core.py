@@ -314,7 +314,7 @@ class MediaCore:
     @property
     def overloaded(self) -> bool:
         """No new call fits (b2bua answers 503): the learned ceiling or max_calls is reached,
-        or the tick runs late right now."""
+        the last second's sample was overloaded, or the tick runs late right now."""
         return not self.admission.admit(len(self.sessions), self.lag, self.loop.time() if self._timer else None)
 
     def note_lag(self, late: float) -> None:

@@ -48,8 +48,8 @@ def test_source_keys_round_trip_and_match_what_recvmmsg_reports() -> None:
         assert sender.flush() == 200
         got = []
         for _ in range(100):
-            n, raw, lens, keys = receiver.recv()
-            got += [(raw[i * receiver.SLOT : i * receiver.SLOT + lens[i]], keys[i]) for i in range(n)]
+            n, raw, stride, lens, keys = receiver.recv_batch()
+            got += [(raw[i * stride : i * stride + int(lens[i])], int(keys[i])) for i in range(n)]
             if len(got) == 200:
                 break
         assert [d for d, _ in got] == [bytes([i % 256]) * (12 + i) for i in range(200)]
