@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sys
 import time
@@ -53,6 +54,8 @@ def shared(calls: int, seconds: float, batch: int, spread: bool) -> dict:
     relay.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
     relay.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 << 20)
     relay.bind(("127.0.0.1", 0))
+    if os.environ.get("FLOOR_DF"):
+        relay.setsockopt(socket.IPPROTO_IP, 10, int(os.environ["FLOOR_DF"]))
     gen = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     gen.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 << 20)
     gen.bind(("0.0.0.0", 0))
@@ -76,13 +79,13 @@ def shared(calls: int, seconds: float, batch: int, spread: bool) -> dict:
         offered += streams.send()
         c0 = time.process_time()
         while True:
-            n = _LIBC.recvmmsg(mux.fd, mux._rmsgs, mux.batch, MSG_DONTWAIT, None)
+            n = _LIBC.recvmmsg(mux.fd, mux.area._rmsgs, mux.batch, MSG_DONTWAIT, None)
             if n <= 0:
                 break
-            mux._siov_words[:n, 0] = np.arange(n, dtype=np.uint64) * mux.SLOT + mux._rbuf.ctypes.data
-            mux._siov_words[:n, 1] = mux._lens[:n]
+            mux._siov_words[:n, 0] = np.arange(n, dtype=np.uint64) * mux.SLOT + mux.area._rbuf.ctypes.data
+            mux._siov_words[:n, 1] = mux.area._lens[:n]
             if spread:  # the destination by the datagram's source, as a relay routes
-                src = mux._sa_addr[:n]
+                src = mux.area._sa_addr[:n]
                 mux._sa_out[:n] = table[(src >> 24).astype(np.int64) - 1 + ((src >> 16) & 0xFF).astype(np.int64) * 256]
             else:
                 mux._sa_out[:n] = dst

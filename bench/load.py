@@ -71,9 +71,14 @@ def udp(port: int = 0, rcvbuf: int = 8 << 20, host: str = LOCAL) -> socket.socke
     return s
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process: Python and numpy vs the kernel's share."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
 
 
 def rss_peak_mb(pid: int) -> float:
@@ -421,11 +426,13 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
         answered = len(a_ports)
         targets = [[(LOCAL, p) for _, p in a_ports], [(LOCAL, p) for p in b_ports]]
         sources = [[leg_ip(1, i) for i, _ in a_ports], [leg_ip(2, j) for j in range(len(b_ports))]]
-        cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
+        (user0, sys0), wall0 = cpu_split(proc.pid), time.monotonic()
         gen, pipe = run_generator([trunk_media, phone_media], targets, sources, seconds)
         stats = pipe.recv()
         gen.join()
-        cpu = cpu_seconds(proc.pid) - cpu0
+        user1, sys1 = cpu_split(proc.pid)
+        user, system = user1 - user0, sys1 - sys0
+        cpu = user + system
         wall = time.monotonic() - wall0
         rss = rss_peak_mb(proc.pid)
         ended = load.hangup(dialogs, time.monotonic() + 30)
@@ -448,6 +455,7 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
         "ended": ended, "offered": offered, "relayed": received, "recorded": recorded_packets,
         "loss": round(1 - received / offered, 5) if offered else 1.0,
         "cpu_percent": round(100 * cpu / wall, 1), "rss_mb": round(rss, 1), "wav_ok": wav_ok,
+        "user_percent": round(100 * user / wall, 1), "sys_percent": round(100 * system / wall, 1),
         "wavs": len(wavs), "wav_audio": audio, "register_s": round(reg_s, 2), "setup_s": round(setup_s, 2),
         "generator_capacity_pps": round(offered / stats["busy_s"]) if stats["busy_s"] else 0,
         "offered_pps": round(offered / stats["wall_s"]),
@@ -541,11 +549,13 @@ def run_rtpengine(calls: int, seconds: float, record: bool, workdir: Path) -> di
             a_ports.append(sdp_port(re.search(r"sdp\d+:(.*)", answer, re.S).group(1)))
         targets = [[(LOCAL, p) for p in a_ports], [(LOCAL, p) for p in b_ports]]
         sources = [[leg_ip(1, i) for i in range(calls)], [leg_ip(2, i) for i in range(calls)]]
-        cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
+        (user0, sys0), wall0 = cpu_split(proc.pid), time.monotonic()
         gen, pipe = run_generator([trunk_media, phone_media], targets, sources, seconds)
         stats = pipe.recv()
         gen.join()
-        cpu = cpu_seconds(proc.pid) - cpu0
+        user1, sys1 = cpu_split(proc.pid)
+        user, system = user1 - user0, sys1 - sys0
+        cpu = user + system
         wall = time.monotonic() - wall0
         rss = rss_peak_mb(proc.pid)
         for i in range(calls):
@@ -579,8 +589,9 @@ def one(peer: str, calls: int, seconds: float, record: bool, media_sockets: str 
 
 def line(r: dict) -> str:
     answered = f" answered={r['answered']} refused_503={r['refused_503']}" if "answered" in r else ""
+    split = f" (user {r['user_percent']}% sys {r['sys_percent']}%)" if "user_percent" in r else ""
     return (f"{r['peer']:<10} record={'on ' if r['record'] else 'off'} calls={r['calls']:<5}{answered} loss={r['loss']:.4%} "
-            f"cpu={r['cpu_percent']:>5}% rss={r['rss_mb']:>6} MB offered={r['offered_pps']}/s "
+            f"cpu={r['cpu_percent']:>5}%{split} rss={r['rss_mb']:>6} MB offered={r['offered_pps']}/s "
             f"generator_capacity={r['generator_capacity_pps']}/s wav_ok={r.get('wav_ok')} wav_audio={r.get('wav_audio')}")
 
 

@@ -97,7 +97,8 @@ async def run(calls: int, seconds: float, mode: str, profile: bool, polls: int =
             streams.append((k, fs))
     receivers = [BatchSocket(g, 256) for g in gens]
     if mode == "shared":
-        readers = [p.on_rtp for p in core._shared.ports]
+        pool = core._shared
+        readers = [lambda: pool.read(pool.ports)]  # what the 2 ms read clock does (SharedPorts._poll)
     else:
         readers = [lambda s=s, c=c: s._on_rtp(c) for s in sessions for c in (0, 1)]
     steps = int(seconds / 0.02)

@@ -197,6 +197,66 @@ class FixedStreams:
         return sent
 
 
+class ReceiveArea:
+    """Receive buffers for recvmmsg, with numpy views over the lengths and sources.
+
+    Why separate from BatchMux: several shared sockets can read into one area, one after
+    another (`recv(fd, start)`), so one pass of the batch lane (rtp.fastpath) takes every
+    socket's datagrams at once and pays numpy's per-call cost once per read clock, not once
+    per socket."""
+
+    SLOT = MAX_DATAGRAM
+
+    def __init__(self, batch: int) -> None:
+        import numpy as np
+
+        if _LIBC is None:
+            raise OSError("recvmmsg/sendmmsg are not available on this system")
+        self._np = np
+        self.batch = batch
+        self._msg_size = ctypes.sizeof(_Mmsghdr)
+        namelen_at = _Msghdr.msg_namelen.offset // 4
+        len_at = _Mmsghdr.msg_len.offset // 4
+        self._rbuf = np.zeros(batch * self.SLOT, dtype=np.uint8)
+        self.rows = self._rbuf.reshape(batch, self.SLOT)  # the datagrams received, one per row
+        self._raddrs = (_SockaddrIn * batch)()
+        self._riov = (_Iovec * batch)()
+        self._rmsgs = (_Mmsghdr * batch)()
+        for i in range(batch):
+            self._riov[i].iov_base = self._rbuf.ctypes.data + i * self.SLOT
+            self._riov[i].iov_len = self.SLOT
+            hdr = self._rmsgs[i].msg_hdr
+            hdr.msg_name = ctypes.addressof(self._raddrs[i])
+            hdr.msg_iov = ctypes.pointer(self._riov[i])
+            hdr.msg_iovlen = 1
+        words = np.frombuffer(self._rmsgs, dtype=np.uint32).reshape(batch, self._msg_size // 4)
+        self._namelen = words[:, namelen_at]
+        self._lens = words[:, len_at]
+        sa = np.frombuffer(self._raddrs, dtype=np.uint8).reshape(batch, ctypes.sizeof(_SockaddrIn))
+        self._sa_port = sa[:, 2:4].view(np.uint16)[:, 0]
+        self._sa_addr = sa[:, 4:8].view(np.uint32)[:, 0]
+
+    def recv(self, fd: int, start: int = 0) -> int:
+        """Read what `fd` has waiting into rows start.. (as many as fit); how many (0: none)."""
+        count = self.batch - start
+        if count <= 0:
+            return 0
+        self._namelen[start:] = ctypes.sizeof(_SockaddrIn)
+        n = _LIBC.recvmmsg(fd, ctypes.byref(self._rmsgs, start * self._msg_size), count, MSG_DONTWAIT, None)
+        return max(n, 0)
+
+    def batch_of(self, n: int):  # -> tuple[bytes, int, np.ndarray, np.ndarray]
+        """Rows 0..n as (the datagrams as bytes `stride` apart, stride, lengths, source keys).
+
+        Only the first `stride` bytes of each slot (the longest datagram's length) are
+        copied out: a batch of RTP is ~170 bytes a datagram, not SLOT."""
+        np = self._np
+        lens = self._lens[:n].astype(np.int64)
+        stride = max(int(lens.max()), 1)
+        keys = (self._sa_addr[:n].astype(np.uint64) << 16) | self._sa_port[:n]
+        return self.rows[:n, :stride].tobytes(), stride, lens, keys
+
+
 class BatchMux:
     """recvmmsg/sendmmsg for a socket shared by many streams, with no Python work per
     datagram beyond what the caller does with it.
@@ -210,7 +270,8 @@ class BatchMux:
 
     SLOT = MAX_DATAGRAM
 
-    def __init__(self, sock: socket.socket, batch: int = BATCH) -> None:
+    def __init__(self, sock: socket.socket, batch: int = BATCH, area: ReceiveArea | None = None) -> None:
+        """`area`: receive into this (shared) one instead of an area of our own."""
         import numpy as np
 
         if _LIBC is None:
@@ -218,28 +279,8 @@ class BatchMux:
         self.sock = sock
         self.fd = sock.fileno()
         self.batch = batch
-        msg_size = ctypes.sizeof(_Mmsghdr)
-        namelen_at = _Msghdr.msg_namelen.offset // 4
-        len_at = _Mmsghdr.msg_len.offset // 4
-        # Receive side: fixed slots; numpy views over the headers and source addresses.
-        self._rbuf = np.zeros(batch * self.SLOT, dtype=np.uint8)
-        self.rows = self._rbuf.reshape(batch, self.SLOT)  # the datagrams of the last recv_batch(), one per row
-        self._raddrs = (_SockaddrIn * batch)()
-        self._riov = (_Iovec * batch)()
-        self._rmsgs = (_Mmsghdr * batch)()
-        for i in range(batch):
-            self._riov[i].iov_base = self._rbuf.ctypes.data + i * self.SLOT
-            self._riov[i].iov_len = self.SLOT
-            hdr = self._rmsgs[i].msg_hdr
-            hdr.msg_name = ctypes.addressof(self._raddrs[i])
-            hdr.msg_iov = ctypes.pointer(self._riov[i])
-            hdr.msg_iovlen = 1
-        words = np.frombuffer(self._rmsgs, dtype=np.uint32).reshape(batch, msg_size // 4)
-        self._namelen = words[:, namelen_at]
-        self._lens = words[:, len_at]
-        sa = np.frombuffer(self._raddrs, dtype=np.uint8).reshape(batch, ctypes.sizeof(_SockaddrIn))
-        self._sa_port = sa[:, 2:4].view(np.uint16)[:, 0]
-        self._sa_addr = sa[:, 4:8].view(np.uint32)[:, 0]
+        self.area = area if area is not None else ReceiveArea(batch)
+        self.rows = self.area.rows
         # Send side: one contiguous payload buffer; iovecs and addresses rewritten per flush.
         self._sbuf = np.zeros(batch * self.SLOT, dtype=np.uint8)
         self._saddrs = (_SockaddrIn * batch)()
@@ -263,19 +304,11 @@ class BatchMux:
 
     def recv_batch(self):  # -> tuple[int, bytes, int, np.ndarray, np.ndarray]
         """(count, the datagrams as bytes `stride` apart, stride, lengths, source keys), the
-        last two as numpy arrays; count 0 when none.
-
-        Only the first `stride` bytes of each slot (the longest datagram's length) are
-        copied out: a batch of RTP is ~170 bytes a datagram, not SLOT."""
-        self._namelen[:] = ctypes.sizeof(_SockaddrIn)
-        n = _LIBC.recvmmsg(self.fd, self._rmsgs, self.batch, MSG_DONTWAIT, None)
+        last two as numpy arrays; count 0 when none (see ReceiveArea.batch_of)."""
+        n = self.area.recv(self.fd)
         if n <= 0:
             return 0, b"", 0, None, None
-        np = self._np
-        lens = self._lens[:n].astype(np.int64)
-        stride = max(int(lens.max()), 1)
-        keys = (self._sa_addr[:n].astype(np.uint64) << 16) | self._sa_port[:n]
-        return n, self.rows[:n, :stride].tobytes(), stride, lens, keys
+        return (n, *self.area.batch_of(n))
 
     def sockaddr(self, addr: tuple[str, int]) -> bytes:
         """The 16-byte sockaddr_in for an (ip, port) pair, cached."""

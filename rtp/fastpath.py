@@ -12,8 +12,15 @@ leg's forwarding state (`CallRelay.fast_lane`) only while its packets need nothi
 touches the call. A packet the lane cannot take exactly as `receive` would (an event, a
 new or jumping SSRC, a reordered or duplicate packet, a second packet of the same leg in
 one batch, CSRCs or an extension, another payload type) goes to `receive`, with the state
-handed back first and lent again after. Recording of lane packets goes to the recorder
-with `add_g711`, exactly as `receive` does.
+handed back first and lent again after.
+
+Recording: where the recorder lends its clock (`Recorder.fast_clock`), the lane works out
+each packet's position itself, for the whole batch (`StreamClock.position`'s plain case),
+and copies the payload into per-leg rows here (`wpos`, `wlen`, `wbuf`): a few numpy
+operations a batch instead of Python work a packet. The recorder takes them when the clock
+is handed back (`fast_clock_absorb`: at its flush, once a second, or whenever anything else
+touches the call) and decodes and places them then, as `add_g711` would have. Any other
+packet goes to `add_g711` itself.
 """
 
 from __future__ import annotations
@@ -31,6 +38,12 @@ if TYPE_CHECKING:
 
 _I64 = np.int64
 _U64 = np.uint64
+#: Packets per leg the lane holds for the recorder between its flushes (one a second:
+#: 50 packets of 20 ms); a leg that fills up hands them over early (`_absorb_clock`).
+WAIT_ROWS = 56
+#: The longest payload the lane holds for the recorder: 30 ms of G.711. A longer one is
+#: placed by the recorder itself (add_g711), as everything outside the lane is.
+WAIT_WIDTH = 240
 
 
 class RouteMap(dict):
@@ -119,15 +132,17 @@ class FastTable:
         for name in ("a_pos", "a_ts", "n_ts", "n_seq", "base", "late"):
             grow(name, _I64)
         grow("t0", np.float64)
+        # Packets the lane placed and the recorder has not yet taken (see "Recording" above):
+        # per leg, `wcount` rows of position, payload length and payload bytes.
+        grow("wcount", _I64)
+        grow("wpos", _I64, (WAIT_ROWS,))
+        grow("wlen", _I64, (WAIT_ROWS,))
+        grow("wbuf", np.uint8, (WAIT_ROWS, WAIT_WIDTH))
         if old:
             self.keys += [None] * (legs - old)
-            self.wpos += [None] * (legs - old)
-            self.wdata += [None] * (legs - old)
             self.sources += [None] * (legs - old)
         else:
             self.keys: list[tuple[int, SharedPort] | None] = [None] * legs  # the lane's route, to undo it
-            self.wpos: list[list[int] | None] = [None] * legs  # the recorder's waiting lists, when lent
-            self.wdata: list[list[bytes] | None] = [None] * legs
             self.sources: list[tuple[str, int] | None] = [None] * legs  # the address keys[g] is for
 
     # -- sessions ---------------------------------------------------------------------------
@@ -154,7 +169,7 @@ class FastTable:
     def _deactivate(self, g: int) -> None:
         self.active[g] = False
         self.clock[g] = False
-        self.wpos[g] = self.wdata[g] = None
+        self.wcount[g] = 0
         route = self.keys[g]
         if route is not None:
             key, port = route
@@ -177,11 +192,15 @@ class FastTable:
                 self._absorb_clock(g, relay)
 
     def _absorb_clock(self, g: int, relay) -> None:  # noqa: ANN001 - a CallRelay
+        """The recorder takes back its clock's state and the packets the lane placed."""
         self.placed[g] = False
+        count = int(self.wcount[g])
+        self.wcount[g] = 0
         recorder = relay.recorder
         if recorder is not None:
             recorder.fast_clock_absorb(g & 1, int(self.src_ssrc[g]), int(self.n_seq[g]), int(self.n_ts[g]),
-                                       int(self.late[g]))
+                                       int(self.late[g]), self.wpos[g, :count], self.wlen[g, :count],
+                                       self.wbuf[g, :count])
 
     def store_clocks(self, session: SharedSession) -> None:
         """Hand back only the recorders' clocks: before a flush that touches nothing else."""
@@ -202,7 +221,6 @@ class FastTable:
         clock = lend(g & 1, src_ssrc, payload_type) if lend is not None else None
         if clock is None:
             self.clock[g] = False
-            self.wpos[g] = self.wdata[g] = None
             return
         self.clock[g] = True
         self.placed[g] = False
@@ -213,8 +231,6 @@ class FastTable:
         self.late[g] = clock.late_run
         self.base[g] = clock.base
         self.t0[g] = clock.t0
-        self.wpos[g] = clock.positions
-        self.wdata[g] = clock.payloads
 
     def load(self, session: SharedSession, now: float) -> None:
         """Lend the relay's state again (after `store` and whatever touched the call)."""
@@ -257,7 +273,6 @@ class FastTable:
                 self._lend_clock(g, relay, lane.src_ssrc, lane.payload_type)
             else:
                 self.clock[g] = False
-                self.wpos[g] = self.wdata[g] = None
 
     # -- the batch ----------------------------------------------------------------------------
 
@@ -387,24 +402,33 @@ class FastTable:
                 & (late_run < LATE_RUN_SAMPLES)
                 & (pos + n_r - self.base[gr] <= MAX_PENDING_FRAMES)
             )
+            placed &= n_r <= WAIT_WIDTH
+            full = self.wcount[gr] >= WAIT_ROWS
+            if full.any():  # a late flush: the recorder takes these legs' packets now
+                for leg in gr[full & placed].tolist():
+                    session = self.sessions[leg >> 1]
+                    if session is not None:
+                        self._absorb_clock(leg, session.relay)
             gp = gr[placed]
+            kp = kr[placed]
             self.n_seq[gp] = seq_r[placed]
             self.n_ts[gp] = ts_ext[placed]
             self.late[gp] = late_run[placed]
             self.placed[gp] = True
-            wpos, wdata = self.wpos, self.wdata
-            starts = (kr * slot_bytes + 12).tolist()
-            ends = (kr * slot_bytes + size[kr]).tolist()
-            legs_r = gr.tolist()
-            pos_l = pos.tolist()
-            for j, ok in enumerate(placed.tolist()):
-                leg = legs_r[j]
-                if ok:
-                    wpos[leg].append(pos_l[j])  # type: ignore[union-attr]
-                    wdata[leg].append(raw[starts[j] : ends[j]])  # type: ignore[union-attr]
-                else:  # the clock's own rules (a resync, a late packet, no clock lent)
-                    self._record_one(leg, int(kr[j]), raw[starts[j] : ends[j]], int(ssrc[kr[j]]),
-                                     int(seq[kr[j]]), int(ts[kr[j]]), int(pt[kr[j]]), now)
+            at = self.wcount[gp]
+            self.wpos[gp, at] = pos[placed]
+            n_p = n_r[placed]
+            self.wlen[gp, at] = n_p
+            if kp.size:
+                width = int(n_p.max())
+                self.wbuf[gp, at, :width] = rows[kp, 12 : 12 + width]
+            self.wcount[gp] = at + 1
+            if not placed.all():  # the clock's own rules (a resync, a late packet, no clock lent)
+                for j in np.flatnonzero(~placed).tolist():
+                    k = int(kr[j])
+                    start = k * slot_bytes
+                    self._record_one(int(gr[j]), k, raw[start + 12 : start + int(size[k])], int(ssrc[k]),
+                                     int(seq[k]), int(ts[k]), int(pt[k]), now)
 
     def _record_one(self, leg: int, k: int, payload: bytes, ssrc: int, seq: int, ts: int, pt: int, now: float) -> None:
         """A lane packet the recorder must place by its own rules: its clock handed back first."""

@@ -31,18 +31,23 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from b2bua.call import Call, MediaEndpoint
-from rtp.batch_io import BatchMux, key_address, source_key
+from rtp.batch_io import BatchMux, ReceiveArea, key_address, source_key
 from rtp.fastpath import FastTable, RouteMap
 from rtp.relay import CallRelay, Datagram
 
 if TYPE_CHECKING:
     from rtp.core import MediaCore
 
-LEGS_PER_SOCKET = 1024  # legs sharing one port: ~51,200 packets/s; fewer ports, fuller batches
-MUX_BATCH = 256  # datagrams per recvmmsg: numpy's per-call cost spread over more packets
+LEGS_PER_SOCKET = 1024  # legs sharing one port: ~51,200 packets/s, ~100 ms of them in its receive buffer
+MUX_BATCH = 256  # datagrams per sendmmsg
+#: Datagrams one read of every shared port gathers for one pass of the batch lane: numpy's
+#: per-call cost spread over every port's packets (2,000 calls: ~400 per 2 ms read).
+READ_BATCH = 1024
 SHARED_SOCKET_BUFFER = 8 << 20  # per shared socket (if rmem_max allows): ~100 ms of its packets at skb truesize
-MAX_BATCHES_PER_WAKEUP = 16  # recvmmsg calls per read of a port before yielding to other sockets
+MAX_BATCHES_PER_WAKEUP = 16  # full areas per read before yielding to other work
 # Shared ports are read on a clock, not on readiness: every POLL_INTERVAL all of them are
 # drained. Waking per datagram would hand the batch lane a handful of packets at a time and
 # pay numpy's per-call cost for each handful; 2 ms gathers ~400 packets at 2,000 calls,
@@ -58,7 +63,7 @@ class SharedPort:
         self.port = port
         self.rtp = rtp
         self.rtcp = rtcp
-        self.mux = BatchMux(rtp, MUX_BATCH)
+        self.mux = BatchMux(rtp, MUX_BATCH, pool.area)
         self.legs = 0
         self.routes: dict[int, tuple[SharedSession, int, tuple[str, int]]] = {}  # source key -> leg
         self.waiting: dict[str, list[tuple[SharedSession, int]]] = {}  # signalling IP -> legs that may latch
@@ -173,36 +178,8 @@ class SharedPort:
         return source_key(addr)
 
     def on_rtp(self) -> None:
-        mux = self.mux
-        pool = self.pool
-        table = pool.table
-        lookup = self.fast_routes.lookup
-        rows = mux.rows
-        now = time.monotonic()
-        for _ in range(MAX_BATCHES_PER_WAKEUP):
-            try:
-                n, raw, stride, lens, keys = mux.recv_batch()
-            except OSError:
-                break
-            if not n:
-                break
-            self.received += n
-            legs = lookup(keys)
-            if legs.max() >= 0:
-                try:
-                    slow = table.forward(rows[:n], raw, stride, lens, legs, now)
-                except Exception:  # a lane bug must cost a batch, not the reader
-                    pool.core.log.exception("media batch lane failed; the batch goes packet by packet")
-                    slow = range(n)
-            else:
-                slow = range(n)
-            if slow:
-                sizes = lens.tolist()
-                for i in slow:
-                    self._one(i * stride, raw, sizes[i], int(keys[i]), now)
-            if n < mux.batch:
-                break
-        pool.flush()
+        """This port's socket is readable (`POLL_INTERVAL` 0: on readiness)."""
+        self.pool.read([self])
 
     def _one(self, start: int, raw: bytes, size: int, key: int, now: float) -> None:
         """One datagram the batch lane did not take (raw[start:start + size]): the relay's
@@ -266,6 +243,8 @@ class SharedPorts:
         self.ports: list[SharedPort] = []
         self._dirty: set[SharedPort] = set()
         self.table = FastTable()
+        self.area = ReceiveArea(READ_BATCH)  # every port reads into it (see read)
+        self._rotor = 0
         self._idents = 0
         self._poller: asyncio.TimerHandle | None = None
         self._closed_counts = {"strangers": 0, "ambiguous": 0, "send_dropped": 0, "received": 0, "sent": 0}  # of ports already closed
@@ -273,13 +252,65 @@ class SharedPorts:
     def _poll(self) -> None:
         """Drain every shared RTP port (see POLL_INTERVAL), then come back."""
         self._poller = None
-        for port in list(self.ports):
-            try:
-                port.on_rtp()
-            except Exception:  # one port's failure must not stop the others' clock
-                self.core.log.exception("media poll failed on shared port %d", port.port)
+        try:
+            self.read(self.ports)
+        except Exception:  # a failure must not stop the ports' clock
+            self.core.log.exception("media poll failed on the shared ports")
         if self.ports:
             self._poller = self.core.loop.call_later(POLL_INTERVAL, self._poll)
+
+    def read(self, ports: list[SharedPort]) -> None:
+        """Read every port's waiting datagrams into the one receive area, one after another,
+        and hand them to the batch lane together; then send what that produced.
+
+        A read starts at a different port each round, so a port with more waiting than
+        the area holds cannot keep the others from being read."""
+        area = self.area
+        table = self.table
+        now = time.monotonic()
+        for _ in range(MAX_BATCHES_PER_WAKEUP):
+            total = 0
+            segments: list[tuple[SharedPort, int, int]] = []
+            count = len(ports)
+            first = self._rotor % count if count else 0
+            self._rotor += 1
+            for k in range(count):
+                port = ports[(first + k) % count]
+                n = area.recv(port.mux.fd, total)
+                if n:
+                    port.received += n
+                    segments.append((port, total, total + n))
+                    total += n
+                    if total >= area.batch:
+                        break
+            if not total:
+                break
+            raw, stride, lens, keys = area.batch_of(total)
+            if len(segments) == 1:
+                legs = segments[0][0].fast_routes.lookup(keys)
+            else:
+                legs = np.concatenate([port.fast_routes.lookup(keys[a:b]) for port, a, b in segments])
+            slow: range | list[int]
+            if legs.max() >= 0:
+                try:
+                    slow = table.forward(area.rows[:total], raw, stride, lens, legs, now)
+                except Exception:  # a lane bug must cost a batch, not the reader
+                    self.core.log.exception("media batch lane failed; the batch goes packet by packet")
+                    slow = range(total)
+            else:
+                slow = range(total)
+            if slow:
+                sizes = lens.tolist()
+                at = 0
+                for i in slow:  # ascending: walk the segments alongside
+                    while i >= segments[at][2]:
+                        at += 1
+                    segments[at][0]._one(i * stride, raw, sizes[i], int(keys[i]), now)
+            # What receive() queued goes now: the lane sends at once, so a leg's packets in
+            # the next area must not overtake these.
+            self.flush()
+            if total < area.batch:
+                break
 
     def next_ident(self) -> int:
         self._idents += 1

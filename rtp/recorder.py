@@ -67,7 +67,7 @@ _default_log = logging.getLogger(__name__)
 
 
 class FastClock(NamedTuple):
-    """A channel's clock and waiting lists, lent to the batch lane (`Recorder.fast_clock`)."""
+    """A channel's clock, lent to the batch lane (`Recorder.fast_clock`)."""
 
     anchor_pos: int
     anchor_ts: int
@@ -76,8 +76,6 @@ class FastClock(NamedTuple):
     late_run: int  # samples of newer packets in a row too late to place
     base: int  # the timeline's first position not yet final: older is late
     t0: float
-    positions: list[int]  # the waiting lists add_g711 appends to
-    payloads: list[bytes]
 
 
 class Recorder:
@@ -210,16 +208,37 @@ class Recorder:
         if anchor is None or self._waiting_pt[channel] != payload_type or len(positions) >= MAX_WAITING_PACKETS // 2:
             return None
         return FastClock(anchor.anchor_pos, anchor.anchor_ts, anchor.newest_ts, anchor.newest_seq, anchor.late_run,
-                         self._timeline.base, self._t0, positions, self._waiting_data[channel])
+                         self._timeline.base, self._t0)
 
-    def fast_clock_absorb(self, channel: int, ssrc: int, newest_seq: int, newest_ts: int, late_run: int) -> None:
+    def fast_clock_absorb(self, channel: int, ssrc: int, newest_seq: int, newest_ts: int, late_run: int,
+                          positions: np.ndarray | None = None, lengths: np.ndarray | None = None,
+                          payloads: np.ndarray | None = None) -> None:
         """The lane placed packets up to (`newest_seq`, `newest_ts`), the last `late_run`
-        samples of them too late (StreamClock's count of late newer packets)."""
+        samples of them too late (StreamClock's count of late newer packets).
+
+        `positions`, `lengths` and `payloads` (one row each, the payload in the first
+        `lengths[i]` bytes of row i) are those packets, in arrival order, all of them
+        after anything waiting here: they are decoded and placed now, in one lookup and
+        one scatter. The timeline's base has not moved since the lane computed their
+        positions (it moves only in flush and close, and those take the clock back first)."""
         anchor = self._clocks[channel].anchor(ssrc)
         if anchor is not None:
             anchor.newest_seq = newest_seq
             anchor.newest_ts = newest_ts
             anchor.late_run = late_run
+        if positions is None or not len(positions) or self._closed or not self._enabled:
+            return
+        if self._waiting_pos[channel]:
+            self._place_waiting(channel)  # earlier packets first: a later one must win an overlap
+        table = _DECODE[self._waiting_pt[channel]]
+        first = int(lengths[0])
+        if (lengths == first).all():
+            samples = table.take(payloads[:, :first]).reshape(-1)
+            sizes = [first] * len(positions)
+        else:
+            samples = table.take(payloads[np.arange(payloads.shape[1]) < lengths[:, None]])
+            sizes = lengths.tolist()
+        self._timeline.place_many(channel, positions.tolist(), sizes, samples)
 
     def _switch_payload_type(self, channel: int, payload_type: int) -> None:
         if payload_type not in _DECODE:

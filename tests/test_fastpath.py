@@ -169,6 +169,14 @@ class Party:
         self.ts = (self.ts + 160 * step) & 0xFFFFFFFF
         return build(0, self.seq, self.ts, self.ssrc, AUDIO[n % len(AUDIO)])
 
+    def sized(self, samples: int) -> bytes:
+        """Audio of another packet time: 10 ms (80 bytes) or 40 ms (320, longer than the lane holds)."""
+        self.seq = (self.seq + 1) & 0xFFFF
+        payload = g711.encode(np.full(samples, 700, dtype=np.int16), 0)
+        packet = build(0, self.seq, self.ts, self.ssrc, payload)
+        self.ts = (self.ts + samples) & 0xFFFFFFFF
+        return packet
+
     def event(self, code: int, end: bool) -> bytes:
         self.seq = (self.seq + 1) & 0xFFFF
         if self.event_n == 0:
@@ -181,7 +189,8 @@ class Party:
 ADDR = {EXT: EXT_ADDR, USER: USER_SDP}
 
 step_kinds = st.sampled_from(["audio", "audio", "audio", "audio", "gap", "back", "dup", "twice", "ssrc", "star",
-                              "one", "digit", "cn", "csrc", "stranger", "garbage", "none", "none", "burst", "held", "held", "release"])
+                              "one", "digit", "cn", "csrc", "stranger", "garbage", "none", "none", "burst", "held", "held", "release",
+                              "short", "long"])
 
 
 def script_to_batches(script: list[tuple[str, str]]) -> list[list[tuple[int, bytes, tuple[str, int]]]]:
@@ -210,6 +219,10 @@ def script_to_batches(script: list[tuple[str, str]]) -> list[list[tuple[int, byt
                 pkts = []
             elif kind == "release":  # ...and delivered all at once, late
                 pkts, p.held = p.held, []
+            elif kind == "short":
+                pkts = [p.sized(80), p.sized(80)]
+            elif kind == "long":
+                pkts = [p.sized(320)]
             elif kind == "ssrc":
                 p.ssrc = (p.ssrc * 7 + 1) & 0xFFFFFFFF
                 p.seq = (p.seq * 13) & 0xFFFF
@@ -319,6 +332,23 @@ def test_recording_through_the_lane_writes_the_same_wav(tmp_path: Path, monkeypa
     by_reference = sum("/ref/" in c for c in calls)
     by_lane_slow = sum("/lane/" in c for c in calls)
     assert by_reference > 240 and by_lane_slow < 10  # the lane placed nearly every packet itself
+
+
+def test_packet_times_other_than_20_ms_record_the_same_wav(tmp_path: Path) -> None:
+    """10 ms packets (held by the lane, rows of another length) and 40 ms ones (longer
+    than its rows: the recorder's own add_g711), mixed with 20 ms ones in one stream."""
+    script = ([("audio", "audio")] * 10 + [("short", "long")] * 10 + [("long", "short"), ("audio", "short")] * 10) * 2
+    assert compare_wavs(script, tmp_path) > 150
+
+
+def test_a_leg_whose_rows_fill_before_the_flush_hands_them_over_early(tmp_path: Path, monkeypatch) -> None:
+    """Rows for 3 packets, a flush a second: the lane hands each leg's packets to the
+    recorder as its rows fill (`_absorb_clock`), and the WAV is still the reference's."""
+    import rtp.fastpath
+
+    monkeypatch.setattr(rtp.fastpath, "WAIT_ROWS", 3)
+    script = [("audio", "audio")] * 70 + [("twice", "gap"), ("short", "audio"), ("back", "dup")] * 10
+    assert compare_wavs(script, tmp_path) > 150
 
 
 @settings(max_examples=40, deadline=None)
