@@ -15,7 +15,7 @@ bench/load.py) and the sink's reads are outside the timing; the relay's process 
 (user + system) per relayed datagram is the figure, and from it the packets/s and the
 G.711 calls (100 packets/s relayed each) one core could carry if nothing else ran.
 
-    python bench/kernel_floor.py --calls 1000 --seconds 5 [--batch 256 64 16 1]
+    python bench/kernel_floor.py --calls 1000 --seconds 5 [--batch 256 64 16 1] [--ip-id]
 
 Several --batch sizes are run one after the other; `--batch 1` is a system call per
 datagram each way, which is what a socket per leg costs at best. The last line is one JSON
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import sys
 import time
@@ -47,15 +46,15 @@ def leg_ip(i: int) -> str:
     return f"127.3.{i >> 8}.{i & 255}"
 
 
-def shared(calls: int, seconds: float, batch: int, spread: bool) -> dict:
+def shared(calls: int, seconds: float, batch: int, spread: bool, df: bool = True) -> dict:
     """One relay socket for every leg: recvmmsg, rewrite addresses, sendmmsg."""
     legs = 2 * calls
     relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     relay.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
     relay.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 << 20)
     relay.bind(("127.0.0.1", 0))
-    if os.environ.get("FLOOR_DF"):
-        relay.setsockopt(socket.IPPROTO_IP, 10, int(os.environ["FLOOR_DF"]))
+    if df:  # as the B2BUA's media sockets (rtp.core._bind): DF set, no IP ID drawn per datagram
+        relay.setsockopt(socket.IPPROTO_IP, 10, 3)  # IP_MTU_DISCOVER, IP_PMTUDISC_PROBE
     gen = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     gen.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 << 20)
     gen.bind(("0.0.0.0", 0))
@@ -114,8 +113,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--batch", type=int, nargs="+", default=[256])
     ap.add_argument("--one-sink", action="store_true", help="every datagram to one address (else one per leg)")
+    ap.add_argument("--ip-id", action="store_true",
+                    help="the kernel's default path-MTU discovery (a fresh IP ID per datagram), not the B2BUA's DF setting")
     args = ap.parse_args()
-    results = [shared(args.calls, args.seconds, batch, not args.one_sink) for batch in args.batch]
+    results = [shared(args.calls, args.seconds, batch, not args.one_sink, not args.ip_id) for batch in args.batch]
     for r in results:
         print(f"{r['mode']:9} calls={r['calls']} batch={r['batch']} relayed={r['relayed']}/{r['offered']} "
               f"{r['us_per_packet']} us/packet -> {r['packets_per_core_s']} packets/s per core "

@@ -200,6 +200,8 @@ class SharedPort:
             return
         finally:
             table.load(session, now)
+        if session.relay.busy:
+            self.pool.core.wake(session)
         if learn and session.relay.legs[channel].latched == addr:
             self.route(key, session, channel, addr)  # latched: from now on an exact route
         if out:
@@ -458,6 +460,7 @@ class SharedSession:
         table.store(self)
         self.relay.answered(now)
         table.load(self, now)
+        self.core.wake(self)
 
     def dtmf(self, channel: int, digit: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -465,6 +468,7 @@ class SharedSession:
         table.store(self)
         out = self.relay.dtmf(channel, digit, now)
         table.load(self, now)
+        self.core.wake(self)
         self.queue(out)
         self.pool.flush()
 

@@ -158,7 +158,11 @@ async def test_strangers_are_not_relayed(core: MediaCore) -> None:
     user.close()
 
 
-async def test_star_one_prompt_from_the_tick(core: MediaCore) -> None:
+@pytest.mark.parametrize("shared", [False, True])
+async def test_star_one_prompt_from_the_tick(tmp_path: Path, shared: bool) -> None:
+    """The digits make the relay busy; the tick's schedule (MediaCore.wake) must then drive
+    it every 20 ms, on per-call and on shared sockets alike."""
+    core = MediaCore(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=shared)
     ext, user = phone(), phone()
     session = core.open_session(make_call("core4"))
     session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
@@ -179,6 +183,57 @@ async def test_star_one_prompt_from_the_tick(core: MediaCore) -> None:
     session.close()
     ext.close()
     user.close()
+    await core.close()
+
+
+async def test_the_tick_drives_only_sessions_with_something_due(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session is ticked when its recorder's flush comes (a second after answer, then
+    every second) or while its relay is busy; an unanswered, idle or closed one is not."""
+    media = MediaCore(HOST, free_range(8), tmp_path, prompts=PROMPTS)
+    ticked: list[str] = []
+    sessions = [media.open_session(make_call(f"tick{i}")) for i in range(3)]
+    for session in sessions:
+        original = session._tick
+        monkeypatch.setattr(session, "_tick", lambda now, s=session, f=original: (ticked.append(s.call.call_id), f(now)))
+    sessions[0].answered(100.0)
+    sessions[1].answered(100.5)  # sessions[2] is never answered: nothing to flush
+    media._tick_sessions(100.9)
+    assert ticked == []
+    media._tick_sessions(101.0)
+    assert ticked == ["tick0"]
+    media._tick_sessions(101.6)
+    assert ticked == ["tick0", "tick1"]
+    ticked.clear()
+    sessions[1].relay.busy = True  # as a digit leaves it: a *1 pending
+    media.wake(sessions[1])
+    media._tick_sessions(101.62)
+    media._tick_sessions(101.64)  # the relay's tick found nothing running: no longer busy
+    assert ticked == ["tick1"]
+    sessions[0].close()
+    media._tick_sessions(102.0)  # its flush was due, but it is closed
+    assert ticked == ["tick1"]
+    media._tick_sessions(102.5)
+    assert ticked == ["tick1", "tick1"]
+    for session in sessions[1:]:
+        session.close()
+    await media.close()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+async def test_media_sockets_send_with_df_set_and_no_per_datagram_ip_id(tmp_path: Path, shared: bool) -> None:
+    """IP_PMTUDISC_PROBE on every IPv4 media socket (rtp.core._bind): DF set, so Linux sends
+    IP ID 0 (RFC 6864) instead of drawing one per datagram from its shared generator."""
+    media = MediaCore(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=shared)
+    session = media.open_session(make_call("df"))
+    if shared:
+        socks = [s for port in media._shared.ports for s in (port.rtp, port.rtcp)]
+    else:
+        socks = session._sockets
+    assert socks
+    for sock in socks:
+        assert sock.getsockopt(socket.IPPROTO_IP, 10) == 3  # IP_MTU_DISCOVER: IP_PMTUDISC_PROBE
+    session.close()
+    await media.close()
 
 
 async def test_port_exhaustion_is_a_clear_error(tmp_path: Path) -> None:
