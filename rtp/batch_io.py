@@ -356,18 +356,19 @@ class BatchMux:
         self.sent += sent
         return sent
 
-    def send_rows(self, rows, sizes, sockaddrs) -> int:
-        """Send row i of `rows` (a C-contiguous uint8 array, one datagram per row, the first
-        sizes[i] bytes) to sockaddrs[i] (16-byte sockaddr_in rows): the batch lane's output,
-        with no Python work per datagram. Returns how many the kernel took."""
+    def send_rows(self, rows, picked, sizes, sockaddrs) -> int:
+        """Send row picked[j] of `rows` (a C-contiguous 2-D uint8 array, one datagram per row,
+        its first sizes[j] bytes) to sockaddrs[j] (16-byte sockaddr_in rows): the batch lane
+        sends straight from the receive buffer it re-stamped, with no copy and no Python work
+        per datagram. Returns how many the kernel took."""
         np = self._np
-        m = rows.shape[0]
-        width = rows.shape[1]
+        m = len(picked)
         base = rows.ctypes.data
+        stride = rows.strides[0]
         sent = 0
         for start in range(0, m, self.batch):
             k = min(self.batch, m - start)
-            self._siov_words[:k, 0] = np.arange(start, start + k, dtype=np.uint64) * width + base
+            self._siov_words[:k, 0] = picked[start : start + k].astype(np.uint64) * stride + base
             self._siov_words[:k, 1] = sizes[start : start + k]
             self._sa_out[:k] = sockaddrs[start : start + k]
             n = max(_LIBC.sendmmsg(self.fd, self._smsgs, k, MSG_DONTWAIT), 0)

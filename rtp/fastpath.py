@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 _I64 = np.int64
 _U64 = np.uint64
+_STAMP = np.dtype([("seq", ">u2"), ("ts", ">u4"), ("ssrc", ">u4")])  # RTP header bytes 2-11 (RFC 3550 §5.1)
 #: Packets per leg the lane holds for the recorder between its flushes (one a second:
 #: 50 packets of 20 ms); a leg that fills up hands them over early (`_absorb_clock`).
 WAIT_ROWS = 56
@@ -353,23 +354,25 @@ class FastTable:
         self.sent_at[gn] = now
         self.source_at[gf] = now
         self.fwd[gf] += 1
-        # Re-stamp: the sender's header with our sequence number, timestamp and SSRC.
+        # Re-stamp in the receive buffer itself (header bytes 2-11: our sequence number,
+        # timestamp and SSRC, big-endian) and send from there: no copy of the packets.
+        stamp = np.empty(fast.size, dtype=_STAMP)
+        stamp["seq"] = seq_f
+        stamp["ts"] = ts_f
+        stamp["ssrc"] = self.out_ssrc[gf]
+        rows[fast, 2:12] = stamp.view(np.uint8).reshape(-1, 10)
         size_f = size[fast]
-        width = int(size_f.max())
-        out = np.empty((fast.size, width), dtype=np.uint8)
-        out[:] = rows[fast, :width]
-        out[:, 2] = seq_f >> 8
-        out[:, 3] = seq_f & 0xFF
-        out[:, 4:8] = ts_f.astype(">u4").view(np.uint8).reshape(-1, 4)
-        out[:, 8:12] = self.out_ssrc[gf].astype(">u4").view(np.uint8).reshape(-1, 4)
         ports = self.out_port[gf]
         first = int(ports[0])
         if (ports == first).all():
-            self.ports[first].mux.send_rows(out, size_f, self.dst[gf])
-        else:
-            for ident in np.unique(ports).tolist():
-                sel = ports == ident
-                self.ports[ident].mux.send_rows(out[sel], size_f[sel], self.dst[gf[sel]])
+            self.ports[first].mux.send_rows(rows, fast, size_f, self.dst[gf])
+        else:  # legs of several ports: each port's packets leave from it, in arrival order
+            order = np.argsort(ports, kind="stable")
+            by_port = ports[order]
+            cuts = [0, *(np.flatnonzero(by_port[1:] != by_port[:-1]) + 1).tolist(), order.size]
+            picked, sizes, dst = fast[order], size_f[order], self.dst[gf[order]]
+            for a, b in zip(cuts, cuts[1:]):
+                self.ports[int(by_port[a])].mux.send_rows(rows, picked[a:b], sizes[a:b], dst[a:b])
         # The recorder takes lane packets as receive() gives them: position now, decode at
         # flush. Where its clock is lent and the packet is the plain case (newer, in place,
         # not late: StreamClock.position's arithmetic), the position is computed here for

@@ -46,9 +46,10 @@ class FakeMux:
     def sockaddr(self, addr: tuple[str, int]) -> bytes:
         return struct.pack("<H", socket.AF_INET) + struct.pack("!H", addr[1]) + socket.inet_aton(addr[0]) + bytes(8)
 
-    def send_rows(self, rows: np.ndarray, sizes: np.ndarray, sockaddrs: np.ndarray) -> int:
-        for row, size, sa in zip(rows, sizes.tolist(), sockaddrs):
-            self.sent.append((bytes(row[:size]), sockaddr_to_addr(bytes(sa))))
+    def send_rows(self, rows: np.ndarray, picked: np.ndarray, sizes: np.ndarray, sockaddrs: np.ndarray) -> int:
+        assert rows.flags.c_contiguous  # BatchMux.send_rows points the kernel into it
+        for k, size, sa in zip(picked.tolist(), sizes.tolist(), sockaddrs):
+            self.sent.append((bytes(rows[k, :size]), sockaddr_to_addr(bytes(sa))))
         return len(sizes)
 
 
