@@ -245,16 +245,13 @@ class ReceiveArea:
         n = _LIBC.recvmmsg(fd, ctypes.byref(self._rmsgs, start * self._msg_size), count, MSG_DONTWAIT, None)
         return max(n, 0)
 
-    def batch_of(self, n: int):  # -> tuple[bytes, int, np.ndarray, np.ndarray]
-        """Rows 0..n as (the datagrams as bytes `stride` apart, stride, lengths, source keys).
-
-        Only the first `stride` bytes of each slot (the longest datagram's length) are
-        copied out: a batch of RTP is ~170 bytes a datagram, not SLOT."""
+    def batch_of(self, n: int):  # -> tuple[np.ndarray, np.ndarray]
+        """Rows 0..n's lengths and source keys (`source_key`), as numpy arrays; the
+        datagrams themselves stay in `rows`."""
         np = self._np
         lens = self._lens[:n].astype(np.int64)
-        stride = max(int(lens.max()), 1)
         keys = (self._sa_addr[:n].astype(np.uint64) << 16) | self._sa_port[:n]
-        return self.rows[:n, :stride].tobytes(), stride, lens, keys
+        return lens, keys
 
 
 class BatchMux:
@@ -304,11 +301,14 @@ class BatchMux:
 
     def recv_batch(self):  # -> tuple[int, bytes, int, np.ndarray, np.ndarray]
         """(count, the datagrams as bytes `stride` apart, stride, lengths, source keys), the
-        last two as numpy arrays; count 0 when none (see ReceiveArea.batch_of)."""
+        last two as numpy arrays; count 0 when none. Only the first `stride` bytes of each
+        slot (the longest datagram's length) are copied out."""
         n = self.area.recv(self.fd)
         if n <= 0:
             return 0, b"", 0, None, None
-        return (n, *self.area.batch_of(n))
+        lens, keys = self.area.batch_of(n)
+        stride = max(int(lens.max()), 1)
+        return n, self.area.rows[:n, :stride].tobytes(), stride, lens, keys
 
     def sockaddr(self, addr: tuple[str, int]) -> bytes:
         """The 16-byte sockaddr_in for an (ip, port) pair, cached."""

@@ -277,13 +277,13 @@ class FastTable:
 
     # -- the batch ----------------------------------------------------------------------------
 
-    def forward(self, rows: np.ndarray, raw: bytes, slot_bytes: int, lens: list[int] | np.ndarray,
+    def forward(self, rows: np.ndarray, lens: list[int] | np.ndarray,
                 legs: list[int] | np.ndarray, now: float) -> list[int]:
         """Forward (and hand to recorders) every packet of the batch the lane can take;
         returns the indices of the others, in arrival order, for `CallRelay.receive`.
 
-        `rows` is the receive buffer as (n, slot) bytes, `raw` the same datagrams as one
-        object, `slot_bytes` apart (payloads for the recorders are cut from it), `legs` the lane's leg for
+        `rows` is the receive buffer as (n, slot) bytes (C-contiguous: packets are re-stamped
+        and sent from it), `lens` the datagrams' lengths, `legs` the lane's leg for
         each packet's source (-1: none). A leg with several packets in the batch (we fell
         behind, or the network bunched them) is taken in rounds, its k-th packet in round
         k, so each round sees the state the previous one left; once one of a leg's packets
@@ -337,12 +337,11 @@ class FastTable:
                 if not ok.any():
                     continue
             fast = idx[ok]
-            self._take(fast, out_seq[ok], rows, raw, slot_bytes, lens, g, size, pt, seq, ts, ssrc, now)
+            self._take(fast, out_seq[ok], rows, g, size, pt, seq, ts, ssrc, now)
             taken[fast] = True
         return np.flatnonzero(~taken).tolist()
 
-    def _take(self, fast: np.ndarray, seq_f: np.ndarray, rows: np.ndarray, raw: bytes, slot_bytes: int,
-              lens: list[int], g: np.ndarray, size: np.ndarray, pt: np.ndarray, seq: np.ndarray, ts: np.ndarray,
+    def _take(self, fast: np.ndarray, seq_f: np.ndarray, rows: np.ndarray, g: np.ndarray, size: np.ndarray, pt: np.ndarray, seq: np.ndarray, ts: np.ndarray,
               ssrc: np.ndarray, now: float) -> None:
         """Forward and record packets `fast` (distinct legs, each the lane's to take)."""
         gf = g[fast]
@@ -429,8 +428,7 @@ class FastTable:
             if not placed.all():  # the clock's own rules (a resync, a late packet, no clock lent)
                 for j in np.flatnonzero(~placed).tolist():
                     k = int(kr[j])
-                    start = k * slot_bytes
-                    self._record_one(int(gr[j]), k, raw[start + 12 : start + int(size[k])], int(ssrc[k]),
+                    self._record_one(int(gr[j]), k, rows[k, 12 : int(size[k])].tobytes(), int(ssrc[k]),
                                      int(seq[k]), int(ts[k]), int(pt[k]), now)
 
     def _record_one(self, leg: int, k: int, payload: bytes, ssrc: int, seq: int, ts: int, pt: int, now: float) -> None:

@@ -181,9 +181,8 @@ class SharedPort:
         """This port's socket is readable (`POLL_INTERVAL` 0: on readiness)."""
         self.pool.read([self])
 
-    def _one(self, start: int, raw: bytes, size: int, key: int, now: float) -> None:
-        """One datagram the batch lane did not take (raw[start:start + size]): the relay's
-        full rules (receive)."""
+    def _one(self, data: bytes, key: int, now: float) -> None:
+        """One datagram the batch lane did not take: the relay's full rules (receive)."""
         route = self.routes.get(key)
         learn = route is None
         if route is None:
@@ -194,7 +193,7 @@ class SharedPort:
         table = self.pool.table
         table.store(session)
         try:
-            out = session.relay.receive(channel, raw[start : start + size], addr, now)
+            out = session.relay.receive(channel, data, addr, now)
         except Exception:  # a relay bug must cost one packet, not every call's reader
             self.pool.core.log.exception("media relay failed on a packet for call %s", session.call.call_id)
             return
@@ -268,6 +267,7 @@ class SharedPorts:
         A read starts at a different port each round, so a port with more waiting than
         the area holds cannot keep the others from being read."""
         area = self.area
+        rows = area.rows
         table = self.table
         now = time.monotonic()
         for _ in range(MAX_BATCHES_PER_WAKEUP):
@@ -287,7 +287,7 @@ class SharedPorts:
                         break
             if not total:
                 break
-            raw, stride, lens, keys = area.batch_of(total)
+            lens, keys = area.batch_of(total)
             if len(segments) == 1:
                 legs = segments[0][0].fast_routes.lookup(keys)
             else:
@@ -295,7 +295,7 @@ class SharedPorts:
             slow: range | list[int]
             if legs.max() >= 0:
                 try:
-                    slow = table.forward(area.rows[:total], raw, stride, lens, legs, now)
+                    slow = table.forward(rows[:total], lens, legs, now)
                 except Exception:  # a lane bug must cost a batch, not the reader
                     self.core.log.exception("media batch lane failed; the batch goes packet by packet")
                     slow = range(total)
@@ -307,7 +307,7 @@ class SharedPorts:
                 for i in slow:  # ascending: walk the segments alongside
                     while i >= segments[at][2]:
                         at += 1
-                    segments[at][0]._one(i * stride, raw, sizes[i], int(keys[i]), now)
+                    segments[at][0]._one(rows[i, : sizes[i]].tobytes(), int(keys[i]), now)
             # What receive() queued goes now: the lane sends at once, so a leg's packets in
             # the next area must not overtake these.
             self.flush()

@@ -118,16 +118,15 @@ def run_lane(batches, now0: float, recordings: Path | None = None) -> tuple[Harn
     taken = 0
     for k, batch in enumerate(batches):
         now = now0 + 0.02 * (k + 1)
-        # The batch as rtp.mux sees it: the receive buffer's rows, one bytes object, and each
+        # The batch as rtp.mux sees it: the receive buffer's rows, their lengths, and each
         # packet's lane leg found from its source on the port it arrived at.
         rows = np.zeros((len(batch), SLOT), dtype=np.uint8)
         for i, (_, data, _) in enumerate(batch):
             rows[i, : len(data)] = np.frombuffer(data, np.uint8)
-        raw = rows.tobytes()
         lens = [len(d) for _, d, _ in batch]
         legs = [session.ports[c].fast_routes.get(source_key(a), -1) for c, _, a in batch]
         sent_before = [len(p.mux.sent) for p in session.ports]
-        slow = table.forward(rows, raw, SLOT, lens, legs, now) if batch else []
+        slow = table.forward(rows, lens, legs, now) if batch else []
         taken += len(batch) - len(slow)
         for leg, port in enumerate(session.ports):  # port `leg` sends to the party on channel `leg`
             out[leg] += port.mux.sent[sent_before[leg]:]
