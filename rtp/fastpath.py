@@ -211,11 +211,20 @@ class FastTable:
                 self._absorb_clock(g, relay)
 
     def load_clocks(self, session: SharedSession) -> None:
-        """Lend the recorders' clocks again after a flush (their timeline moved on)."""
+        """Lend the recorders' clocks again after a flush (their timeline moved on).
+
+        A flush moves only the timeline's base: the anchors, the payload type and the
+        newest packet (handed back just before) stay as lent, so a clock still lent needs
+        only its base; one not lent is asked for again (the flush emptied the recorder's
+        waiting list, which may have been what kept it)."""
         relay = session.relay
+        recorder = relay.recorder
         for g in (2 * session.slot, 2 * session.slot + 1):
             if self.active[g] and self.record[g]:
-                self._lend_clock(g, relay, int(self.src_ssrc[g]), int(self.pt[g]))
+                if self.clock[g] and recorder is not None and recorder.lends_clock(g & 1):
+                    self.base[g] = recorder.timeline_base
+                else:
+                    self._lend_clock(g, relay, int(self.src_ssrc[g]), int(self.pt[g]))
 
     def _lend_clock(self, g: int, relay, src_ssrc: int, payload_type: int) -> None:  # noqa: ANN001
         lend = getattr(relay.recorder, "fast_clock", None)

@@ -210,6 +210,16 @@ class Recorder:
         return FastClock(anchor.anchor_pos, anchor.anchor_ts, anchor.newest_ts, anchor.newest_seq, anchor.late_run,
                          self._timeline.base, self._t0)
 
+    @property
+    def timeline_base(self) -> int:
+        """The timeline's first position not yet final (what `FastClock.base` was lent as)."""
+        return self._timeline.base
+
+    def lends_clock(self, channel: int) -> bool:
+        """Whether a clock lent for `channel` stays valid after a flush: only `close` (and
+        a disabled recorder) withdraw it; a flush moves only the base."""
+        return not self._closed and self._enabled
+
     def fast_clock_absorb(self, channel: int, ssrc: int, newest_seq: int, newest_ts: int, late_run: int,
                           positions: np.ndarray | None = None, lengths: np.ndarray | None = None,
                           payloads: np.ndarray | None = None) -> None:
