@@ -174,15 +174,28 @@ def test_shared_mode_needs_ipv4(tmp_path: Path) -> None:
         MediaCore("::1", (30000, 30099), tmp_path, prompts=PROMPTS, shared=True)
 
 
-async def test_calls_spread_over_several_ports_all_flow(core: MediaCore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mux, "LEGS_PER_SOCKET", 3)  # legs of one call land on different ports too
+def open_calls(media: MediaCore, count: int, prefix: str) -> list:
+    """`count` calls, each with its two phones: (session, external phone, user phone)."""
     calls = []
-    for i in range(6):
+    for i in range(count):
         ext, user = phone(), phone()
-        session = core.open_session(make_call(f"s{i}"))
+        session = media.open_session(make_call(f"{prefix}{i}"))
         session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
         session.set_media(1, MediaEndpoint(user.getsockname(), HOST))
         calls.append((session, ext, user))
+    return calls
+
+
+def close_calls(calls: list) -> None:
+    for session, ext, user in calls:
+        session.close()
+        ext.close()
+        user.close()
+
+
+async def test_calls_spread_over_several_ports_all_flow(core: MediaCore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mux, "LEGS_PER_SOCKET", 3)  # legs of one call land on different ports too
+    calls = open_calls(core, 6, "s")
     assert len(core._shared.ports) == 4
     for k in range(3):
         for session, ext, user in calls:
@@ -191,10 +204,7 @@ async def test_calls_spread_over_several_ports_all_flow(core: MediaCore, monkeyp
         await asyncio.sleep(0.02)
     for i, (session, ext, user) in enumerate(calls):
         assert len(await drain(user, 0.05)) == 3 and len(await drain(ext, 0.01)) == 3, i
-    for session, ext, user in calls:
-        session.close()
-        ext.close()
-        user.close()
+    close_calls(calls)
 
 
 async def test_a_read_bigger_than_the_receive_area_takes_every_port_in_turn(
@@ -205,13 +215,7 @@ async def test_a_read_bigger_than_the_receive_area_takes_every_port_in_turn(
     monkeypatch.setattr(mux, "READ_BATCH", 5)
     monkeypatch.setattr(mux, "LEGS_PER_SOCKET", 3)
     media = MediaCore(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=True)
-    calls = []
-    for i in range(6):
-        ext, user = phone(), phone()
-        session = media.open_session(make_call(f"a{i}"))
-        session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
-        session.set_media(1, MediaEndpoint(user.getsockname(), HOST))
-        calls.append((session, ext, user))
+    calls = open_calls(media, 6, "a")
     assert len(media._shared.ports) == 4
     for k in range(3):  # 4 packets per leg per step: 48 waiting for an area of 5
         for session, ext, user in calls:
@@ -225,10 +229,7 @@ async def test_a_read_bigger_than_the_receive_area_takes_every_port_in_turn(
             seqs = [p.sequence for p in got]
             assert len(seqs) == 12, i
             assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:])), (i, seqs)  # in order, none lost
-    for session, ext, user in calls:
-        session.close()
-        ext.close()
-        user.close()
+    close_calls(calls)
     await media.close()
 
 
