@@ -81,7 +81,7 @@ def shared(calls: int, seconds: float, batch: int, spread: bool, df: bool = True
             n = _LIBC.recvmmsg(mux.fd, mux.area._rmsgs, mux.batch, MSG_DONTWAIT, None)
             if n <= 0:
                 break
-            mux._siov_words[:n, 0] = np.arange(n, dtype=np.uint64) * mux.SLOT + mux.area._rbuf.ctypes.data
+            mux._siov_words[:n, 0] = np.arange(n, dtype=np.uint64) * mux.area.SLOT + mux.area._rbuf.ctypes.data
             mux._siov_words[:n, 1] = mux.area._lens[:n]
             if spread:  # the destination by the datagram's source, as a relay routes
                 src = mux.area._sa_addr[:n]

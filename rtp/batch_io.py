@@ -18,6 +18,10 @@ BATCH = 64
 #: Largest datagram we receive: RTP with G.711 at 20 ms is 172 bytes; leave room for
 #: larger ptime and header extensions (RFC 3550 has no hard limit; 1500 is the MTU).
 MAX_DATAGRAM = 1500
+#: A receive slot: more than the largest RTP packet we take (rtp.packet.MAX_PACKET_SIZE,
+#: 1500), so a datagram longer than the slot, which the kernel cuts to fit, still arrives
+#: too long and is dropped as oversize instead of passing as a 1,500-byte packet.
+RECEIVE_SLOT = 2048
 MSG_DONTWAIT = 0x40
 _IP_PKTINFO = 8  # <linux/in.h>
 _CMSG_LEN = struct.calcsize("@NiiI4s4s")  # CMSG_LEN(sizeof(struct in_pktinfo)) on LP64
@@ -205,7 +209,7 @@ class ReceiveArea:
     socket's datagrams at once and pays numpy's per-call cost once per read clock, not once
     per socket."""
 
-    SLOT = MAX_DATAGRAM
+    SLOT = RECEIVE_SLOT
 
     def __init__(self, batch: int) -> None:
         import numpy as np

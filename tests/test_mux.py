@@ -20,7 +20,7 @@ from b2bua.call import MediaEndpoint
 from rtp import g711, mux
 from rtp.batch_io import BatchMux, available, key_address, source_key
 from rtp.core import MediaCore
-from rtp.packet import build
+from rtp.packet import MAX_PACKET_SIZE, build
 from tests.test_media_core import HOST, PROMPTS, drain, free_range, make_call, phone
 
 pytestmark = pytest.mark.skipif(not available(), reason="recvmmsg/sendmmsg are Linux-only")
@@ -231,6 +231,25 @@ async def test_a_read_bigger_than_the_receive_area_takes_every_port_in_turn(
             assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:])), (i, seqs)  # in order, none lost
     close_calls(calls)
     await media.close()
+
+
+async def test_oversize_datagrams_on_a_shared_port_are_dropped_not_cut_to_fit(core: MediaCore) -> None:
+    """The kernel cuts a datagram to the receive slot; one longer than MAX_PACKET_SIZE must
+    still be the counted oversize drop it is on a per-call port (tests/test_rtp_hostile.py),
+    not forwarded as a 1,500-byte packet, whether the lane or receive() sees it."""
+    calls = open_calls(core, 1, "big")
+    session, ext, user = calls[0]
+    session.answered()
+    ext.sendto(build(0, 1, 160, 0x1111, AUDIO), (HOST, session.ports[0]))  # latches, then the lane has it
+    assert len(await drain(user, 0.1)) == 1
+    for seq, size in ((2, MAX_PACKET_SIZE + 1), (3, 3000), (4, 9000)):
+        ext.sendto(build(0, seq, seq * 160, 0x1111, b"\xff" * (size - 12)), (HOST, session.ports[0]))
+    ext.sendto(build(0, 5, 5 * 160, 0x1111, b"\xff" * (MAX_PACKET_SIZE - 12)), (HOST, session.ports[0]))  # at the limit
+    got = await drain(user, 0.1)
+    assert [p.sequence - got[0].sequence for p in got] == [0] and len(got[0].payload) == MAX_PACKET_SIZE - 12
+    session.settle()
+    assert session.relay.stats.malformed == 3
+    close_calls(calls)
 
 
 async def test_two_calls_whose_parties_share_one_address_never_cross(core: MediaCore) -> None:
