@@ -18,10 +18,7 @@ BATCH = 64
 #: Largest datagram we receive: RTP with G.711 at 20 ms is 172 bytes; leave room for
 #: larger ptime and header extensions (RFC 3550 has no hard limit; 1500 is the MTU).
 MAX_DATAGRAM = 1500
-#: A receive slot: more than the largest RTP packet we take (rtp.packet.MAX_PACKET_SIZE,
-#: 1500), so a datagram longer than the slot, which the kernel cuts to fit, still arrives
-#: too long and is dropped as oversize instead of passing as a 1,500-byte packet.
-RECEIVE_SLOT = 2048
+MSG_TRUNC = 0x20  # <sys/socket.h>: recvmmsg cut the datagram to fit its buffer
 MSG_DONTWAIT = 0x40
 _IP_PKTINFO = 8  # <linux/in.h>
 _CMSG_LEN = struct.calcsize("@NiiI4s4s")  # CMSG_LEN(sizeof(struct in_pktinfo)) on LP64
@@ -209,7 +206,7 @@ class ReceiveArea:
     socket's datagrams at once and pays numpy's per-call cost once per read clock, not once
     per socket."""
 
-    SLOT = RECEIVE_SLOT
+    SLOT = MAX_DATAGRAM
 
     def __init__(self, batch: int) -> None:
         import numpy as np
@@ -236,6 +233,7 @@ class ReceiveArea:
         words = np.frombuffer(self._rmsgs, dtype=np.uint32).reshape(batch, self._msg_size // 4)
         self._namelen = words[:, namelen_at]
         self._lens = words[:, len_at]
+        self._flags = words[:, _Msghdr.msg_flags.offset // 4]
         sa = np.frombuffer(self._raddrs, dtype=np.uint8).reshape(batch, ctypes.sizeof(_SockaddrIn))
         self._sa_port = sa[:, 2:4].view(np.uint16)[:, 0]
         self._sa_addr = sa[:, 4:8].view(np.uint32)[:, 0]
@@ -251,9 +249,16 @@ class ReceiveArea:
 
     def batch_of(self, n: int):  # -> tuple[np.ndarray, np.ndarray]
         """Rows 0..n's lengths and source keys (`source_key`), as numpy arrays; the
-        datagrams themselves stay in `rows`."""
+        datagrams themselves stay in `rows`.
+
+        A datagram longer than its slot, which the kernel cut to fit (MSG_TRUNC), gets the
+        length SLOT + 1: longer than any row, so no caller takes the cut bytes for a whole
+        datagram (RTP: an oversize drop, not a 1,500-byte packet)."""
         np = self._np
         lens = self._lens[:n].astype(np.int64)
+        cut = self._flags[:n] & MSG_TRUNC
+        if cut.any():
+            lens[cut != 0] = self.SLOT + 1
         keys = (self._sa_addr[:n].astype(np.uint64) << 16) | self._sa_port[:n]
         return lens, keys
 
