@@ -262,6 +262,13 @@ class ReceiveArea:
         keys = (self._sa_addr[:n].astype(np.uint64) << 16) | self._sa_port[:n]
         return lens, keys
 
+    def datagram(self, i: int, size: int) -> bytes:
+        """Row i's datagram of `size` bytes (batch_of's length), as bytes. A cut one (size
+        SLOT + 1) comes out one byte longer than the slot, its last byte zero: too long for
+        anything that checks lengths, as the datagram on the wire was."""
+        data = self.rows[i, :size].tobytes()
+        return data + b"\0" if size > self.SLOT else data
+
 
 class BatchMux:
     """recvmmsg/sendmmsg for a socket shared by many streams, with no Python work per
@@ -286,7 +293,6 @@ class BatchMux:
         self.fd = sock.fileno()
         self.batch = batch
         self.area = area if area is not None else ReceiveArea(batch)
-        self.rows = self.area.rows
         # Send side: one contiguous payload buffer; iovecs and addresses rewritten per flush.
         self._sbuf = np.zeros(batch * self.SLOT, dtype=np.uint8)
         self._saddrs = (_SockaddrIn * batch)()

@@ -216,12 +216,13 @@ class FastTable:
         A flush moves only the timeline's base: the anchors, the payload type and the
         newest packet (handed back just before) stay as lent, so a clock still lent needs
         only its base; one not lent is asked for again (the flush emptied the recorder's
-        waiting list, which may have been what kept it)."""
+        waiting list, which may have been what kept it). A closed recorder is gone from
+        the relay, and a disabled one never lends."""
         relay = session.relay
         recorder = relay.recorder
         for g in (2 * session.slot, 2 * session.slot + 1):
             if self.active[g] and self.record[g]:
-                if self.clock[g] and recorder is not None and recorder.lends_clock(g & 1):
+                if self.clock[g] and recorder is not None:
                     self.base[g] = recorder.timeline_base
                 else:
                     self._lend_clock(g, relay, int(self.src_ssrc[g]), int(self.pt[g]))
@@ -350,8 +351,8 @@ class FastTable:
             taken[fast] = True
         return np.flatnonzero(~taken).tolist()
 
-    def _take(self, fast: np.ndarray, seq_f: np.ndarray, rows: np.ndarray, g: np.ndarray, size: np.ndarray, pt: np.ndarray, seq: np.ndarray, ts: np.ndarray,
-              ssrc: np.ndarray, now: float) -> None:
+    def _take(self, fast: np.ndarray, seq_f: np.ndarray, rows: np.ndarray, g: np.ndarray, size: np.ndarray,
+              pt: np.ndarray, seq: np.ndarray, ts: np.ndarray, ssrc: np.ndarray, now: float) -> None:
         """Forward and record packets `fast` (distinct legs, each the lane's to take)."""
         gf = g[fast]
         ts_f = (ts[fast] + self.ts_off[gf]) & 0xFFFFFFFF
@@ -384,7 +385,8 @@ class FastTable:
         # The recorder takes lane packets as receive() gives them: position now, decode at
         # flush. Where its clock is lent and the packet is the plain case (newer, in place,
         # not late: StreamClock.position's arithmetic), the position is computed here for
-        # the whole batch and the packet appended to the recorder's waiting lists.
+        # the whole batch and the payload copied into the leg's rows (`_absorb_clock` hands
+        # them over).
         rec = self.record[gf]
         if rec.any():
             r = np.flatnonzero(rec)

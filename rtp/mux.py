@@ -307,10 +307,7 @@ class SharedPorts:
                 for i in slow:  # ascending: walk the segments alongside
                     while i >= segments[at][2]:
                         at += 1
-                    data = rows[i, : sizes[i]].tobytes()
-                    if sizes[i] > area.SLOT:  # cut by the kernel (ReceiveArea.batch_of): still too long
-                        data += b"\0"
-                    segments[at][0]._one(data, int(keys[i]), now)
+                    segments[at][0]._one(area.datagram(i, sizes[i]), int(keys[i]), now)
             # What receive() queued goes now: the lane sends at once, so a leg's packets in
             # the next area must not overtake these.
             self.flush()

@@ -215,11 +215,6 @@ class Recorder:
         """The timeline's first position not yet final (what `FastClock.base` was lent as)."""
         return self._timeline.base
 
-    def lends_clock(self, channel: int) -> bool:
-        """Whether a clock lent for `channel` stays valid after a flush: only `close` (and
-        a disabled recorder) withdraw it; a flush moves only the base."""
-        return not self._closed and self._enabled
-
     def fast_clock_absorb(self, channel: int, ssrc: int, newest_seq: int, newest_ts: int, late_run: int,
                           positions: np.ndarray | None = None, lengths: np.ndarray | None = None,
                           payloads: np.ndarray | None = None) -> None:
@@ -240,14 +235,13 @@ class Recorder:
             return
         if self._waiting_pos[channel]:
             self._place_waiting(channel)  # earlier packets first: a later one must win an overlap
-        table = _DECODE[self._waiting_pt[channel]]
         sizes = lengths.tolist()  # list operations: cheaper than numpy calls on ~50 numbers
         first = sizes[0]
         if sizes.count(first) == len(sizes):  # one packet time, the usual stream
-            samples = table.take(payloads[:, :first]).reshape(-1)
+            codes = payloads[:, :first]
         else:
-            samples = table.take(payloads[np.arange(payloads.shape[1]) < lengths[:, None]])
-        self._timeline.place_many(channel, positions.tolist(), sizes, samples)
+            codes = payloads[np.arange(payloads.shape[1]) < lengths[:, None]]
+        self._place_codes(channel, positions.tolist(), sizes, codes)
 
     def _switch_payload_type(self, channel: int, payload_type: int) -> None:
         if payload_type not in _DECODE:
@@ -262,10 +256,15 @@ class Recorder:
         if not positions:
             return
         payloads = self._waiting_data[channel]
-        samples = _DECODE[self._waiting_pt[channel]].take(np.frombuffer(b"".join(payloads), np.uint8))
-        self._timeline.place_many(channel, positions, list(map(len, payloads)), samples)
+        self._place_codes(channel, positions, list(map(len, payloads)), np.frombuffer(b"".join(payloads), np.uint8))
         positions.clear()
         payloads.clear()
+
+    def _place_codes(self, channel: int, positions: list[int], sizes: list[int], codes: np.ndarray) -> None:
+        """Decode G.711 `codes` (every packet's payload, in order, in the channel's waiting
+        payload type) with one table lookup and place them with one `place_many`."""
+        samples = _DECODE[self._waiting_pt[channel]].take(codes).reshape(-1)
+        self._timeline.place_many(channel, positions, sizes, samples)
 
     def _place_all_waiting(self) -> None:
         if self._waiting_pos[0]:
