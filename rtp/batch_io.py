@@ -306,6 +306,7 @@ class BatchMux:
             hdr.msg_iovlen = 1
         self._siov_words = np.frombuffer(self._siov, dtype=np.uint64).reshape(batch, 2)
         self._sa_out = np.frombuffer(self._saddrs, dtype=np.uint8).reshape(batch, ctypes.sizeof(_SockaddrIn))
+        self._sa_items = self._sa_out.view(f"V{ctypes.sizeof(_SockaddrIn)}").reshape(batch)
         self._sbase = self._sbuf.ctypes.data
         self._np = np
         self.payloads: list[bytes] = []
@@ -373,7 +374,7 @@ class BatchMux:
 
     def send_rows(self, rows, picked, sizes, sockaddrs) -> int:
         """Send row picked[j] of `rows` (a C-contiguous 2-D uint8 array, one datagram per row,
-        its first sizes[j] bytes) to sockaddrs[j] (16-byte sockaddr_in rows): the batch lane
+        its first sizes[j] bytes) to sockaddrs[j] (16-byte sockaddr_in items, dtype V16): the batch lane
         sends straight from the receive buffer it re-stamped, with no copy and no Python work
         per datagram. Returns how many the kernel took."""
         np = self._np
@@ -385,7 +386,7 @@ class BatchMux:
             k = min(self.batch, m - start)
             self._siov_words[:k, 0] = picked[start : start + k].astype(np.uint64) * stride + base
             self._siov_words[:k, 1] = sizes[start : start + k]
-            self._sa_out[:k] = sockaddrs[start : start + k]
+            self._sa_items[:k] = sockaddrs[start : start + k]
             n = max(_LIBC.sendmmsg(self.fd, self._smsgs, k, MSG_DONTWAIT), 0)
             sent += n
             if n < k:

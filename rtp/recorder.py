@@ -263,7 +263,7 @@ class Recorder:
     def _place_codes(self, channel: int, positions: list[int], sizes: list[int], codes: np.ndarray) -> None:
         """Decode G.711 `codes` (every packet's payload, in order, in the channel's waiting
         payload type) with one table lookup and place them with one `place_many`."""
-        samples = _DECODE[self._waiting_pt[channel]].take(codes).reshape(-1)
+        samples = g711.decode_codes(codes, self._waiting_pt[channel])
         self._timeline.place_many(channel, positions, sizes, samples)
 
     def _place_all_waiting(self) -> None:

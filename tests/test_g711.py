@@ -112,3 +112,25 @@ def test_other_payload_types_are_rejected() -> None:
 def test_tables_are_read_only() -> None:
     with pytest.raises(ValueError):
         g711.ULAW_DECODE[0] = 1
+
+
+@pytest.mark.parametrize("payload_type", [g711.PCMU, g711.PCMA])
+def test_decode_codes_matches_one_code_at_a_time(payload_type: int) -> None:
+    """The pair table gives what the 256-entry table gives, for every pair of codes, and
+    the shapes the recorder passes (rows cut from wider ones, odd lengths) come out flat."""
+    table = g711.ULAW_DECODE if payload_type == g711.PCMU else g711.ALAW_DECODE
+    every_pair = np.arange(65536, dtype=np.uint16).view(np.uint8)
+    assert np.array_equal(g711.decode_codes(every_pair, payload_type), table[every_pair])
+    rng = np.random.default_rng(7)
+    wide = rng.integers(0, 256, (5, 240), dtype=np.uint8)
+    for cut in (160, 80, 161, 1):
+        rows = wide[:, :cut]
+        assert np.array_equal(g711.decode_codes(rows, payload_type), table[rows].reshape(-1))
+    odd = wide[0, 1:8]  # odd length, starting one byte in
+    assert np.array_equal(g711.decode_codes(odd, payload_type), table[odd])
+    assert g711.decode_codes(np.zeros(0, np.uint8), payload_type).shape == (0,)
+
+
+def test_decode_codes_refuses_other_payload_types() -> None:
+    with pytest.raises(ValueError, match="not a G.711 payload type"):
+        g711.decode_codes(np.zeros(4, np.uint8), 18)
