@@ -135,7 +135,7 @@ async def run(calls: int, seconds: float, mode: str, profile: bool, polls: int =
         session.close()
     await core.close()
     if prof:
-        pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(int(os.environ.get("EDGE_PROFILE_LINES", "18")))
     return {"mode": mode, "calls": calls, "polls": polls, "packets": offered, "relayed": received,
             "us_per_packet": round(cpu / max(received, 1) * 1e6, 2),
             "user_us_per_packet": round(user / max(received, 1) * 1e6, 2),

@@ -162,7 +162,38 @@ class Timeline:
         if len(positions) == 1:
             self.place(channel, first, samples)
             return
+        if self._place_on_grid(channel, positions, lengths, samples):
+            return
         self._scatter(channel, np.array(positions, np.int64), np.array(lengths, np.int64), samples)
+
+    def _place_on_grid(self, channel: int, positions: list[int], lengths: list[int], samples: np.ndarray) -> bool:
+        """`place_many` for a stream with gaps: packets of one length, in order, each a
+        whole number of packet times after the first (lost packets leave whole slots).
+        The span is viewed as a (slots, length) grid and the packets are assigned as its
+        rows. False, having changed nothing, for anything else.
+
+        Why: a lossy network (or our own loss when overloaded) puts a gap in nearly every
+        second of a stream, and `_scatter`'s general path cost several times the in-order
+        slice (bench/load.py at 2,000 calls: 14% of the process in it, against ~7 us a
+        second of a leg here)."""
+        size = lengths[0]
+        if lengths.count(size) != len(lengths):
+            return False
+        first = positions[0]
+        slots = [(p - first) // size for p in positions]
+        if [k * size + first for k in slots] != positions or not all(map(int.__lt__, slots, slots[1:])):
+            return False  # off the grid, reordered or overlapping
+        offset = first - self.base
+        end = offset + (slots[-1] + 1) * size
+        if offset < 0 or end > MAX_PENDING_FRAMES:
+            return False  # late or far ahead: _scatter's drop rules
+        if end > self._buf.shape[0]:
+            self._grow(end)
+        grid = self._buf[offset:end, channel].reshape(slots[-1] + 1, size)  # a view: one axis split
+        grid[slots] = samples.reshape(len(slots), size)
+        if end > self._end:
+            self._end = end
+        return True
 
     def _scatter(self, channel: int, positions: np.ndarray, lengths: np.ndarray, samples: np.ndarray) -> None:
         """`place_many` in one numpy scatter: gaps, reordering, overlaps, late or far-ahead

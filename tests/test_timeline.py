@@ -331,3 +331,34 @@ def test_place_many_is_place_one_by_one(base: int, packets: list[tuple[int, int,
     batch = [(base + offset, (np.arange(length) + value).astype(np.int16)) for offset, length, value in packets]
     one, many = place_both(batch, base=base, channel=1)
     assert_same(one, many)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    base=st.integers(0, 2000),
+    start=st.integers(-3 * N, 4000),
+    slots=st.lists(st.integers(0, 80), min_size=2, max_size=60),
+    size=st.sampled_from([N, 80, 240, 7]),
+    shift=st.sampled_from([0, 0, 0, 1, N // 2]),
+    channel=st.integers(0, 1),
+)
+def test_place_many_on_a_lossy_stream_is_place_one_by_one(base: int, start: int, slots: list[int], size: int,
+                                                         shift: int, channel: int) -> None:
+    """Streams of one packet length with lost packets (the grid path), and the near misses
+    it must leave to the general one: a packet off the grid by `shift`, reordered or
+    repeated slots, a start already final."""
+    batch = [(base + start + k * size + (shift if i == len(slots) // 2 else 0),
+              (np.arange(size) + 100 * i).astype(np.int16)) for i, k in enumerate(slots)]
+    one, many = place_both(batch, base=base, channel=channel)
+    assert_same(one, many)
+
+
+def test_place_many_lossy_stream_keeps_the_gaps_silent() -> None:
+    kept = [k for k in range(50) if k % 5 != 2]
+    line = Timeline()
+    line.place_many(1, [k * N for k in kept], [N] * len(kept), np.concatenate([values(k) for k in kept]))
+    frames = line.take(50 * N)
+    for k in range(50):
+        expected = values(k) if k in kept else np.zeros(N, np.int16)
+        assert np.array_equal(frames[k * N : (k + 1) * N, 1], expected)
+    assert not frames[:, 0].any()
