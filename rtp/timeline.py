@@ -21,6 +21,7 @@ the WAV wants them.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import accumulate
@@ -170,7 +171,8 @@ class Timeline:
         """`place_many` for a stream with gaps: packets of one length, in order, each a
         whole number of packet times after the first (lost packets leave whole slots).
         The span is viewed as a (slots, length) grid and the packets are assigned as its
-        rows. False, having changed nothing, for anything else.
+        rows; packets already final are dropped (counted) first, as `place` drops them.
+        False, having changed nothing, for anything else.
 
         Why: a lossy network (or our own loss when overloaded) puts a gap in nearly every
         second of a stream, and `_scatter`'s general path cost several times the in-order
@@ -183,10 +185,22 @@ class Timeline:
         slots = [(p - first) // size for p in positions]
         if [k * size + first for k in slots] != positions or not all(map(int.__lt__, slots, slots[1:])):
             return False  # off the grid, reordered or overlapping
-        offset = first - self.base
+        base = self.base
+        if first < base:  # the oldest are already final (we or the network fell behind)
+            late = bisect_right(positions, base - size)  # how many end at or before base
+            if late == len(positions):
+                self.dropped_late += late * size
+                return True
+            if positions[late] < base:
+                return False  # one straddles base: _scatter cuts it
+            self.dropped_late += late * size
+            first = positions[late]
+            slots = [k - slots[late] for k in slots[late:]]
+            samples = samples[late * size :]
+        offset = first - base
         end = offset + (slots[-1] + 1) * size
-        if offset < 0 or end > MAX_PENDING_FRAMES:
-            return False  # late or far ahead: _scatter's drop rules
+        if end > MAX_PENDING_FRAMES:
+            return False  # far ahead: _scatter's drop rule
         if end > self._buf.shape[0]:
             self._grow(end)
         grid = self._buf[offset:end, channel].reshape(slots[-1] + 1, size)  # a view: one axis split

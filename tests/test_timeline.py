@@ -336,18 +336,20 @@ def test_place_many_is_place_one_by_one(base: int, packets: list[tuple[int, int,
 @settings(max_examples=300, deadline=None)
 @given(
     base=st.integers(0, 2000),
-    start=st.integers(-3 * N, 4000),
+    start=st.integers(-6, 20),
+    skew=st.sampled_from([0, 0, 0, 3]),
     slots=st.lists(st.integers(0, 80), min_size=2, max_size=60),
     size=st.sampled_from([N, 80, 240, 7]),
     shift=st.sampled_from([0, 0, 0, 1, N // 2]),
     channel=st.integers(0, 1),
 )
-def test_place_many_on_a_lossy_stream_is_place_one_by_one(base: int, start: int, slots: list[int], size: int,
-                                                         shift: int, channel: int) -> None:
+def test_place_many_on_a_lossy_stream_is_place_one_by_one(base: int, start: int, skew: int, slots: list[int],
+                                                         size: int, shift: int, channel: int) -> None:
     """Streams of one packet length with lost packets (the grid path), and the near misses
     it must leave to the general one: a packet off the grid by `shift`, reordered or
-    repeated slots, a start already final."""
-    batch = [(base + start + k * size + (shift if i == len(slots) // 2 else 0),
+    repeated slots; the first packets already final, whole (`start` packet times before
+    base) or one cut by base (`skew`)."""
+    batch = [(base + (start + k) * size + skew + (shift if i == len(slots) // 2 else 0),
               (np.arange(size) + 100 * i).astype(np.int16)) for i, k in enumerate(slots)]
     one, many = place_both(batch, base=base, channel=channel)
     assert_same(one, many)
@@ -362,3 +364,12 @@ def test_place_many_lossy_stream_keeps_the_gaps_silent() -> None:
         expected = values(k) if k in kept else np.zeros(N, np.int16)
         assert np.array_equal(frames[k * N : (k + 1) * N, 1], expected)
     assert not frames[:, 0].any()
+
+
+def test_place_many_lossy_stream_starting_before_base_counts_the_late() -> None:
+    base = 10 * N
+    kept = [k for k in range(20) if k % 4 != 1]  # slots 0.. from base - 3N: three slots' worth are final
+    packets = [(base + (k - 3) * N, values(k)) for k in kept]
+    one, many = place_both(packets, base=base)
+    assert_same(one, many)
+    assert many.dropped_late == 2 * N  # slots 0 and 2 (slot 1 was lost)
