@@ -19,6 +19,7 @@ from b2bua import os_limits
 from b2bua.auth import DigestAuthenticator
 from b2bua.b2bua import B2BUA
 from b2bua.config import Config
+from b2bua.gc_policy import GcPolicy
 from b2bua.lockout import Lockout
 from b2bua.message import SipParseError, parse_message
 from b2bua.peer import Peer
@@ -115,8 +116,13 @@ class Server:
             self.loop.add_signal_handler(sig, self.stopping.set)
         self.banner()
         self.arm()
-        await self.stopping.wait()
-        await self.shutdown()
+        collector = GcPolicy(self.loop, lambda: len(self.core.calls), log)
+        collector.start()
+        try:
+            await self.stopping.wait()
+            await self.shutdown()
+        finally:
+            collector.stop()
         return 0
 
     def banner(self) -> None:

@@ -39,13 +39,26 @@ def describe_call(call: Call) -> dict[str, Any]:
     }
 
 
+def sidecar_text(data: dict[str, Any]) -> str:
+    """`data` as JSON, one top-level key per line.
+
+    Why not `json.dump(..., indent=2)`: that takes the json module's pure-Python encoder,
+    whose nested functions refer to one another, so every sidecar written left a cycle for
+    the garbage collector (two a call). The B2BUA keeps the collector away from long-lived
+    objects (b2bua.gc_policy), which is only safe while calls leave no cyclic garbage;
+    `json.dumps` of each value uses the C encoder, which leaves none."""
+    lines = [f"  {json.dumps(key, ensure_ascii=False)}: {json.dumps(value, ensure_ascii=False)}"
+             for key, value in data.items()]
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
 def write_sidecar(path: Path, data: dict[str, Any]) -> None:
     """Atomically replace `path` with `data` as JSON; raises OSError, leaving the old file."""
     tmp = path.with_name(path.name + ".tmp")
+    text = sidecar_text(data)
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, path)
     except OSError:
         try:
