@@ -132,8 +132,7 @@ async def test_start_freezes_what_startup_built_and_stop_hands_the_collector_bac
 
 
 async def test_survivors_are_frozen_each_period_and_fresh_garbage_is_freed_first(calls: list[int]) -> None:
-    calls[0] = 1000  # too many for a full pass
-    policy = GcPolicy(asyncio.get_running_loop(), lambda: calls[0], LOG, freeze_every=0.01)
+    policy = busy_policy(calls)
     try:
         policy.start()
         kept = [[i] for i in range(500)]  # survivors (lists are always tracked): frozen at the next period
@@ -149,18 +148,28 @@ async def test_survivors_are_frozen_each_period_and_fresh_garbage_is_freed_first
         policy.stop()
 
 
+def busy_policy(calls: list[int], **settings: float) -> GcPolicy:
+    """A policy on this loop with 1,000 calls up (too many for a full pass) and a 10 ms period."""
+    calls[0] = 1000
+    return GcPolicy(asyncio.get_running_loop(), lambda: calls[0], LOG, **{"freeze_every": 0.01, **settings})
+
+
+async def frozen_then_dropped() -> weakref.ref:
+    """A cycle that lives long enough to be frozen, then becomes garbage; its weak reference."""
+    leak = Cycle()
+    gone = weakref.ref(leak)
+    await asyncio.sleep(0.05)  # frozen while alive (the tests' period is 10 ms)
+    del leak  # now cyclic garbage in the frozen generation
+    await asyncio.sleep(0.05)
+    return gone
+
+
 async def test_a_frozen_cycle_is_collected_by_a_full_pass_only_when_calls_are_few(calls: list[int],
                                                                                  caplog: pytest.LogCaptureFixture) -> None:
-    calls[0] = 1000
-    policy = GcPolicy(asyncio.get_running_loop(), lambda: calls[0], LOG, freeze_every=0.01, full_max_calls=50,
-                      full_every=0.0)
+    policy = busy_policy(calls, full_max_calls=50, full_every=0.0)
     try:
         policy.start()
-        leak = Cycle()
-        gone = weakref.ref(leak)
-        await asyncio.sleep(0.05)  # frozen while alive
-        del leak  # now cyclic garbage in the frozen generation
-        await asyncio.sleep(0.05)
+        gone = await frozen_then_dropped()
         assert gone() is not None and policy.full_passes == 0  # 1,000 calls up: no full pass
         calls[0] = 3
         with caplog.at_level(logging.INFO, logger="test.gc"):
@@ -173,17 +182,11 @@ async def test_a_frozen_cycle_is_collected_by_a_full_pass_only_when_calls_are_fe
 
 async def test_too_many_frozen_objects_force_a_full_pass_with_a_warning(calls: list[int],
                                                                       caplog: pytest.LogCaptureFixture) -> None:
-    calls[0] = 1000
-    policy = GcPolicy(asyncio.get_running_loop(), lambda: calls[0], LOG, freeze_every=0.01, full_every=0.0,
-                      full_forced_frozen=1)
+    policy = busy_policy(calls, full_every=0.0, full_forced_frozen=1)
     try:
         with caplog.at_level(logging.INFO, logger="test.gc"):
             policy.start()
-            leak = Cycle()
-            gone = weakref.ref(leak)
-            await asyncio.sleep(0.05)
-            del leak
-            await asyncio.sleep(0.05)
+            gone = await frozen_then_dropped()
         assert gone() is None
         assert "forced=too-many-frozen" in caplog.text
         assert any(r.levelno == logging.WARNING for r in caplog.records)
@@ -194,11 +197,10 @@ async def test_too_many_frozen_objects_force_a_full_pass_with_a_warning(calls: l
 async def test_the_frozen_are_not_counted_every_period(calls: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
     """gc.get_freeze_count walks every frozen object (~30 ms at 2,000 calls, found as a
     35 ms stall a second under bench/load.py): it is taken at most every full_every."""
-    calls[0] = 1000
     counted = []
     real = gc.get_freeze_count
     monkeypatch.setattr(gc, "get_freeze_count", lambda: counted.append(1) or real())
-    policy = GcPolicy(asyncio.get_running_loop(), lambda: calls[0], LOG, freeze_every=0.01, full_every=600)
+    policy = busy_policy(calls, full_every=600)
     try:
         policy.start()
         await asyncio.sleep(0.1)
