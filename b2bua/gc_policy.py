@@ -80,11 +80,13 @@ class GcPolicy:
             if now - self._last_full >= self.full_every:
                 if self.calls() <= self.full_max_calls:
                     self.full_pass(now)
-                elif now >= self._next_count:
+                    return  # it collected and froze everything
+                if now >= self._next_count:
                     # Counting the frozen walks all of them (~30 ms at 2,000 calls): not every second.
                     self._next_count = now + self.full_every
                     if gc.get_freeze_count() > self.full_forced_frozen:
                         self.full_pass(now, forced=True)
+                        return
             gc.collect(1)  # the young generations: a few thousand objects, about a millisecond
             gc.freeze()
         finally:

@@ -103,6 +103,12 @@ _DECODE_TABLES = {
     PCMU: (ULAW_DECODE, _build_pair_decode(ULAW_DECODE)),
     PCMA: (ALAW_DECODE, _build_pair_decode(ALAW_DECODE)),
 }
+PAYLOAD_TYPES = frozenset(_DECODE_TABLES)  # what decode() and decode_codes() take
+
+
+def not_g711(payload_type: object) -> ValueError:
+    """The error for a payload type G.711 is not (the relay negotiates nothing else)."""
+    return ValueError(f"not a G.711 payload type: {payload_type!r} (expected 0 PCMU or 8 PCMA)")
 
 
 def decode_codes(codes: np.ndarray, payload_type: int) -> np.ndarray:
@@ -111,7 +117,7 @@ def decode_codes(codes: np.ndarray, payload_type: int) -> np.ndarray:
     try:
         single, pairs = _DECODE_TABLES[payload_type]
     except KeyError:
-        raise ValueError(f"not a G.711 payload type: {payload_type} (expected 0 PCMU or 8 PCMA)") from None
+        raise not_g711(payload_type) from None
     if codes.ndim and codes.shape[-1] % 2 == 0 and codes.strides[-1] == 1:
         return pairs.take(codes.view(np.uint16)).view(np.int16).reshape(-1)
     return single.take(codes).reshape(-1)
@@ -147,11 +153,7 @@ def decode(payload: bytes | bytearray | memoryview, payload_type: int) -> np.nda
     Raises ValueError for any other payload type: the relay only negotiates G.711, so a
     different PT is a bad packet the caller should count and drop.
     """
-    if payload_type == PCMU:
-        return decode_ulaw(payload)
-    if payload_type == PCMA:
-        return decode_alaw(payload)
-    raise ValueError(f"not a G.711 payload type: {payload_type} (expected 0 PCMU or 8 PCMA)")
+    return decode_codes(np.frombuffer(payload, dtype=np.uint8), payload_type)
 
 
 def encode(samples: np.ndarray, payload_type: int) -> bytes:
@@ -160,4 +162,4 @@ def encode(samples: np.ndarray, payload_type: int) -> bytes:
         return encode_ulaw(samples)
     if payload_type == PCMA:
         return encode_alaw(samples)
-    raise ValueError(f"not a G.711 payload type: {payload_type} (expected 0 PCMU or 8 PCMA)")
+    raise not_g711(payload_type)

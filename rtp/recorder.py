@@ -61,7 +61,6 @@ PAUSE_MODES = ("silence", "skip")  # contract: [server] pause
 # G.711 packets held per channel before they are decoded and placed anyway: a flush a second
 # holds 50 (20 ms packets); this bounds memory if a party floods or flushes stop coming.
 MAX_WAITING_PACKETS = 256
-_DECODE = {g711.PCMU: g711.ULAW_DECODE, g711.PCMA: g711.ALAW_DECODE}
 
 _default_log = logging.getLogger(__name__)
 
@@ -244,8 +243,8 @@ class Recorder:
         self._place_codes(channel, positions.tolist(), sizes, codes)
 
     def _switch_payload_type(self, channel: int, payload_type: int) -> None:
-        if payload_type not in _DECODE:
-            raise ValueError(f"not a G.711 payload type: {payload_type!r} (expected 0 PCMU or 8 PCMA)")
+        if payload_type not in g711.PAYLOAD_TYPES:
+            raise g711.not_g711(payload_type)
         if self._waiting_pos[channel]:
             self._place_waiting(channel)
         self._waiting_pt[channel] = payload_type
