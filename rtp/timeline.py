@@ -171,7 +171,8 @@ class Timeline:
         """`place_many` for a stream with gaps: packets of one length, in order, each a
         whole number of packet times after the first (lost packets leave whole slots).
         The span is viewed as a (slots, length) grid and the packets are assigned as its
-        rows; packets already final are dropped (counted) first, as `place` drops them.
+        rows; packets already final are dropped (counted) first, and one that straddles
+        the final edge keeps its tail, as `place` does.
         False, having changed nothing, for anything else.
 
         Why: a lossy network (or our own loss when overloaded) puts a gap in nearly every
@@ -186,23 +187,28 @@ class Timeline:
         if [k * size + first for k in slots] != positions or not all(map(int.__lt__, slots, slots[1:])):
             return False  # off the grid, reordered or overlapping
         base = self.base
-        if first < base:  # the oldest are already final (we or the network fell behind)
-            late = bisect_right(positions, base - size)  # how many end at or before base
-            if late == len(positions):
-                self.dropped_late += late * size
-                return True
-            if positions[late] < base:
-                return False  # one straddles base: _scatter cuts it
-            self.dropped_late += late * size
-            first = positions[late]
-            slots = [k - slots[late] for k in slots[late:]]
-            samples = samples[late * size :]
-        offset = first - base
-        end = offset + (slots[-1] + 1) * size
+        end = positions[-1] + size - base
         if end > MAX_PENDING_FRAMES:
             return False  # far ahead: _scatter's drop rule
         if end > self._buf.shape[0]:
             self._grow(end)
+        if first < base:  # the oldest are already final (we or the network fell behind)
+            late = bisect_right(positions, base - size)  # how many end at or before base
+            self.dropped_late += late * size
+            if late < len(positions) and positions[late] < base:
+                # This one straddles base, as when a flush overtook a late burst: its
+                # final head is dropped (counted), its tail is kept, as `place` does.
+                cut = base - positions[late]
+                self.dropped_late += cut
+                self._buf[: size - cut, channel] = samples[late * size + cut : (late + 1) * size]
+                self._end = max(self._end, size - cut)
+                late += 1
+            if late == len(positions):
+                return True
+            first = positions[late]
+            slots = [k - slots[late] for k in slots[late:]]
+            samples = samples[late * size :]
+        offset = first - base
         grid = self._buf[offset:end, channel].reshape(slots[-1] + 1, size)  # a view: one axis split
         grid[slots] = samples.reshape(len(slots), size)
         if end > self._end:

@@ -366,6 +366,24 @@ def test_place_many_lossy_stream_keeps_the_gaps_silent() -> None:
     assert not frames[:, 0].any()
 
 
+def test_place_many_lossy_stream_cut_by_base_keeps_the_tail_on_the_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flush that overtook a late, lossy burst: the packet across base keeps its tail,
+    the earlier ones are counted late, and the general scatter is never needed."""
+    base = 10 * N + 30
+    kept = [k for k in range(25) if k % 3 != 2]
+    packets = [(k * N, values(k)) for k in kept]  # slot 10 straddles base by 30 samples
+    one, many = Timeline(), Timeline()
+    for line in (one, many):
+        line.discard(base)
+    for pos, samples in packets:
+        one.place(0, pos, samples)
+    monkeypatch.setattr(Timeline, "_scatter", lambda *a: pytest.fail("left the grid path"))
+    many.place_many(0, [p for p, _ in packets], [N] * len(packets), np.concatenate([v for _, v in packets]))
+    assert many.dropped_late == 7 * N + 30  # slots 0, 1, 3, 4, 6, 7, 9 whole, and 10's head
+    assert np.array_equal(many._buf[: N - 30, 0], values(10)[30:])
+    assert_same(one, many)
+
+
 def test_place_many_lossy_stream_starting_before_base_counts_the_late() -> None:
     base = 10 * N
     kept = [k for k in range(20) if k % 4 != 1]  # slots 0.. from base - 3N: three slots' worth are final
