@@ -602,6 +602,9 @@ def main() -> None:
     ap.add_argument("--peer", choices=["b2bua", "rtpengine"], default="b2bua")
     ap.add_argument("--record", choices=["on", "off"], default="on")
     ap.add_argument("--table", action="store_true", help="calls 500/1000/2000 x {b2bua, rtpengine off/on}")
+    ap.add_argument("--table-calls", default="500,1000,2000",
+                    help="the table's call counts, comma-separated (add the levels where loss starts, "
+                         "so the highest with zero loss comes from the same run)")
     ap.add_argument("--media-sockets", choices=["shared", "per_call"], default="shared",
                     help="the B2BUA's [server] media_sockets (default shared: the at-load setting)")
     args = ap.parse_args()
@@ -611,7 +614,7 @@ def main() -> None:
         print(json.dumps({k: r[k] for k in ("calls", "loss", "cpu_percent", "rss_mb", "wav_ok")} | {"peer": r["peer"]}))
         return
     rows = []
-    for calls in (500, 1000, 2000):
+    for calls in sorted({int(c) for c in args.table_calls.split(",") if c.strip()}):
         for peer, record in (("b2bua", True), ("rtpengine", False), ("rtpengine", True)):
             try:
                 r = one(peer, calls, args.seconds, record, args.media_sockets if peer == "b2bua" else "shared")
@@ -621,6 +624,9 @@ def main() -> None:
             else:
                 print(line(r), flush=True)
             rows.append(r)
+    for peer, record in (("b2bua", True), ("rtpengine", False), ("rtpengine", True)):
+        clean = [r["calls"] for r in rows if r["peer"] == peer and r["record"] == record and r.get("loss") == 0.0]
+        print(f"highest with zero loss: {peer} record={'on' if record else 'off'}: {max(clean) if clean else 'none'}")
     print(json.dumps(rows))
 
 
