@@ -99,11 +99,13 @@ def _build_pair_decode(table: np.ndarray) -> np.ndarray:
     return both
 
 
-_DECODE_TABLES = {
-    PCMU: (ULAW_DECODE, _build_pair_decode(ULAW_DECODE)),
-    PCMA: (ALAW_DECODE, _build_pair_decode(ALAW_DECODE)),
+#: Per payload type: (decode one code, decode two codes, encode): the one place G.711's
+#: payload types are known.
+_TABLES = {
+    PCMU: (ULAW_DECODE, _build_pair_decode(ULAW_DECODE), ULAW_ENCODE),
+    PCMA: (ALAW_DECODE, _build_pair_decode(ALAW_DECODE), ALAW_ENCODE),
 }
-PAYLOAD_TYPES = frozenset(_DECODE_TABLES)  # what decode() and decode_codes() take
+PAYLOAD_TYPES = frozenset(_TABLES)  # what decode(), decode_codes() and encode() take
 
 
 def not_g711(payload_type: object) -> ValueError:
@@ -115,7 +117,7 @@ def decode_codes(codes: np.ndarray, payload_type: int) -> np.ndarray:
     """uint8 G.711 codes of any shape (last axis contiguous) -> their int16 samples, flat,
     in order; a pair at a time where the last axis has an even length."""
     try:
-        single, pairs = _DECODE_TABLES[payload_type]
+        single, pairs, _ = _TABLES[payload_type]
     except KeyError:
         raise not_g711(payload_type) from None
     if codes.ndim and codes.shape[-1] % 2 == 0 and codes.strides[-1] == 1:
@@ -158,8 +160,8 @@ def decode(payload: bytes | bytearray | memoryview, payload_type: int) -> np.nda
 
 def encode(samples: np.ndarray, payload_type: int) -> bytes:
     """Encode by RTP payload type: 0 PCMU, 8 PCMA; ValueError for any other."""
-    if payload_type == PCMU:
-        return encode_ulaw(samples)
-    if payload_type == PCMA:
-        return encode_alaw(samples)
-    raise not_g711(payload_type)
+    try:
+        table = _TABLES[payload_type][2]
+    except KeyError:
+        raise not_g711(payload_type) from None
+    return table[_bit_patterns(samples)].tobytes()

@@ -196,12 +196,9 @@ class Timeline:
             late = bisect_right(positions, base - size)  # how many end at or before base
             self.dropped_late += late * size
             if late < len(positions) and positions[late] < base:
-                # This one straddles base, as when a flush overtook a late burst: its
-                # final head is dropped (counted), its tail is kept, as `place` does.
-                cut = base - positions[late]
-                self.dropped_late += cut
-                self._buf[: size - cut, channel] = samples[late * size + cut : (late + 1) * size]
-                self._end = max(self._end, size - cut)
+                # This one straddles base, as when a flush overtook a late burst: `place`
+                # drops (counts) its final head and keeps its tail.
+                self.place(channel, positions[late], samples[late * size : (late + 1) * size])
                 late += 1
             if late == len(positions):
                 return True
