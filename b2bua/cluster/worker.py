@@ -67,6 +67,9 @@ class WorkerRole:
     def attach(self, server: Server) -> None:
         """Signals: SIGUSR1 drains; SIGTERM/SIGINT refuse new calls, then shut down."""
         self._server = server
+        # Every line of this process says which worker wrote it (workers share one stderr).
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s worker={self.index} %(name)s: %(message)s"))
         loop = server.loop
         assert loop is not None
         loop.add_signal_handler(signal.SIGUSR1, self.drain)
