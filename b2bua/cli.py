@@ -37,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker_p.add_argument("--sip-trace", action="store_true", help="log every SIP message sent and received")
     edge_p = sub.add_parser("edge-config", help="print the Kamailio configuration `b2bua cluster` uses")
     edge_p.add_argument("--config", metavar="FILE", help="flows.toml with a [cluster] section (default ./flows.toml)")
+    edge_p.add_argument("--out", metavar="DIR", help="write kamailio.cfg and dispatcher.list into DIR instead of printing")
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_usage(sys.stderr)
@@ -83,8 +84,18 @@ def cluster_command(args: argparse.Namespace, config: Config) -> int:
               file=sys.stderr)
         return EXIT_BAD_CONFIG
     if args.command == "edge-config":
-        from b2bua.cluster.edge_config import printable
+        from pathlib import Path
 
+        from b2bua.cluster.edge_config import printable, write
+
+        if args.out:
+            try:
+                cfg, listing = write(config, Path(args.out))
+            except OSError as exc:
+                print(f"b2bua: error: --out {args.out}: {exc.strerror or exc}", file=sys.stderr)
+                return EXIT_USAGE
+            print(f"{cfg}\n{listing}")
+            return EXIT_OK
         print(printable(config), end="")
         return EXIT_OK
     if args.command == "worker":
