@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
 
 from b2bua import flows
-from b2bua.call import Call, Party
+from rtp.call import Call, Party
 from b2bua.config import Config, Number, Trunk, User
 from b2bua.dialog import Dialog
 from b2bua.events import (

@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from b2bua.call import Call, MediaEndpoint, Party  # noqa: E402
+from rtp.call import Call, MediaEndpoint, Party  # noqa: E402
 from rtp.batch_io import BatchSocket, FixedStreams, recv_count  # noqa: E402
 from rtp.core import MediaCore  # noqa: E402
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from b2bua.call import Call, MediaEndpoint
+from rtp.call import Call, MediaEndpoint
 from rtp.admission import Admission
 from rtp.feature import FEATURE_TIMEOUT
 from rtp.mux import SharedPorts, SharedSession, ipv4

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from b2bua.call import Call, MediaEndpoint
+from rtp.call import Call, MediaEndpoint
 from rtp.batch_io import BatchMux, ReceiveArea, key_address, source_key
 from rtp.fastpath import FastTable, RouteMap
 from rtp.relay import CallRelay, Datagram

@@ -36,7 +36,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from b2bua.call import Call, MediaEndpoint, Party
+from rtp.call import Call, MediaEndpoint, Party
 from rtp import g711
 from rtp.events import EventDetector, digit_train
 from rtp.feature import FEATURE_TIMEOUT, FeatureMachine, Forward, Release, State, Toggle

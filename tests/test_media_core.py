@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from b2bua.call import Call, MediaEndpoint, Party
+from rtp.call import Call, MediaEndpoint, Party
 from rtp import g711
 from rtp.core import MediaCore, PortsExhausted
 from rtp.events import event_payload

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from b2bua.call import MediaEndpoint
+from rtp.call import MediaEndpoint
 from rtp import g711, mux
 from rtp.batch_io import BatchMux, available, key_address, source_key
 from rtp.core import MediaCore

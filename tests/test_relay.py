@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from b2bua.call import Call, MediaEndpoint, Party
+from rtp.call import Call, MediaEndpoint, Party
 from rtp import g711
 from rtp.events import EventDetector, event_payload, parse_event
 from rtp.packet import RtpPacket, build
@@ -501,7 +501,7 @@ def test_arbitrary_datagrams_never_raise(steps: list) -> None:  # type: ignore[t
 
 def test_a_second_source_on_the_signalling_ip_cannot_take_over_the_stream():
     """RTP bleed: once a party's source is known, a stranger on the same host is refused."""
-    from b2bua.call import Call, MediaEndpoint, Party
+    from rtp.call import Call, MediaEndpoint, Party
     from rtp.relay import CallRelay
     from rtp.prompts import load_prompts
 
