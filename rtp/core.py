@@ -13,75 +13,24 @@ socket; a full socket buffer drops the packet (counted), as the network would.
 from __future__ import annotations
 
 import asyncio
-import errno
 import heapq
 import logging
 import socket
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from rtp.call import Call, MediaEndpoint
 from rtp.admission import Admission
 from rtp.feature import FEATURE_TIMEOUT
 from rtp.mux import SharedPorts, SharedSession, ipv4
+from rtp.ports import MAX_DATAGRAM, PortRange, PortsExhausted, read_datagrams
 from rtp.prompts import Prompts, load_prompts
 from rtp.relay import TICK_INTERVAL, CallRelay, Datagram, recorder_factory
 
-MAX_DATAGRAM = 2048  # bytes read per datagram: above any G.711 packet and the Ethernet MTU
 MAX_READS_PER_WAKEUP = 64  # datagrams drained per readiness callback before yielding to other sockets
-SOCKET_BUFFER = 256 * 1024  # receive buffer per socket: ~1 s of a 50 pps stream survives a stalled loop
 PORTS_PER_SESSION = 2  # one RTP/RTCP pair facing each party
 LAG_SMOOTHING = 0.1  # weight of the newest tick in the moving average
-# <linux/in.h>: send with DF set and ignore path-MTU estimates. Why: with the default
-# (IP_PMTUDISC_WANT) an unconnected UDP socket's every datagram draws a fresh IP ID from
-# the kernel's shared, hashed generator (RFC 6864 needs none for a datagram with DF set,
-# and Linux then sends 0): `__ip_select_ident` was 2.2% of the B2BUA's CPU samples under
-# perf at 1,500 calls, and is gone with DF. RTP is a few hundred bytes, far below any
-# path's MTU.
-_IP_MTU_DISCOVER = 10
-_IP_PMTUDISC_PROBE = 3
-
-
-class PortsExhausted(RuntimeError):
-    """No free even RTP port (with its odd RTCP neighbour) left in the configured range."""
-
-
-def read_datagrams(sock: socket.socket, limit: int) -> Iterator[tuple[bytes, tuple[str, int]]]:
-    """Up to `limit` waiting datagrams from a non-blocking socket, then back to the loop.
-    An OSError on one read (ICMP port unreachable reported late) costs that read only."""
-    for _ in range(limit):
-        try:
-            data, addr = sock.recvfrom(MAX_DATAGRAM)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            continue
-        yield data, addr[:2]
-
-
-def _bind(ip: str, port: int, buffer: int = SOCKET_BUFFER) -> socket.socket:
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
-            if buffer > SOCKET_BUFFER:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
-        except OSError:
-            pass
-        if family == socket.AF_INET and sys.platform.startswith("linux"):
-            try:
-                sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_PROBE)
-            except OSError:
-                pass
-        sock.bind((ip, port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 class MediaSession:
@@ -144,7 +93,7 @@ class MediaSession:
         try:
             self.relay.close(time.monotonic())
         finally:
-            self.core._release(self)
+            self.core.release(self)
 
     # -- datagrams -------------------------------------------------------------------
 
@@ -234,9 +183,8 @@ class MediaCore:
         # [server] media_sockets = "shared": legs share a few ports (rtp.mux), IPv4 only.
         if shared and not ipv4(media_ip):
             raise ValueError(f"shared media sockets need an IPv4 media_ip, not {media_ip}")
-        self._shared = SharedPorts(self) if shared else None
-        self._in_use: set[int] = set()
-        self._cursor = low
+        self.port_pool = PortRange(media_ip, low, high)
+        self._shared = SharedPorts(self, self.port_pool) if shared else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._next_tick = 0.0
@@ -259,8 +207,7 @@ class MediaCore:
     @property
     def free_pairs(self) -> int:
         """Even/odd port pairs not in use (some may still be taken by other processes)."""
-        low, high = self.port_range
-        return (high - low + 1) // 2 - len(self._in_use)
+        return self.port_pool.free_pairs
 
     def open_session(self, call: Call) -> MediaSession | SharedSession:
         """Bind two RTP/RTCP pairs for `call` at once; PortsExhausted when the range is full."""
@@ -273,52 +220,24 @@ class MediaCore:
         bases: list[int] = []
         try:
             while len(bases) < PORTS_PER_SESSION:
-                base, rtp, rtcp = self._bind_pair()
+                base, rtp, rtcp = self.port_pool.bind_pair(calls=len(self.sessions))
                 bases.append(base)
                 sockets += [rtp, rtcp]
-                self._in_use.add(base)
         except BaseException:
             for sock in sockets:
                 sock.close()
             for base in bases:
-                self._in_use.discard(base)
+                self.port_pool.release(base)
             raise
         session = MediaSession(self, call, (bases[0], bases[1]), sockets)
         self.sessions.append(session)
         self._start_ticking()
         return session
 
-    def _bind_pair(self, buffer: int = SOCKET_BUFFER) -> tuple[int, socket.socket, socket.socket]:
-        low, high = self.port_range
-        pairs = (high - low + 1) // 2
-        for _ in range(pairs):
-            base = self._cursor
-            self._cursor = base + 2 if base + 3 <= high else low
-            if base in self._in_use:
-                continue
-            try:
-                rtp = _bind(self.media_ip, base, buffer)
-            except OSError as exc:
-                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                    continue  # another process holds it: try the next pair
-                raise
-            try:
-                rtcp = _bind(self.media_ip, base + 1, buffer)
-            except OSError as exc:
-                rtp.close()
-                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                    continue
-                raise
-            return base, rtp, rtcp
-        raise PortsExhausted(
-            f"no free RTP port pair in {low}-{high} on {self.media_ip}: "
-            f"{len(self._in_use)} pairs in use by {len(self.sessions)} calls; widen [server] rtp_ports"
-        )
-
-    def _release(self, session: MediaSession | SharedSession) -> None:
+    def release(self, session: MediaSession | SharedSession) -> None:
         if isinstance(session, MediaSession):
             for base in session.ports:
-                self._in_use.discard(base)
+                self.port_pool.release(base)
         try:
             self.sessions.remove(session)
         except ValueError:

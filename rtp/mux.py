@@ -26,20 +26,36 @@ RTP port + 1 first), with plain recvfrom/sendto: it is a few packets a second pe
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from rtp.call import Call, MediaEndpoint
 from rtp.batch_io import BatchMux, ReceiveArea, key_address, source_key
 from rtp.fastpath import FastTable, RouteMap
-from rtp.relay import CallRelay, Datagram
+from rtp.ports import PortRange, read_datagrams
+from rtp.prompts import Prompts
+from rtp.relay import CallRelay, Datagram, RecorderFactory
 
-if TYPE_CHECKING:
-    from rtp.core import MediaCore
+
+class MediaHost(Protocol):
+    """What the shared ports need of the media core that owns them (rtp.core.MediaCore)."""
+
+    log: logging.Logger
+    prompts: Prompts
+    make_recorder: RecorderFactory
+    feature_timeout: float
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    def wake(self, session: SharedSession) -> None: ...
+
+    def release(self, session: SharedSession) -> None: ...
 
 LEGS_PER_SOCKET = 1024  # legs sharing one port: ~51,200 packets/s, ~100 ms of them in its receive buffer
 MUX_BATCH = 256  # datagrams per sendmmsg
@@ -207,8 +223,6 @@ class SharedPort:
             session.queue(out)
 
     def on_rtcp(self) -> None:
-        from rtp.core import read_datagrams  # rtp.core imports this module
-
         now = time.monotonic()
         for data, addr in read_datagrams(self.rtcp, 64):
             route = self.rtcp_routes.get(addr) or self._rtcp_claim(addr)
@@ -239,8 +253,9 @@ class SharedPort:
 class SharedPorts:
     """The pool of shared ports: opened on demand, filled up to LEGS_PER_SOCKET each."""
 
-    def __init__(self, core: MediaCore) -> None:
+    def __init__(self, core: MediaHost, port_pool: PortRange) -> None:
         self.core = core
+        self.port_pool = port_pool
         self.ports: list[SharedPort] = []
         self._dirty: set[SharedPort] = set()
         self.table = FastTable()
@@ -335,8 +350,7 @@ class SharedPorts:
 
     def _open(self) -> SharedPort:
         core = self.core
-        base, rtp, rtcp = core._bind_pair(buffer=SHARED_SOCKET_BUFFER)
-        core._in_use.add(base)
+        base, rtp, rtcp = self.port_pool.bind_pair(buffer=SHARED_SOCKET_BUFFER)
         port = SharedPort(self, base, rtp, rtcp)
         self.table.ports[port.ident] = port
         core.loop.add_reader(rtcp.fileno(), port.on_rtcp)
@@ -364,7 +378,7 @@ class SharedPorts:
             except (ValueError, RuntimeError):
                 pass
             sock.close()
-        self.core._in_use.discard(port.port)
+        self.port_pool.release(port.port)
 
     def mark(self, port: SharedPort) -> None:
         self._dirty.add(port)
@@ -405,7 +419,7 @@ class SharedPorts:
 class SharedSession:
     """One call's media on shared ports: the same interface as `rtp.core.MediaSession`."""
 
-    def __init__(self, core: MediaCore, pool: SharedPorts, call: Call) -> None:
+    def __init__(self, core: MediaHost, pool: SharedPorts, call: Call) -> None:
         self.core = core
         self.call = call
         self.pool = pool
@@ -519,7 +533,7 @@ class SharedSession:
         finally:
             for port in self._ports:
                 self.pool.release(port)
-            self.core._release(self)
+            self.core.release(self)
 
 
 def ipv4(ip: str) -> bool:
