@@ -49,7 +49,8 @@ class Server:
     pause: str = "silence"  # "silence" | "skip"
     feature_timeout: float = DEFAULT_FEATURE_TIMEOUT
     registrations_db: Path | None = None
-    media_sockets: str = "per_call"  # "per_call" | "shared" (rtp.mux: many legs per port, IPv4)
+    media_sockets: str = "shared"  # "shared" (rtp.mux: many legs per port, IPv4) | "per_call" (default for an IPv6 media_ip)
+    media_poll: float = 0.002  # seconds between reads of the shared ports; 0: on readiness (rtp.mux)
     max_calls: int = 0  # concurrent calls taken before new INVITEs get 503; 0: as many as the core carries
 
 
@@ -307,11 +308,16 @@ def _server(path: Path, base: Path, table: Any) -> Server:
     timeout = r.get("feature_digit_timeout", (int, float), DEFAULT_FEATURE_TIMEOUT)
     if not 0.2 <= timeout <= 10:
         raise ConfigError(path, "server.feature_digit_timeout", f"got {timeout}, expected 0.2 to 10 seconds")
-    sockets = r.get("media_sockets", str, "per_call", what='"per_call" or "shared"')
+    # Shared ports are the default (rtp.mux: ~10x cheaper per packet); they need IPv4, so an
+    # IPv6 media_ip without the key gets a socket per leg.
+    sockets = r.get("media_sockets", str, "per_call" if ":" in media_ip else "shared", what='"per_call" or "shared"')
     if sockets not in ("per_call", "shared"):
         raise ConfigError(path, "server.media_sockets", f'got "{sockets}", expected "per_call" or "shared"')
     if sockets == "shared" and ":" in media_ip:
         raise ConfigError(path, "server.media_sockets", f'"shared" needs an IPv4 media_ip, got "{media_ip}"')
+    poll_ms = r.get("media_poll_ms", (int, float), 2)
+    if not 0 <= poll_ms <= 20:
+        raise ConfigError(path, "server.media_poll_ms", f"got {poll_ms}, expected 0 to 20 milliseconds (0: read on readiness)")
     max_calls = r.get("max_calls", int, 0)
     if max_calls < 0:
         raise ConfigError(path, "server.max_calls", f"got {max_calls}, expected a whole number >= 0 (0: no fixed limit)")
@@ -330,6 +336,7 @@ def _server(path: Path, base: Path, table: Any) -> Server:
         feature_timeout=float(timeout),
         registrations_db=db,
         media_sockets=sockets,
+        media_poll=poll_ms / 1000,
         max_calls=max_calls,
     )
     r.done()

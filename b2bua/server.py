@@ -100,6 +100,7 @@ class Server:
             pause_mode=server.pause,
             feature_timeout=server.feature_timeout,
             shared=server.media_sockets == "shared",
+            poll_interval=server.media_poll,
             max_calls=server.max_calls,
         )
         self.core = B2BUA(

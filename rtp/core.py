@@ -23,7 +23,7 @@ from pathlib import Path
 from rtp.call import Call, MediaEndpoint
 from rtp.admission import Admission
 from rtp.feature import FEATURE_TIMEOUT
-from rtp.mux import SharedPorts, SharedSession, ipv4
+from rtp.mux import POLL_INTERVAL, SharedPorts, SharedSession, ipv4
 from rtp.ports import MAX_DATAGRAM, PortRange, PortsExhausted, read_datagrams
 from rtp.prompts import Prompts, load_prompts
 from rtp.relay import TICK_INTERVAL, CallRelay, Datagram, recorder_factory
@@ -47,7 +47,7 @@ class MediaSession:
         self._rtcp = (sockets[1], sockets[3])
         self.send_errors = 0
         self.closed = False
-        now = time.monotonic()
+        now = core.now()
         for channel, party in enumerate(call.parties):
             if party.media is not None:  # SDP signalling already knew when it opened the session
                 self.relay.set_media(channel, party.media, now)
@@ -63,16 +63,16 @@ class MediaSession:
 
     def set_media(self, channel: int, endpoint: MediaEndpoint) -> None:
         """A party's negotiated stream (channel 0 or 1); again on re-INVITE or hold."""
-        self.relay.set_media(channel, endpoint, time.monotonic())
+        self.relay.set_media(channel, endpoint, self.core.now())
 
     def answered(self, now: float | None = None) -> None:
         """The call is answered: starts the recording clock (call.record_at_answer)."""
-        self.relay.answered(time.monotonic() if now is None else now)
+        self.relay.answered(self.core.now() if now is None else now)
         self.core.wake(self)
 
     def dtmf(self, channel: int, digit: str, now: float | None = None) -> None:
         """A digit from SIP INFO: the same *1 rules as RFC 4733 digits."""
-        self._send(self.relay.dtmf(channel, digit, time.monotonic() if now is None else now))
+        self._send(self.relay.dtmf(channel, digit, self.core.now() if now is None else now))
         self.core.wake(self)
 
     def settle(self) -> None:
@@ -91,7 +91,7 @@ class MediaSession:
                 pass
             sock.close()
         try:
-            self.relay.close(time.monotonic())
+            self.relay.close(self.core.now())
         finally:
             self.core.release(self)
 
@@ -100,7 +100,7 @@ class MediaSession:
     def _on_rtp(self, channel: int) -> None:
         sock = self._rtp[channel]
         relay = self.relay
-        monotonic = time.monotonic
+        now = self.core.now  # the one media clock: the loop's
         for _ in range(MAX_READS_PER_WAKEUP):
             try:
                 data, addr = sock.recvfrom(MAX_DATAGRAM)
@@ -109,7 +109,7 @@ class MediaSession:
             except OSError:  # e.g. ICMP port unreachable reported on a later read
                 continue
             try:
-                out = relay.receive(channel, data, addr[:2], monotonic())
+                out = relay.receive(channel, data, addr[:2], now())
             except Exception:  # a relay bug must cost one packet, not the event loop's reader
                 self.core.log.exception("media relay failed on a packet for call %s", self.call.call_id)
                 continue
@@ -120,7 +120,7 @@ class MediaSession:
 
     def _on_rtcp(self, channel: int) -> None:
         for data, addr in read_datagrams(self._rtcp[channel], MAX_READS_PER_WAKEUP):
-            for leg, payload, target in self.relay.receive_rtcp(channel, data, addr, time.monotonic()):
+            for leg, payload, target in self.relay.receive_rtcp(channel, data, addr, self.core.now()):
                 self._sendto(self._rtcp[leg], payload, target)
 
     def _send(self, out: list[Datagram]) -> None:
@@ -157,6 +157,8 @@ class MediaCore:
         shared: bool = False,
         max_calls: int = 0,
         cpu_clock: Callable[[], float] = time.process_time,
+        poll_interval: float = POLL_INTERVAL,
+        on_finalised: Callable[[Path], None] | None = None,
     ) -> None:
         low, high = port_range
         if low % 2:
@@ -170,8 +172,12 @@ class MediaCore:
         self.feature_timeout = feature_timeout
         self.log = log if log is not None else logging.getLogger("rtp")
         self.prompts = prompts if prompts is not None else load_prompts()
+        # Called on the loop with a recording's sidecar path once it is finalised (the HTTP
+        # side's webhooks); handed to every recorder this core makes.
+        self.on_finalised = on_finalised
         self.make_recorder = (
-            make_recorder if make_recorder is not None else recorder_factory(self.recordings_dir, pause_mode)
+            make_recorder if make_recorder is not None
+            else recorder_factory(self.recordings_dir, pause_mode, on_finalised=on_finalised)
         )
         self.sessions: list[MediaSession | SharedSession] = []
         # Which sessions the tick drives (see _tick_sessions): a heap of (next flush, n,
@@ -184,7 +190,7 @@ class MediaCore:
         if shared and not ipv4(media_ip):
             raise ValueError(f"shared media sockets need an IPv4 media_ip, not {media_ip}")
         self.port_pool = PortRange(media_ip, low, high)
-        self._shared = SharedPorts(self, self.port_pool) if shared else None
+        self._shared = SharedPorts(self, self.port_pool, poll_interval) if shared else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._next_tick = 0.0
@@ -203,6 +209,10 @@ class MediaCore:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         return self._loop
+
+    def now(self) -> float:
+        """The one clock media runs on: the event loop's (monotonic) time."""
+        return self.loop.time()
 
     @property
     def free_pairs(self) -> int:
@@ -277,7 +287,7 @@ class MediaCore:
         self.note_lag(now - self._next_tick)
         if self.admission.due(now):
             self._sample(now)
-        self._tick_sessions(time.monotonic())
+        self._tick_sessions(now)
         self._next_tick += TICK_INTERVAL
         if self._next_tick < loop.time():  # fell behind: skip missed ticks instead of bursting
             self._next_tick = loop.time() + TICK_INTERVAL

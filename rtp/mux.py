@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
-import time
 from typing import Protocol
 
 import numpy as np
@@ -53,6 +51,8 @@ class MediaHost(Protocol):
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...
 
+    def now(self) -> float: ...
+
     def wake(self, session: SharedSession) -> None: ...
 
     def release(self, session: SharedSession) -> None: ...
@@ -68,7 +68,7 @@ MAX_BATCHES_PER_WAKEUP = 16  # full areas per read before yielding to other work
 # drained. Waking per datagram would hand the batch lane a handful of packets at a time and
 # pay numpy's per-call cost for each handful; 2 ms gathers ~400 packets at 2,000 calls,
 # and 2 ms more delay is nothing to a phone's jitter buffer (the recorder's window is 200 ms).
-POLL_INTERVAL = float(os.environ.get("B2BUA_MEDIA_POLL", "0.002"))  # 0: on readiness (experiments)
+POLL_INTERVAL = 0.002  # the default of [server] media_poll_ms; 0: on readiness
 
 
 class SharedPort:
@@ -223,7 +223,7 @@ class SharedPort:
             session.queue(out)
 
     def on_rtcp(self) -> None:
-        now = time.monotonic()
+        now = self.pool.core.now()
         for data, addr in read_datagrams(self.rtcp, 64):
             route = self.rtcp_routes.get(addr) or self._rtcp_claim(addr)
             if route is None:
@@ -253,9 +253,10 @@ class SharedPort:
 class SharedPorts:
     """The pool of shared ports: opened on demand, filled up to LEGS_PER_SOCKET each."""
 
-    def __init__(self, core: MediaHost, port_pool: PortRange) -> None:
+    def __init__(self, core: MediaHost, port_pool: PortRange, poll_interval: float = POLL_INTERVAL) -> None:
         self.core = core
         self.port_pool = port_pool
+        self.poll_interval = poll_interval
         self.ports: list[SharedPort] = []
         self._dirty: set[SharedPort] = set()
         self.table = FastTable()
@@ -273,7 +274,7 @@ class SharedPorts:
         except Exception:  # a failure must not stop the ports' clock
             self.core.log.exception("media poll failed on the shared ports")
         if self.ports:
-            self._poller = self.core.loop.call_later(POLL_INTERVAL, self._poll)
+            self._poller = self.core.loop.call_later(self.poll_interval, self._poll)
 
     def read(self, ports: list[SharedPort]) -> None:
         """Read every port's waiting datagrams into the one receive area, one after another,
@@ -284,7 +285,7 @@ class SharedPorts:
         area = self.area
         rows = area.rows
         table = self.table
-        now = time.monotonic()
+        now = self.core.now()
         for _ in range(MAX_BATCHES_PER_WAKEUP):
             total = 0
             segments: list[tuple[SharedPort, int, int]] = []
@@ -354,10 +355,10 @@ class SharedPorts:
         port = SharedPort(self, base, rtp, rtcp)
         self.table.ports[port.ident] = port
         core.loop.add_reader(rtcp.fileno(), port.on_rtcp)
-        if not POLL_INTERVAL:
+        if not self.poll_interval:
             core.loop.add_reader(rtp.fileno(), port.on_rtp)
         elif self._poller is None:
-            self._poller = core.loop.call_later(POLL_INTERVAL, self._poll)
+            self._poller = core.loop.call_later(self.poll_interval, self._poll)
         self.ports.append(port)
         core.log.info("media event=shared_port port=%d shared_ports=%d", base, len(self.ports))
         return port
@@ -437,7 +438,7 @@ class SharedSession:
         self._endpoints: list[MediaEndpoint | None] = [None, None]
         self.keys: tuple[set[int], set[int]] = (set(), set())  # route keys each leg owns
         self.slot = pool.table.add(self)  # legs 2*slot and 2*slot + 1 of the batch lane
-        now = time.monotonic()
+        now = self.core.now()
         for channel, party in enumerate(call.parties):
             if party.media is not None:
                 self.set_media(channel, party.media, now)
@@ -454,7 +455,7 @@ class SharedSession:
         return self._ports[0].port, self._ports[1].port
 
     def set_media(self, channel: int, endpoint: MediaEndpoint, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
+        now = self.core.now() if now is None else now
         table = self.pool.table
         table.store(self)
         old = self._endpoints[channel]
@@ -469,7 +470,7 @@ class SharedSession:
         table.load(self, now)
 
     def answered(self, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
+        now = self.core.now() if now is None else now
         table = self.pool.table
         table.store(self)
         self.relay.answered(now)
@@ -477,7 +478,7 @@ class SharedSession:
         self.core.wake(self)
 
     def dtmf(self, channel: int, digit: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
+        now = self.core.now() if now is None else now
         table = self.pool.table
         table.store(self)
         out = self.relay.dtmf(channel, digit, now)
@@ -529,7 +530,7 @@ class SharedSession:
             if endpoint is not None:
                 port.detach(self, channel, endpoint)
         try:
-            self.relay.close(time.monotonic())
+            self.relay.close(self.core.now())
         finally:
             for port in self._ports:
                 self.pool.release(port)

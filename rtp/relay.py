@@ -82,12 +82,17 @@ class RecorderLike(Protocol):
 RecorderFactory = Callable[[Call, float], RecorderLike]  # (call, t0) -> recorder
 
 
-def recorder_factory(directory: Path, pause_mode: str) -> RecorderFactory:
-    """The production factory: rtp.recorder.Recorder under `directory`."""
+def recorder_factory(directory: Path, pause_mode: str, *, on_finalised: Callable[[Path], None] | None = None) -> RecorderFactory:
+    """The production factory: rtp.recorder.Recorder under `directory`; `on_finalised` (the
+    sidecar's path, once a recording is finalised) is passed on where the recorder takes it."""
     from rtp.recorder import Recorder  # the recorder module is only needed once a call is answered
 
-    def make(call: Call, t0: float) -> RecorderLike:
-        return Recorder(Path(directory), call, pause_mode, t0)
+    if on_finalised is None:
+        def make(call: Call, t0: float) -> RecorderLike:
+            return Recorder(Path(directory), call, pause_mode, t0)
+    else:
+        def make(call: Call, t0: float) -> RecorderLike:
+            return Recorder(Path(directory), call, pause_mode, t0, on_finalised=on_finalised)
 
     return make
 
