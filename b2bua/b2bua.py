@@ -230,7 +230,7 @@ class B2BUA:
             after = {b.uri: b for b in self.registrar.contacts(user, now)}
             for uri in after.keys() - before:
                 log.info("registration event=added user=%s contact=%s source=%s:%s:%d expires=%d", user, uri,
-                         peer.transport, peer.host, peer.port, after[uri].expires_in(now))
+                         peer.transport, peer.host, peer.port, self.registrar.expires_in(after[uri], now))
             for uri in before - after.keys():
                 log.info("registration event=removed user=%s contact=%s", user, uri)
         elif response.status == 403:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from datetime import datetime, timezone
+
+from b2bua.clock import UtcAt, iso_utc, same_clock
 
 #: Failures tolerated inside the window. A phone with a wrong password fails once per
 #: registration attempt; 5 in a minute is a script, not a phone.
@@ -31,10 +32,6 @@ DEFAULT_DURATION = 600.0
 MAX_TRACKED_KEYS = 10_000
 
 _LOGGER = logging.getLogger("b2bua.security")
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _clean(value: str | None) -> str:
@@ -55,6 +52,7 @@ class Lockout:
         *,
         log: Callable[[str], None] | None = None,
         max_tracked: int = MAX_TRACKED_KEYS,
+        utc_at: UtcAt = same_clock,
     ) -> None:
         if max_failures < 1:
             raise ValueError("max_failures must be at least 1")
@@ -63,6 +61,7 @@ class Lockout:
         self.duration = duration
         self._log = log if log is not None else _LOGGER.warning
         self._max_tracked = max_tracked
+        self._utc_at = utc_at  # `now` is monotonic (durations); the log's until= is UTC
         self._failures: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
         self._locked: dict[tuple[str, str], float] = {}  # key -> locked until
 
@@ -113,7 +112,7 @@ class Lockout:
             return False
         self._log(
             f"security: lockout ip={_clean(ip)} user={_clean(user)} failures={failures} "
-            f"until={_iso(now + self.duration)} scope={'+'.join(tripped)}"
+            f"until={iso_utc(self._utc_at(now) + self.duration)} scope={'+'.join(tripped)}"
         )
         return True
 

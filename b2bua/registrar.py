@@ -1,9 +1,11 @@
 """The registrar: REGISTER in, Response out (RFC 3261 §10.3), with digest auth and lockout.
 
-Sans-IO: `handle(request, peer, now)` never reads a clock or a socket; `now` is wall-clock
-seconds since the epoch (bindings are persisted and must mean the same after a restart,
-and the 200's Date header is derived from it). The only I/O is the SQLite file behind
-`BindingsStore`.
+Sans-IO: `handle(request, peer, now)` never reads a clock or a socket. `now` is the
+caller's monotonic clock (durations: lockouts, nonces); the `utc_at` function the caller
+gives maps it to UTC, used where wall time belongs: binding expiries (persisted, they must
+mean the same after a reboot, when the monotonic clock has restarted) and the 200's Date
+header. Without `utc_at`, `now` is taken to be UTC already. The only I/O is the SQLite file
+behind `BindingsStore`.
 
 Unknown users are not revealed (no 404): a REGISTER for any name is challenged, and
 credentials for a user that does not exist get the same 401 re-challenge as a wrong
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from b2bua.auth import AuthResult, DigestAuthenticator, parse_auth_header
 from b2bua.bindings_store import Binding, BindingsStore
+from b2bua.clock import UtcAt, same_clock
 from b2bua.headers import parse_name_addr, parse_uri
 from b2bua.lockout import Lockout
 from b2bua.message import Request, Response, make_response
@@ -119,6 +122,7 @@ class Registrar:
         min_expires: int = MIN_EXPIRES,
         max_expires: int = MAX_EXPIRES,
         max_contacts: int = MAX_CONTACTS_PER_USER,
+        utc_at: UtcAt = same_clock,
     ) -> None:
         self.users = dict(users)
         self.realm = realm
@@ -128,6 +132,7 @@ class Registrar:
         self.min_expires = min_expires
         self.max_expires = max_expires
         self.max_contacts = max_contacts
+        self.utc_at = utc_at
         self._store = BindingsStore(db_path)
         self._bindings: dict[str, list[Binding]] = {}
         for b in self._store.load():
@@ -137,10 +142,16 @@ class Registrar:
 
     def contacts(self, user: str, now: float) -> list[Binding]:
         """The user's live bindings (not yet expired at `now`), oldest registration first."""
-        return [b for b in self._bindings.get(user, []) if b.expires_at > now]
+        utc = self.utc_at(now)
+        return [b for b in self._bindings.get(user, []) if b.expires_at > utc]
+
+    def expires_in(self, binding: Binding, now: float) -> int:
+        """Whole seconds `binding` has left at the caller's `now`."""
+        return binding.expires_in(self.utc_at(now))
 
     def expire(self, now: float) -> list[Binding]:
         """Remove and return every binding expired at `now` (call it from a timer)."""
+        now = self.utc_at(now)
         gone: list[Binding] = []
         for user in list(self._bindings):
             keep = []
@@ -155,7 +166,7 @@ class Registrar:
         return gone
 
     def next_expiry(self) -> float | None:
-        """When the next binding expires, for the caller's timer (None: no bindings)."""
+        """When the next binding expires, in UTC seconds (None: no bindings)."""
         times = [b.expires_at for bs in self._bindings.values() for b in bs]
         return min(times) if times else None
 
@@ -168,6 +179,8 @@ class Registrar:
         proof of identity (authenticate for that). With `now`, expired bindings are
         ignored (without it, bindings count until `expire()` removes them).
         """
+        if now is not None:
+            now = self.utc_at(now)
         users: set[str] = set()
         exact: set[str] = set()
         for user, bindings in self._bindings.items():
@@ -248,15 +261,16 @@ class Registrar:
                 return response
             if user != aor_user:  # §10.3 step 6: authorised to register this AOR?
                 raise _Reject(403, "Forbidden")
-            self._update(aor_user, request, peer, now)
+            self._update(aor_user, request, peer, self.utc_at(now))
         except _Reject as r:
             return self._respond(request, r.status, r.reason, r.headers)
-        headers = [("Contact", f"<{b.uri}>;expires={b.expires_in(now)}") for b in self.contacts(aor_user, now)]
-        headers.append(("Date", formatdate(now, usegmt=True)))  # §10.3 step 8, §20.17
+        utc = self.utc_at(now)
+        headers = [("Contact", f"<{b.uri}>;expires={b.expires_in(utc)}") for b in self.contacts(aor_user, now)]
+        headers.append(("Date", formatdate(utc, usegmt=True)))  # §10.3 step 8, §20.17
         return self._respond(request, 200, "OK", tuple(headers))
 
-    def _update(self, user: str, request: Request, peer: Peer, now: float) -> None:
-        """§10.3 steps 5-7: compute the new binding set, commit all or nothing."""
+    def _update(self, user: str, request: Request, peer: Peer, utc: float) -> None:
+        """§10.3 steps 5-7: compute the new binding set, commit all or nothing (`utc`: UTC)."""
         try:
             call_id = request.call_id
             cseq = int(request.cseq[0])
@@ -266,7 +280,7 @@ class Registrar:
             raise _Reject(400, "Bad Header: Call-ID")
         header_expires = _delta_seconds(request.headers.get("Expires"), "Expires")
         contacts = [c for c in request.headers.get_all("Contact") if c.strip()]
-        current = self.contacts(user, now)
+        current = [b for b in self._bindings.get(user, []) if b.expires_at > utc]
 
         if any(c.strip() == "*" for c in contacts):
             # §10.3 step 6: "*" only alone and only with Expires: 0 (else 400).
@@ -299,7 +313,7 @@ class Registrar:
             if expires == 0:
                 updated.pop(key, None)
             else:
-                updated[key] = Binding(user, uri, peer, now + expires, call_id, cseq)
+                updated[key] = Binding(user, uri, peer, utc + expires, call_id, cseq)
         if contacts:
             self._commit(user, list(updated.values()))
 

@@ -18,6 +18,7 @@ from typing import Any
 from b2bua import os_limits
 from b2bua.auth import DigestAuthenticator
 from b2bua.b2bua import B2BUA
+from b2bua.clock import system_utc_at
 from b2bua.config import Config
 from b2bua.gc_policy import GcPolicy
 from b2bua.lockout import Lockout
@@ -83,6 +84,7 @@ class Server:
         for path in repair(server.recordings_dir):
             log.warning("recording event=repaired path=%s", path)
 
+        utc_at = system_utc_at(self.loop.time)  # `now` is the loop's monotonic clock
         advertised = server.host if server.host not in ("0.0.0.0", "::") else server.media_ip
         self.transactions = TransactionLayer()
         authenticator = DigestAuthenticator(server.realm, secrets.token_bytes(32), algorithms=config.security.digest_algorithms)
@@ -90,9 +92,11 @@ class Server:
             max_failures=config.security.max_failures,
             window=config.security.failure_window,
             duration=config.security.lockout_seconds,
+            utc_at=utc_at,
         )
         passwords = {u.name: u.password for u in config.users}
-        self.registrar = Registrar(passwords, server.realm, server.registrations_db, authenticator, lockout)
+        self.registrar = Registrar(passwords, server.realm, server.registrations_db, authenticator, lockout,
+                                   utc_at=utc_at)
         self.media = MediaCore(
             server.media_ip,
             server.rtp_ports,
