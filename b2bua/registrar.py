@@ -10,7 +10,7 @@ behind `BindingsStore`.
 Unknown users are not revealed (no 404): a REGISTER for any name is challenged, and
 credentials for a user that does not exist get the same 401 re-challenge as a wrong
 password (and count towards the same lockout), so the answers for "no such user" and
-"wrong password" are indistinguishable. 403 is reserved for a locked-out IP/user and for
+"wrong password" are indistinguishable. 403 is reserved for a source the lockout refuses and for
 an authenticated user registering someone else's address-of-record (§10.3 step 6).
 """
 
@@ -213,22 +213,25 @@ class Registrar:
     ) -> tuple[str | None, Response | None]:
         """Digest-authenticate any request: (username, None) or (None, response to send).
 
-        The response is 403 when the source IP or the claimed user is locked out (without
-        evaluating credentials), else 401 (or 407 with `proxy=True`, RFC 3261 §22.3) with a
+        The response is 403 when the lockout refuses this source for the claimed user
+        (without evaluating credentials; see lockout.py: a guessing IP, or an unknown
+        address while the user is guarded), else 401 (or 407 with `proxy=True`, RFC 3261 §22.3) with a
         fresh challenge; stale=true when only the nonce had expired (RFC 7616 §3.3).
         """
         header = "Proxy-Authorization" if proxy else "Authorization"
         value = self._credentials_for_realm(request.headers.get_all(header))
         claimed = _auth_username(value) or self._to_user(request)
-        if self.lockout.is_locked(peer.host, claimed, now):
+        if self.lockout.refused(peer, claimed, now):
             return None, self._respond(request, 403, "Forbidden")
         if value is None:
             return None, self._challenge(request, now, proxy=proxy, stale=False)
         result: AuthResult = self.authenticator.verify(request.method, value, self.users.get, now)
         if result.ok:
-            self.lockout.record_success(peer.host, result.username, now)
+            self.lockout.record_success(peer, result.username, now)
             return result.username, None
-        if result.counts_as_failure and self.lockout.record_failure(peer.host, result.username, now):
+        if result.counts_as_failure and self.lockout.record_failure(
+            peer, result.username, now, user_exists=result.username in self.users
+        ):
             return None, self._respond(request, 403, "Forbidden")
         return None, self._challenge(request, now, proxy=proxy, stale=result.stale)
 

@@ -92,6 +92,10 @@ class Server:
             max_failures=config.security.max_failures,
             window=config.security.failure_window,
             duration=config.security.lockout_seconds,
+            per_hour=config.security.max_failures_per_hour,
+            per_day=config.security.max_failures_per_day,
+            max_duration=config.security.max_lockout_seconds,
+            user_per_hour=config.security.max_user_failures_per_hour,
             utc_at=utc_at,
         )
         passwords = {u.name: u.password for u in config.users}
