@@ -135,8 +135,10 @@ class Registrar:
         self.utc_at = utc_at
         self._store = BindingsStore(db_path)
         self._bindings: dict[str, list[Binding]] = {}
+        self._hosts: dict[str, int] = {}  # source IP -> bindings from it (strangers.py asks)
         for b in self._store.load():
             self._bindings.setdefault(b.user, []).append(b)
+            self._count_host(b, +1)
 
     # -- queries --------------------------------------------------------------------
 
@@ -161,6 +163,8 @@ class Registrar:
                 self._bindings[user] = keep
             else:
                 del self._bindings[user]
+        for b in gone:
+            self._count_host(b, -1)
         if gone:
             self._store.remove(gone)
         return gone
@@ -323,11 +327,27 @@ class Registrar:
     def _commit(self, user: str, bindings: list[Binding]) -> None:
         if len(bindings) > self.max_contacts:
             bindings = sorted(bindings, key=lambda b: b.expires_at)[-self.max_contacts :]
+        for b in self._bindings.get(user, []):
+            self._count_host(b, -1)
+        for b in bindings:
+            self._count_host(b, +1)
         if bindings:
             self._bindings[user] = bindings
         else:
             self._bindings.pop(user, None)
         self._store.replace_user(user, bindings)
+
+    def _count_host(self, binding: Binding, delta: int) -> None:
+        n = self._hosts.get(binding.peer.host, 0) + delta
+        if n > 0:
+            self._hosts[binding.peer.host] = n
+        else:
+            self._hosts.pop(binding.peer.host, None)
+
+    def registered_from(self, host: str) -> bool:
+        """True when some binding (not yet swept by `expire`) came from this IP: a phone
+        is there, so it is no stranger (b2bua/strangers.py). O(1), asked per request."""
+        return host in self._hosts
 
     # -- helpers --------------------------------------------------------------------
 
