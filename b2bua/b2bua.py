@@ -230,11 +230,11 @@ class B2BUA:
             after = {b.uri: b for b in self.registrar.contacts(user, now)}
             for uri in after.keys() - before:
                 log.info("registration event=added user=%s contact=%s source=%s:%s:%d expires=%d", user, uri,
-                         peer.transport, peer.host, peer.port, after[uri].expires_in(now))
+                         peer.transport, peer.host, peer.port, self.registrar.expires_in(after[uri], now))
             for uri in before - after.keys():
                 log.info("registration event=removed user=%s contact=%s", user, uri)
         elif response.status == 403:
-            log.warning("registration event=refused user=%s source=%s:%d", user, peer.host, peer.port)
+            log.debug("registration event=refused user=%s source=%s:%d", user, peer.host, peer.port)
 
     def _reply(
         self,
@@ -291,8 +291,10 @@ class B2BUA:
         """RFC 3261 §22.3: INVITEs from phones are challenged with 407; strangers get 403."""
         if self.registrar.user_at(peer.host, now=now) is None:
             # Toll-fraud protection: only registered phones may place calls.
-            log.warning("security event=refused reason=unknown-source ip=%s port=%d from=%s to=%s",
-                        peer.host, peer.port, _quote(request.headers.get("From")), _quote(request.uri))
+            # Counted into the per-source summary (issue 16: never a line per hostile request).
+            self.lockout.summary.count(peer.host, "unknown-source-invite", now, line=(
+                f"security event=refused reason=unknown-source ip={peer.host} port={peer.port} "
+                f"from={_quote(request.headers.get('From'))} to={_quote(request.uri)}"))
             self._reply(txn, request, 403, now, "Forbidden")
             return None
         username, response = self.registrar.authenticate(request, peer, now, proxy=True)
