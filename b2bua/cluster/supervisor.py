@@ -108,8 +108,9 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, config: Config, run_dir: Path | None = None) -> None:
+    def __init__(self, config: Config, run_dir: Path | None = None, *, sip_trace: bool = False) -> None:
         self.config = config
+        self.sip_trace = sip_trace
         self.cluster = cluster_of(config)
         self.run_dir = run_dir
         self._own_run_dir = run_dir is None
@@ -147,7 +148,8 @@ class Supervisor:
         return Child("edge", argv, port=self.config.server.port)
 
     def _worker_child(self, index: int, secret: str) -> Child:
-        argv = [sys.executable, "-m", "b2bua", "worker", "--config", str(self.config.path), "--index", str(index)]
+        argv = [sys.executable, "-m", "b2bua", "worker", "--config", str(self.config.path), "--index", str(index),
+                *(["--sip-trace"] if self.sip_trace else [])]
         env = dict(os.environ, **{SECRET_ENV: secret})
         return Child(f"worker{index}", argv, port=slot(self.config, index).port, index=index, env=env)
 
@@ -269,8 +271,8 @@ def _wait_answers(host: str, port: int, within: float) -> bool:
     return False
 
 
-def run_cluster(config: Config) -> int:
+def run_cluster(config: Config, sip_trace: bool = False) -> int:
     from b2bua.server import setup_logging
 
     setup_logging()
-    return Supervisor(config).run()
+    return Supervisor(config, sip_trace=sip_trace).run()
