@@ -83,7 +83,8 @@ class Server:
         except OSError as exc:
             log.error("startup event=failed reason=%r path=%s", str(exc), server.recordings_dir)
             return 1
-        for path in repair(server.recordings_dir):
+        repaired = repair(server.recordings_dir)
+        for path in repaired:
             log.warning("recording event=repaired path=%s", path)
 
         utc_at = system_utc_at(self.loop.time)  # `now` is the loop's monotonic clock
@@ -107,6 +108,11 @@ class Server:
                                    utc_at=utc_at)
         self.strangers = policy_for(config, self.registrar, self.summary)
         self.transactions.strangers = self.strangers
+        self.lockout = lockout
+        # Recordings page, REST API, webhooks, metrics, retention ([http], [[webhooks]], ...).
+        from b2bua.recordings_service.service import RecordingsService, notify_on_close
+        from rtp.relay import recorder_factory
+        self.recordings = RecordingsService(config, self)
         self.media = MediaCore(
             server.media_ip,
             server.rtp_ports,
@@ -116,6 +122,8 @@ class Server:
             shared=server.media_sockets == "shared",
             poll_interval=server.media_poll,
             max_calls=server.max_calls,
+            make_recorder=notify_on_close(recorder_factory(server.recordings_dir, server.pause),
+                                          self.recordings.on_finalised),
         )
         self.core = B2BUA(
             config, self.transactions, self.registrar, authenticator, lockout, self.media,
@@ -129,6 +137,12 @@ class Server:
             return 1
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(sig, self.stopping.set)
+        try:
+            await self.recordings.start(repaired)
+        except OSError as exc:
+            log.error("startup event=failed reason=%r http=%s", str(exc), config.http)
+            await self.transport.stop()
+            return 1
         self.banner()
         self.arm()
         collector = GcPolicy(self.loop, lambda: len(self.core.calls), log)
@@ -163,6 +177,7 @@ class Server:
         if self.core.calls or self.transactions.next_deadline() is not None:
             await asyncio.sleep(SHUTDOWN_GRACE)
         await self.media.close()
+        await self.recordings.stop()  # after media: the last finalised recordings are queued
         await self.transport.stop()
         self.registrar.close()
         log.info("shutdown event=done")
