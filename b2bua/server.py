@@ -111,6 +111,11 @@ class Server:
                                    utc_at=utc_at)
         self.strangers = policy_for(config, self.registrar, self.summary)
         self.transactions.strangers = self.strangers
+        self.lockout = lockout
+        # Recordings page, REST API, webhooks, metrics, retention ([http], [[webhooks]], ...).
+        from b2bua.recordings_service.service import RecordingsService, notify_on_close
+        from rtp.relay import recorder_factory
+        self.recordings = RecordingsService(config, self)
         self.media = MediaCore(
             server.media_ip,
             server.rtp_ports,
@@ -120,6 +125,8 @@ class Server:
             shared=server.media_sockets == "shared",
             poll_interval=server.media_poll,
             max_calls=server.max_calls,
+            make_recorder=notify_on_close(recorder_factory(server.recordings_dir, server.pause),
+                                          self.recordings.on_finalised),
         )
         self.core = B2BUA(
             config, self.transactions, self.registrar, authenticator, lockout, self.media,
@@ -133,6 +140,12 @@ class Server:
             return 1
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(sig, self.stopping.set)
+        try:
+            await self.recordings.start(repaired)
+        except OSError as exc:
+            log.error("startup event=failed reason=%r http=%s", str(exc), config.http)
+            await self.transport.stop()
+            return 1
         if self.worker:
             self.worker.attach(self)
         self.banner()
@@ -169,6 +182,7 @@ class Server:
         if self.core.calls or self.transactions.next_deadline() is not None:
             await asyncio.sleep(SHUTDOWN_GRACE)
         await self.media.close()
+        await self.recordings.stop()  # after media: the last finalised recordings are queued
         await self.transport.stop()
         self.registrar.close()
         log.info("shutdown event=done")
