@@ -175,7 +175,8 @@ class Supervisor:
                      self.config.server.port, self.cluster.workers, self.run_dir)
             if self.redis is not None:
                 self.redis.start()
-                _wait_answers(urlsplit(self.cluster.redis).hostname or "127.0.0.1", self.redis.port, 5.0)
+                if not _wait_answers(urlsplit(self.cluster.redis).hostname or "127.0.0.1", self.redis.port, 5.0):
+                    log.error("redis pid=%d event=not-answering within=5s", self.redis.proc.pid)  # type: ignore[union-attr]
             for child in self.children:
                 if child is not self.redis:
                     child.start()
@@ -193,6 +194,9 @@ class Supervisor:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _on_stop(self, signum: int, frame: object) -> None:
+        if self.stopping and self.gentle:
+            log.info("cluster event=escalate from=drain to=terminate")
+            self.gentle = False  # a SIGTERM during a gentle drain: end the calls now
         self.stopping = True
 
     def _on_drain(self, signum: int, frame: object) -> None:
@@ -218,6 +222,10 @@ class Supervisor:
             worker.signal(signal.SIGUSR1 if self.gentle else signal.SIGTERM)
         deadline = None if self.gentle else time.monotonic() + STOP_GRACE
         while any(w.alive() for w in workers):
+            if deadline is None and not self.gentle:  # escalated by SIGTERM
+                for worker in workers:
+                    worker.signal(signal.SIGTERM)
+                deadline = time.monotonic() + STOP_GRACE
             if deadline is not None and time.monotonic() > deadline:
                 for w in workers:
                     if w.alive():
