@@ -89,6 +89,17 @@ def session_cpu(leader: int) -> float:
     return total
 
 
+def wait_ready(log_path: Path, proc: subprocess.Popen, workers: int, timeout: float = 60) -> None:
+    """Every worker listening, then two probe intervals: the edge has them all in its set
+    (an OPTIONS sent to the edge before then could find none and mark one down)."""
+    deadline = time.monotonic() + timeout
+    while len(set(re.findall(r"worker=(\d+) event=ready", log_path.read_text()))) < workers:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the cluster did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.1)
+    time.sleep(2.0)
+
+
 def run(calls: int, seconds: float, record: bool, workdir: Path, workers: int, quota: float | None) -> dict:
     edge_port, redis_port = load.free_port(), load.free_port(load.socket.SOCK_STREAM)
     worker_low = 30000 + (os.getpid() % 2000) * 8
@@ -106,7 +117,7 @@ def run(calls: int, seconds: float, record: bool, workdir: Path, workers: int, q
     groups: list[CpuQuota] = []
     try:
         os.sched_setaffinity(0, {load.LOAD_CORE})
-        load.wait_listening(edge_port, proc)
+        wait_ready(log_path, proc, workers)
         text = log_path.read_text()
         pids = {int(i): int(p) for i, p in re.findall(r"worker=(\d+) pid=(\d+) port=\d+ event=started", text)}
         edge_pid = int(re.search(r"edge pid=(\d+)", text).group(1))
