@@ -2,8 +2,8 @@
 
 Sans-IO: `handle(request, peer, now)` never reads a clock or a socket; `now` is wall-clock
 seconds since the epoch (bindings are persisted and must mean the same after a restart,
-and the 200's Date header is derived from it). The only I/O is the SQLite file behind
-`BindingsStore`.
+and the 200's Date header is derived from it). Bindings live in a `BindingsStore` (SQLite
+for one process, Redis shared by a cluster's workers), which serves reads from memory.
 
 Unknown users are not revealed (no 404): a REGISTER for any name is challenged, and
 credentials for a user that does not exist get the same 401 re-challenge as a wrong
@@ -20,7 +20,7 @@ from email.utils import formatdate
 from pathlib import Path
 
 from b2bua.auth import AuthResult, DigestAuthenticator, parse_auth_header
-from b2bua.bindings_store import Binding, BindingsStore
+from b2bua.bindings_store import Binding, BindingsStore, SqliteBindingsStore
 from b2bua.headers import parse_name_addr, parse_uri
 from b2bua.lockout import Lockout
 from b2bua.message import Request, Response, make_response
@@ -102,9 +102,10 @@ def _delta_seconds(value: str | None, what: str) -> int | None:
 
 
 class Registrar:
-    """Bindings of users to contacts, kept in memory and mirrored to SQLite.
+    """Bindings of users to contacts, kept in a `BindingsStore`.
 
     `users` maps user name to digest password. `lockout` may be None for the defaults.
+    `store` (a cluster's shared store) replaces the SQLite file at `db_path`.
     """
 
     def __init__(
@@ -119,6 +120,7 @@ class Registrar:
         min_expires: int = MIN_EXPIRES,
         max_expires: int = MAX_EXPIRES,
         max_contacts: int = MAX_CONTACTS_PER_USER,
+        store: BindingsStore | None = None,
     ) -> None:
         self.users = dict(users)
         self.realm = realm
@@ -128,35 +130,24 @@ class Registrar:
         self.min_expires = min_expires
         self.max_expires = max_expires
         self.max_contacts = max_contacts
-        self._store = BindingsStore(db_path)
-        self._bindings: dict[str, list[Binding]] = {}
-        for b in self._store.load():
-            self._bindings.setdefault(b.user, []).append(b)
+        self._store: BindingsStore = store if store is not None else SqliteBindingsStore(db_path)
 
     # -- queries --------------------------------------------------------------------
 
     def contacts(self, user: str, now: float) -> list[Binding]:
         """The user's live bindings (not yet expired at `now`), oldest registration first."""
-        return [b for b in self._bindings.get(user, []) if b.expires_at > now]
+        return [b for b in self._store.bindings(user) if b.expires_at > now]
 
     def expire(self, now: float) -> list[Binding]:
         """Remove and return every binding expired at `now` (call it from a timer)."""
-        gone: list[Binding] = []
-        for user in list(self._bindings):
-            keep = []
-            for b in self._bindings[user]:
-                (keep if b.expires_at > now else gone).append(b)
-            if keep:
-                self._bindings[user] = keep
-            else:
-                del self._bindings[user]
+        gone = [b for b in self._store.all() if b.expires_at <= now]
         if gone:
             self._store.remove(gone)
         return gone
 
     def next_expiry(self) -> float | None:
         """When the next binding expires, for the caller's timer (None: no bindings)."""
-        times = [b.expires_at for bs in self._bindings.values() for b in bs]
+        times = [b.expires_at for b in self._store.all()]
         return min(times) if times else None
 
     def user_at(self, peer_host: str, port: int | None = None, *, now: float | None = None) -> str | None:
@@ -170,13 +161,14 @@ class Registrar:
         """
         users: set[str] = set()
         exact: set[str] = set()
-        for user, bindings in self._bindings.items():
-            for b in bindings:
-                if b.peer.host != peer_host or (now is not None and b.expires_at <= now):
-                    continue
-                users.add(user)
-                if port is not None and b.peer.port == port:
-                    exact.add(user)
+        latest: dict[str, float] = {}
+        for b in self._store.all():
+            if b.peer.host != peer_host or (now is not None and b.expires_at <= now):
+                continue
+            users.add(b.user)
+            latest[b.user] = max(latest.get(b.user, b.expires_at), b.expires_at)
+            if port is not None and b.peer.port == port:
+                exact.add(b.user)
         if len(exact) == 1:
             return exact.pop()
         candidates = exact or users
@@ -184,13 +176,10 @@ class Registrar:
             return None
         # Several users behind one IP and no port to tell them apart: the one whose
         # binding was refreshed last (latest expiry). Callers authenticate anyway.
-        return max(
-            candidates,
-            key=lambda u: max(b.expires_at for b in self._bindings[u] if b.peer.host == peer_host),
-        )
+        return max(candidates, key=latest.__getitem__)
 
     def close(self) -> None:
-        """Close the SQLite file (bindings stay on disk)."""
+        """Close the store (bindings stay stored)."""
         self._store.close()
 
     # -- authentication (shared with the B2BUA for INVITEs) --------------------------
@@ -306,10 +295,6 @@ class Registrar:
     def _commit(self, user: str, bindings: list[Binding]) -> None:
         if len(bindings) > self.max_contacts:
             bindings = sorted(bindings, key=lambda b: b.expires_at)[-self.max_contacts :]
-        if bindings:
-            self._bindings[user] = bindings
-        else:
-            self._bindings.pop(user, None)
         self._store.replace_user(user, bindings)
 
     # -- helpers --------------------------------------------------------------------
