@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import signal
 import sys
 import time
@@ -24,6 +23,7 @@ from b2bua.lockout import Lockout
 from b2bua.message import SipParseError, parse_message
 from b2bua.peer import Peer
 from b2bua.registrar import Registrar
+from b2bua.shared_state import open_stores
 from b2bua.transaction import TransactionLayer
 from b2bua.transport import SipTransport
 from b2bua.wire_errors import error_response
@@ -85,14 +85,19 @@ class Server:
 
         advertised = server.host if server.host not in ("0.0.0.0", "::") else server.media_ip
         self.transactions = TransactionLayer()
-        authenticator = DigestAuthenticator(server.realm, secrets.token_bytes(32), algorithms=config.security.digest_algorithms)
+        # Registrations, nonces and lockout counters: SQLite/memory, or Redis with [cluster] redis.
+        self.stores = open_stores(config)
+        await self.stores.start()
+        authenticator = DigestAuthenticator(server.realm, self.stores.digest_secret,
+                                            algorithms=config.security.digest_algorithms, shared=self.stores.nonces)
         lockout = Lockout(
             max_failures=config.security.max_failures,
             window=config.security.failure_window,
             duration=config.security.lockout_seconds,
         )
         passwords = {u.name: u.password for u in config.users}
-        self.registrar = Registrar(passwords, server.realm, server.registrations_db, authenticator, lockout)
+        self.registrar = Registrar(passwords, server.realm, server.registrations_db, authenticator, lockout,
+                                   store=self.stores.bindings)
         self.media = MediaCore(
             server.media_ip,
             server.rtp_ports,
@@ -149,7 +154,7 @@ class Server:
             await asyncio.sleep(SHUTDOWN_GRACE)
         await self.media.close()
         await self.transport.stop()
-        self.registrar.close()
+        await self.stores.aclose()
         log.info("shutdown event=done")
 
     # -- the pump

@@ -21,6 +21,8 @@ missing=()
 if [ $want_test = 1 ]; then
     command -v sipp >/dev/null || missing+=(sip-tester)
     command -v baresip >/dev/null || missing+=(baresip-core)
+    # Shared-state tests start their own private redis-server (never the system service).
+    command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 fi
 [ ${#missing[@]} -gt 0 ] && apt_install "${missing[@]}"
 
