@@ -34,8 +34,9 @@ class Binding:
     REGISTER came from: behind NAT the Contact address is private, so requests to the phone
     go to this source address and transport instead (in a cluster, the address the edge
     reports as the phone's, through which the edge holds its NAT binding or TCP connection).
-    `call_id`/`cseq` order refreshes (§10.3 step 7); `expires_at` is in the same clock as
-    the `now` passed to the registrar.
+    `call_id`/`cseq` order refreshes (§10.3 step 7); `expires_at` is UTC seconds since the
+    epoch, so a stored binding means the same after a reboot (a monotonic reading would not)
+    and on every host of a cluster.
     """
 
     user: str
@@ -46,7 +47,7 @@ class Binding:
     cseq: int
 
     def expires_in(self, now: float) -> int:
-        """Whole seconds left, for the Contact expires param of a 200 (never negative)."""
+        """Whole seconds left at UTC `now`, for a 200's Contact expires (never negative)."""
         return max(0, int(self.expires_at - now + 0.5))
 
 
@@ -78,6 +79,10 @@ class BindingsStore(Protocol):
         same contact (another process refreshed it meanwhile)."""
         ...
 
+    def from_host(self, host: str) -> bool:
+        """True when some stored binding came from this source IP (O(1): asked per request)."""
+        ...
+
     async def start(self) -> None:
         """Connect and load (a store shared over the network); call before serving."""
         ...
@@ -96,19 +101,40 @@ class MemoryBindings:
 
     def __init__(self) -> None:
         self._by_user: dict[str, list[Binding]] = {}
+        self._hosts: dict[str, int] = {}  # source IP -> bindings from it
 
     def bindings(self, user: str) -> list[Binding]:
         return list(self._by_user.get(user, ()))
+
+    def from_host(self, host: str) -> bool:
+        return host in self._hosts
+
+    def _count_hosts(self, bindings: Iterable[Binding], delta: int) -> None:
+        for b in bindings:
+            n = self._hosts.get(b.peer.host, 0) + delta
+            if n > 0:
+                self._hosts[b.peer.host] = n
+            else:
+                self._hosts.pop(b.peer.host, None)
 
     def all(self) -> Iterator[Binding]:
         for bindings in list(self._by_user.values()):
             yield from bindings
 
     def _set(self, user: str, bindings: list[Binding]) -> None:
+        """Every change of the copy goes through here (so the host index stays right)."""
+        self._count_hosts(self._by_user.get(user, ()), -1)
+        self._count_hosts(bindings, +1)
         if bindings:
             self._by_user[user] = bindings
         else:
             self._by_user.pop(user, None)
+
+    def _replace_all(self, by_user: dict[str, list[Binding]]) -> None:
+        self._by_user = {u: bs for u, bs in by_user.items() if bs}
+        self._hosts = {}
+        for bs in self._by_user.values():
+            self._count_hosts(bs, +1)
 
     def _discard(self, gone: Iterable[Binding]) -> list[Binding]:
         """Drop these bindings where the copy still holds exactly them; returns those dropped."""
@@ -156,8 +182,10 @@ class SqliteBindingsStore(MemoryBindings):
             self._db = sqlite3.connect(str(db_path))
             with self._db:
                 self._db.execute(_SCHEMA)
+            state: dict[str, list[Binding]] = {}
             for b in self._load():
-                self._by_user.setdefault(b.user, []).append(b)
+                state.setdefault(b.user, []).append(b)
+            self._replace_all(state)
 
     def _load(self) -> list[Binding]:
         assert self._db is not None

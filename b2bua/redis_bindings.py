@@ -268,7 +268,7 @@ class RedisBindingsStore(MemoryBindings):
                 state.setdefault(b.user, []).append(b)
         # A Redis hash keeps no order once its values are long: soonest expiry first
         # stands in for "oldest registration first".
-        self._by_user = {u: sorted(bs, key=lambda b: (b.expires_at, b.uri)) for u, bs in state.items()}
+        self._replace_all({u: sorted(bs, key=lambda b: (b.expires_at, b.uri)) for u, bs in state.items()})
 
     async def _reseed(self) -> None:
         """After an outage: put back what this worker holds and Redis lacks (Redis may have

@@ -1,14 +1,17 @@
 """The registrar: REGISTER in, Response out (RFC 3261 §10.3), with digest auth and lockout.
 
-Sans-IO: `handle(request, peer, now)` never reads a clock or a socket; `now` is wall-clock
-seconds since the epoch (bindings are persisted and must mean the same after a restart,
-and the 200's Date header is derived from it). Bindings live in a `BindingsStore` (SQLite
-for one process, Redis shared by a cluster's workers), which serves reads from memory.
+Sans-IO: `handle(request, peer, now)` never reads a clock or a socket. `now` is the
+caller's monotonic clock (durations: lockouts, nonces); the `utc_at` function the caller
+gives maps it to UTC, used where wall time belongs: binding expiries (persisted, they must
+mean the same after a reboot, when the monotonic clock has restarted, and on every host of a
+cluster) and the 200's Date header. Without `utc_at`, `now` is taken to be UTC already.
+Bindings live in a `BindingsStore` (SQLite for one process, Redis shared by a cluster's
+workers), which serves reads from memory.
 
 Unknown users are not revealed (no 404): a REGISTER for any name is challenged, and
 credentials for a user that does not exist get the same 401 re-challenge as a wrong
 password (and count towards the same lockout), so the answers for "no such user" and
-"wrong password" are indistinguishable. 403 is reserved for a locked-out IP/user and for
+"wrong password" are indistinguishable. 403 is reserved for a source the lockout refuses and for
 an authenticated user registering someone else's address-of-record (§10.3 step 6).
 """
 
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from b2bua.auth import AuthResult, DigestAuthenticator, parse_auth_header
 from b2bua.bindings_store import Binding, BindingsStore, SqliteBindingsStore
+from b2bua.clock import UtcAt, same_clock
 from b2bua.headers import parse_name_addr, parse_uri
 from b2bua.lockout import Lockout
 from b2bua.message import Request, Response, make_response
@@ -121,6 +125,7 @@ class Registrar:
         max_expires: int = MAX_EXPIRES,
         max_contacts: int = MAX_CONTACTS_PER_USER,
         store: BindingsStore | None = None,
+        utc_at: UtcAt = same_clock,
     ) -> None:
         self.users = dict(users)
         self.realm = realm
@@ -130,23 +135,30 @@ class Registrar:
         self.min_expires = min_expires
         self.max_expires = max_expires
         self.max_contacts = max_contacts
+        self.utc_at = utc_at
         self._store: BindingsStore = store if store is not None else SqliteBindingsStore(db_path)
 
     # -- queries --------------------------------------------------------------------
 
     def contacts(self, user: str, now: float) -> list[Binding]:
         """The user's live bindings (not yet expired at `now`), oldest registration first."""
-        return [b for b in self._store.bindings(user) if b.expires_at > now]
+        utc = self.utc_at(now)
+        return [b for b in self._store.bindings(user) if b.expires_at > utc]
+
+    def expires_in(self, binding: Binding, now: float) -> int:
+        """Whole seconds `binding` has left at the caller's `now`."""
+        return binding.expires_in(self.utc_at(now))
 
     def expire(self, now: float) -> list[Binding]:
         """Remove and return every binding expired at `now` (call it from a timer)."""
-        gone = [b for b in self._store.all() if b.expires_at <= now]
+        utc = self.utc_at(now)
+        gone = [b for b in self._store.all() if b.expires_at <= utc]
         if gone:
             self._store.remove(gone)
         return gone
 
     def next_expiry(self) -> float | None:
-        """When the next binding expires, for the caller's timer (None: no bindings)."""
+        """When the next binding expires, in UTC seconds (None: no bindings)."""
         times = [b.expires_at for b in self._store.all()]
         return min(times) if times else None
 
@@ -159,6 +171,8 @@ class Registrar:
         proof of identity (authenticate for that). With `now`, expired bindings are
         ignored (without it, bindings count until `expire()` removes them).
         """
+        if now is not None:
+            now = self.utc_at(now)
         users: set[str] = set()
         exact: set[str] = set()
         latest: dict[str, float] = {}
@@ -189,22 +203,25 @@ class Registrar:
     ) -> tuple[str | None, Response | None]:
         """Digest-authenticate any request: (username, None) or (None, response to send).
 
-        The response is 403 when the source IP or the claimed user is locked out (without
-        evaluating credentials), else 401 (or 407 with `proxy=True`, RFC 3261 §22.3) with a
+        The response is 403 when the lockout refuses this source for the claimed user
+        (without evaluating credentials; see lockout.py: a guessing IP, or an unknown
+        address while the user is guarded), else 401 (or 407 with `proxy=True`, RFC 3261 §22.3) with a
         fresh challenge; stale=true when only the nonce had expired (RFC 7616 §3.3).
         """
         header = "Proxy-Authorization" if proxy else "Authorization"
         value = self._credentials_for_realm(request.headers.get_all(header))
         claimed = _auth_username(value) or self._to_user(request)
-        if self.lockout.is_locked(peer.host, claimed, now):
+        if self.lockout.refused(peer, claimed, now):
             return None, self._respond(request, 403, "Forbidden")
         if value is None:
             return None, self._challenge(request, now, proxy=proxy, stale=False)
         result: AuthResult = self.authenticator.verify(request.method, value, self.users.get, now)
         if result.ok:
-            self.lockout.record_success(peer.host, result.username, now)
+            self.lockout.record_success(peer, result.username, now)
             return result.username, None
-        if result.counts_as_failure and self.lockout.record_failure(peer.host, result.username, now):
+        if result.counts_as_failure and self.lockout.record_failure(
+            peer, result.username, now, user_exists=result.username in self.users
+        ):
             return None, self._respond(request, 403, "Forbidden")
         return None, self._challenge(request, now, proxy=proxy, stale=result.stale)
 
@@ -237,15 +254,16 @@ class Registrar:
                 return response
             if user != aor_user:  # §10.3 step 6: authorised to register this AOR?
                 raise _Reject(403, "Forbidden")
-            self._update(aor_user, request, peer, now)
+            self._update(aor_user, request, peer, self.utc_at(now))
         except _Reject as r:
             return self._respond(request, r.status, r.reason, r.headers)
-        headers = [("Contact", f"<{b.uri}>;expires={b.expires_in(now)}") for b in self.contacts(aor_user, now)]
-        headers.append(("Date", formatdate(now, usegmt=True)))  # §10.3 step 8, §20.17
+        utc = self.utc_at(now)
+        headers = [("Contact", f"<{b.uri}>;expires={b.expires_in(utc)}") for b in self.contacts(aor_user, now)]
+        headers.append(("Date", formatdate(utc, usegmt=True)))  # §10.3 step 8, §20.17
         return self._respond(request, 200, "OK", tuple(headers))
 
-    def _update(self, user: str, request: Request, peer: Peer, now: float) -> None:
-        """§10.3 steps 5-7: compute the new binding set, commit all or nothing."""
+    def _update(self, user: str, request: Request, peer: Peer, utc: float) -> None:
+        """§10.3 steps 5-7: compute the new binding set, commit all or nothing (`utc`: UTC)."""
         try:
             call_id = request.call_id
             cseq = int(request.cseq[0])
@@ -255,7 +273,7 @@ class Registrar:
             raise _Reject(400, "Bad Header: Call-ID")
         header_expires = _delta_seconds(request.headers.get("Expires"), "Expires")
         contacts = [c for c in request.headers.get_all("Contact") if c.strip()]
-        current = self.contacts(user, now)
+        current = [b for b in self._store.bindings(user) if b.expires_at > utc]
 
         if any(c.strip() == "*" for c in contacts):
             # §10.3 step 6: "*" only alone and only with Expires: 0 (else 400).
@@ -288,7 +306,7 @@ class Registrar:
             if expires == 0:
                 updated.pop(key, None)
             else:
-                updated[key] = Binding(user, uri, peer, now + expires, call_id, cseq)
+                updated[key] = Binding(user, uri, peer, utc + expires, call_id, cseq)
         if contacts:
             self._commit(user, list(updated.values()))
 
@@ -296,6 +314,11 @@ class Registrar:
         if len(bindings) > self.max_contacts:
             bindings = sorted(bindings, key=lambda b: b.expires_at)[-self.max_contacts :]
         self._store.replace_user(user, bindings)
+
+    def registered_from(self, host: str) -> bool:
+        """True when some binding (not yet swept by `expire`) came from this IP: a phone
+        is there, so it is no stranger (b2bua/strangers.py). O(1), asked per request."""
+        return self._store.from_host(host)
 
     # -- helpers --------------------------------------------------------------------
 
