@@ -5,18 +5,26 @@ round trip made on that path stalls RTP for its duration. This prints the cost o
 the shared state makes, against a private redis-server it starts: a PING, the nonce-count
 script (the one synchronous call on the digest path), and a pipelined write for comparison.
 
-    .venv/bin/python bench/redis_rtt.py [--n 20000]
+    .venv/bin/python bench/redis_rtt.py [--n 20000] [--lockout]
+
+With --lockout, also what the lockout's calls cost on its in-memory store, and on the Redis
+store (counters in Redis, lock/known flags read from the local copy pub/sub keeps).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import time
 
 import redis
 
 from b2bua import redis_server
+from b2bua.lockout import Lockout
+from b2bua.peer import Peer
+from b2bua.redis_lockout import RedisLockoutStore
+from b2bua.shared_state import async_clients, sync_client
 
 
 def measure(label: str, fn, n: int) -> None:
@@ -27,15 +35,36 @@ def measure(label: str, fn, n: int) -> None:
         samples.append(time.perf_counter_ns() - t0)
     samples.sort()
     q = lambda p: samples[min(len(samples) - 1, int(p * len(samples)))] / 1000  # noqa: E731
-    print(f"{label:<34} n={n:<6} median={statistics.median(samples) / 1000:7.1f} us  "
+    print(f"{label:<36} n={n:<6} median={statistics.median(samples) / 1000:7.1f} us  "
           f"p99={q(0.99):7.1f} us  p99.9={q(0.999):7.1f} us  max={samples[-1] / 1000:8.1f} us")
+
+
+def lockout_calls(label: str, lockout: Lockout, n: int) -> None:
+    phone, stranger = Peer("udp", "192.0.2.10", 5062), Peer("udp", "203.0.113.9", 5070)
+    lockout.record_success(phone, "alice", 0.0)
+    measure(f"{label} refused(known phone)", lambda: lockout.refused(phone, "alice", 1.0), n)
+    measure(f"{label} refused(stranger)", lambda: lockout.refused(stranger, "bob", 1.0), n)
+    measure(f"{label} record_failure", lambda: lockout.record_failure(stranger, "bob", 1.0), n)
+    measure(f"{label} record_success", lambda: lockout.record_success(phone, "alice", 1.0), n)
+
+
+async def lockout_bench(url: str, n: int) -> None:
+    never = {"max_failures": 10**9, "per_hour": 10**9, "per_day": 10**9, "user_per_hour": 10**9}
+    lockout_calls("memory", Lockout(log=lambda _: None, **never), n)
+    store = RedisLockoutStore(sync_client(url), subscriber=async_clients(url)[1])
+    await store.start()
+    lockout_calls("redis", Lockout(store=store, log=lambda _: None, **never), n)
+    await store.aclose()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--lockout", action="store_true", help="also the lockout's calls, memory vs Redis store")
     args = ap.parse_args()
     with redis_server.start() as server:
+        if args.lockout:
+            asyncio.run(lockout_bench(server.url, args.n // 4))
         client = redis.Redis(host=server.host, port=server.port, socket_timeout=0.05, socket_connect_timeout=0.05)
         script = client.register_script(
             "local cur = tonumber(redis.call('GET', KEYS[1]) or '0') "

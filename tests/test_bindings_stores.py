@@ -149,9 +149,12 @@ async def test_any_worker_sees_a_phone_registered_through_another(redis) -> None
         await eventually(lambda: worker2.contacts("alice", T0 + 1))
         (seen,) = worker2.contacts("alice", T0 + 1)
         assert seen.peer == ALICE_PHONE and seen.uri == "sip:alice@10.0.0.2:5062"  # how to reach it
+        assert worker2.registered_from("192.0.2.10")  # no stranger to worker 2 either (strangers.py)
+        assert worker2.user_at("192.0.2.10", now=T0 + 1) == "alice"
         # An unregistration through worker 2 reaches worker 1.
         assert authorised(worker2, contacts=["*"], expires=0, cseq=7, now=T0 + 2).status == 200
         await eventually(lambda: not worker1.contacts("alice", T0 + 3))
+        assert not worker1.registered_from("192.0.2.10")
     finally:
         await one.aclose()
         await two.aclose()
