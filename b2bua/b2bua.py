@@ -151,6 +151,8 @@ class B2BUA:
         # branch INVITEs of ended calls still awaiting their final response: txn -> forget-by time
         self._late_branches: dict[Any, float] = {}
         self.wall_clock = wall_clock
+        # Since start, for /metrics: "calls" (every call set up), "refused:<reason>" (503s).
+        self.counts: dict[str, int] = {}
 
     # ------------------------------------------------------------------ events in
 
@@ -271,6 +273,7 @@ class B2BUA:
             # calls already up keep a core that can carry them.
             log.warning("call=%s event=refused reason=overload source=%s:%d calls=%d", request.call_id, peer.host,
                         peer.port, len(getattr(self.media, "sessions", ())))
+            self.counts["refused:overload"] = self.counts.get("refused:overload", 0) + 1
             self._reply(txn, request, 503, now, "Service Unavailable (overloaded)", headers=[("Retry-After", "10")])
             return
         trunk = self.config.trunk_for(peer.host, peer.port)
@@ -337,6 +340,7 @@ class B2BUA:
                 sdp_session=secrets.randbelow(2**31))
         call = CallState(id=call_id, a=a, direction=direction, started=seam.started, started_at=now, seam=seam)
         self.calls[call_id] = call
+        self.counts["calls"] = self.counts.get("calls", 0) + 1
         self._by_invite_txn[txn] = (call, a)
         self._log(call, "invite", source=f"{peer.host}:{peer.port}", transport=peer.transport,
                   **{"from": seam.from_uri, "to": seam.to_uri, "sip-call-id": request.call_id})
@@ -347,6 +351,7 @@ class B2BUA:
             call.media = self.media.open_session(call.seam)
         except Exception as exc:  # port exhaustion, socket errors: the caller gets 503
             self._log(call, "media-failed", reason=str(exc))
+            self.counts["refused:no-media-ports"] = self.counts.get("refused:no-media-ports", 0) + 1
             self._fail_call(call, 503, "Service Unavailable (no media ports)", now, cause="no-media-ports")
             return False
         offer = self._parse_sdp(call.a.request)
