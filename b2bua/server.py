@@ -101,6 +101,8 @@ class Server:
             log.error("startup event=failed reason=%r redis=%s", str(exc) or type(exc).__name__,
                       getattr(getattr(config, "cluster", None), "redis", "-"))
             return 1
+        if self.stores.shared:
+            log.info("startup %s", self.stores.describe())
         # The nonce secret: Redis's when shared (every worker on every host has it), else the
         # one the supervisor handed this host's workers, else this process's own.
         secret = (None if self.stores.shared else self.worker.nonce_secret if self.worker else None) \

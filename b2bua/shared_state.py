@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from b2bua.bindings_store import BindingsStore, SqliteBindingsStore
 
@@ -108,6 +109,14 @@ class Stores:
     @property
     def shared(self) -> bool:
         return self.redis_url is not None
+
+    def describe(self) -> str:
+        """One log line's fields: where the state lives (a password in the URL is hidden)."""
+        if self.redis_url is None:
+            return "shared-state=none"
+        parts = urlsplit(self.redis_url)
+        shown = parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]).geturl()
+        return f"shared-state=redis url={shown} bindings={sum(1 for _ in self.bindings.all())}"
 
     async def start(self) -> None:
         """Connect and load before serving (a no-op for SQLite, which loaded on open)."""

@@ -43,6 +43,9 @@ async def test_cluster_redis_gives_every_worker_the_same_shared_stores(tmp_path:
         assert isinstance(s.bindings, RedisBindingsStore)
         assert isinstance(s.nonces, RedisNonceCounts) and isinstance(s.lockout, RedisLockoutStore)
     assert one.digest_secret == two.digest_secret
+    assert one.describe() == f"shared-state=redis url={redis.url} bindings=0"
+    secret_url = redis.url.replace("redis://", "redis://:hunter2@")
+    assert "hunter2" not in type(one)(one.bindings, b"", redis_url=secret_url).describe()
     await one.aclose()
     await two.aclose()
 
