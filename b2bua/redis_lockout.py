@@ -40,6 +40,8 @@ log = logging.getLogger("b2bua.shared_state")
 RETRY_AFTER = 1.0
 #: Seconds between attempts to re-subscribe after the link was lost.
 RECONNECT_DELAY = 0.5
+#: Seconds of silence on the subscription after which Redis is asked whether it is there.
+HEARTBEAT = 2.0
 #: Keys only read on the hot path, replicated to every worker (see the module docstring).
 FLAG_PREFIXES = ("lock:", "known:")
 
@@ -217,8 +219,14 @@ class RedisLockoutStore:
                 if not first:
                     log.info("lockout event=flags-reloaded")
                 first = False
+                quiet_since = self._clock()
                 while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2.0)
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=HEARTBEAT)
+                    if message is None and self._clock() - quiet_since >= HEARTBEAT:
+                        # A Redis that vanished without closing the connection (a partition)
+                        # would leave the subscription silent for ever: ask it something.
+                        await asyncio.wait_for(self._subscriber.ping(), HEARTBEAT)
+                        quiet_since = self._clock()
                     if message is not None and message.get("type") == "message":
                         try:
                             self._apply(message["data"])

@@ -76,8 +76,8 @@ def sync_client(url: str, timeout: float = SYNC_TIMEOUT) -> Any:
 
 
 def async_clients(url: str) -> tuple[Any, Any]:
-    """(writer, subscriber) redis.asyncio clients; the subscriber waits for messages without
-    a socket timeout. No retries: the store's own loop reconnects and re-syncs."""
+    """(writer, subscriber) redis.asyncio clients. No retries: the store's own loop
+    reconnects and re-syncs."""
     import redis.asyncio as aredis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
@@ -87,11 +87,22 @@ def async_clients(url: str) -> tuple[Any, Any]:
     writer = aredis.Redis.from_url(
         url, socket_timeout=WRITE_TIMEOUT, socket_connect_timeout=WRITE_TIMEOUT, retry=Retry(NoBackoff(), 0)
     )
-    subscriber = aredis.Redis.from_url(
+    return writer, subscriber_client(url)
+
+
+def subscriber_client(url: str) -> Any:
+    """A redis.asyncio client for pub/sub: it waits for messages, so no socket timeout (the
+    stores' heartbeats notice a Redis that vanished)."""
+    import redis.asyncio as aredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    from b2bua.redis_bindings import WRITE_TIMEOUT
+
+    return aredis.Redis.from_url(
         url, socket_timeout=None, socket_connect_timeout=WRITE_TIMEOUT, socket_keepalive=True,
         retry=Retry(NoBackoff(), 0),
     )
-    return writer, subscriber
 
 
 @dataclass
@@ -172,5 +183,5 @@ def open_redis_stores(url: str, prefix: str = PREFIX) -> Stores:
     bindings = RedisBindingsStore(writer, subscriber, prefix)
     nonces = RedisNonceCounts(client, prefix, secret=secret, since=time.time())  # nonce times are UTC
     bindings.on_reconnect.append(nonces.after_outage)
-    lockout = RedisLockoutStore(client, MemoryLockoutStore(), prefix + "lo:", subscriber=async_clients(url)[1])
+    lockout = RedisLockoutStore(client, MemoryLockoutStore(), prefix + "lo:", subscriber=subscriber_client(url))
     return Stores(bindings, secret, nonces, lockout, url, client)

@@ -24,7 +24,7 @@ from b2bua import redis_server
 from b2bua.lockout import Lockout
 from b2bua.peer import Peer
 from b2bua.redis_lockout import RedisLockoutStore
-from b2bua.shared_state import async_clients, sync_client
+from b2bua.shared_state import subscriber_client, sync_client
 
 
 def measure(label: str, fn, n: int) -> None:
@@ -51,7 +51,7 @@ def lockout_calls(label: str, lockout: Lockout, n: int) -> None:
 async def lockout_bench(url: str, n: int) -> None:
     never = {"max_failures": 10**9, "per_hour": 10**9, "per_day": 10**9, "user_per_hour": 10**9}
     lockout_calls("memory", Lockout(log=lambda _: None, **never), n)
-    store = RedisLockoutStore(sync_client(url), subscriber=async_clients(url)[1])
+    store = RedisLockoutStore(sync_client(url), subscriber=subscriber_client(url))
     await store.start()
     lockout_calls("redis", Lockout(store=store, log=lambda _: None, **never), n)
     await store.aclose()

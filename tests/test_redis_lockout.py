@@ -3,6 +3,7 @@ and guesses spread over two workers sharing it counting together."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from b2bua.lockout import Lockout
@@ -10,7 +11,7 @@ from b2bua.lockout_store import MemoryLockoutStore
 from b2bua.peer import Peer
 from b2bua.redis_lockout import RedisLockoutStore
 from b2bua.shared_state import sync_client
-from b2bua.shared_state import async_clients
+from b2bua.shared_state import subscriber_client
 from tests.redis_fixture import eventually, redis, redis_module  # noqa: F401 - fixtures
 
 GUESSER = Peer("udp", "203.0.113.66", 5070)
@@ -96,7 +97,7 @@ def test_redis_away_each_worker_counts_alone_and_nothing_raises(redis) -> None: 
 async def test_flags_are_read_from_a_local_copy_kept_by_pub_sub(redis) -> None:  # noqa: F811
     """refused() runs on every request that needs authentication: with the flags replicated
     it makes no Redis call at all, and a lockout made by one worker reaches the other."""
-    stores = [RedisLockoutStore(sync_client(redis.url), subscriber=async_clients(redis.url)[1]) for _ in range(2)]
+    stores = [RedisLockoutStore(sync_client(redis.url), subscriber=subscriber_client(redis.url)) for _ in range(2)]
     for s in stores:
         await s.start()
     try:
@@ -115,10 +116,28 @@ async def test_flags_are_read_from_a_local_copy_kept_by_pub_sub(redis) -> None: 
         assert two.refused(GUESSER, "bob", 13.0) and not two.refused(ALICE_PHONE, "alice", 13.0)
 
         # A worker started later loads the flags already set.
-        late = RedisLockoutStore(sync_client(redis.url), subscriber=async_clients(redis.url)[1])
+        late = RedisLockoutStore(sync_client(redis.url), subscriber=subscriber_client(redis.url))
         await late.start()
         assert Lockout(store=late, log=lambda _: None).refused(GUESSER, "carol", 14.0)
         await late.aclose()
+    finally:
+        for s in stores:
+            await s.aclose()
+
+
+async def test_the_flags_link_comes_back_after_redis_restarts(redis) -> None:  # noqa: F811
+    stores = [RedisLockoutStore(sync_client(redis.url), subscriber=subscriber_client(redis.url)) for _ in range(2)]
+    for s in stores:
+        await s.start()
+    try:
+        stores[0].put("lock:ip:198.51.100.1", 1, 600, 0.0)
+        await eventually(lambda: stores[1].get("lock:ip:198.51.100.1", 0.0) == 1)
+        redis.restart()  # SIGTERM and start again on the same data
+        await asyncio.sleep(0.6)  # past RETRY_AFTER's worth of the sync client's memory of the outage
+        await eventually(lambda: stores[0]._call(lambda: True)[0])
+        stores[0].put("lock:ip:198.51.100.2", 1, 600, 0.0)  # published after the restart ...
+        await eventually(lambda: stores[1].get("lock:ip:198.51.100.2", 0.0) == 1)  # ... and heard
+        assert stores[1].get("lock:ip:198.51.100.1", 0.0) == 1  # kept through the restart
     finally:
         for s in stores:
             await s.aclose()
