@@ -62,19 +62,24 @@ _ALWAYS = repr(1e300)
 # deleted only where Redis's expiry is not later; the expiry is a string (repr of the float)
 # because cjson re-encodes numbers to 14 digits, and the message must carry it exactly. Publishes what it changed, in its order.
 _APPLY = """
+local function expiry(text)  -- a value that is not ours reads as expired long ago
+  local ok, v = pcall(cjson.decode, text)
+  if ok and type(v) == 'table' and type(v['expires_at']) == 'number' then return v['expires_at'] end
+  return -1
+end
 local key, merge = KEYS[1], ARGV[3] == 'merge'
 local sets, dels = cjson.decode(ARGV[4]), cjson.decode(ARGV[5])
 local done_sets, done_dels = {}, {}
 for _, s in ipairs(sets) do
   local cur = redis.call('HGET', key, s[1])
-  if not (merge and cur and cjson.decode(cur)['expires_at'] >= s[3]) and cur ~= s[2] then
+  if not (merge and cur and expiry(cur) >= s[3]) and cur ~= s[2] then
     redis.call('HSET', key, s[1], s[2])
     done_sets[#done_sets + 1] = s[2]
   end
 end
 for _, d in ipairs(dels) do
   local cur = redis.call('HGET', key, d[1])
-  if cur and cjson.decode(cur)['expires_at'] <= tonumber(d[2]) then
+  if cur and expiry(cur) <= tonumber(d[2]) then
     redis.call('HDEL', key, d[1])
     done_dels[#done_dels + 1] = d
   end
@@ -227,13 +232,24 @@ class RedisBindingsStore(MemoryBindings):
             WRITE_TIMEOUT,
         )
 
+    async def _write_first(self) -> None:
+        """Write the oldest queued change; it leaves the queue only once Redis has it (a
+        lost connection retries it). One Redis refuses outright (out of memory, say) is
+        dropped with a log line rather than retried for ever."""
+        from redis.exceptions import ResponseError
+
+        try:
+            await self._write(*self._pending[0])
+        except ResponseError as exc:
+            user = self._pending[0][0]
+            log.warning("registrations event=write-refused user=%s reason=%r", user, str(exc))
+        self._pending.popleft()
+
     async def _writer(self) -> None:
         while True:
             while self._pending:
                 self._idle.clear()
-                op = self._pending[0]
-                await self._write(*op)
-                self._pending.popleft()  # only once Redis has it: a failed write is retried
+                await self._write_first()
             self._idle.set()
             self._wake.clear()
             try:
@@ -300,8 +316,7 @@ class RedisBindingsStore(MemoryBindings):
                 await pubsub.subscribe(self._channel)
                 if not first:
                     while self._pending:  # replay what was written while Redis was away
-                        await self._write(*self._pending[0])
-                        self._pending.popleft()
+                        await self._write_first()
                     await self._reseed()
                 await self._load()
                 self.connected = True

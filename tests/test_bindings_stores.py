@@ -284,3 +284,25 @@ async def test_a_worker_does_not_start_blind_when_redis_is_unreachable() -> None
     with pytest.raises(Exception, match="(?i)connect|refused"):
         await store.start()
     await store.aclose()
+
+
+async def test_a_foreign_value_in_redis_neither_wedges_the_writer_nor_the_load(redis) -> None:  # noqa: F811
+    from b2bua.shared_state import sync_client
+
+    client = sync_client(redis.url, 2.0)
+    client.hset("b2bua:reg:alice", "sip:alice@desk", "not json")  # someone else's write
+    client.hset("b2bua:reg:alice", "sip:alice@old", "{}")
+    store = redis_store(redis.url)
+    await store.start()  # the bad entries are skipped (logged), not fatal
+    try:
+        assert store.bindings("alice") == []
+        desk = binding("sip:alice@desk")
+        store.replace_user("alice", [desk])  # overwrites the foreign value
+        store.remove([binding("sip:alice@old", expires_at=T0)])  # not in the copy: nothing queued
+        await store.settle()
+        fresh = redis_store(redis.url)
+        await fresh.start()
+        assert fresh.bindings("alice") == [desk]
+        await fresh.aclose()
+    finally:
+        await store.aclose()
