@@ -180,6 +180,12 @@ class SqliteBindingsStore(MemoryBindings):
         self._db: sqlite3.Connection | None = None
         if db_path is not None:
             self._db = sqlite3.connect(str(db_path))
+            # Write-ahead log, synced at checkpoints rather than at every commit: a commit
+            # with a full sync cost ~1.6 ms median, p99 16 ms on this VM (bench/redis_rtt.py
+            # --writes), on the loop that carries media. A process crash loses nothing; a
+            # power cut may lose the last registrations, which the phones' refreshes restore.
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
             with self._db:
                 self._db.execute(_SCHEMA)
             state: dict[str, list[Binding]] = {}

@@ -9,6 +9,9 @@ script (the one synchronous call on the digest path), and a pipelined write for 
 
 With --lockout, also what the lockout's calls cost on its in-memory store, and on the Redis
 store (counters in Redis, lock/known flags read from the local copy pub/sub keeps).
+With --writes, what one registration write costs the process: the SQLite store's synchronous
+commit, and the Redis store's queued write (the call, then the writer task's CPU on the same
+loop, measured as process CPU time over a batch).
 """
 
 from __future__ import annotations
@@ -57,12 +60,48 @@ async def lockout_bench(url: str, n: int) -> None:
     await store.aclose()
 
 
+async def writes_bench(url: str, n: int, directory: str) -> None:
+    from b2bua.bindings_store import Binding, SqliteBindingsStore
+    from b2bua.redis_bindings import RedisBindingsStore
+    from b2bua.shared_state import async_clients
+
+    def binding(i: int) -> Binding:
+        return Binding(f"user{i % 500}", f"sip:user{i % 500}@10.0.0.{i % 250}:5060", Peer("udp", "192.0.2.1", 5060 + i % 1000),
+                       1.8e9 + i, f"call{i}", i)
+
+    sqlite = SqliteBindingsStore(f"{directory}/bench.sqlite3")
+    i = iter(range(10**9))
+    measure("sqlite replace_user (sync commit)", lambda: (lambda k: sqlite.replace_user(f"user{k % 500}", [binding(k)]))(next(i)), n)
+    sqlite.close()
+    store = RedisBindingsStore(*async_clients(url))
+    await store.start()
+    i = iter(range(10**9))
+    measure("redis replace_user (the call alone)", lambda: (lambda k: store.replace_user(f"user{k % 500}", [binding(k)]))(next(i)), n)
+    await store.settle()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for k in range(n):
+        store.replace_user(f"user{k % 500}", [binding(10**6 + k)])
+        if k % 100 == 99:
+            await store.settle()
+    await store.settle()
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    print(f"{'redis replace_user + its async write':<36} n={n:<6} process CPU {cpu / n * 1e6:7.1f} us/write "
+          f"(writer and pub/sub echo included), wall {wall / n * 1e6:7.1f} us/write")
+    await store.aclose()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--lockout", action="store_true", help="also the lockout's calls, memory vs Redis store")
+    ap.add_argument("--writes", action="store_true", help="also a registration write, SQLite vs Redis store")
     args = ap.parse_args()
     with redis_server.start() as server:
+        if args.writes:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                asyncio.run(writes_bench(server.url, args.n // 4, tmp))
         if args.lockout:
             asyncio.run(lockout_bench(server.url, args.n // 4))
         client = redis.Redis(host=server.host, port=server.port, socket_timeout=0.05, socket_connect_timeout=0.05)
