@@ -120,7 +120,7 @@ class Server:
             config, self.transactions, self.registrar, authenticator, lockout, self.media,
             advertised_host=advertised, port=server.port,
         )
-        self.transport = SipTransport(server.host, server.port, self.on_message, log)
+        self.transport = SipTransport(server.host, server.port, self.on_message, log, hostile=self.summary.count)
         try:
             await self.transport.start()
         except OSError as exc:
@@ -193,6 +193,8 @@ class Server:
                 self.core.handle(event, now)
         except Exception:  # a bug must cost one message, never the server
             log.exception("sip event=internal-error source=%s:%d", peer.host, peer.port)
+        if peer.transport == "tcp":  # a SIP message keeps the slot; a phone's or trunk's, for good
+            self.transport.heard(peer, trusted=self.strangers.trusted(peer, now))
         self.flush()
         self.arm()
 
