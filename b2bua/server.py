@@ -109,7 +109,8 @@ class Server:
         passwords = {u.name: u.password for u in config.users}
         self.registrar = Registrar(passwords, server.realm, server.registrations_db, authenticator, lockout,
                                    utc_at=utc_at)
-        self.strangers = policy_for(config, self.registrar, self.summary)
+        self.strangers = policy_for(config, self.registrar, self.summary,
+                                    also_trusted=self.worker.link.is_edge if self.worker else None)
         self.transactions.strangers = self.strangers
         self.lockout = lockout
         # Recordings page, REST API, webhooks, metrics, retention ([http], [[webhooks]], ...).
