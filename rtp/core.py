@@ -23,6 +23,7 @@ from pathlib import Path
 from rtp.call import Call, MediaEndpoint
 from rtp.admission import Admission
 from rtp.feature import FEATURE_TIMEOUT
+from rtp.lateness import Lateness
 from rtp.mux import POLL_INTERVAL, SharedPorts, SharedSession, ipv4
 from rtp.ports import MAX_DATAGRAM, PortRange, PortsExhausted, read_datagrams
 from rtp.prompts import Prompts, load_prompts
@@ -31,6 +32,7 @@ from rtp.relay import TICK_INTERVAL, CallRelay, Datagram, recorder_factory
 MAX_READS_PER_WAKEUP = 64  # datagrams drained per readiness callback before yielding to other sockets
 PORTS_PER_SESSION = 2  # one RTP/RTCP pair facing each party
 LAG_SMOOTHING = 0.1  # weight of the newest tick in the moving average
+LATENESS_WINDOW = 5.0  # seconds per `media event=lateness` log line (rtp.lateness)
 
 
 class MediaSession:
@@ -195,6 +197,10 @@ class MediaCore:
         self._timer: asyncio.TimerHandle | None = None
         self._next_tick = 0.0
         self.lag = 0.0  # smoothed lateness of the tick (seconds)
+        # How late each shared-port read and each tick ran, logged per LATENESS_WINDOW.
+        self.read_lateness = Lateness()
+        self.tick_lateness = Lateness()
+        self._lateness_at = 0.0
         # Past a core's capacity every call would degrade together (SIP read seconds late,
         # audio too late to record): new calls are refused instead (rtp.admission).
         self.admission = Admission(max_calls=max_calls)
@@ -285,6 +291,9 @@ class MediaCore:
         loop = self.loop
         now = loop.time()
         self.note_lag(now - self._next_tick)
+        self.tick_lateness.add(now - self._next_tick)
+        if now >= self._lateness_at:
+            self._log_lateness(now)
         if self.admission.due(now):
             self._sample(now)
         self._tick_sessions(now)
@@ -292,6 +301,17 @@ class MediaCore:
         if self._next_tick < loop.time():  # fell behind: skip missed ticks instead of bursting
             self._next_tick = loop.time() + TICK_INTERVAL
         self._timer = loop.call_at(self._next_tick, self._tick) if self.sessions else None
+
+    def _log_lateness(self, now: float) -> None:
+        """One line per window: how late the media reads and ticks ran (bench/load.py reads it)."""
+        if self._lateness_at:
+            for what, hist in (("read", self.read_lateness), ("tick", self.tick_lateness)):
+                if hist.total:
+                    self.log.info("media event=lateness what=%s window_s=%.0f calls=%d %s", what, LATENESS_WINDOW,
+                                  len(self.sessions), hist.line())
+        self.read_lateness = Lateness()
+        self.tick_lateness = Lateness()
+        self._lateness_at = now + LATENESS_WINDOW
 
     def _sample(self, now: float) -> None:
         """One admission sample a second; a log line when the core enters or leaves overload."""

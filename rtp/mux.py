@@ -39,6 +39,7 @@ import numpy as np
 from rtp.call import Call, MediaEndpoint
 from rtp.batch_io import BatchMux, ReceiveArea, key_address, source_key
 from rtp.fastpath import FastTable, RouteMap
+from rtp.lateness import Lateness
 from rtp.ports import PortRange, read_datagrams
 from rtp.prompts import Prompts
 from rtp.relay import CallRelay, Datagram, RecorderFactory
@@ -56,6 +57,9 @@ class MediaHost(Protocol):
     def loop(self) -> asyncio.AbstractEventLoop: ...
 
     def now(self) -> float: ...
+
+    @property
+    def read_lateness(self) -> Lateness: ...
 
     def wake(self, session: SharedSession) -> None: ...
 
@@ -332,17 +336,21 @@ class SharedPorts:
         self._rotor = 0
         self._idents = 0
         self._poller: asyncio.TimerHandle | None = None
+        self._due = 0.0  # when the next read is due (its lateness: MediaHost.read_lateness)
         self._closed_counts = {"strangers": 0, "ambiguous": 0, "send_dropped": 0, "received": 0, "sent": 0}  # of ports already closed
 
     def _poll(self) -> None:
         """Drain every shared RTP port (see POLL_INTERVAL), then come back."""
         self._poller = None
+        loop = self.core.loop
+        self.core.read_lateness.add(loop.time() - self._due)
         try:
             self.read(self.ports)
         except Exception:  # a failure must not stop the ports' clock
             self.core.log.exception("media poll failed on the shared ports")
         if self.ports:
-            self._poller = self.core.loop.call_later(self.poll_interval, self._poll)
+            self._due = loop.time() + self.poll_interval
+            self._poller = loop.call_at(self._due, self._poll)
 
     def read(self, ports: list[SharedPort]) -> None:
         """Read every port's waiting datagrams into the one receive area, one after another,
@@ -432,7 +440,8 @@ class SharedPorts:
         if not self.poll_interval:
             core.loop.add_reader(rtp.fileno(), port.on_rtp)
         elif self._poller is None:
-            self._poller = core.loop.call_later(self.poll_interval, self._poll)
+            self._due = core.loop.time() + self.poll_interval
+            self._poller = core.loop.call_at(self._due, self._poll)
         self.ports.append(port)
         core.log.info("media event=shared_port port=%d shared_ports=%d", base, len(self.ports))
         return port
