@@ -22,6 +22,7 @@ from pathlib import Path
 
 from rtp.call import Call, MediaEndpoint
 from rtp.admission import Admission
+from rtp.fastpath import LegTable
 from rtp.feature import FEATURE_TIMEOUT
 from rtp.lateness import Lateness
 from rtp.mux import POLL_INTERVAL, SharedPorts, SharedSession, ipv4
@@ -41,7 +42,8 @@ class MediaSession:
     def __init__(self, core: MediaCore, call: Call, base_ports: tuple[int, int], sockets: list[socket.socket]) -> None:
         self.core = core
         self.call = call
-        self.relay = CallRelay(call, core.prompts, core.make_recorder, feature_timeout=core.feature_timeout)
+        self.relay = CallRelay(call, core.prompts, core.make_recorder, feature_timeout=core.feature_timeout,
+                               table=core.leg_table)
         self._base_ports = base_ports
         # [rtp leg 0, rtcp leg 0, rtp leg 1, rtcp leg 1]
         self._sockets = sockets
@@ -77,9 +79,6 @@ class MediaSession:
         self._send(self.relay.dtmf(channel, digit, self.core.now() if now is None else now))
         self.core.wake(self)
 
-    def settle(self) -> None:
-        """`relay` is always current here (nothing is lent: see rtp.mux.SharedSession.settle)."""
-
     def close(self) -> None:
         """Finalise the recording and free the ports. Idempotent."""
         if self.closed:
@@ -95,6 +94,7 @@ class MediaSession:
         try:
             self.relay.close(self.core.now())
         finally:
+            self.core.leg_table.remove(self.relay.slot)
             self.core.release(self)
 
     # -- datagrams -------------------------------------------------------------------
@@ -192,7 +192,9 @@ class MediaCore:
         if shared and not ipv4(media_ip):
             raise ValueError(f"shared media sockets need an IPv4 media_ip, not {media_ip}")
         self.port_pool = PortRange(media_ip, low, high)
-        self._shared = SharedPorts(self, self.port_pool, poll_interval) if shared else None
+        # Every call's per-leg stream state, the only copy (rtp.fastpath.LegTable).
+        self.leg_table = LegTable()
+        self._shared = SharedPorts(self, self.port_pool, poll_interval, self.leg_table) if shared else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._next_tick = 0.0
