@@ -34,6 +34,18 @@ MAX_READS_PER_WAKEUP = 64  # datagrams drained per readiness callback before yie
 PORTS_PER_SESSION = 2  # one RTP/RTCP pair facing each party
 LAG_SMOOTHING = 0.1  # weight of the newest tick in the moving average
 LATENESS_WINDOW = 5.0  # seconds per `media event=lateness` log line (rtp.lateness)
+LATE_READ_BUCKET = 8  # stats()["late_reads"]: reads of this window later than EDGES_MS[7] (5 ms)
+_RELAY_COUNTERS = (
+    ("packets_relayed", "forwarded"), ("dropped_malformed", "malformed"), ("dropped_oversize", "oversize"),
+    ("dropped_unlatched", "unlatched"), ("dropped_no_target", "no_target"), ("dtmf_swallowed", "swallowed"),
+    ("packets_injected", "injected"), ("rtcp_relayed", "rtcp"),
+)
+
+
+def _add_relay_stats(out: dict[str, int], session: MediaSession | SharedSession) -> None:
+    stats = session.relay.stats
+    for key, name in _RELAY_COUNTERS:
+        out[key] += getattr(stats, name)
 
 
 class MediaSession:
@@ -203,6 +215,8 @@ class MediaCore:
         self.read_lateness = Lateness()
         self.tick_lateness = Lateness()
         self._lateness_at = 0.0
+        # stats() of calls already over (their relays are gone)
+        self._closed_stats = {key: 0 for key, _ in _RELAY_COUNTERS} | {"send_errors": 0}
         # Past a core's capacity every call would degrade together (SIP read seconds late,
         # audio too late to record): new calls are refused instead (rtp.admission).
         self.admission = Admission(max_calls=max_calls)
@@ -217,6 +231,26 @@ class MediaCore:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         return self._loop
+
+    def stats(self) -> dict[str, int]:
+        """Counters for metrics (cheap: one pass over the live calls). Drops by reason; a
+        packet dropped is counted once, under the first rule it broke (`dropped_oversize`
+        is the part of `dropped_malformed` that was too long)."""
+        out = dict(self._closed_stats)
+        for session in self.sessions:
+            _add_relay_stats(out, session)
+        out["calls_active"] = out["sessions_active"] = len(self.sessions)
+        out["recordings_active"] = sum(
+            1 for session in self.sessions if session.relay.recorder is not None and session.relay.recorder.recording
+        )
+        out["send_errors"] += sum(session.send_errors for session in self.sessions)
+        shared = self._shared.stats if self._shared is not None else {}
+        out["dropped_stranger"] = shared.get("strangers", 0)
+        out["dropped_address_conflict"] = shared.get("ambiguous", 0)
+        out["dropped_send"] = shared.get("send_dropped", 0) + out.pop("send_errors")
+        out["shared_ports"] = shared.get("shared_ports", 0)
+        out["late_reads"] = self.read_lateness.total - sum(self.read_lateness.counts[:LATE_READ_BUCKET])
+        return out
 
     def now(self) -> float:
         """The one clock media runs on: the event loop's (monotonic) time."""
@@ -253,6 +287,8 @@ class MediaCore:
         return session
 
     def release(self, session: MediaSession | SharedSession) -> None:
+        _add_relay_stats(self._closed_stats, session)
+        self._closed_stats["send_errors"] += session.send_errors
         if isinstance(session, MediaSession):
             for base in session.ports:
                 self.port_pool.release(base)

@@ -217,6 +217,7 @@ class LegTable:
         relay = self.relays[slot]
         if relay is not None:
             self.store_clocks(slot)
+            relay.stats.freeze()
         for g in (2 * slot, 2 * slot + 1):
             self._deactivate(g)
         self.relays[slot] = None

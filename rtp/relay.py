@@ -113,23 +113,32 @@ class RelayStats:
     """Counters: drops are counted, never raised (style.md §4). `forwarded` is the leg
     table's count (the batch lane adds to it too)."""
 
-    __slots__ = ("malformed", "unlatched", "no_target", "swallowed", "injected", "rtcp", "_table", "_g")
-    _FIELDS = ("forwarded", "malformed", "unlatched", "no_target", "swallowed", "injected", "rtcp")
+    __slots__ = ("malformed", "oversize", "unlatched", "no_target", "swallowed", "injected", "rtcp", "_table", "_g",
+                 "_frozen")
+    _FIELDS = ("forwarded", "malformed", "oversize", "unlatched", "no_target", "swallowed", "injected", "rtcp")
 
     def __init__(self, table: LegTable, slot: int) -> None:
         self._table = table
         self._g = 2 * slot
-        self.malformed = 0  # not RTP v2, truncated, bad padding
+        self.malformed = 0  # not RTP v2, truncated, bad padding, oversize
+        self.oversize = 0  # of those, longer than MAX_PACKET_SIZE
         self.unlatched = 0  # from an address that is not the party's: RTP bleed refused
         self.no_target = 0  # nowhere to send (no SDP yet, hold, no telephone-event at the far end)
         self.swallowed = 0  # telephone-event packets of *1 not passed on
         self.injected = 0  # packets we made: prompts and regenerated digits
         self.rtcp = 0
+        self._frozen = -1
 
     @property
     def forwarded(self) -> int:
+        if self._frozen >= 0:
+            return self._frozen
         fwd = self._table.py_fwd
         return fwd[self._g] + fwd[self._g + 1]
+
+    def freeze(self) -> None:
+        """The call's table slot is being freed (LegTable.remove): keep the count from here."""
+        self._frozen = self.forwarded
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self._FIELDS}
@@ -491,6 +500,8 @@ class CallRelay:
             packet = RtpPacket.parse(data)
             if packet is None:
                 stats.malformed += 1
+                if len(data) > MAX_PACKET_SIZE:
+                    stats.oversize += 1
                 return []
             b0 = data[0]
             b1 = data[1]
