@@ -154,6 +154,13 @@ class MediaSession:
             self._send(out)
 
 
+def _add_stats(totals: dict[str, int], session: MediaSession | SharedSession) -> None:
+    stats = session.relay.stats
+    for key in stats.__slots__:  # type: ignore[attr-defined]
+        totals[key] = totals.get(key, 0) + getattr(stats, key)
+    totals["send_errors"] = totals.get("send_errors", 0) + session.send_errors
+
+
 class MediaCore:
     """All calls' media on one event loop: port allocation and the shared 20 ms tick."""
 
@@ -225,6 +232,21 @@ class MediaCore:
         # CPU seconds the SIP side has spent (b2bua.server adds to it): an overload that
         # signalling causes must not lower the ceiling on calls (rtp.admission).
         self.signalling_seconds = 0.0
+        # Packet counters of calls already ended (stats(): scraped, never per packet).
+        self._ended_stats: dict[str, int] = {}
+
+    def stats(self) -> dict[str, int]:
+        """Counters since start over ended and live calls: RelayStats fields, `send_errors`,
+        and with shared ports their `strangers`/`ambiguous`/`send_dropped`/`received`.
+        Costs a walk of the live sessions: for a metrics scrape, not for a packet."""
+        totals = dict(self._ended_stats)
+        for session in self.sessions:
+            _add_stats(totals, session)
+        if self._shared is not None:
+            for key, value in self._shared.stats.items():
+                if key != "shared_ports":
+                    totals[key] = totals.get(key, 0) + value
+        return totals
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -296,6 +318,8 @@ class MediaCore:
             self.sessions.remove(session)
         except ValueError:
             pass
+        else:
+            _add_stats(self._ended_stats, session)
         self._busy.discard(session)
         self._scheduled.pop(session, None)  # its heap entry is skipped when it comes up
         if not self._scheduled:
