@@ -35,17 +35,13 @@ PORTS_PER_SESSION = 2  # one RTP/RTCP pair facing each party
 LAG_SMOOTHING = 0.1  # weight of the newest tick in the moving average
 LATENESS_WINDOW = 5.0  # seconds per `media event=lateness` log line (rtp.lateness)
 LATE_READ_BUCKET = 8  # stats()["late_reads"]: reads of this window later than EDGES_MS[7] (5 ms)
-_RELAY_COUNTERS = (
-    ("packets_relayed", "forwarded"), ("dropped_malformed", "malformed"), ("dropped_oversize", "oversize"),
-    ("dropped_unlatched", "unlatched"), ("dropped_no_target", "no_target"), ("dtmf_swallowed", "swallowed"),
-    ("packets_injected", "injected"), ("rtcp_relayed", "rtcp"),
-)
+_RELAY_COUNTERS = ("forwarded", "malformed", "oversize", "unlatched", "no_target", "swallowed", "injected", "rtcp")
 
 
 def _add_relay_stats(out: dict[str, int], session: MediaSession | SharedSession) -> None:
     stats = session.relay.stats
-    for key, name in _RELAY_COUNTERS:
-        out[key] += getattr(stats, name)
+    for key in _RELAY_COUNTERS:
+        out[key] += getattr(stats, key)
 
 
 class MediaSession:
@@ -154,13 +150,6 @@ class MediaSession:
             self._send(out)
 
 
-def _add_stats(totals: dict[str, int], session: MediaSession | SharedSession) -> None:
-    stats = session.relay.stats
-    for key in stats.__slots__:  # type: ignore[attr-defined]
-        totals[key] = totals.get(key, 0) + getattr(stats, key)
-    totals["send_errors"] = totals.get("send_errors", 0) + session.send_errors
-
-
 class MediaCore:
     """All calls' media on one event loop: port allocation and the shared 20 ms tick."""
 
@@ -223,7 +212,7 @@ class MediaCore:
         self.tick_lateness = Lateness()
         self._lateness_at = 0.0
         # stats() of calls already over (their relays are gone)
-        self._closed_stats = {key: 0 for key, _ in _RELAY_COUNTERS} | {"send_errors": 0}
+        self._closed_stats = {key: 0 for key in _RELAY_COUNTERS} | {"send_errors": 0}
         # Past a core's capacity every call would degrade together (SIP read seconds late,
         # audio too late to record): new calls are refused instead (rtp.admission).
         self.admission = Admission(max_calls=max_calls)
@@ -232,47 +221,37 @@ class MediaCore:
         # CPU seconds the SIP side has spent (b2bua.server adds to it): an overload that
         # signalling causes must not lower the ceiling on calls (rtp.admission).
         self.signalling_seconds = 0.0
-        # Packet counters of calls already ended (stats(): scraped, never per packet).
-        self._ended_stats: dict[str, int] = {}
 
     def stats(self) -> dict[str, int]:
-        """Counters since start over ended and live calls: RelayStats fields, `send_errors`,
-        and with shared ports their `strangers`/`ambiguous`/`send_dropped`/`received`.
-        Costs a walk of the live sessions: for a metrics scrape, not for a packet."""
-        totals = dict(self._ended_stats)
+        """Counters for metrics (b2bua/recordings_service/metrics.py; cheap: one pass over
+        the live calls, calls already over kept as totals). `forwarded`: packets relayed.
+        Drops by reason, each packet counted once under the first rule it broke:
+        `malformed` (of which `oversize`: longer than MAX_PACKET_SIZE), `unlatched` (not
+        the party's address), `no_target` (nowhere to send), `strangers` and `ambiguous`
+        (shared ports: from nobody known / an address several calls claim and no SSRC
+        tells apart), `send_errors` and `send_dropped` (the kernel refused the send).
+        `late_reads`: shared-port reads of the current lateness window over 5 ms late.
+        Also `swallowed` (*1 digits), `injected` (prompts, regenerated digits), `rtcp`,
+        `calls_active`, `sessions_active`, `recordings_active`, `shared_ports`."""
+        out = dict(self._closed_stats)
         for session in self.sessions:
-            _add_stats(totals, session)
-        if self._shared is not None:
-            for key, value in self._shared.stats.items():
-                if key != "shared_ports":
-                    totals[key] = totals.get(key, 0) + value
-        return totals
+            _add_relay_stats(out, session)
+        out["send_errors"] += sum(session.send_errors for session in self.sessions)
+        out["calls_active"] = out["sessions_active"] = len(self.sessions)
+        out["recordings_active"] = sum(
+            1 for session in self.sessions if session.relay.recorder is not None and session.relay.recorder.recording
+        )
+        shared = self._shared.stats if self._shared is not None else {}
+        for key in ("strangers", "ambiguous", "send_dropped", "shared_ports"):
+            out[key] = shared.get(key, 0)
+        out["late_reads"] = self.read_lateness.total - sum(self.read_lateness.counts[:LATE_READ_BUCKET])
+        return out
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         return self._loop
-
-    def stats(self) -> dict[str, int]:
-        """Counters for metrics (cheap: one pass over the live calls). Drops by reason; a
-        packet dropped is counted once, under the first rule it broke (`dropped_oversize`
-        is the part of `dropped_malformed` that was too long)."""
-        out = dict(self._closed_stats)
-        for session in self.sessions:
-            _add_relay_stats(out, session)
-        out["calls_active"] = out["sessions_active"] = len(self.sessions)
-        out["recordings_active"] = sum(
-            1 for session in self.sessions if session.relay.recorder is not None and session.relay.recorder.recording
-        )
-        out["send_errors"] += sum(session.send_errors for session in self.sessions)
-        shared = self._shared.stats if self._shared is not None else {}
-        out["dropped_stranger"] = shared.get("strangers", 0)
-        out["dropped_address_conflict"] = shared.get("ambiguous", 0)
-        out["dropped_send"] = shared.get("send_dropped", 0) + out.pop("send_errors")
-        out["shared_ports"] = shared.get("shared_ports", 0)
-        out["late_reads"] = self.read_lateness.total - sum(self.read_lateness.counts[:LATE_READ_BUCKET])
-        return out
 
     def now(self) -> float:
         """The one clock media runs on: the event loop's (monotonic) time."""
@@ -309,8 +288,6 @@ class MediaCore:
         return session
 
     def release(self, session: MediaSession | SharedSession) -> None:
-        _add_relay_stats(self._closed_stats, session)
-        self._closed_stats["send_errors"] += session.send_errors
         if isinstance(session, MediaSession):
             for base in session.ports:
                 self.port_pool.release(base)
@@ -318,8 +295,9 @@ class MediaCore:
             self.sessions.remove(session)
         except ValueError:
             pass
-        else:
-            _add_stats(self._ended_stats, session)
+        else:  # its counters join the ended calls' (stats())
+            _add_relay_stats(self._closed_stats, session)
+            self._closed_stats["send_errors"] += session.send_errors
         self._busy.discard(session)
         self._scheduled.pop(session, None)  # its heap entry is skipped when it comes up
         if not self._scheduled:
