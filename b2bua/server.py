@@ -103,7 +103,7 @@ class Server:
             max_calls=server.max_calls,
         )
         self.core = B2BUA(
-            config, self.transactions, self.registrar, authenticator, lockout, self.media,
+            config, self.transactions, self.registrar, authenticator, self.media,
             advertised_host=advertised, port=server.port,
         )
         self.transport = SipTransport(server.host, server.port, self.on_message, log)

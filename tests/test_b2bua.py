@@ -136,7 +136,7 @@ class Harness:
         users = {u.name: u.password for u in self.config.users}
         self.registrar = Registrar(users, "pbx.test", None, auth, self.lockout)
         self.media = FakeMedia()
-        self.core = B2BUA(self.config, self.txn, self.registrar, auth, self.lockout, self.media,
+        self.core = B2BUA(self.config, self.txn, self.registrar, auth, self.media,
                           advertised_host="192.0.2.1", port=5060)
         self.sent: list[tuple[Request | Response, Peer]] = []
 
@@ -321,6 +321,35 @@ def answered_call(h) -> tuple[Request, Request]:
     return bob, ok
 
 
+def trunk_bye(ok: Response, cseq: int = 11) -> str:
+    """The trunk hangs up the answered call `ok` answered."""
+    return (
+        f"BYE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKbye{cseq}\n"
+        f"From: \"Caller\" <sip:447700900123@198.51.100.7>;tag=tr1\nTo: {ok.headers.get('To')}\n"
+        f"Call-ID: trunk-call-1\nCSeq: {cseq} BYE\nContent-Length: 0\n\n"
+    )
+
+
+def bob_bye(bob: Request, cseq: int = 1) -> str:
+    """Bob hangs up, in the dialog of the INVITE `bob` we sent him."""
+    return (
+        f"BYE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 203.0.113.20:5060;branch=z9hG4bKpb{cseq}\n"
+        f"From: <sip:bob@pbx.test>;tag=b1\nTo: {bob.headers.get('From')}\nCall-ID: {bob.call_id}\n"
+        f"CSeq: {cseq} BYE\nContent-Length: 0\n\n"
+    )
+
+
+def bob_holds(bob: Request, cseq: int = 2) -> str:
+    """Bob's re-INVITE putting the call on hold (a=sendonly)."""
+    hold = answer_sdp("203.0.113.20", 7000).replace("a=sendrecv", "a=sendonly")
+    return (
+        f"INVITE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 203.0.113.20:5060;branch=z9hG4bKri{cseq}\n"
+        f"From: <sip:bob@pbx.test>;tag=b1\nTo: {bob.headers.get('From')}\nCall-ID: {bob.call_id}\n"
+        f"CSeq: {cseq} INVITE\nContact: <sip:bob@203.0.113.20>\nContent-Type: application/sdp\n"
+        f"Content-Length: {len(hold)}\n\n{hold}"
+    )
+
+
 def test_answered_call_is_recorded_by_number_yes(h):
     answered_call(h)
     assert h.media.sessions[0].call.record_at_answer is True
@@ -328,13 +357,7 @@ def test_answered_call_is_recorded_by_number_yes(h):
 
 def test_bye_from_trunk_ends_both_legs(h):
     bob, ok = answered_call(h)
-    to = ok.headers.get("To")
-    h.send(
-        f"BYE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKbye1\n"
-        f"From: \"Caller\" <sip:447700900123@198.51.100.7>;tag=tr1\nTo: {to}\n"
-        f"Call-ID: trunk-call-1\nCSeq: 11 BYE\nContent-Length: 0\n\n",
-        TRUNK,
-    )
+    h.send(trunk_bye(ok), TRUNK)
     assert h.one(TRUNK, 200)
     bye = h.one(BOB, "BYE")
     assert bye.call_id == bob.call_id and bye.uri == "sip:bob@203.0.113.20"
@@ -344,12 +367,7 @@ def test_bye_from_trunk_ends_both_legs(h):
 
 def test_bye_from_phone_ends_trunk_leg(h):
     bob, _ = answered_call(h)
-    h.send(
-        f"BYE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 203.0.113.20:5060;branch=z9hG4bKpb1\n"
-        f"From: <sip:bob@pbx.test>;tag=b1\nTo: {bob.headers.get('From')}\nCall-ID: {bob.call_id}\n"
-        f"CSeq: 1 BYE\nContent-Length: 0\n\n",
-        BOB,
-    )
+    h.send(bob_bye(bob, 1), BOB)
     assert h.one(BOB, 200)
     bye = h.one(TRUNK, "BYE")
     assert bye.call_id == "trunk-call-1" and bye.uri == "sip:447700900123@198.51.100.7:5060"
@@ -469,14 +487,7 @@ def test_options_gets_200_with_allow(h):
 
 def test_reinvite_hold_is_relayed_across(h):
     bob, ok = answered_call(h)
-    hold = answer_sdp("203.0.113.20", 7000).replace("a=sendrecv", "a=sendonly")
-    h.send(
-        f"INVITE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 203.0.113.20:5060;branch=z9hG4bKri1\n"
-        f"From: <sip:bob@pbx.test>;tag=b1\nTo: {bob.headers.get('From')}\nCall-ID: {bob.call_id}\n"
-        f"CSeq: 2 INVITE\nContact: <sip:bob@203.0.113.20>\nContent-Type: application/sdp\n"
-        f"Content-Length: {len(hold)}\n\n{hold}",
-        BOB,
-    )
+    h.send(bob_holds(bob), BOB)
     reinvite = h.one(TRUNK, "INVITE")
     assert reinvite.call_id == "trunk-call-1"
     assert "a=sendonly" in reinvite.body.decode()
@@ -570,7 +581,7 @@ def test_cancelled_branch_is_forgotten_after_its_487_or_the_cancel_timeout(h):
     invite = caller_cancels_carol_ringing(h)
     h.send(respond(invite, 487, "Request Terminated", "c1", "sip:carol@203.0.113.30"), CAROL)
     assert h.one(CAROL, "ACK")
-    assert not h.core._by_invite_txn
+    assert not h.core.index.invites
     # a phone that never answers the CANCEL: forgotten when the INVITE is given up (64*T1)
     h.send(trunk_invite("441632960001", call_id="trunk-call-2", branch="z9hG4bKtrunk2"), TRUNK)
     second = h.one(CAROL, "INVITE")
@@ -578,7 +589,7 @@ def test_cancelled_branch_is_forgotten_after_its_487_or_the_cancel_timeout(h):
     h.advance(31.0)  # ring timeout: 480 to the caller, CANCEL to carol, who never answers it
     assert h.one(TRUNK, 480)
     h.advance(40.0)
-    assert not h.core._by_invite_txn and not h.core.calls
+    assert len(h.core.index) == 0
 
 
 # -- Record-Route: a record-routing edge (Kamailio) in front of us -----------------------------
@@ -624,12 +635,7 @@ def test_callee_2xx_record_route_is_reversed_for_our_ack_and_bye(h):
     assert ack.uri == "sip:bob@203.0.113.20"
     assert ack.headers.get_all("Route") == [PHONE_EDGE_FAR, "<sip:192.0.2.60;lr>"]
     assert not h.take(BOB, "ACK")
-    h.send(
-        f"BYE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKbye1\n"
-        f"From: \"Caller\" <sip:447700900123@198.51.100.7>;tag=tr1\nTo: {ok.headers.get('To')}\n"
-        f"Call-ID: trunk-call-1\nCSeq: 11 BYE\nContent-Length: 0\n\n",
-        TRUNK,
-    )
+    h.send(trunk_bye(ok), TRUNK)
     assert h.one(TRUNK, 200)
     bye = h.one(PHONE_EDGE, "BYE")
     assert bye.uri == "sip:bob@203.0.113.20" and bye.call_id == bob.call_id
@@ -641,14 +647,7 @@ def test_caller_side_requests_follow_the_invites_record_route(h):
     h.take()
     # bob puts the call on hold: the re-INVITE reaches the trunk through its edge (RFC 3261
     # §12.1.1: the UAS's route set is the Record-Route in order; the first is the next hop).
-    hold = answer_sdp("203.0.113.20", 7000).replace("a=sendrecv", "a=sendonly")
-    h.send(
-        f"INVITE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 203.0.113.20:5060;branch=z9hG4bKri1\n"
-        f"From: <sip:bob@pbx.test>;tag=b1\nTo: {bob.headers.get('From')}\nCall-ID: {bob.call_id}\n"
-        f"CSeq: 2 INVITE\nContact: <sip:bob@203.0.113.20>\nContent-Type: application/sdp\n"
-        f"Content-Length: {len(hold)}\n\n{hold}",
-        BOB,
-    )
+    h.send(bob_holds(bob), BOB)
     reinvite = h.one(EDGE, "INVITE")
     assert reinvite.uri == "sip:447700900123@198.51.100.7:5060"  # the trunk's Contact
     assert reinvite.headers.get_all("Route") == [EDGE_NEAR, EDGE_FAR]
@@ -658,13 +657,46 @@ def test_caller_side_requests_follow_the_invites_record_route(h):
     assert ack.headers.get_all("Route") == [EDGE_NEAR, EDGE_FAR]
     assert h.one(BOB, 200)
     # bob hangs up: the BYE to the trunk goes the same way
-    h.send(
-        f"BYE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 203.0.113.20:5060;branch=z9hG4bKpb1\n"
-        f"From: <sip:bob@pbx.test>;tag=b1\nTo: {bob.headers.get('From')}\nCall-ID: {bob.call_id}\n"
-        f"CSeq: 3 BYE\nContent-Length: 0\n\n",
-        BOB,
-    )
+    h.send(bob_bye(bob, 3), BOB)
     bye = h.one(EDGE, "BYE")
     assert bye.uri == "sip:447700900123@198.51.100.7:5060"
     assert bye.headers.get_all("Route") == [EDGE_NEAR, EDGE_FAR]
     assert not h.take(TRUNK, "BYE")
+
+
+def test_callee_reinvite_ack_is_resent_on_a_2xx_retransmission_and_forgotten_with_the_call(h):
+    """The ACK we send the trunk for bob's relayed re-INVITE lives under the trunk's Call-ID:
+    it is resent for a 2xx retransmission (RFC 3261 §13.2.2.4) and gone when the call ends
+    (it used to stay for ever)."""
+    bob, ok = answered_call(h)
+    h.send(bob_holds(bob), BOB)
+    reinvite = h.one(TRUNK, "INVITE")
+    trunk_ok = respond(reinvite, 200, "OK", "tr1", "sip:x@198.51.100.7", OFFER).replace(
+        f"To: {reinvite.headers.get('To')};tag=tr1", f"To: {reinvite.headers.get('To')}")
+    h.send(trunk_ok, TRUNK)
+    first = h.one(TRUNK, "ACK")
+    assert h.one(BOB, 200)
+    h.advance(40.0)  # the re-INVITE's transaction is long gone: the next copy is a stray 2xx
+    h.take()
+    h.send(trunk_ok, TRUNK)
+    again = h.one(TRUNK, "ACK")
+    assert again.to_bytes() == first.to_bytes()
+    h.send(bob_bye(bob, 3), BOB)
+    assert h.one(TRUNK, "BYE")
+    assert len(h.core.index) == 0  # no key of the call is left anywhere
+    h.take()
+    h.send(trunk_ok, TRUNK)  # a copy after the call: nothing remembers it, nothing is sent
+    assert not h.take(TRUNK, "ACK")
+
+
+def test_every_call_leaves_the_index_empty(h):
+    """Answered, cancelled, busy, timed out: once each call ends no key of it is left."""
+    bob, ok = answered_call(h)
+    h.send(trunk_bye(ok), TRUNK)
+    h.register("carol", "carol-pw", CAROL, "sip:carol@203.0.113.30")
+    h.send(trunk_invite("441632960001", call_id="busy", branch="z9hG4bKbusy"), TRUNK)
+    invite = h.one(CAROL, "INVITE")
+    h.send(respond(invite, 486, "Busy Here", "c1", "sip:carol@203.0.113.30"), CAROL)
+    h.send(trunk_invite("441632960001", call_id="silent", branch="z9hG4bKsilent"), TRUNK)
+    h.advance(100.0)  # rings out (480), the CANCEL is never answered, the INVITE gives up
+    assert not h.core.calls and len(h.core.index) == 0
