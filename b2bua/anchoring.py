@@ -9,7 +9,7 @@ version (RFC 3264 §8: the version goes up with every new description on that le
 from __future__ import annotations
 
 from b2bua import sdp as sdpmod
-from b2bua.call import MediaEndpoint
+from rtp.call import MediaEndpoint
 from b2bua.call_state import Leg
 from b2bua.message import Request, Response
 from b2bua.sdp import SessionDescription

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from b2bua import anchoring
-from b2bua.call import Call
+from rtp.call import Call
 from b2bua.call_state import CallEvent, CallIndex, CallPhase, CallState, Leg, LegEvent, LegState
 from b2bua.config import Config
 from b2bua.events import (
@@ -59,6 +59,7 @@ class B2BUA(Forking, InDialogRelay):
         transactions: Any,
         registrar: Any,
         authenticator: Any,
+        lockout: Any,
         media: MediaLike,
         *,
         advertised_host: str,
@@ -69,6 +70,7 @@ class B2BUA(Forking, InDialogRelay):
         self.txn = transactions
         self.registrar = registrar
         self.auth = authenticator
+        self.lockout = lockout  # its per-source summary counts strangers' INVITEs (issue 16)
         self.media = media
         self.host = advertised_host
         self.port = port
@@ -76,6 +78,8 @@ class B2BUA(Forking, InDialogRelay):
         self.index = CallIndex()
         self._next_sweep = 0.0
         self.wall_clock = wall_clock
+        # Since start, for /metrics: "calls" (every call set up), "refused:<reason>" (503s).
+        self.counts: dict[str, int] = {}
 
     @property
     def calls(self) -> dict[str, CallState]:
@@ -158,11 +162,11 @@ class B2BUA(Forking, InDialogRelay):
             after = {b.uri: b for b in self.registrar.contacts(user, now)}
             for uri in after.keys() - before:
                 log.info("registration event=added user=%s contact=%s source=%s:%s:%d expires=%d", user, uri,
-                         peer.transport, peer.host, peer.port, after[uri].expires_in(now))
+                         peer.transport, peer.host, peer.port, self.registrar.expires_in(after[uri], now))
             for uri in before - after.keys():
                 log.info("registration event=removed user=%s contact=%s", user, uri)
         elif response.status == 403:
-            log.warning("registration event=refused user=%s source=%s:%d", user, peer.host, peer.port)
+            log.debug("registration event=refused user=%s source=%s:%d", user, peer.host, peer.port)
 
     # -- new calls
 
@@ -172,9 +176,10 @@ class B2BUA(Forking, InDialogRelay):
             # calls already up keep a core that can carry them.
             log.warning("call=%s event=refused reason=overload source=%s:%d calls=%d", request.call_id, peer.host,
                         peer.port, len(getattr(self.media, "sessions", ())))
+            self.counts["refused:overload"] = self.counts.get("refused:overload", 0) + 1
             self._reply(txn, request, 503, now, "Service Unavailable (overloaded)", headers=[("Retry-After", "10")])
             return
-        decision = route_invite(self.config, self.registrar, request, peer, now)
+        decision = route_invite(self.config, self.registrar, self.lockout.summary, request, peer, now)
         if isinstance(decision, Refusal):
             self._refuse(txn, request, decision, now)
             return
@@ -227,6 +232,7 @@ class B2BUA(Forking, InDialogRelay):
         call = CallState(id=call_id, a=a, direction=route.direction, started=seam.started, started_at=now, seam=seam,
                          a_offer=offer, number=route.number, caller=route.caller)
         self.index.add_call(call)
+        self.counts["calls"] = self.counts.get("calls", 0) + 1
         self.index.add_invite(call, a)
         self._log(call, "invite", source=f"{peer.host}:{peer.port}", transport=peer.transport,
                   **{"from": seam.from_uri, "to": seam.to_uri, "sip-call-id": request.call_id})
@@ -237,6 +243,7 @@ class B2BUA(Forking, InDialogRelay):
             call.media = self.media.open_session(call.seam)
         except Exception as exc:  # noqa: BLE001 - port exhaustion, socket errors: the caller gets 503
             self._log(call, "media-failed", reason=str(exc))
+            self.counts["refused:no-media-ports"] = self.counts.get("refused:no-media-ports", 0) + 1
             self._fail_call(call, 503, "Service Unavailable (no media ports)", now, cause="no-media-ports")
             return False
         if call.a_offer is not None:

@@ -26,7 +26,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from b2bua.call import Call
+from rtp.call import Call
 from b2bua.config import Number, User
 from b2bua.dialog import Dialog
 from b2bua.message import Request

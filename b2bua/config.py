@@ -49,7 +49,8 @@ class Server:
     pause: str = "silence"  # "silence" | "skip"
     feature_timeout: float = DEFAULT_FEATURE_TIMEOUT
     registrations_db: Path | None = None
-    media_sockets: str = "per_call"  # "per_call" | "shared" (rtp.mux: many legs per port, IPv4)
+    media_sockets: str = "shared"  # "shared" (rtp.mux: many legs per port, IPv4) | "per_call" (default for an IPv6 media_ip)
+    media_poll: float = 0.002  # seconds between reads of the shared ports; 0: on readiness (rtp.mux)
     max_calls: int = 0  # concurrent calls taken before new INVITEs get 503; 0: as many as the core carries
 
 
@@ -71,6 +72,20 @@ class Security:
     #: challenge is SHA-256 instead of picking the MD5 one, so MD5 alone is the default;
     #: ["SHA-256", "MD5"] offers both to fleets that cope.
     digest_algorithms: tuple[str, ...] = ("MD5",)
+    # -- issue 16: on the open internet (see b2bua/lockout.py and b2bua/strangers.py) --
+    #: Slow guessing: failures from one IP tolerated per hour and per day.
+    max_failures_per_hour: int = 20
+    max_failures_per_day: int = 50
+    #: Each further lockout of an IP within a day doubles; never longer than this.
+    max_lockout_seconds: float = 86_400.0
+    #: Failures against one user from addresses never authenticated as it, all sources
+    #: together, per hour; past it only the user's known addresses are evaluated.
+    max_user_failures_per_hour: int = 30
+    #: Strangers (unauthenticated, not a trunk) get one answer per request, never
+    #: retransmitted; false: they get none at all.
+    answer_strangers: bool = True
+    #: Answers to strangers per second per source IP (bursts of 5x allowed).
+    stranger_answers_per_second: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +127,51 @@ class User:
     record_outbound: Record
 
 
+# -- wave 2: the recordings page, REST API, webhooks and retention (b2bua.recordings_service)
+
+
+@dataclass(frozen=True)
+class Http:
+    """`[http]`: where the recordings page, the REST API and /metrics listen."""
+
+    host: str
+    port: int
+    #: The base of `wav_url` in webhook bodies; default "http://<listen>". Set it when the
+    #: receiver reaches this server through another name (a proxy, a public address).
+    public_url: str = ""
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """`[[api_tokens]]`: a bearer token, stored only as its SHA-256."""
+
+    name: str
+    token_sha256: bytes  # the digest itself (32 bytes), compared in constant time
+    scope: str  # "read" | "admin"
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """`[[webhooks]]`: one POST per finalised recording, signed with `secret`."""
+
+    url: str
+    secret: str
+
+
+@dataclass(frozen=True)
+class RecordingsPolicy:
+    """`[recordings]`: 0 keeps recordings for ever (the seed's default)."""
+
+    retention_days: int = 0
+
+
 @dataclass(frozen=True)
 class Config:
     path: Path
@@ -122,6 +182,10 @@ class Config:
     numbers: tuple[Number, ...] = ()
     ring_groups: tuple[RingGroup, ...] = ()
     users: tuple[User, ...] = ()
+    http: Http | None = None  # None: no HTTP server at all
+    api_tokens: tuple[ApiToken, ...] = ()
+    webhooks: tuple[Webhook, ...] = ()
+    recordings: RecordingsPolicy = field(default_factory=RecordingsPolicy)
 
     def user(self, name: str) -> User | None:
         return next((u for u in self.users if u.name == name), None)
@@ -272,8 +336,13 @@ def parse(data: dict[str, Any], path: Path, base: Path) -> Config:
     users = tuple(_user(path, i, u) for i, u in enumerate(top.get("users", list, [])))
     groups = tuple(_ring_group(path, i, g) for i, g in enumerate(top.get("ring_groups", list, [])))
     numbers = tuple(_number(path, i, n) for i, n in enumerate(top.get("numbers", list, [])))
+    http = _http(path, top.get("http", dict, None))
+    tokens = tuple(_api_token(path, i, t) for i, t in enumerate(top.get("api_tokens", list, [])))
+    webhooks = tuple(_webhook(path, i, w) for i, w in enumerate(top.get("webhooks", list, [])))
+    recordings_policy = _recordings_policy(path, top.get("recordings", dict, {}))
     top.done()
-    config = Config(path, server, organisation, security, trunks, numbers, groups, users)
+    config = Config(path, server, organisation, security, trunks, numbers, groups, users,
+                    http=http, api_tokens=tokens, webhooks=webhooks, recordings=recordings_policy)
     _cross_check(config)
     return config
 
@@ -307,11 +376,16 @@ def _server(path: Path, base: Path, table: Any) -> Server:
     timeout = r.get("feature_digit_timeout", (int, float), DEFAULT_FEATURE_TIMEOUT)
     if not 0.2 <= timeout <= 10:
         raise ConfigError(path, "server.feature_digit_timeout", f"got {timeout}, expected 0.2 to 10 seconds")
-    sockets = r.get("media_sockets", str, "per_call", what='"per_call" or "shared"')
+    # Shared ports are the default (rtp.mux: ~10x cheaper per packet); they need IPv4, so an
+    # IPv6 media_ip without the key gets a socket per leg.
+    sockets = r.get("media_sockets", str, "per_call" if ":" in media_ip else "shared", what='"per_call" or "shared"')
     if sockets not in ("per_call", "shared"):
         raise ConfigError(path, "server.media_sockets", f'got "{sockets}", expected "per_call" or "shared"')
     if sockets == "shared" and ":" in media_ip:
         raise ConfigError(path, "server.media_sockets", f'"shared" needs an IPv4 media_ip, got "{media_ip}"')
+    poll_ms = r.get("media_poll_ms", (int, float), 2)
+    if not 0 <= poll_ms <= 20:
+        raise ConfigError(path, "server.media_poll_ms", f"got {poll_ms}, expected 0 to 20 milliseconds (0: read on readiness)")
     max_calls = r.get("max_calls", int, 0)
     if max_calls < 0:
         raise ConfigError(path, "server.max_calls", f"got {max_calls}, expected a whole number >= 0 (0: no fixed limit)")
@@ -330,6 +404,7 @@ def _server(path: Path, base: Path, table: Any) -> Server:
         feature_timeout=float(timeout),
         registrations_db=db,
         media_sockets=sockets,
+        media_poll=poll_ms / 1000,
         max_calls=max_calls,
     )
     r.done()
@@ -353,10 +428,28 @@ def _security(path: Path, table: Any) -> Security:
         failure_window=float(r.get("failure_window", (int, float), 60)),
         lockout_seconds=float(r.get("lockout_seconds", (int, float), 600)),
         digest_algorithms=tuple(algorithms),
+        max_failures_per_hour=r.get("max_auth_failures_per_hour", int, 20),
+        max_failures_per_day=r.get("max_auth_failures_per_day", int, 50),
+        max_lockout_seconds=float(r.get("max_lockout_seconds", (int, float), 86_400)),
+        max_user_failures_per_hour=r.get("max_user_failures_per_hour", int, 30),
+        answer_strangers=r.get("answer_strangers", bool, True),
+        stranger_answers_per_second=float(r.get("stranger_answers_per_second", (int, float), 10)),
     )
     r.done()
-    if sec.max_failures < 1:
-        raise ConfigError(path, "security.max_auth_failures", f"got {sec.max_failures}, expected at least 1")
+    for key, count in (("max_auth_failures", sec.max_failures), ("max_auth_failures_per_hour", sec.max_failures_per_hour),
+                       ("max_auth_failures_per_day", sec.max_failures_per_day),
+                       ("max_user_failures_per_hour", sec.max_user_failures_per_hour)):
+        if count < 1:
+            raise ConfigError(path, f"security.{key}", f"got {count}, expected at least 1")
+    # Zero or negative durations switch the protection off: refuse them, naming the key.
+    for key, seconds in (("failure_window", sec.failure_window), ("lockout_seconds", sec.lockout_seconds),
+                         ("max_lockout_seconds", sec.max_lockout_seconds),
+                         ("stranger_answers_per_second", sec.stranger_answers_per_second)):
+        if not seconds > 0 or seconds == float("inf"):
+            raise ConfigError(path, f"security.{key}", f"got {_show(seconds)}, expected a positive number")
+    if sec.max_lockout_seconds < sec.lockout_seconds:
+        raise ConfigError(path, "security.max_lockout_seconds",
+                          f"got {_show(sec.max_lockout_seconds)}, expected at least lockout_seconds ({_show(sec.lockout_seconds)})")
     return sec
 
 
@@ -431,8 +524,66 @@ def _number(path: Path, i: int, table: Any) -> Number:
     return number
 
 
+def _http(path: Path, table: Any) -> Http | None:
+    if table is None:
+        return None
+    r = _Reader(path, "http", table)
+    listen = r.get("listen", str, "127.0.0.1:8080", what='an address like "127.0.0.1:8080"')
+    host, port = _host_port(path, "http.listen", listen, None)
+    if port is None:
+        raise ConfigError(path, "http.listen", f'got "{listen}", expected an address with a port like "127.0.0.1:8080"')
+    public_url = r.get("public_url", str, "")
+    if public_url and not public_url.lower().startswith(("http://", "https://")):
+        raise ConfigError(path, "http.public_url", f'got "{public_url}", expected a URL like "https://pbx.example:8443"')
+    r.done()
+    return Http(host, port, public_url)
+
+
+def _api_token(path: Path, i: int, table: Any) -> ApiToken:
+    r = _Reader(path, f"api_tokens[{i}]", table)
+    name = r.get("name", str)
+    if not name or not name.isprintable() or " " in name:
+        raise ConfigError(path, f"api_tokens[{i}].name", f"got {_show(name)}, expected a name without spaces (it is logged)")
+    digest = r.get("token_sha256", str, what="the hex SHA-256 of the token (64 hex digits)")
+    try:
+        raw = bytes.fromhex(digest)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise ConfigError(path, f"api_tokens[{i}].token_sha256", "expected 64 hex digits: the SHA-256 of the token "
+                          "(e.g. printf %s TOKEN | sha256sum), never the token itself")
+    scope = r.get("scope", str, "read", what='"read" or "admin"')
+    if scope not in ("read", "admin"):
+        raise ConfigError(path, f"api_tokens[{i}].scope", f'got {_show(scope)}, expected "read" or "admin"')
+    r.done()
+    return ApiToken(name, raw, scope)
+
+
+def _webhook(path: Path, i: int, table: Any) -> Webhook:
+    r = _Reader(path, f"webhooks[{i}]", table)
+    url = r.get("url", str, what='a URL like "http://127.0.0.1:9000/recordings"')
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() not in ("http", "https") or not rest or rest.startswith("/"):
+        raise ConfigError(path, f"webhooks[{i}].url", f"got {_show(url)}, expected an http:// or https:// URL with a host")
+    secret = r.get("secret", str, what="a string that signs each body")
+    if not secret:
+        raise ConfigError(path, f"webhooks[{i}].secret", "is empty; the receiver checks X-B2BUA-Signature with it")
+    r.done()
+    return Webhook(url, secret)
+
+
+def _recordings_policy(path: Path, table: Any) -> RecordingsPolicy:
+    r = _Reader(path, "recordings", table)
+    days = r.get("retention_days", int, 0, what="a whole number of days (0: keep for ever)")
+    if days < 0:
+        raise ConfigError(path, "recordings.retention_days", f"got {days}, expected 0 (keep for ever) or more days")
+    r.done()
+    return RecordingsPolicy(days)
+
+
 def _cross_check(config: Config) -> None:
     path = config.path
+    _unique(path, "api_tokens", [t.name for t in config.api_tokens], "name")
     _unique(path, "users", [u.name for u in config.users], "name")
     _unique(path, "users", [u.extension for u in config.users], "extension")
     _unique(path, "ring_groups", [g.name for g in config.ring_groups], "name")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from b2bua import flows
-from b2bua.call import Party
+from rtp.call import Party
 from b2bua.config import Config, Number, Trunk, User
 from b2bua.headers import parse_name_addr, parse_uri
 from b2bua.message import Request, Response
@@ -67,12 +67,14 @@ class Route:
     log_fields: dict[str, Any] = field(default_factory=dict)
 
 
-def route_invite(config: Config, registrar: Any, request: Request, peer: Peer, now: float) -> Route | Refusal:
-    """Decide a new INVITE (one outside any dialog)."""
+def route_invite(config: Config, registrar: Any, strangers: Any, request: Request, peer: Peer,
+                 now: float) -> Route | Refusal:
+    """Decide a new INVITE (one outside any dialog). `strangers` is the per-source summary
+    (b2bua/hostile_summary.py) that counts refused strangers instead of a log line each."""
     trunk = config.trunk_for(peer.host, peer.port)
     if trunk is not None:
         return _inbound(config, registrar, request, trunk, now)
-    user = _authenticate(config, registrar, request, peer, now)
+    user = _authenticate(config, registrar, strangers, request, peer, now)
     if isinstance(user, Refusal):
         return user
     dialled = (parse_uri(request.uri).user or "").split(";")[0]
@@ -82,12 +84,15 @@ def route_invite(config: Config, registrar: Any, request: Request, peer: Peer, n
     return _outbound(config, user, dialled)
 
 
-def _authenticate(config: Config, registrar: Any, request: Request, peer: Peer, now: float) -> User | Refusal:
+def _authenticate(config: Config, registrar: Any, strangers: Any, request: Request, peer: Peer,
+                  now: float) -> User | Refusal:
     """RFC 3261 §22.3: INVITEs from phones are challenged with 407; strangers get 403."""
     if registrar.user_at(peer.host, now=now) is None:
         # Toll-fraud protection: only registered phones may place calls.
-        log.warning("security event=refused reason=unknown-source ip=%s port=%d from=%s to=%s",
-                    peer.host, peer.port, quote(request.headers.get("From")), quote(request.uri))
+        # Counted into the per-source summary (issue 16: never a line per hostile request).
+        strangers.count(peer.host, "unknown-source-invite", now, line=(
+            f"security event=refused reason=unknown-source ip={peer.host} port={peer.port} "
+            f"from={quote(request.headers.get('From'))} to={quote(request.uri)}"))
         return Refusal(403, "Forbidden")
     username, response = registrar.authenticate(request, peer, now, proxy=True)
     if response is not None:

@@ -18,12 +18,15 @@ from typing import Any
 from b2bua import os_limits
 from b2bua.auth import DigestAuthenticator
 from b2bua.b2bua import B2BUA
+from b2bua.clock import system_utc_at
 from b2bua.config import Config
 from b2bua.gc_policy import GcPolicy
+from b2bua.hostile_summary import HostileSummary
 from b2bua.lockout import Lockout
 from b2bua.message import SipParseError, parse_message
 from b2bua.peer import Peer
 from b2bua.registrar import Registrar
+from b2bua.strangers import policy_for
 from b2bua.transaction import TransactionLayer
 from b2bua.transport import SipTransport
 from b2bua.wire_errors import error_response
@@ -80,19 +83,36 @@ class Server:
         except OSError as exc:
             log.error("startup event=failed reason=%r path=%s", str(exc), server.recordings_dir)
             return 1
-        for path in repair(server.recordings_dir):
+        repaired = repair(server.recordings_dir)
+        for path in repaired:
             log.warning("recording event=repaired path=%s", path)
 
+        utc_at = system_utc_at(self.loop.time)  # `now` is the loop's monotonic clock
         advertised = server.host if server.host not in ("0.0.0.0", "::") else server.media_ip
+        self.summary = HostileSummary()  # hostile traffic: one line per source per minute
         self.transactions = TransactionLayer()
         authenticator = DigestAuthenticator(server.realm, secrets.token_bytes(32), algorithms=config.security.digest_algorithms)
         lockout = Lockout(
             max_failures=config.security.max_failures,
             window=config.security.failure_window,
             duration=config.security.lockout_seconds,
+            per_hour=config.security.max_failures_per_hour,
+            per_day=config.security.max_failures_per_day,
+            max_duration=config.security.max_lockout_seconds,
+            user_per_hour=config.security.max_user_failures_per_hour,
+            utc_at=utc_at,
+            summary=self.summary,
         )
         passwords = {u.name: u.password for u in config.users}
-        self.registrar = Registrar(passwords, server.realm, server.registrations_db, authenticator, lockout)
+        self.registrar = Registrar(passwords, server.realm, server.registrations_db, authenticator, lockout,
+                                   utc_at=utc_at)
+        self.strangers = policy_for(config, self.registrar, self.summary)
+        self.transactions.strangers = self.strangers
+        self.lockout = lockout
+        # Recordings page, REST API, webhooks, metrics, retention ([http], [[webhooks]], ...).
+        from b2bua.recordings_service.service import RecordingsService, notify_on_close
+        from rtp.relay import recorder_factory
+        self.recordings = RecordingsService(config, self)
         self.media = MediaCore(
             server.media_ip,
             server.rtp_ports,
@@ -100,10 +120,13 @@ class Server:
             pause_mode=server.pause,
             feature_timeout=server.feature_timeout,
             shared=server.media_sockets == "shared",
+            poll_interval=server.media_poll,
             max_calls=server.max_calls,
+            make_recorder=notify_on_close(recorder_factory(server.recordings_dir, server.pause),
+                                          self.recordings.on_finalised),
         )
         self.core = B2BUA(
-            config, self.transactions, self.registrar, authenticator, self.media,
+            config, self.transactions, self.registrar, authenticator, lockout, self.media,
             advertised_host=advertised, port=server.port,
         )
         self.transport = SipTransport(server.host, server.port, self.on_message, log)
@@ -114,6 +137,12 @@ class Server:
             return 1
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(sig, self.stopping.set)
+        try:
+            await self.recordings.start(repaired)
+        except OSError as exc:
+            log.error("startup event=failed reason=%r http=%s", str(exc), config.http)
+            await self.transport.stop()
+            return 1
         self.banner()
         self.arm()
         collector = GcPolicy(self.loop, lambda: len(self.core.calls), log)
@@ -148,6 +177,7 @@ class Server:
         if self.core.calls or self.transactions.next_deadline() is not None:
             await asyncio.sleep(SHUTDOWN_GRACE)
         await self.media.close()
+        await self.recordings.stop()  # after media: the last finalised recordings are queued
         await self.transport.stop()
         self.registrar.close()
         log.info("shutdown event=done")
@@ -168,9 +198,10 @@ class Server:
         try:
             message = parse_message(data)
         except SipParseError as exc:
-            log.info("sip event=malformed source=%s:%d status=%d reason=%r", peer.host, peer.port, exc.status, exc.reason)
+            self.summary.count(peer.host, "malformed", now, line=(
+                f"sip event=malformed source={peer.host}:{peer.port} status={exc.status} reason={exc.reason!r}"))
             reply = error_response(data, exc.status, exc.reason, peer)
-            if reply is not None:
+            if reply is not None and (self.strangers.trusted(peer, now) or self.strangers.admit(peer, None, now)):
                 self.transport.send(reply, peer)
             return
         try:
@@ -203,6 +234,7 @@ class Server:
             for event in self.transactions.handle_timers(now):
                 self.core.handle(event, now)
             self.core.handle_timers(now)
+            self.summary.flush(now)
         except Exception:
             log.exception("sip event=internal-error in=timers")
         self.flush()

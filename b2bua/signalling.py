@@ -15,7 +15,7 @@ import logging
 from datetime import datetime
 from typing import Any, Callable, Protocol
 
-from b2bua.call import Call
+from rtp.call import Call
 from b2bua.call_state import CallIndex, CallState, Leg, LegEvent, LegState
 from b2bua.config import Config
 from b2bua.dialog import Dialog, copy_record_route, dialog_forming

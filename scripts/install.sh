@@ -21,6 +21,9 @@ missing=()
 if [ $want_test = 1 ]; then
     command -v sipp >/dev/null || missing+=(sip-tester)
     command -v baresip >/dev/null || missing+=(baresip-core)
+    # The recordings page's browser test (tests/e2e/test_recordings_page.py).
+    command -v chromium >/dev/null || missing+=(chromium)
+    command -v chromedriver >/dev/null || missing+=(chromium-driver)
 fi
 [ ${#missing[@]} -gt 0 ] && apt_install "${missing[@]}"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from b2bua.call import Call, Party
+from rtp.call import Call, Party
 
 #: When the test call started (UTC): recordings land under 2024/05/01.
 CALL_STARTED = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

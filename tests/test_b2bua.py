@@ -20,6 +20,7 @@ from b2bua.lockout import Lockout
 from b2bua.message import Request, Response, parse_message
 from b2bua.peer import Peer
 from b2bua.registrar import Registrar
+from b2bua.strangers import policy_for
 from b2bua.sdp import SessionDescription
 from b2bua.transaction import TransactionLayer
 
@@ -136,8 +137,10 @@ class Harness:
         users = {u.name: u.password for u in self.config.users}
         self.registrar = Registrar(users, "pbx.test", None, auth, self.lockout)
         self.media = FakeMedia()
-        self.core = B2BUA(self.config, self.txn, self.registrar, auth, self.media,
+        self.core = B2BUA(self.config, self.txn, self.registrar, auth, self.lockout, self.media,
                           advertised_host="192.0.2.1", port=5060)
+        # As the server wires it: strangers answered once, rationed (issue 16).
+        self.txn.strangers = policy_for(self.config, self.registrar, self.lockout.summary)
         self.sent: list[tuple[Request | Response, Peer]] = []
 
     def send(self, text: str, peer: Peer) -> None:
