@@ -27,6 +27,7 @@ from typing import Any, Callable
 from b2bua import anchoring
 from rtp.call import Call
 from b2bua.call_state import CallEvent, CallIndex, CallPhase, CallState, Leg, LegEvent, LegState
+from b2bua.codecs import DEFAULT_CODECS, CodecPolicy
 from b2bua.config import Config
 from b2bua.events import (
     AckReceived,
@@ -42,7 +43,14 @@ from b2bua.in_dialog import InDialogRelay, parse_dtmf_info  # noqa: F401 - parse
 from b2bua.message import Request, Response
 from b2bua.peer import Peer
 from b2bua.routing import Refusal, Route, bracket, route_invite  # noqa: F401 - bracket: public here before
-from b2bua.signalling import ALLOW, MediaLike, MediaSessionLike, request_transport  # noqa: F401
+from b2bua.signalling import (  # noqa: F401 - MediaSessionLike, request_transport: public here before
+    ALLOW,
+    NOT_ACCEPTABLE,
+    MediaLike,
+    MediaSessionLike,
+    incompatible_media,
+    request_transport,
+)
 
 #: How often registrations are swept for expiry (seconds).
 EXPIRY_SWEEP = 1.0
@@ -76,6 +84,7 @@ class B2BUA(Forking, InDialogRelay):
         self.port = port
         self.identity = Identity(advertised_host, port)
         self.index = CallIndex()
+        self.codecs = CodecPolicy(config.media.codecs if hasattr(config, "media") else DEFAULT_CODECS)
         self._next_sweep = 0.0
         self.wall_clock = wall_clock
         # Since start, for /metrics: "calls" (every call set up), "refused:<reason>" (503s).
@@ -211,6 +220,12 @@ class B2BUA(Forking, InDialogRelay):
         offer = anchoring.parse_sdp(request)  # the caller's SDP, parsed once for the call
         if request.body and offer is None:
             self._reply(txn, request, 400, now, "Bad Request (malformed SDP)")
+            return None
+        if offer is not None and not self.codecs.usable(offer):
+            # Nothing we could decode, record or transcode: refused before any phone rings.
+            log.info("call event=rejected status=488 reason=no-common-codec sip-call-id=%s source=%s:%d",
+                     request.call_id, peer.host, peer.port)
+            self._reply(txn, request, NOT_ACCEPTABLE, now, headers=[incompatible_media(self.identity)])
             return None
         wall = self.wall_clock()
         call_id = new_call_id(wall)

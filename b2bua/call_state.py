@@ -200,6 +200,7 @@ class RelayedRequest:
     server_txn: Any
     request: Request
     from_leg: Leg
+    offer: SessionDescription | None = None  # the request's SDP, parsed once
 
 
 @dataclass

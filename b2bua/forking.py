@@ -18,7 +18,7 @@ from b2bua.call_state import CallEvent, CallPhase, CallState, Leg, LegEvent, Leg
 from b2bua.dialog import Dialog
 from b2bua.message import Headers, Request, Response
 from b2bua.routing import Target, decide_recording
-from b2bua.signalling import ALLOW, Signalling
+from b2bua.signalling import ALLOW, NOT_ACCEPTABLE, Signalling
 
 #: RFC 3261 §8.1.1.6: Max-Forwards on requests we originate.
 MAX_FORWARDS = 70
@@ -26,8 +26,6 @@ MAX_FORWARDS = 70
 #: crossing our CANCEL still gets ACK and BYE (RFC 3261 §9.1): past the transaction's own
 #: give-up time (64*T1 = 32 s, after which it reports a timeout and is forgotten then).
 LATE_ANSWER_WINDOW = 64.0
-#: Status we give a caller when the answering branch never sent a usable answer.
-NOT_ACCEPTABLE = 488
 #: Ranking of branch failures when every branch of a fork failed: a 6xx ends the
 #: search (RFC 3261 §16.7 step 6), a busy callee is more telling than no answer.
 FAILURE_PREFERENCE = (600, 603, 604, 606, 486, 480, 408)
@@ -62,9 +60,9 @@ class Forking(Signalling):
         if call.media is not None:
             port = call.media.ports[leg.channel]
             if call.a_offer is not None:
-                body = anchoring.anchored(call.a_offer, self.config.server.media_ip, port, leg)
-            else:
-                body = anchoring.own_offer(self.config.server.media_ip, port, leg)  # late offer: we offer on B
+                body = anchoring.offer_towards(call.a_offer, self.config.server.media_ip, port, leg, self.codecs)
+            else:  # late offer: we offer on B
+                body = anchoring.own_offer(self.config.server.media_ip, port, leg, self.codecs)
             headers.add("Content-Type", "application/sdp")
         request = Request("INVITE", target.uri, headers, body)
         leg.request = request
@@ -97,10 +95,17 @@ class Forking(Signalling):
                 return
             answer = anchoring.parse_sdp(response)
             body = b""
-            if answer is not None and call.media is not None:
-                # Early media (RFC 3960): the caller hears the callee side's tones through us.
-                call.media.set_media(leg.channel, anchoring.endpoint(answer, leg.peer.host))
-                body = anchoring.anchored(answer, self.config.server.media_ip, call.media.ports[call.a.channel], call.a)
+            if answer is not None and call.media is not None and call.a_offer is not None:
+                # Early media (RFC 3960): the caller hears the callee side's tones through us,
+                # each side in its own codec. (After a late offer the caller has nothing to
+                # answer yet: it gets a plain 180.)
+                early = anchoring.endpoint(answer, leg.peer.host)
+                answered = anchoring.answer_towards(call.a_offer, answer, self.config.server.media_ip,
+                                                    call.media.ports[call.a.channel], call.a, self.codecs, early.codec)
+                if answered is not None:
+                    body, pick = answered
+                    call.media.set_media(leg.channel, early)
+                    call.media.set_media(call.a.channel, anchoring.offerer_endpoint(call.a_offer, call.a.peer.host, pick))
             if call.phase is CallPhase.RINGING or body:
                 self._log(call, "ringing", status=status, by=leg.who)
             call.move(CallEvent.PROVISIONAL)
@@ -140,7 +145,13 @@ class Forking(Signalling):
         leg.move(LegEvent.ANSWERED)
         leg.dialog = dialog
         answer = anchoring.parse_sdp(response)
-        if answer is None or call.media is None:
+        answered_endpoint = anchoring.endpoint(answer, leg.peer.host) if answer is not None else None
+        a_port = call.media.ports[call.a.channel] if call.media is not None else 0
+        to_caller = None
+        if answer is not None and call.a_offer is not None:
+            to_caller = anchoring.answer_towards(call.a_offer, answer, self.config.server.media_ip, a_port, call.a,
+                                                 self.codecs, answered_endpoint.codec)
+        if answer is None or call.media is None or (call.a_offer is not None and to_caller is None):
             self._send_bye(call, dialog, leg.peer, now)
             leg.move(LegEvent.HUNG_UP)
             self._fail_call(call, NOT_ACCEPTABLE, "Not Acceptable Here", now, cause="no-sdp-answer")
@@ -149,16 +160,15 @@ class Forking(Signalling):
         call.ring_deadline = None
         self.index.add_dialog(call, leg)
         self._cancel_branches(call, now, keep=leg)
-        answered_endpoint = anchoring.endpoint(answer, leg.peer.host)
         call.media.set_media(leg.channel, answered_endpoint)
-        a_port = call.media.ports[call.a.channel]
-        if call.a_offer is None:
-            # Late offer: the caller sent no SDP, so our 200 carries an offer with the codec
-            # the callee chose, and the caller's answer arrives in its ACK (RFC 3261 §13.2.1).
-            body = anchoring.own_offer(self.config.server.media_ip, a_port, call.a,
-                                       (answered_endpoint.payload_type,), answered_endpoint.dtmf_payload_type)
+        if to_caller is None:
+            # Late offer: the caller sent no SDP, so our 200 carries our offer, the codec the
+            # callee chose first, and the caller's answer arrives in its ACK (RFC 3261 §13.2.1).
+            body = anchoring.own_offer(self.config.server.media_ip, a_port, call.a, self.codecs,
+                                       first=answered_endpoint.codec)
         else:
-            body = anchoring.anchored(answer, self.config.server.media_ip, a_port, call.a)
+            body, pick = to_caller
+            call.media.set_media(call.a.channel, anchoring.offerer_endpoint(call.a_offer, call.a.peer.host, pick))
         self._reply(call.a.txn, call.a.request, 200, now, "OK", to_tag=call.a.local_tag, body=body,
                     headers=[("Allow", ALLOW)])
         call.a.dialog = Dialog.from_uas(call.a.request, call.a.local_tag, self.identity.contact(call.a.peer.transport))

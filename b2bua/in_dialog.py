@@ -16,7 +16,7 @@ from b2bua import anchoring
 from b2bua.call_state import CallEvent, CallPhase, CallState, Leg, LegEvent, LegState, RelayedRequest
 from b2bua.message import Request, Response
 from b2bua.peer import Peer
-from b2bua.signalling import ALLOW, Signalling
+from b2bua.signalling import ALLOW, NOT_ACCEPTABLE, Signalling, incompatible_media
 
 #: RFC 2976 / de-facto INFO DTMF bodies we read (SIP INFO digits from phones without RFC 4733).
 DTMF_INFO_TYPES = ("application/dtmf-relay", "application/dtmf")
@@ -76,17 +76,21 @@ class InDialogRelay(Signalling):
             self._reply(txn, request, 481, now)
             return
         offer = anchoring.parse_sdp(request)
+        if offer is not None and not self.codecs.usable(offer):
+            self._reply(txn, request, NOT_ACCEPTABLE, now, headers=[incompatible_media(self.identity)])
+            return
         body = b""
         if offer is not None and call.media is not None:
             call.media.set_media(leg.channel, anchoring.endpoint(offer, leg.peer.host))
-            body = anchoring.anchored(offer, self.config.server.media_ip, call.media.ports[other.channel], other)
+            body = anchoring.offer_towards(offer, self.config.server.media_ip, call.media.ports[other.channel], other,
+                                           self.codecs)
         hop = other.dialog.next_hop(other.peer)
         out = other.dialog.create_request(
             request.method, self.identity.via(hop.transport), contact=self.identity.contact(hop.transport),
             body=body, headers=[("Content-Type", "application/sdp")] if body else [],
         )
         client = self.txn.send_request(out, hop, now)
-        self.index.add_relay(client, RelayedRequest(call, txn, request, leg))
+        self.index.add_relay(client, RelayedRequest(call, txn, request, leg, offer))
 
     def _relay_response(self, client: Any, response: Response, now: float) -> None:
         relay = self.index.relays[client]
@@ -107,9 +111,18 @@ class InDialogRelay(Signalling):
                     self._send_ack(to_leg, to_leg.dialog, response)
             answer = anchoring.parse_sdp(response)
             if answer is not None and call.media is not None and to_leg is not None:
-                call.media.set_media(to_leg.channel, anchoring.endpoint(answer, to_leg.peer.host))
-                body = anchoring.anchored(answer, self.config.server.media_ip, call.media.ports[from_leg.channel],
-                                          from_leg)
+                answered = anchoring.endpoint(answer, to_leg.peer.host)
+                call.media.set_media(to_leg.channel, answered)
+                port = call.media.ports[from_leg.channel]
+                if relay.offer is None:  # an offerless re-INVITE: their 2xx is the offer
+                    body = anchoring.offer_towards(answer, self.config.server.media_ip, port, from_leg, self.codecs)
+                else:
+                    reply = anchoring.answer_towards(relay.offer, answer, self.config.server.media_ip, port, from_leg,
+                                                     self.codecs, answered.codec)
+                    if reply is not None:  # (None cannot be: the offer was checked before relaying)
+                        body, pick = reply
+                        call.media.set_media(from_leg.channel,
+                                             anchoring.offerer_endpoint(relay.offer, from_leg.peer.host, pick))
         self._reply(server_txn, original, response.status, now, response.reason, body=body)
 
     def _relay_timed_out(self, client: Any, now: float) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Protocol
 
 from rtp.call import Call
 from b2bua.call_state import CallIndex, CallState, Leg, LegEvent, LegState
+from b2bua.codecs import CodecPolicy
 from b2bua.config import Config
 from b2bua.dialog import Dialog, copy_record_route, dialog_forming
 from b2bua.identity import Identity
@@ -26,6 +27,8 @@ from b2bua.transaction import TransactionError
 
 #: Methods we answer; sent in Allow (RFC 3261 §20.5) so phones know what to try.
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER"
+#: RFC 3261 §21.4.26: an offer we cannot take (no codec of ours), or no usable answer.
+NOT_ACCEPTABLE = 488
 
 log = logging.getLogger("b2bua")
 
@@ -52,6 +55,7 @@ class Signalling:
     media: MediaLike
     identity: Identity
     index: CallIndex
+    codecs: CodecPolicy
     wall_clock: Callable[[], datetime]
 
     # -- implemented by B2BUA: how a call ends
@@ -126,6 +130,11 @@ class Signalling:
     def _log(self, call: CallState, event: str, **fields: Any) -> None:
         extra = " ".join(f"{k}={quote(v)}" for k, v in fields.items())
         log.info("call=%s event=%s %s", call.id, event, extra)
+
+
+def incompatible_media(identity: Identity) -> tuple[str, str]:
+    """RFC 3261 §20.43: the Warning a 488 for codecs should carry (305 Incompatible media format)."""
+    return ("Warning", f'305 {identity.host_port} "Incompatible media format"')
 
 
 def request_transport(request: Request) -> str:

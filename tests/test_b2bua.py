@@ -527,7 +527,8 @@ def test_late_offer_we_offer_on_b_and_take_the_answer_from_ack(h):
     h.send(respond(bob, 200, "OK", "b1", "sip:bob@203.0.113.20", answer_sdp("203.0.113.20", 7000)), BOB)
     ok = h.one(TRUNK, 200)
     offer_to_caller = SessionDescription.parse(ok.body)
-    assert offer_to_caller.first_audio().formats == ["0", "101"]  # the codec bob chose, and DTMF
+    # the codec bob chose first, the other law (we transcode), DTMF
+    assert offer_to_caller.first_audio().formats == ["0", "8", "101"]
     session = h.media.sessions[0]
     assert 0 not in session.media  # no caller media known until its ACK
     ack_sdp = OFFER.replace("RTP/AVP 0 8 101", "RTP/AVP 0 101")
@@ -703,3 +704,99 @@ def test_every_call_leaves_the_index_empty(h):
     h.send(trunk_invite("441632960001", call_id="silent", branch="z9hG4bKsilent"), TRUNK)
     h.advance(100.0)  # rings out (480), the CANCEL is never answered, the INVITE gives up
     assert not h.core.calls and len(h.core.index) == 0
+
+
+# -- each leg its own codec: a PCMA-only trunk, a PCMU-only phone --------------------------------
+
+PCMA_OFFER = (
+    "v=0\r\no=carrier 7 7 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\n"
+    "m=audio 16000 RTP/AVP 8 96\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:96 telephone-event/8000\r\n"
+    "a=fmtp:96 0-15\r\na=ptime:20\r\n"
+)
+PCMU_ONLY_ANSWER = answer_sdp("203.0.113.20", 7000)  # m=audio 7000 RTP/AVP 0 101
+
+
+def pcma_trunk_invite(offer: str = PCMA_OFFER) -> str:
+    invite = trunk_invite("441632960000")
+    return invite[: invite.index("Content-Length")] + f"Content-Length: {len(offer)}\n\n{offer}"
+
+
+def test_pcma_trunk_to_pcmu_phone_is_answered_and_each_leg_keeps_its_law(h):
+    h.register("bob", "bob-pw", BOB, "sip:bob@203.0.113.20")
+    h.send(pcma_trunk_invite(), TRUNK)
+    invite = h.one(BOB, "INVITE")
+    offered = SessionDescription.parse(invite.body).first_audio()
+    # both laws and telephone-event to the phone: the trunk's own first, so a phone with
+    # PCMA needs no transcoding; the trunk's event type kept
+    assert offered.formats == ["8", "0", "96"]
+    assert offered.attributes("rtpmap") == ["8 PCMA/8000", "0 PCMU/8000", "96 telephone-event/8000"]
+    h.send(respond(invite, 200, "OK", "b1", "sip:bob@203.0.113.20", PCMU_ONLY_ANSWER), BOB)
+    ok = h.one(TRUNK, 200)
+    answer = SessionDescription.parse(ok.body).first_audio()
+    assert answer.formats == ["8", "96"]  # RFC 3264 §6.1: from the trunk's offer only
+    assert answer.attributes("rtpmap") == ["8 PCMA/8000", "96 telephone-event/8000"]
+    assert not h.take(TRUNK, 488)
+    media = h.media.sessions[0].media
+    # media relays PCMA with the trunk and PCMU with the phone: it transcodes between them
+    assert (media[0].payload_type, media[0].codec, media[0].dtmf_payload_type) == (8, "PCMA", 96)
+    assert (media[1].payload_type, media[1].codec, media[1].dtmf_payload_type) == (0, "PCMU", 101)
+
+
+def test_a_shared_law_is_kept_end_to_end(h):
+    h.register("bob", "bob-pw", BOB, "sip:bob@203.0.113.20")
+    h.send(trunk_invite("441632960000"), TRUNK)  # PCMU, PCMA
+    invite = h.one(BOB, "INVITE")
+    assert SessionDescription.parse(invite.body).first_audio().formats == ["0", "8", "101"]
+    pcma_phone = PCMU_ONLY_ANSWER.replace("RTP/AVP 0 101", "RTP/AVP 8 101")
+    h.send(respond(invite, 200, "OK", "b1", "sip:bob@203.0.113.20", pcma_phone), BOB)
+    assert SessionDescription.parse(h.one(TRUNK, 200).body).first_audio().formats == ["8", "101"]
+    media = h.media.sessions[0].media
+    assert media[0].payload_type == media[1].payload_type == 8  # nothing to transcode
+
+
+def test_early_media_is_answered_in_the_callers_law(h):
+    h.register("bob", "bob-pw", BOB, "sip:bob@203.0.113.20")
+    h.send(pcma_trunk_invite(), TRUNK)
+    invite = h.one(BOB, "INVITE")
+    h.send(respond(invite, 183, "Session Progress", "b1", "sip:bob@203.0.113.20", PCMU_ONLY_ANSWER), BOB)
+    progress = h.one(TRUNK, 183)
+    assert SessionDescription.parse(progress.body).first_audio().formats == ["8", "96"]
+    assert h.media.sessions[0].media[0].codec == "PCMA" and h.media.sessions[0].media[1].codec == "PCMU"
+
+
+def test_an_offer_with_none_of_our_codecs_gets_488_before_any_phone_rings(h):
+    h.register("bob", "bob-pw", BOB, "sip:bob@203.0.113.20")
+    g729 = PCMA_OFFER.replace("RTP/AVP 8 96", "RTP/AVP 18").replace("a=rtpmap:8 PCMA/8000", "a=rtpmap:18 G729/8000")
+    h.send(pcma_trunk_invite(g729), TRUNK)
+    refused = h.one(TRUNK, 488)
+    assert "305" in refused.headers.get("Warning") and "Incompatible media format" in refused.headers.get("Warning")
+    assert not h.take(BOB, "INVITE") and not h.media.sessions and not h.core.calls
+
+
+def test_a_reinvite_offering_none_of_our_codecs_gets_488_and_is_not_relayed(h):
+    bob, _ = answered_call(h)
+    g729 = bob_holds(bob).replace("RTP/AVP 0 101", "RTP/AVP 18   ")  # same length: Content-Length holds
+    h.send(g729, BOB)
+    assert h.one(BOB, 488)
+    assert not h.take(TRUNK, "INVITE") and h.core.calls
+
+
+def test_a_reinvite_is_answered_in_the_offerers_law(h):
+    h.register("bob", "bob-pw", BOB, "sip:bob@203.0.113.20")
+    h.send(pcma_trunk_invite(), TRUNK)
+    invite = h.one(BOB, "INVITE")
+    h.send(respond(invite, 200, "OK", "b1", "sip:bob@203.0.113.20", PCMU_ONLY_ANSWER), BOB)
+    ok = h.one(TRUNK, 200)
+    h.send(f"ACK sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKack1\n"
+           f"From: \"Caller\" <sip:447700900123@198.51.100.7>;tag=tr1\nTo: {ok.headers.get('To')}\n"
+           f"Call-ID: trunk-call-1\nCSeq: 10 ACK\nContent-Length: 0\n\n", TRUNK)
+    h.take()
+    h.send(bob_holds(invite), BOB)  # bob (PCMU only) re-offers
+    reinvite = h.one(TRUNK, "INVITE")
+    assert SessionDescription.parse(reinvite.body).first_audio().formats == ["0", "8", "101"]
+    h.send(respond(reinvite, 200, "OK", "tr1", "sip:x@198.51.100.7", PCMA_OFFER.replace("a=ptime:20", "a=recvonly"))
+           .replace(f"To: {reinvite.headers.get('To')};tag=tr1", f"To: {reinvite.headers.get('To')}"), TRUNK)
+    to_bob = SessionDescription.parse(h.one(BOB, 200).body).first_audio()
+    assert to_bob.formats == ["0", "101"] and to_bob.has_flag("recvonly")
+    media = h.media.sessions[0].media
+    assert media[0].codec == "PCMA" and media[1].codec == "PCMU"
