@@ -47,7 +47,7 @@ def setup_logging() -> None:
     root.setLevel(logging.INFO)
 
 
-def serve(config: Config, sip_trace: bool = False) -> int:
+def serve(config: Config, sip_trace: bool = False, worker: Any = None) -> int:
     """Run until SIGINT/SIGTERM; the exit code for the command line."""
     setup_logging()
     if sip_trace:
@@ -59,14 +59,16 @@ def serve(config: Config, sip_trace: bool = False) -> int:
     else:
         runner = uvloop.run
     try:
-        return runner(Server(config).run())
+        return runner(Server(config, worker).run())
     except KeyboardInterrupt:  # pragma: no cover
         return 0
 
 
 class Server:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, worker: Any = None) -> None:
         self.config = config
+        # A cluster worker (b2bua.cluster.worker.WorkerRole) behind the edge; None: `b2bua run`.
+        self.worker = worker
         self.loop: asyncio.AbstractEventLoop | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.stopping = asyncio.Event()
@@ -83,7 +85,7 @@ class Server:
         except OSError as exc:
             log.error("startup event=failed reason=%r path=%s", str(exc), server.recordings_dir)
             return 1
-        repaired = repair(server.recordings_dir)
+        repaired = self.worker.repair(server.recordings_dir) if self.worker else repair(server.recordings_dir)
         for path in repaired:
             log.warning("recording event=repaired path=%s", path)
 
@@ -91,7 +93,8 @@ class Server:
         advertised = server.host if server.host not in ("0.0.0.0", "::") else server.media_ip
         self.summary = HostileSummary()  # hostile traffic: one line per source per minute
         self.transactions = TransactionLayer()
-        authenticator = DigestAuthenticator(server.realm, secrets.token_bytes(32), algorithms=config.security.digest_algorithms)
+        secret = (self.worker.nonce_secret if self.worker else None) or secrets.token_bytes(32)
+        authenticator = DigestAuthenticator(server.realm, secret, algorithms=config.security.digest_algorithms)
         lockout = Lockout(
             max_failures=config.security.max_failures,
             window=config.security.failure_window,
@@ -143,6 +146,8 @@ class Server:
             log.error("startup event=failed reason=%r http=%s", str(exc), config.http)
             await self.transport.stop()
             return 1
+        if self.worker:
+            self.worker.attach(self)
         self.banner()
         self.arm()
         collector = GcPolicy(self.loop, lambda: len(self.core.calls), log)
@@ -206,6 +211,10 @@ class Server:
             return
         try:
             for event in self.transactions.receive(message, peer, now):
+                if self.worker:
+                    event = self.worker.inbound(event, now)
+                    if event is None:
+                        continue
                 self.core.handle(event, now)
         except Exception:  # a bug must cost one message, never the server
             log.exception("sip event=internal-error source=%s:%d", peer.host, peer.port)
@@ -214,6 +223,8 @@ class Server:
 
     def flush(self) -> None:
         for data, peer in self.transactions.outgoing():
+            if self.worker:
+                data, peer = self.worker.outbound(data, peer)
             if wire.isEnabledFor(logging.DEBUG):
                 wire.debug("send %s:%s:%d\n%s", peer.transport, peer.host, peer.port, data.decode("utf-8", "replace"))
             self.transport.send(data, peer)
