@@ -38,6 +38,7 @@ from b2bua.events import (
     TransactionTimedOut,
 )
 from b2bua.forking import LATE_ANSWER_WINDOW, Forking, new_tag
+from b2bua.extensions import unsupported_required
 from b2bua.identity import Identity
 from b2bua.in_dialog import InDialogRelay, parse_dtmf_info  # noqa: F401 - parse_dtmf_info: public here before
 from b2bua.message import Request, Response
@@ -142,6 +143,9 @@ class B2BUA(Forking, InDialogRelay):
 
     def _request(self, txn: Any, request: Request, peer: Peer, now: float) -> None:
         method = request.method
+        if unsupported := unsupported_required(request):  # RFC 3261 §8.2.2.3
+            self._reply(txn, request, 420, now, "Bad Extension", headers=[("Unsupported", ", ".join(unsupported))])
+            return
         to_tag = request.to_tag
         if to_tag:
             self._in_dialog(txn, request, peer, to_tag, now)
