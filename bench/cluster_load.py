@@ -115,6 +115,8 @@ def run(calls: int, seconds: float, record: bool, workdir: Path, workers: int, q
     proc = subprocess.Popen([sys.executable, "-m", "b2bua", "cluster", "--config", str(config)], stdout=log, stderr=log,
                             preexec_fn=lambda: os.sched_setaffinity(0, {load.B2BUA_CORE}), start_new_session=True)
     groups: list[CpuQuota] = []
+    # A SIGTERM (timeout, Ctrl-C's cousin) still stops the cluster and removes the cgroups.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         os.sched_setaffinity(0, {load.LOAD_CORE})
         wait_ready(log_path, proc, workers)

@@ -42,7 +42,6 @@ from b2bua.config import Config
 log = logging.getLogger("b2bua.cluster")
 
 KAMAILIO = os.environ.get("B2BUA_KAMAILIO", "/usr/sbin/kamailio")
-REDIS_SERVER = os.environ.get("B2BUA_REDIS_SERVER", "redis-server")
 #: How often the loop looks at its children (seconds).
 POLL = 0.1
 #: A worker given SIGTERM has this long to end its calls and exit before SIGKILL.
@@ -124,18 +123,25 @@ class Supervisor:
     # -- setup
 
     def _redis_child(self) -> Child | None:
+        """A private redis-server (b2bua.redis_server's settings: append-only file, fsync
+        every second) with its data beside the registrations database, so a restart of it
+        or of the whole cluster keeps the registrations."""
+        from b2bua import redis_server
+        from b2bua.shared_state import redis_data_dir
+
         url = urlsplit(self.cluster.redis)
         if url.scheme != "redis" or not _is_local(url.hostname or ""):
             return None
         host, port = url.hostname or "127.0.0.1", url.port or 6379
-        if _answers(host, port):
+        if redis_server.answers(host, port):
             log.info("redis event=found address=%s:%d (not starting one)", host, port)
             return None
-        if shutil.which(REDIS_SERVER) is None:
-            raise RuntimeError(f"{self.cluster.redis} does not answer and {REDIS_SERVER} is not installed (apt-get install redis-server)")
-        assert self.run_dir is not None
-        argv = [REDIS_SERVER, "--bind", host, "--port", str(port), "--dir", str(self.run_dir),
-                "--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
+        directory = redis_data_dir(self.config)
+        try:
+            argv = redis_server.argv(host, port, directory)
+        except redis_server.RedisServerError as exc:
+            raise RuntimeError(f"{self.cluster.redis} does not answer, and {exc}") from None
+        directory.mkdir(parents=True, exist_ok=True)
         return Child("redis", argv, port=port)
 
     def _edge_child(self) -> Child:
@@ -175,7 +181,7 @@ class Supervisor:
                      self.config.server.port, self.cluster.workers, self.run_dir)
             if self.redis is not None:
                 self.redis.start()
-                if not _wait_answers(urlsplit(self.cluster.redis).hostname or "127.0.0.1", self.redis.port, 5.0):
+                if not _wait_answers(urlsplit(self.cluster.redis).hostname or "127.0.0.1", self.redis.port, 10.0):
                     log.error("redis pid=%d event=not-answering within=5s", self.redis.proc.pid)  # type: ignore[union-attr]
             for child in self.children:
                 if child is not self.redis:
@@ -262,18 +268,12 @@ def _is_local(host: str) -> bool:
         return False
 
 
-def _answers(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _wait_answers(host: str, port: int, within: float) -> bool:
+    from b2bua.redis_server import answers
+
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        if _answers(host, port, 0.2):
+        if answers(host, port, 0.2):
             return True
         time.sleep(0.05)
     return False
