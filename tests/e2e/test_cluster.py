@@ -10,7 +10,7 @@ One cluster per test, every process private (tests/e2e/cluster.py). What each te
 - a drained worker (SIGUSR1) takes no new call, keeps its call to the end, then exits and
   is started again; SIGTERM to the cluster ends calls with BYE, finalises the recordings
   and stops everything;
-- five wrong passwords spread over both workers lock the guesser out.
+- (guesses spread over both workers: tests/e2e/test_cluster_shared_state.py.)
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ import json
 import os
 import re
 import signal
-import socket
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -165,57 +163,3 @@ def test_calls_spread_over_both_workers_survive_a_worker_kill_and_drain(cluster,
     assert "edge pid=" in logs and re.search(r"edge pid=\d+ port=\d+ event=exited", logs)
     assert re.search(r"redis pid=\d+ port=\d+ event=exited", logs)
     alice.stop()
-
-
-def register(sock: socket.socket, edge: tuple[str, int], user: str, attempt: int, auth: str = "") -> str:
-    port = sock.getsockname()[1]
-    cseq = attempt * 2 + (1 if auth else 0)
-    msg = (
-        f"REGISTER sip:{edge[0]}:{edge[1]} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{uuid.uuid4().hex[:10]};rport\r\n"
-        f"From: <sip:{user}@{edge[0]}>;tag=bf{attempt}\r\nTo: <sip:{user}@{edge[0]}>\r\n"
-        f"Call-ID: guess-{port}-{attempt}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{user}@127.0.0.1:{port}>\r\n"
-        f"Max-Forwards: 70\r\n{auth}Content-Length: 0\r\n\r\n"
-    )
-    sock.sendto(msg.encode(), edge)
-    return sock.recv(65535).decode()
-
-
-def guesses_by_worker(logs: str) -> dict[str, list[int]]:
-    """From the workers' SIP traces: which worker received which guess (a REGISTER with credentials)."""
-    seen: dict[str, list[int]] = {}
-    for record in re.split(r"\n(?=\d{4}-\d\d-\d\d )", logs):
-        m = re.match(r"\S+ \S+ DEBUG worker=(\d+) b2bua\.wire: recv", record)
-        guess = re.search(r"Call-ID: guess-\d+-(\d+)", record)
-        if m and guess and "Authorization: Digest" in record:
-            seen.setdefault(m.group(1), []).append(int(guess.group(1)))
-    return seen
-
-
-def test_wrong_passwords_spread_over_both_workers_lock_the_guesser_out(cluster):
-    """max_auth_failures = 5 (tests/e2e/cluster.py): five guesses, some to each worker, lock."""
-    host, port = cluster.edge.rsplit(":", 1)
-    edge = (host, int(port))
-    statuses = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.settimeout(3)
-        for attempt in range(1, 7):
-            challenge = register(sock, edge, "alice", attempt)
-            nonce = re.search(r'nonce="([^"]+)"', challenge)
-            if nonce is None:
-                statuses.append(int(challenge.split()[1]))
-                continue
-            if attempt % 2:  # one more request through the round robin: the next guess goes to the other worker
-                register(sock, edge, "nobody-at-all", 100 + attempt)
-            auth = (f'Authorization: Digest username="alice", realm="b2bua", nonce="{nonce.group(1)}", '
-                    f'uri="sip:{host}:{port}", response="{"0" * 32}", algorithm=MD5\r\n')
-            statuses.append(int(register(sock, edge, "alice", attempt, auth).split()[1]))
-    spread = guesses_by_worker(cluster.logs())
-    first_five = sorted(spread.get("0", []) + spread.get("1", []))[:5]
-    assert first_five == [1, 2, 3, 4, 5]
-    assert all(any(g in spread.get(w, []) for g in first_five) for w in ("0", "1")), f"both workers had guesses: {spread}"
-    assert max(sum(g in spread.get(w, []) for g in first_five) for w in ("0", "1")) < 5, "no worker alone saw five"
-    assert statuses[:4] == [401] * 4, statuses
-    assert statuses[-1] == 403, f"locked out after five guesses in all: {statuses}"
-    assert re.search(r"lockout ip=127\.0\.0\.1 ", cluster.logs())
