@@ -122,16 +122,22 @@ def test_calls_spread_over_both_workers_survive_a_worker_kill_and_drain(cluster,
     wait_until(lambda: sidecar(doomed_wav).get("recovered"), 10, what="the dead worker's recording repaired")
     assert sidecar(doomed_wav)["ended"] is None
     y, _ = load_wav(doomed_wav)
-    assert 1.0 <= len(y) / RATE <= 3.0, "playable up to the last flush before the kill"
+    assert 0.5 <= len(y) / RATE <= 3.0, "playable up to the last flush before the kill"
     doomed_call.bye(1.0)  # the dead worker cannot answer; the trunk gives up on the dialog
 
     # Drain the restarted worker while it holds a call: no new calls reach it, its call ends
     # normally, then it exits (and, under `b2bua cluster`, is started again).
     wait_until(lambda: re.search(rf"worker={doomed} event=ready pid={cluster.worker_pid(doomed)}", cluster.logs()), 10,
                what="the restarted worker ready")
-    time.sleep(1.2)  # a probe interval: the edge has it back in the set
-    calls = [answered_call(trunk, cluster, 4.0) for _ in range(2)]
-    held = next(c for c, w in calls if w == doomed)
+    calls, held = [], None
+    for _ in range(8):  # until the edge's probe has put it back in the set and a call lands on it
+        call, worker = answered_call(trunk, cluster, 4.0)
+        if worker == doomed:
+            held = call
+            break
+        calls.append(call)
+        time.sleep(0.4)
+    assert held is not None, "the restarted worker takes calls again"
     draining_pid = cluster.worker_pid(doomed)
     os.kill(draining_pid, signal.SIGUSR1)
     cluster.wait_for_log(rf"worker={doomed} event=draining calls=1", 3)
@@ -144,9 +150,8 @@ def test_calls_spread_over_both_workers_survive_a_worker_kill_and_drain(cluster,
     assert held.bye() == 200, "the drained worker's call ended normally"
     cluster.wait_for_log(rf"worker={doomed} event=drained", 5)
     cluster.wait_for_log(rf"worker={doomed} pid={draining_pid} port=\d+ event=exited status=0", 5)
-    for call, _ in calls:
-        if call is not held:
-            assert call.bye() == 200
+    for call in calls:
+        assert call.bye() == 200
 
     # SIGTERM: the call up gets BYE, its recording is finalised, every process exits.
     last, _ = answered_call(trunk, cluster, 3.0)
