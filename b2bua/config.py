@@ -49,7 +49,8 @@ class Server:
     pause: str = "silence"  # "silence" | "skip"
     feature_timeout: float = DEFAULT_FEATURE_TIMEOUT
     registrations_db: Path | None = None
-    media_sockets: str = "per_call"  # "per_call" | "shared" (rtp.mux: many legs per port, IPv4)
+    media_sockets: str = "shared"  # "shared" (rtp.mux: many legs per port, IPv4) | "per_call" (default for an IPv6 media_ip)
+    media_poll: float = 0.002  # seconds between reads of the shared ports; 0: on readiness (rtp.mux)
     max_calls: int = 0  # concurrent calls taken before new INVITEs get 503; 0: as many as the core carries
 
 
@@ -71,6 +72,20 @@ class Security:
     #: challenge is SHA-256 instead of picking the MD5 one, so MD5 alone is the default;
     #: ["SHA-256", "MD5"] offers both to fleets that cope.
     digest_algorithms: tuple[str, ...] = ("MD5",)
+    # -- issue 16: on the open internet (see b2bua/lockout.py and b2bua/strangers.py) --
+    #: Slow guessing: failures from one IP tolerated per hour and per day.
+    max_failures_per_hour: int = 20
+    max_failures_per_day: int = 50
+    #: Each further lockout of an IP within a day doubles; never longer than this.
+    max_lockout_seconds: float = 86_400.0
+    #: Failures against one user from addresses never authenticated as it, all sources
+    #: together, per hour; past it only the user's known addresses are evaluated.
+    max_user_failures_per_hour: int = 30
+    #: Strangers (unauthenticated, not a trunk) get one answer per request, never
+    #: retransmitted; false: they get none at all.
+    answer_strangers: bool = True
+    #: Answers to strangers per second per source IP (bursts of 5x allowed).
+    stranger_answers_per_second: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -307,11 +322,16 @@ def _server(path: Path, base: Path, table: Any) -> Server:
     timeout = r.get("feature_digit_timeout", (int, float), DEFAULT_FEATURE_TIMEOUT)
     if not 0.2 <= timeout <= 10:
         raise ConfigError(path, "server.feature_digit_timeout", f"got {timeout}, expected 0.2 to 10 seconds")
-    sockets = r.get("media_sockets", str, "per_call", what='"per_call" or "shared"')
+    # Shared ports are the default (rtp.mux: ~10x cheaper per packet); they need IPv4, so an
+    # IPv6 media_ip without the key gets a socket per leg.
+    sockets = r.get("media_sockets", str, "per_call" if ":" in media_ip else "shared", what='"per_call" or "shared"')
     if sockets not in ("per_call", "shared"):
         raise ConfigError(path, "server.media_sockets", f'got "{sockets}", expected "per_call" or "shared"')
     if sockets == "shared" and ":" in media_ip:
         raise ConfigError(path, "server.media_sockets", f'"shared" needs an IPv4 media_ip, got "{media_ip}"')
+    poll_ms = r.get("media_poll_ms", (int, float), 2)
+    if not 0 <= poll_ms <= 20:
+        raise ConfigError(path, "server.media_poll_ms", f"got {poll_ms}, expected 0 to 20 milliseconds (0: read on readiness)")
     max_calls = r.get("max_calls", int, 0)
     if max_calls < 0:
         raise ConfigError(path, "server.max_calls", f"got {max_calls}, expected a whole number >= 0 (0: no fixed limit)")
@@ -330,6 +350,7 @@ def _server(path: Path, base: Path, table: Any) -> Server:
         feature_timeout=float(timeout),
         registrations_db=db,
         media_sockets=sockets,
+        media_poll=poll_ms / 1000,
         max_calls=max_calls,
     )
     r.done()
@@ -353,10 +374,28 @@ def _security(path: Path, table: Any) -> Security:
         failure_window=float(r.get("failure_window", (int, float), 60)),
         lockout_seconds=float(r.get("lockout_seconds", (int, float), 600)),
         digest_algorithms=tuple(algorithms),
+        max_failures_per_hour=r.get("max_auth_failures_per_hour", int, 20),
+        max_failures_per_day=r.get("max_auth_failures_per_day", int, 50),
+        max_lockout_seconds=float(r.get("max_lockout_seconds", (int, float), 86_400)),
+        max_user_failures_per_hour=r.get("max_user_failures_per_hour", int, 30),
+        answer_strangers=r.get("answer_strangers", bool, True),
+        stranger_answers_per_second=float(r.get("stranger_answers_per_second", (int, float), 10)),
     )
     r.done()
-    if sec.max_failures < 1:
-        raise ConfigError(path, "security.max_auth_failures", f"got {sec.max_failures}, expected at least 1")
+    for key, count in (("max_auth_failures", sec.max_failures), ("max_auth_failures_per_hour", sec.max_failures_per_hour),
+                       ("max_auth_failures_per_day", sec.max_failures_per_day),
+                       ("max_user_failures_per_hour", sec.max_user_failures_per_hour)):
+        if count < 1:
+            raise ConfigError(path, f"security.{key}", f"got {count}, expected at least 1")
+    # Zero or negative durations switch the protection off: refuse them, naming the key.
+    for key, seconds in (("failure_window", sec.failure_window), ("lockout_seconds", sec.lockout_seconds),
+                         ("max_lockout_seconds", sec.max_lockout_seconds),
+                         ("stranger_answers_per_second", sec.stranger_answers_per_second)):
+        if not seconds > 0 or seconds == float("inf"):
+            raise ConfigError(path, f"security.{key}", f"got {_show(seconds)}, expected a positive number")
+    if sec.max_lockout_seconds < sec.lockout_seconds:
+        raise ConfigError(path, "security.max_lockout_seconds",
+                          f"got {_show(sec.max_lockout_seconds)}, expected at least lockout_seconds ({_show(sec.lockout_seconds)})")
     return sec
 
 

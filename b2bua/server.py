@@ -18,12 +18,15 @@ from typing import Any
 from b2bua import os_limits
 from b2bua.auth import DigestAuthenticator
 from b2bua.b2bua import B2BUA
+from b2bua.clock import system_utc_at
 from b2bua.config import Config
 from b2bua.gc_policy import GcPolicy
+from b2bua.hostile_summary import HostileSummary
 from b2bua.lockout import Lockout
 from b2bua.message import SipParseError, parse_message
 from b2bua.peer import Peer
 from b2bua.registrar import Registrar
+from b2bua.strangers import policy_for
 from b2bua.transaction import TransactionLayer
 from b2bua.transport import SipTransport
 from b2bua.wire_errors import error_response
@@ -83,16 +86,27 @@ class Server:
         for path in repair(server.recordings_dir):
             log.warning("recording event=repaired path=%s", path)
 
+        utc_at = system_utc_at(self.loop.time)  # `now` is the loop's monotonic clock
         advertised = server.host if server.host not in ("0.0.0.0", "::") else server.media_ip
+        self.summary = HostileSummary()  # hostile traffic: one line per source per minute
         self.transactions = TransactionLayer()
         authenticator = DigestAuthenticator(server.realm, secrets.token_bytes(32), algorithms=config.security.digest_algorithms)
         lockout = Lockout(
             max_failures=config.security.max_failures,
             window=config.security.failure_window,
             duration=config.security.lockout_seconds,
+            per_hour=config.security.max_failures_per_hour,
+            per_day=config.security.max_failures_per_day,
+            max_duration=config.security.max_lockout_seconds,
+            user_per_hour=config.security.max_user_failures_per_hour,
+            utc_at=utc_at,
+            summary=self.summary,
         )
         passwords = {u.name: u.password for u in config.users}
-        self.registrar = Registrar(passwords, server.realm, server.registrations_db, authenticator, lockout)
+        self.registrar = Registrar(passwords, server.realm, server.registrations_db, authenticator, lockout,
+                                   utc_at=utc_at)
+        self.strangers = policy_for(config, self.registrar, self.summary)
+        self.transactions.strangers = self.strangers
         self.media = MediaCore(
             server.media_ip,
             server.rtp_ports,
@@ -100,6 +114,7 @@ class Server:
             pause_mode=server.pause,
             feature_timeout=server.feature_timeout,
             shared=server.media_sockets == "shared",
+            poll_interval=server.media_poll,
             max_calls=server.max_calls,
         )
         self.core = B2BUA(
@@ -168,9 +183,10 @@ class Server:
         try:
             message = parse_message(data)
         except SipParseError as exc:
-            log.info("sip event=malformed source=%s:%d status=%d reason=%r", peer.host, peer.port, exc.status, exc.reason)
+            self.summary.count(peer.host, "malformed", now, line=(
+                f"sip event=malformed source={peer.host}:{peer.port} status={exc.status} reason={exc.reason!r}"))
             reply = error_response(data, exc.status, exc.reason, peer)
-            if reply is not None:
+            if reply is not None and (self.strangers.trusted(peer, now) or self.strangers.admit(peer, None, now)):
                 self.transport.send(reply, peer)
             return
         try:
@@ -203,6 +219,7 @@ class Server:
             for event in self.transactions.handle_timers(now):
                 self.core.handle(event, now)
             self.core.handle_timers(now)
+            self.summary.flush(now)
         except Exception:
             log.exception("sip event=internal-error in=timers")
         self.flush()

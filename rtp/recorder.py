@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from b2bua.call import Call
+from rtp.call import Call
 from rtp import g711
 from rtp.disk_writer import DiskWriter, RecordingFiles
 from rtp.sidecar import describe_call, iso_utc, read_sidecar, write_sidecar
