@@ -249,6 +249,12 @@ class DiskWriter:
         self._submitted_us += us
         self._submit(files, _AUDIO, _Chunk(frames, n, us))
 
+    def start(self) -> None:
+        """Start the thread now (it makes the reserve file first) rather than at the first
+        command: the server does, so the reserve is in place before the disk can fill."""
+        if self.threaded and self._thread is None:
+            self._first_command()
+
     def _stuck(self) -> bool:
         return self.threaded and self._thread is not None and time.monotonic() - self._beat > STUCK_SECONDS
 
@@ -288,10 +294,14 @@ class DiskWriter:
         Not for the event loop (see `aclose`). Also runs the `on_finalised` calls of
         recordings made without a running loop, on this thread."""
         target = self._submitted_ops
+        deadline = None if timeout is None else time.monotonic() + timeout
         if not self.threaded:
-            self._pump(force=True)
+            while True:
+                self._pump(force=True)
+                if self._performed() >= target or (deadline is not None and time.monotonic() >= deadline):
+                    break
+                time.sleep(max(self.retry_seconds, 0.001))
         else:
-            deadline = None if timeout is None else time.monotonic() + timeout
             while self._performed() < target:
                 if self._thread is None:
                     self._first_command()
@@ -454,37 +464,68 @@ class DiskWriter:
                 "each recording's sidecar as silenced_s)", self.max_backlog_bytes)
 
     def _round(self, now: float) -> None:
-        """Perform every file's commands; with the disk refusing, ended recordings first."""
-        ready = self._ready
-        order = list(ready)
+        """Perform every file's commands, in arrival order, until the disk refuses one."""
         if self._failing:
-            order.sort(key=lambda f: not f.closing)
-        failed = False
-        for files in order:
+            self._retry(now)
+            return
+        for files in list(self._ready):
             try:
                 self._run_files(files)
             except OSError as exc:
                 self.write_errors += 1
-                if self._release_reserve(exc):
+                self._note_failure(files, exc, now)
+                self._release_reserve(exc)
+                self._retry(now)  # at once: the reserve's room is for ended recordings
+                return
+            self._settle(files)
+
+    def _retry(self, now: float) -> None:
+        """The disk refused a write. Ended recordings first: each gets its final sidecar
+        (`ended` set) ahead of the audio it still waits to write, then its audio is tried.
+        Live recordings are tried only once there is more room than the reserve held, so
+        their audio never eats the room the next ended recordings need."""
+        ready = self._ready
+        failed = False
+        closing = [files for files in ready if files.closing]
+        for files in closing:
+            if not files.ended_ahead and len(files.pending) > 1:
+                self._end_ahead(files)
+        for files in closing:
+            try:
+                self._run_files(files)
+            except OSError as exc:
+                self.write_errors += 1
+                self._note_failure(files, exc, now)
+                failed = True
+                continue  # other ended recordings may still fit
+            self._settle(files)
+        if len(closing) < len(ready):
+            if not self._room():
+                failed = True
+            else:
+                for files in [f for f in ready if not f.closing]:
                     try:
                         self._run_files(files)
-                    except OSError as again:
+                    except OSError as exc:
                         self.write_errors += 1
-                        exc = again
-                    else:
-                        self._settle(files)
-                        continue
-                failed = True
-                self._note_failure(files, exc, now)
-                if files.closing:
-                    self._end_ahead(files)
-                    continue  # other ended recordings may still fit their sidecars
-                break  # a live recording's audio refused: the disk refuses everyone's
-            self._settle(files)
+                        self._note_failure(files, exc, now)
+                        failed = True
+                        break  # a live recording's audio refused: the disk refuses everyone's
+                    self._settle(files)
         if failed:
-            return
-        if self._failing:
+            self._next_retry = now + self.retry_seconds
+        elif self._failing:
             self._recovered()
+
+    def _room(self) -> bool:
+        """More free space than twice the reserve: live recordings may write again."""
+        if self.directory is None or self._reserve_bytes == 0:
+            return True
+        try:
+            st = os.statvfs(self.directory)
+            return st.f_bavail * st.f_frsize >= 2 * self._reserve_size()
+        except OSError:
+            return True  # no answer: let a write attempt tell
 
     def _settle(self, files: RecordingFiles) -> None:
         if not files.pending:
@@ -557,8 +598,12 @@ class DiskWriter:
                 self._discard(op, arg)
             self._ready.pop(files, None)
             return
+        if files.ended_ahead:  # its call ended while the disk refused: keep `ended` set
+            sidecar = self._with_counts(files, files.pending[-1][1], unwritten=True)
+        else:
+            sidecar = self._with_counts(files, sidecar)
         try:
-            write_sidecar(files.json_path, self._with_counts(files, sidecar))
+            write_sidecar(files.json_path, sidecar)
         except OSError:
             wav.close()
             try:
@@ -631,8 +676,8 @@ class DiskWriter:
         if files.ended_ahead:
             return
         op, data = files.pending[-1]
-        if op != _FINISH:
-            return
+        if op != _FINISH or (files.pending[0][0] == _OPEN and files.wav_path.exists()):
+            return  # (a WAV already there is another recording's: its sidecar is not ours either)
         try:
             write_sidecar(files.json_path, self._with_counts(files, data, unwritten=True))
         except OSError:
@@ -666,9 +711,9 @@ class DiskWriter:
         self._next_retry = now + self.retry_seconds
         if not files.error_logged:  # one line per recording, whatever the outage's length
             files.error_logged = True
-            self.log.error("recording %s: cannot write %s: %s; holding its audio in memory (up to %d MiB for all "
-                           "recordings) and retrying every %.0f s", files.call_id, files.wav_path.parent, exc,
-                           self.max_backlog_bytes >> 20, self.retry_seconds)
+            self.log.error("recording %s: cannot write %s: %s; holding its audio in memory (up to %.1f MB for all "
+                           "recordings) and retrying every %g s", files.call_id, files.wav_path.parent, exc,
+                           self.max_backlog_bytes / 1e6, self.retry_seconds)
 
     def _recovered(self) -> None:
         self._failing = False
