@@ -117,6 +117,7 @@ class Server:
             poll_interval=server.media_poll,
             max_calls=server.max_calls,
         )
+        self.media.writer.start()  # recordings' disk thread: its reserve file is made now, not at the first call
         self.core = B2BUA(
             config, self.transactions, self.registrar, authenticator, lockout, self.media,
             advertised_host=advertised, port=server.port,
@@ -162,7 +163,7 @@ class Server:
         self.flush()
         if self.core.calls or self.transactions.next_deadline() is not None:
             await asyncio.sleep(SHUTDOWN_GRACE)
-        await self.media.close()
+        await self.media.close()  # finalises recordings and waits for the disk writer to drain
         await self.transport.stop()
         self.registrar.close()
         log.info("shutdown event=done")
