@@ -471,6 +471,7 @@ class DiskWriter:
             self._retry(now)
             return
         for files in list(self._ready):
+            self._beat = time.monotonic()  # a long round (a burst of new files) is not a stuck writer
             try:
                 self._run_files(files)
             except OSError as exc:
@@ -534,26 +535,36 @@ class DiskWriter:
             self._ready.pop(files, None)
 
     def _run_files(self, files: RecordingFiles) -> None:
-        """Perform `files`' commands in order; a command leaves the queue only once done."""
+        """Perform `files`' commands in order; a command leaves the queue only once done.
+        An OSError leaves it first in the queue (retried); anything else is a bug, logged,
+        and that command is given up so the file's other commands still go out."""
         pending = files.pending
         while pending:
             op, arg = pending[0]
-            if op == _AUDIO:
-                self._write_audio(files)
-                continue
-            if op == _OPEN:
-                self._open(files, arg)
-                if files.refused:
-                    return
-            elif op == _SIDECAR:
-                if files.sidecars == 1:  # a later one supersedes it
-                    write_sidecar(files.json_path, self._with_counts(files, arg))
-                files.sidecars -= 1
-            else:
-                self._finish(files, arg)
-                files.sidecars -= 1
+            try:
+                if op == _AUDIO:
+                    self._write_audio(files)
+                    continue
+                if op == _OPEN:
+                    self._open(files, arg)
+                    if files.refused:
+                        return
+                elif op == _SIDECAR:
+                    if files.sidecars == 1:  # a later one supersedes it
+                        write_sidecar(files.json_path, self._with_counts(files, arg))
+                    files.sidecars -= 1
+                else:
+                    self._finish(files, arg)
+                    files.sidecars -= 1
+                    pending.popleft()
+                    continue  # counted by _durable, when it is on the disk
+            except OSError:
+                raise
+            except Exception:
+                self.log.exception("recording %s: the writer gives up a command it cannot perform", files.call_id)
                 pending.popleft()
-                continue  # counted by _durable, when it is on the disk
+                self._discard(op, arg)
+                continue
             pending.popleft()
             self._done_ops += 1
 
