@@ -127,6 +127,69 @@ class User:
     record_outbound: Record
 
 
+# -- wave 2: the recordings page, REST API, webhooks and retention (b2bua.recordings_service)
+
+
+@dataclass(frozen=True)
+class Http:
+    """`[http]`: where the recordings page, the REST API and /metrics listen."""
+
+    host: str
+    port: int
+    #: The base of `wav_url` in webhook bodies; default "http://<listen>". Set it when the
+    #: receiver reaches this server through another name (a proxy, a public address).
+    public_url: str = ""
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """`[[api_tokens]]`: a bearer token, stored only as its SHA-256."""
+
+    name: str
+    token_sha256: bytes  # the digest itself (32 bytes), compared in constant time
+    scope: str  # "read" | "admin"
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """`[[webhooks]]`: one POST per finalised recording, signed with `secret`."""
+
+    url: str
+    secret: str
+
+
+@dataclass(frozen=True)
+class RecordingsPolicy:
+    """`[recordings]`: 0 keeps recordings for ever (the seed's default)."""
+
+    retention_days: int = 0
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """`[cluster]`: Kamailio at `[server] listen` in front of `workers` B2BUA processes.
+
+    Each worker takes the port `worker_ports[0] + index` on every host in `hosts`, and its
+    own slice of `[server] rtp_ports` (b2bua.cluster.topology). `edge_address` is where
+    workers send to the edge and the one address whose `X-B2BUA-Source` they believe.
+    """
+
+    workers: int
+    edge: str  # "kamailio"
+    redis: str  # redis://host:port/db
+    worker_ports: tuple[int, int]  # inclusive range
+    hosts: tuple[str, ...]  # the worker hosts the edge dispatches to (default: [server] media_ip)
+    edge_host: str  # the edge as workers reach it (default: [server] listen)
+    edge_port: int
+
+
 @dataclass(frozen=True)
 class Config:
     path: Path
@@ -137,6 +200,11 @@ class Config:
     numbers: tuple[Number, ...] = ()
     ring_groups: tuple[RingGroup, ...] = ()
     users: tuple[User, ...] = ()
+    http: Http | None = None  # None: no HTTP server at all
+    api_tokens: tuple[ApiToken, ...] = ()
+    webhooks: tuple[Webhook, ...] = ()
+    recordings: RecordingsPolicy = field(default_factory=RecordingsPolicy)
+    cluster: Cluster | None = None  # None: `b2bua run`, one process, nothing else needed
 
     def user(self, name: str) -> User | None:
         return next((u for u in self.users if u.name == name), None)
@@ -287,8 +355,16 @@ def parse(data: dict[str, Any], path: Path, base: Path) -> Config:
     users = tuple(_user(path, i, u) for i, u in enumerate(top.get("users", list, [])))
     groups = tuple(_ring_group(path, i, g) for i, g in enumerate(top.get("ring_groups", list, [])))
     numbers = tuple(_number(path, i, n) for i, n in enumerate(top.get("numbers", list, [])))
+    http = _http(path, top.get("http", dict, None))
+    tokens = tuple(_api_token(path, i, t) for i, t in enumerate(top.get("api_tokens", list, [])))
+    webhooks = tuple(_webhook(path, i, w) for i, w in enumerate(top.get("webhooks", list, [])))
+    recordings_policy = _recordings_policy(path, top.get("recordings", dict, {}))
+    cluster_table = top.get("cluster", dict, None, what="a [cluster] table")
+    cluster = _cluster(path, server, cluster_table) if cluster_table is not None else None
     top.done()
-    config = Config(path, server, organisation, security, trunks, numbers, groups, users)
+    config = Config(path, server, organisation, security, trunks, numbers, groups, users,
+                    http=http, api_tokens=tokens, webhooks=webhooks, recordings=recordings_policy,
+                    cluster=cluster)
     _cross_check(config)
     return config
 
@@ -355,6 +431,77 @@ def _server(path: Path, base: Path, table: Any) -> Server:
     )
     r.done()
     return server
+
+
+def _port_range(path: Path, key: str, text: str) -> tuple[int, int]:
+    parts = text.split("-")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(path, key, f'got "{text}", expected a range like "5100-5199"')
+    low, high = (int(p) for p in parts)
+    if not 1 <= low <= high <= 65535:
+        raise ConfigError(path, key, f'got "{text}", expected 1 <= first <= last <= 65535')
+    return low, high
+
+
+def _cluster(path: Path, server: Server, table: Any) -> Cluster:
+    """`[cluster]`: every value is checked against `[server]`, so no worker starts half-configured."""
+    r = _Reader(path, "cluster", table)
+    workers = r.get("workers", int, 2)
+    if not 1 <= workers <= 256:
+        raise ConfigError(path, "cluster.workers", f"got {workers}, expected 1 to 256 worker processes")
+    edge = r.get("edge", str, "kamailio", what='"kamailio"')
+    if edge != "kamailio":
+        raise ConfigError(path, "cluster.edge", f'got "{edge}", expected "kamailio" (the only edge we configure)')
+    redis = r.get("redis", str, "redis://127.0.0.1:6379/0", what='a URL like "redis://127.0.0.1:6379/0"')
+    _redis_url(path, redis)
+    low, high = _port_range(path, "cluster.worker_ports", r.get("worker_ports", str, "5100-5199", what='a range like "5100-5199"'))
+    if high - low + 1 < workers:
+        raise ConfigError(path, "cluster.worker_ports", f'"{low}-{high}" has {high - low + 1} ports for {workers} workers')
+    if low <= server.port < low + workers:
+        raise ConfigError(path, "cluster.worker_ports", f'"{low}-{high}" holds the edge\'s SIP port {server.port} of server.listen')
+    rtp_low, rtp_high = server.rtp_ports
+    if low <= rtp_high and rtp_low < low + workers:
+        raise ConfigError(path, "cluster.worker_ports", f'"{low}-{high}" overlaps server.rtp_ports {rtp_low}-{rtp_high}')
+    per_worker = ((rtp_high - rtp_low + 1) // workers) & ~1
+    if per_worker < MIN_RTP_PORTS:
+        raise ConfigError(path, "cluster.workers", f"{workers} workers leave each fewer than {MIN_RTP_PORTS} of server.rtp_ports {rtp_low}-{rtp_high}")
+    if _is_wildcard(server.media_ip):
+        raise ConfigError(path, "server.media_ip", f'got "{server.media_ip}"; a cluster\'s workers bind it, so it must be this host\'s address')
+    hosts = r.get("hosts", list, [server.media_ip], what='a list of worker host addresses like ["10.0.0.2"]')
+    for i, host in enumerate(hosts):
+        key = f"cluster.hosts[{i}]"
+        if not isinstance(host, str):
+            raise ConfigError(path, key, f"got {_show(host)}, expected an IP address")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(path, key, f'got "{host}", expected an IP address') from None
+        if _is_wildcard(host):
+            raise ConfigError(path, key, f'got "{host}", expected the address the edge reaches the workers at')
+    if not hosts:
+        raise ConfigError(path, "cluster.hosts", "is empty; expected at least one worker host")
+    default_edge = f"[{server.host}]:{server.port}" if ":" in server.host else f"{server.host}:{server.port}"
+    edge_text = r.get("edge_address", str, default_edge, what='"ip:port" where the workers reach the edge')
+    edge_host, edge_port = _host_port(path, "cluster.edge_address", edge_text, DEFAULT_SIP_PORT)
+    if _is_wildcard(edge_host):
+        what = "server.listen" if "edge_address" not in table else "cluster.edge_address"
+        raise ConfigError(path, what, f'"{edge_host}" is a wildcard; set cluster.edge_address to the edge\'s address as workers see it')
+    r.done()
+    return Cluster(workers, edge, redis, (low, high), tuple(hosts), edge_host, edge_port or DEFAULT_SIP_PORT)
+
+
+def _redis_url(path: Path, url: str) -> None:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(path, "cluster.redis", f'got "{url}", the port must be 1-65535') from None
+    if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not parts.hostname):
+        raise ConfigError(path, "cluster.redis", f'got "{url}", expected a URL like "redis://127.0.0.1:6379/0"')
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(path, "cluster.redis", f'got "{url}", the port must be 1-65535')
 
 
 def _is_wildcard(ip: str) -> bool:
@@ -470,8 +617,66 @@ def _number(path: Path, i: int, table: Any) -> Number:
     return number
 
 
+def _http(path: Path, table: Any) -> Http | None:
+    if table is None:
+        return None
+    r = _Reader(path, "http", table)
+    listen = r.get("listen", str, "127.0.0.1:8080", what='an address like "127.0.0.1:8080"')
+    host, port = _host_port(path, "http.listen", listen, None)
+    if port is None:
+        raise ConfigError(path, "http.listen", f'got "{listen}", expected an address with a port like "127.0.0.1:8080"')
+    public_url = r.get("public_url", str, "")
+    if public_url and not public_url.lower().startswith(("http://", "https://")):
+        raise ConfigError(path, "http.public_url", f'got "{public_url}", expected a URL like "https://pbx.example:8443"')
+    r.done()
+    return Http(host, port, public_url)
+
+
+def _api_token(path: Path, i: int, table: Any) -> ApiToken:
+    r = _Reader(path, f"api_tokens[{i}]", table)
+    name = r.get("name", str)
+    if not name or not name.isprintable() or " " in name:
+        raise ConfigError(path, f"api_tokens[{i}].name", f"got {_show(name)}, expected a name without spaces (it is logged)")
+    digest = r.get("token_sha256", str, what="the hex SHA-256 of the token (64 hex digits)")
+    try:
+        raw = bytes.fromhex(digest)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise ConfigError(path, f"api_tokens[{i}].token_sha256", "expected 64 hex digits: the SHA-256 of the token "
+                          "(e.g. printf %s TOKEN | sha256sum), never the token itself")
+    scope = r.get("scope", str, "read", what='"read" or "admin"')
+    if scope not in ("read", "admin"):
+        raise ConfigError(path, f"api_tokens[{i}].scope", f'got {_show(scope)}, expected "read" or "admin"')
+    r.done()
+    return ApiToken(name, raw, scope)
+
+
+def _webhook(path: Path, i: int, table: Any) -> Webhook:
+    r = _Reader(path, f"webhooks[{i}]", table)
+    url = r.get("url", str, what='a URL like "http://127.0.0.1:9000/recordings"')
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() not in ("http", "https") or not rest or rest.startswith("/"):
+        raise ConfigError(path, f"webhooks[{i}].url", f"got {_show(url)}, expected an http:// or https:// URL with a host")
+    secret = r.get("secret", str, what="a string that signs each body")
+    if not secret:
+        raise ConfigError(path, f"webhooks[{i}].secret", "is empty; the receiver checks X-B2BUA-Signature with it")
+    r.done()
+    return Webhook(url, secret)
+
+
+def _recordings_policy(path: Path, table: Any) -> RecordingsPolicy:
+    r = _Reader(path, "recordings", table)
+    days = r.get("retention_days", int, 0, what="a whole number of days (0: keep for ever)")
+    if days < 0:
+        raise ConfigError(path, "recordings.retention_days", f"got {days}, expected 0 (keep for ever) or more days")
+    r.done()
+    return RecordingsPolicy(days)
+
+
 def _cross_check(config: Config) -> None:
     path = config.path
+    _unique(path, "api_tokens", [t.name for t in config.api_tokens], "name")
     _unique(path, "users", [u.name for u in config.users], "name")
     _unique(path, "users", [u.extension for u in config.users], "extension")
     _unique(path, "ring_groups", [g.name for g in config.ring_groups], "name")

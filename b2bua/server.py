@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import signal
 import sys
 import time
@@ -26,6 +25,7 @@ from b2bua.lockout import Lockout
 from b2bua.message import SipParseError, parse_message
 from b2bua.peer import Peer
 from b2bua.registrar import Registrar
+from b2bua.shared_state import open_stores
 from b2bua.strangers import policy_for
 from b2bua.transaction import TransactionLayer
 from b2bua.transport import SipTransport
@@ -47,7 +47,7 @@ def setup_logging() -> None:
     root.setLevel(logging.INFO)
 
 
-def serve(config: Config, sip_trace: bool = False) -> int:
+def serve(config: Config, sip_trace: bool = False, worker: Any = None) -> int:
     """Run until SIGINT/SIGTERM; the exit code for the command line."""
     setup_logging()
     if sip_trace:
@@ -59,14 +59,16 @@ def serve(config: Config, sip_trace: bool = False) -> int:
     else:
         runner = uvloop.run
     try:
-        return runner(Server(config).run())
+        return runner(Server(config, worker).run())
     except KeyboardInterrupt:  # pragma: no cover
         return 0
 
 
 class Server:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, worker: Any = None) -> None:
         self.config = config
+        # A cluster worker (b2bua.cluster.worker.WorkerRole) behind the edge; None: `b2bua run`.
+        self.worker = worker
         self.loop: asyncio.AbstractEventLoop | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.stopping = asyncio.Event()
@@ -83,14 +85,31 @@ class Server:
         except OSError as exc:
             log.error("startup event=failed reason=%r path=%s", str(exc), server.recordings_dir)
             return 1
-        for path in repair(server.recordings_dir):
+        repaired = self.worker.repair(server.recordings_dir) if self.worker else repair(server.recordings_dir)
+        for path in repaired:
             log.warning("recording event=repaired path=%s", path)
 
         utc_at = system_utc_at(self.loop.time)  # `now` is the loop's monotonic clock
         advertised = server.host if server.host not in ("0.0.0.0", "::") else server.media_ip
         self.summary = HostileSummary()  # hostile traffic: one line per source per minute
         self.transactions = TransactionLayer()
-        authenticator = DigestAuthenticator(server.realm, secrets.token_bytes(32), algorithms=config.security.digest_algorithms)
+        # Registrations, nonces and lockout counters: SQLite/memory, or Redis with [cluster] redis.
+        try:
+            self.stores = open_stores(config)
+            await self.stores.start()
+        except Exception as exc:  # noqa: BLE001 - redis-py's errors: name the store, never half-start
+            log.error("startup event=failed reason=%r redis=%s", str(exc) or type(exc).__name__,
+                      getattr(getattr(config, "cluster", None), "redis", "-"))
+            return 1
+        if self.stores.shared:
+            log.info("startup %s", self.stores.describe())
+        # The nonce secret: Redis's when shared (every worker on every host has it), else the
+        # one the supervisor handed this host's workers, else this process's own.
+        secret = (None if self.stores.shared else self.worker.nonce_secret if self.worker else None) \
+            or self.stores.digest_secret
+        authenticator = DigestAuthenticator(server.realm, secret,
+                                            algorithms=config.security.digest_algorithms, shared=self.stores.nonces,
+                                            utc_at=utc_at)  # nonce times in UTC: workers on other hosts check them
         lockout = Lockout(
             max_failures=config.security.max_failures,
             window=config.security.failure_window,
@@ -101,12 +120,18 @@ class Server:
             user_per_hour=config.security.max_user_failures_per_hour,
             utc_at=utc_at,
             summary=self.summary,
+            store=self.stores.lockout,  # None: in memory; a cluster's counters are in Redis
         )
         passwords = {u.name: u.password for u in config.users}
         self.registrar = Registrar(passwords, server.realm, server.registrations_db, authenticator, lockout,
-                                   utc_at=utc_at)
-        self.strangers = policy_for(config, self.registrar, self.summary)
+                                   utc_at=utc_at, store=self.stores.bindings)
+        self.strangers = policy_for(config, self.registrar, self.summary,
+                                    also_trusted=self.worker.link.is_edge if self.worker else None)
         self.transactions.strangers = self.strangers
+        self.lockout = lockout
+        # Recordings page, REST API, webhooks, metrics, retention ([http], [[webhooks]], ...).
+        from b2bua.recordings_service.service import RecordingsService
+        self.recordings = RecordingsService(config, self)
         self.media = MediaCore(
             server.media_ip,
             server.rtp_ports,
@@ -116,13 +141,16 @@ class Server:
             shared=server.media_sockets == "shared",
             poll_interval=server.media_poll,
             max_calls=server.max_calls,
+            # Called on this loop once a recording's WAV and final sidecar are durable (the
+            # media core's disk writer posts it; rtp.disk_writer).
+            on_finalised=self.recordings.on_finalised,
         )
         self.media.writer.start()  # recordings' disk thread: its reserve file is made now, not at the first call
         self.core = B2BUA(
             config, self.transactions, self.registrar, authenticator, lockout, self.media,
             advertised_host=advertised, port=server.port,
         )
-        self.transport = SipTransport(server.host, server.port, self.on_message, log)
+        self.transport = SipTransport(server.host, server.port, self.on_message, log, hostile=self.summary.count)
         try:
             await self.transport.start()
         except OSError as exc:
@@ -130,6 +158,14 @@ class Server:
             return 1
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(sig, self.stopping.set)
+        try:
+            await self.recordings.start(repaired)
+        except OSError as exc:
+            log.error("startup event=failed reason=%r http=%s", str(exc), config.http)
+            await self.transport.stop()
+            return 1
+        if self.worker:
+            self.worker.attach(self)
         self.banner()
         self.arm()
         collector = GcPolicy(self.loop, lambda: len(self.core.calls), log)
@@ -164,8 +200,9 @@ class Server:
         if self.core.calls or self.transactions.next_deadline() is not None:
             await asyncio.sleep(SHUTDOWN_GRACE)
         await self.media.close()  # finalises recordings and waits for the disk writer to drain
+        await self.recordings.stop()  # after media: the last finalised recordings are queued
         await self.transport.stop()
-        self.registrar.close()
+        await self.stores.aclose()
         log.info("shutdown event=done")
 
     # -- the pump
@@ -192,14 +229,22 @@ class Server:
             return
         try:
             for event in self.transactions.receive(message, peer, now):
+                if self.worker:
+                    event = self.worker.inbound(event, now)
+                    if event is None:
+                        continue
                 self.core.handle(event, now)
         except Exception:  # a bug must cost one message, never the server
             log.exception("sip event=internal-error source=%s:%d", peer.host, peer.port)
+        if peer.transport == "tcp":  # a SIP message keeps the slot; a phone's or trunk's, for good
+            self.transport.heard(peer, trusted=self.strangers.trusted(peer, now))
         self.flush()
         self.arm()
 
     def flush(self) -> None:
         for data, peer in self.transactions.outgoing():
+            if self.worker:
+                data, peer = self.worker.outbound(data, peer)
             if wire.isEnabledFor(logging.DEBUG):
                 wire.debug("send %s:%s:%d\n%s", peer.transport, peer.host, peer.port, data.decode("utf-8", "replace"))
             self.transport.send(data, peer)

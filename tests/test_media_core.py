@@ -17,6 +17,7 @@ from rtp.core import MediaCore, PortsExhausted
 from rtp.events import event_payload
 from rtp.packet import RtpPacket, build
 from rtp.prompts import Prompts
+from tests.conftest import make_call
 
 HOST = "127.0.0.1"
 PROMPTS = Prompts(paused=np.full(1600, 3000, dtype=np.int16), recording=np.full(1600, -3000, dtype=np.int16))
@@ -38,20 +39,6 @@ def free_range(pairs: int) -> tuple[int, int]:
                 s.close()
         return base, base + 2 * pairs - 1
     raise RuntimeError("no free ports")
-
-
-def make_call(call_id: str = "core1") -> Call:
-    return Call(
-        call_id=call_id,
-        direction="inbound",
-        from_uri="sip:+441632960999@carrier",
-        to_uri="sip:441632960000@pbx",
-        ddi="441632960000",
-        user="alice",
-        started=datetime.now(UTC),
-        record_at_answer=True,
-        parties=(Party("external", "carrier"), Party("user", "alice")),
-    )
 
 
 def phone() -> socket.socket:
@@ -96,7 +83,7 @@ def shared(core: MediaCore) -> bool:
 
 async def test_audio_flows_both_ways_and_is_recorded(core: MediaCore, tmp_path: Path) -> None:
     ext, user = phone(), phone()
-    session = core.open_session(make_call())
+    session = core.open_session(make_call("core1"))
     rtp_ext, rtp_user = session.ports
     assert rtp_ext % 2 == 0 and rtp_user % 2 == 0
     assert (rtp_ext == rtp_user) if shared(core) else (rtp_ext != rtp_user)  # shared: one port, told apart by source
@@ -284,3 +271,31 @@ async def test_max_calls_refuses_the_call_past_the_limit(tmp_path: Path) -> None
     media.open_session(make_call("b"))
     assert media.overloaded
     await media.close()
+
+
+async def test_stats_count_relayed_packets_drops_by_reason_and_live_calls(core: MediaCore) -> None:
+    """MediaCore.stats(): what the metrics endpoint exports; calls already over still count."""
+    ext, user = phone(), phone()
+    session = core.open_session(make_call("stats"))
+    session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
+    session.set_media(1, MediaEndpoint(user.getsockname(), HOST))
+    session.answered()
+    for k in range(3):
+        ext.sendto(build(0, k, 160 * k, 0x1111, b"\xff" * 160), (HOST, session.ports[0]))
+    ext.sendto(b"\x80\x00\x01", (HOST, session.ports[0]))  # too short for RTP
+    for _ in range(30):
+        await asyncio.sleep(0.01)
+        if core.stats()["malformed"]:
+            break
+    stats = core.stats()
+    assert stats["forwarded"] == 3 and stats["malformed"] == 1
+    assert stats["calls_active"] == 1 and stats["recordings_active"] == 1
+    assert all(isinstance(v, int) for v in stats.values())
+    for key in ("unlatched", "no_target", "oversize", "strangers", "ambiguous", "send_errors", "send_dropped",
+                "late_reads", "swallowed"):
+        assert key in stats
+    session.close()
+    after = core.stats()
+    assert after["forwarded"] == 3 and after["calls_active"] == 0 and after["recordings_active"] == 0
+    ext.close()
+    user.close()

@@ -24,26 +24,15 @@ from rtp import recorder as recorder_module
 from rtp.disk_writer import DiskWriter
 from rtp.recorder import JITTER_WINDOW_SECONDS, Recorder, repair
 from rtp.wavfile import WavWriter
+from tests.conftest import make_call
 
 N = 160
 T0 = 1000.0  # monotonic seconds at answer
 WALL_T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
 
-def make_call(record: bool = True, **kw: object) -> Call:
-    fields: dict = dict(
-        call_id="c0ffee",
-        direction="inbound",
-        from_uri="sip:+441632960999@carrier",
-        to_uri="sip:441632960000@pbx.example",
-        ddi="441632960000",
-        user="alice",
-        started=datetime(2024, 5, 1, 11, 59, 50, tzinfo=UTC),
-        route=("number:441632960000", "user:alice"),
-        record_at_answer=record,
-    )
-    fields.update(kw)
-    return Call(**fields)
+#: The recorder tests' call: its id names the files, its start dates their directory.
+CALL_ID, STARTED = "c0ffee", datetime(2024, 5, 1, 11, 59, 50, tzinfo=UTC)
 
 
 WRITERS: list[DiskWriter] = []  # the module's writer thread (fixture below)
@@ -70,7 +59,7 @@ def recorder(directory: Path, call: Call, mode: str = "silence", **kw: object) -
 
 
 def make(tmp_path: Path, record: bool = True, mode: str = "silence", **kw: object) -> Recorder:
-    return recorder(tmp_path, make_call(record, **kw), mode)
+    return recorder(tmp_path, make_call(record=record, **{"call_id": CALL_ID, "started": STARTED, **kw}), mode)
 
 
 def packet_value(channel: int, k: int) -> int:
@@ -377,7 +366,7 @@ def test_any_arrival_order_within_the_window_gives_the_same_wav(
     packets.sort()
 
     def run(order: list[tuple[float, int, int]], directory: Path) -> np.ndarray:
-        rec = recorder(directory, make_call())
+        rec = recorder(directory, make_call(CALL_ID, started=STARTED))
         for arrival, ch, k in order:
             if ch < 0:
                 rec.flush(arrival)
@@ -512,7 +501,7 @@ def test_disk_full_for_long_keeps_alignment_and_bounded_memory(
         real_write(self, frames)  # type: ignore[arg-type]
 
     monkeypatch.setattr(WavWriter, "write", maybe)
-    rec = Recorder(tmp_path, make_call(), "silence", T0, wall_t0=WALL_T0, writer=writer)
+    rec = Recorder(tmp_path, make_call(CALL_ID, started=STARTED), "silence", T0, wall_t0=WALL_T0, writer=writer)
     feed(rec, 0, 2)
     assert writer.drain(5.0)
     state["full"] = True
@@ -595,7 +584,7 @@ Event = tuple  # ("rtp", ch, ssrc, seq, ts, payload, pt, t) | ("flush", t) | ("s
 
 def run_script(directory: Path, events: list[Event], end: float, *, g711_path: bool,
                mode: str = "silence", record: bool = True) -> Recorder:
-    rec = recorder(directory, make_call(record), mode)
+    rec = recorder(directory, make_call(CALL_ID, record=record, started=STARTED), mode)
     for event in events:
         if event[0] == "rtp":
             _, ch, ssrc, seq, ts, payload, pt, t = event
@@ -747,7 +736,7 @@ def test_g711_waiting_packets_are_bounded(tmp_path: Path) -> None:
               for k in range(3 * recorder_module.MAX_WAITING_PACKETS + 5)]
     rec = run_script(tmp_path / "probe", events[:-1], T0 + 9, g711_path=True)
     assert rec._waiting_pos == ([], [])
-    live = recorder(tmp_path / "live", make_call())
+    live = recorder(tmp_path / "live", make_call(CALL_ID, started=STARTED))
     for _, ch, ssrc, seq, ts, payload, pt, t in events:
         live.add_g711(ch, ssrc, seq, ts, payload, pt, t)
         assert len(live._waiting_pos[0]) < recorder_module.MAX_WAITING_PACKETS
@@ -774,7 +763,7 @@ def test_g711_bad_arguments_are_rejected(tmp_path: Path) -> None:
 
 
 def test_g711_after_close_or_with_recording_off_does_nothing(tmp_path: Path) -> None:
-    off = recorder(tmp_path, make_call(recording_enabled=False))
+    off = recorder(tmp_path, make_call(CALL_ID, enabled=False, started=STARTED))
     off.add_g711(0, 1, 1, 1, b"\xff" * N, g711.PCMU, T0)
     assert off._waiting_pos == ([], [])
     rec = make(tmp_path)

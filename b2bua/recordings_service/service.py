@@ -1,0 +1,184 @@
+"""The recordings service as `b2bua run` starts it: index, webhooks, HTTP, retention.
+
+`b2bua.server` makes one `RecordingsService`, hands `on_finalised` to the media core (each
+finalised recording's sidecar path, called on the event loop), and starts and stops it
+with the server. With none of `[http]`, `[[webhooks]]` or `retention_days` in the file the
+service does nothing at all, so an old flows.toml runs exactly as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from b2bua.config import Config
+from b2bua.recordings_service import metrics as metricsmod
+from b2bua.recordings_service.index import RecordingsIndex, SqliteIndex, sidecar_relpath
+from b2bua.recordings_service.retention import run_daily
+from b2bua.recordings_service.tokens import TokenBook
+from b2bua.recordings_service.webhooks import Outbox, WebhookSender
+
+log = logging.getLogger("b2bua.recordings")
+
+INDEX_FILE = "index.sqlite3"
+OUTBOX_FILE = "webhooks.sqlite3"
+#: At start, sidecars of these last days not yet in the index are indexed (and announced):
+#: a recording finalised just before a crash, before its row was committed.
+RECONCILE_DAYS = 2
+
+
+class RecordingsService:
+    def __init__(self, config: Config, server: Any, index: RecordingsIndex | None = None) -> None:
+        self.config = config
+        self.server = server
+        self.recordings_dir = config.server.recordings_dir
+        self.enabled = bool(config.http or config.webhooks or config.recordings.retention_days)
+        self.counters = metricsmod.ServiceCounters()
+        self.index: RecordingsIndex | None = index
+        self.webhooks: WebhookSender | None = None
+        self._runner: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.http_address: tuple[str, int] | None = None
+
+    # -- the hook ---------------------------------------------------------------------
+
+    def on_finalised(self, json_path: Path) -> None:
+        """A recording is finalised: index it and queue its webhooks. Never raises."""
+        self.counters.recordings_finalised += 1
+        if not self.enabled:
+            return
+        try:
+            self._announce(Path(json_path))
+        except Exception:
+            log.exception("recording event=index-failed path=%s", json_path)
+
+    def _announce(self, json_path: Path) -> None:
+        from rtp.sidecar import read_sidecar
+
+        data = read_sidecar(json_path)
+        # The outbox first: if the process dies between the two commits, the start-up
+        # reconciliation finds the sidecar unindexed and announces it again (a duplicate,
+        # which receivers are told to expect, rather than a loss).
+        if self.webhooks is not None:
+            self.webhooks.enqueue(data)
+        if self.index is not None:
+            self.index.add(data, sidecar_relpath(self.recordings_dir, json_path))
+
+    def wav_url(self, call_id: str) -> str | None:
+        http = self.config.http
+        return f"{http.base_url}/api/recordings/{call_id}.wav" if http is not None else None
+
+    # -- start and stop ---------------------------------------------------------------
+
+    async def start(self, repaired: list[Path] = ()) -> None:  # type: ignore[assignment]
+        """After recordings_dir exists and repair() ran (`repaired`: their WAV paths)."""
+        if not self.enabled:
+            return
+        config = self.config
+        needs_index = config.http is not None or bool(config.webhooks)
+        if needs_index and self.index is None:
+            self.index = SqliteIndex(self.recordings_dir / INDEX_FILE)
+        if config.webhooks:
+            self.webhooks = WebhookSender(config.webhooks, Outbox(self.recordings_dir / OUTBOX_FILE), self.wav_url)
+        if self.index is not None:
+            created = getattr(self.index, "created", False)
+            days = None if created else _recent_days(RECONCILE_DAYS)
+            added = self.index.rebuild(self.recordings_dir, days)
+            if created:
+                log.info("recordings event=index-built recordings=%d path=%s", len(added), self.recordings_dir)
+            else:
+                # Recent sidecars the index missed (a crash between finalise and commit)
+                # and the recordings repair() just recovered: announce them too.
+                repaired_ids = {Path(p).stem for p in repaired}
+                known = self.index.has(repaired_ids)
+                for wav in repaired:
+                    if Path(wav).stem not in known:
+                        data = self.index.add_file(self.recordings_dir, Path(wav).with_suffix(".json"))
+                        if data is not None:
+                            added.append(data)
+                for data in added:
+                    if self.webhooks is not None:
+                        self.webhooks.enqueue(data)
+                if added:
+                    log.info("recordings event=index-reconciled added=%d repaired=%d", len(added), len(repaired_ids))
+        if self.webhooks is not None:
+            self.webhooks.start()
+        if config.http is not None:
+            await self._start_http()
+        if config.recordings.retention_days > 0:
+            self._tasks.append(asyncio.get_running_loop().create_task(
+                run_daily(self.recordings_dir, config.recordings.retention_days, self.index), name="retention"))
+
+    async def _start_http(self) -> None:
+        from aiohttp import web
+
+        from b2bua.recordings_service.api import RecordingsApi
+
+        assert self.index is not None and self.config.http is not None
+        loop = asyncio.get_running_loop()
+        lockout_clock: Callable[[], float] = loop.time
+        collector = metricsmod.B2buaCollector(self.server, self.counters, self.recordings_dir, self.index,
+                                              self.webhooks, clock=lockout_clock)
+        api = RecordingsApi(self.recordings_dir, self.index, TokenBook(self.config.api_tokens),
+                            metricsmod.make_registry(collector), self.counters)
+        # access_log=None: one line per request would be hostile-traffic logging per
+        # request (GUIDE: summarised, never per request); 401s are counted in /metrics.
+        self._runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        http = self.config.http
+        site = web.TCPSite(self._runner, http.host, http.port, reuse_address=True)
+        await site.start()
+        self.http_address = (http.host, http.port)
+        log.info("startup http=http://%s:%d/ tokens=%d webhooks=%d retention_days=%d", http.host, http.port,
+                 len(self.config.api_tokens), len(self.config.webhooks), self.config.recordings.retention_days)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._tasks.clear()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.webhooks is not None:
+            await self.webhooks.stop()
+            self.webhooks.outbox.close()
+        if self.index is not None:
+            self.index.close()
+
+
+def _recent_days(n: int) -> list:
+    today = datetime.now(UTC).date()
+    return [today - timedelta(days=i) for i in range(n, -1, -1)]
+
+
+def notify_on_close(make_recorder: Callable[..., Any], on_finalised: Callable[[Path], None]) -> Callable[..., Any]:
+    """A recorder factory whose recorders call `on_finalised(sidecar path)` once closed
+    with a file (a call never recorded leaves none and calls nothing).
+
+    Stand-in for the recorder's own `on_finalised` hook while that is not on main: the
+    recorder here writes synchronously, so its sidecar is final when close() returns."""
+
+    def make(call: Any, t0: float) -> Any:
+        recorder = make_recorder(call, t0)
+        close = recorder.close
+
+        def close_and_notify(now: float) -> None:
+            was_closed = getattr(recorder, "_closed", False)
+            close(now)
+            json_path = getattr(recorder, "json_path", None)
+            if not was_closed and json_path is not None and json_path.exists():
+                on_finalised(json_path)
+
+        recorder.close = close_and_notify
+        return recorder
+
+    return make
