@@ -479,3 +479,28 @@ def test_a_real_full_disk_loses_nothing_and_finishes_every_sidecar(tiny_disk: Pa
     assert any("No space left on device" in r.getMessage() for r in caplog.records)
     assert not [p for p in tiny_disk.rglob("*.wav") if not p.with_suffix(".json").exists()]
     shutil.rmtree(tiny_disk / "2024")
+
+
+def test_metrics_read_the_writers_backlog_drops_and_errors(tmp_path, monkeypatch) -> None:
+    """What /metrics shows while the disk refuses writes (b2bua.recordings_service.metrics)."""
+    from types import SimpleNamespace
+
+    from b2bua.recordings_service.metrics import B2buaCollector, ServiceCounters
+
+    disk = FakeDisk(monkeypatch)
+    writer = DiskWriter(tmp_path, retry_seconds=0.01, max_backlog_bytes=2 * 8000 * 4)
+    rec = Recorder(tmp_path, make_call(), "silence", T0, wall_t0=WALL_T0, writer=writer)
+    disk.audio = True
+    for second in range(4):
+        feed(rec, second, second + 1)
+        writer.drain(0.03)
+    media = SimpleNamespace(sessions=[], writer=writer, admission=None, lag=0.0, overloaded=False, stats=lambda: {})
+    server = SimpleNamespace(media=media, core=SimpleNamespace(calls={}, counts={}), lockout=None)
+    metrics = {m.name: m.samples[0].value for m in B2buaCollector(server, ServiceCounters(), tmp_path).collect()
+               if m.name.startswith("b2bua_recorder_")}
+    assert metrics["b2bua_recorder_backlog_seconds"] == pytest.approx(2.0, abs=0.05)
+    assert metrics["b2bua_recorder_dropped_seconds"] == pytest.approx(1.78, abs=0.05)
+    assert metrics["b2bua_recorder_write_errors"] > 0
+    disk.audio = False
+    rec.close(T0 + 4)
+    assert writer.close(5)
