@@ -230,15 +230,25 @@ class SipLoad:
 
         done: set[int] = set()
         pending = list(range(n))
+        # As a phone does (RFC 3261 §17.1.2.2 Timer E): a REGISTER with no answer is sent
+        # again. Until one phone has registered from this IP the B2BUA answers it as a
+        # stranger, at most `stranger_answers_per_second` (bursts of 5x) (issue 16).
+        unanswered: dict[int, float] = {}
         while pending or len(done) < n:
             for i in pending[:200]:
                 self.phone.sendto(reg(i, 1), self.server)
+                unanswered[i] = time.monotonic()
             pending = pending[200:]
+            for i, sent in list(unanswered.items()):
+                if time.monotonic() - sent > 0.5:
+                    self.phone.sendto(reg(i, 1), self.server)
+                    unanswered[i] = time.monotonic()
             for _, text, _ in self._recv(0.05):
                 m = re.search(r"Call-ID: reg-(\d+)-", text)
                 if not m:
                     continue
                 i = int(m.group(1))
+                unanswered.pop(i, None)
                 if text.startswith("SIP/2.0 401"):
                     nonce = re.search(r'nonce="([^"]+)"', text).group(1)
                     ha1 = hashlib.md5(f"u{i}:{realm}:pw{i}".encode()).hexdigest()
