@@ -471,3 +471,43 @@ def test_config_bad_values_name_the_key(extra, key):
     with pytest.raises(ConfigError) as info:
         parse({**BASE, **extra}, Path("flows.toml"), Path("/tmp"))
     assert info.value.key == key and info.value.path == "flows.toml"
+
+
+async def test_a_receiver_that_never_answers_costs_bounded_connections_and_memory(tmp_path, monkeypatch):
+    """It accepts and says nothing: at most CONCURRENCY requests are ever in flight, the
+    receiver is retried once per backoff (not once per queued recording), and the queue
+    stays in the outbox file, not in memory."""
+    from b2bua.recordings_service import webhooks as hooks
+
+    monkeypatch.setattr(hooks, "REQUEST_TIMEOUT", 0.3)
+    monkeypatch.setattr(hooks, "FIRST_RETRY", 0.2)
+    open_now = peak = accepted = 0
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now, peak, accepted
+        open_now += 1
+        accepted += 1
+        peak = max(peak, open_now)
+        held.append(writer)
+        try:
+            await reader.read()  # until the client gives up and closes
+        finally:
+            open_now -= 1
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sender = WebhookSender([Webhook(f"http://127.0.0.1:{port}/hook", "k")], Outbox(tmp_path / "o.sqlite3"),
+                           lambda c: None)
+    sender.start()
+    for i in range(200):
+        sender.enqueue(sidecar(f"n{i}", T0))
+    await asyncio.sleep(2.0)
+    await sender.stop()
+    server.close()
+    for writer in held:
+        writer.close()
+    assert 1 <= peak <= hooks.CONCURRENCY
+    assert accepted <= 12  # ~2 s of backoff doubling from 0.2 s, not 200 attempts
+    assert sender.outbox.depth() == 200  # all still queued, on disk
+    assert len(sender._blocked) == 1
