@@ -21,9 +21,9 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
 
 from b2bua import flows
-from b2bua.call import Call, Party
+from rtp.call import Call, Party
 from b2bua.config import Config, Number, Trunk, User
-from b2bua.dialog import Dialog
+from b2bua.dialog import Dialog, copy_record_route, dialog_forming
 from b2bua.events import (
     AckReceived,
     AckTimedOut,
@@ -232,11 +232,11 @@ class B2BUA:
             after = {b.uri: b for b in self.registrar.contacts(user, now)}
             for uri in after.keys() - before:
                 log.info("registration event=added user=%s contact=%s source=%s:%s:%d expires=%d", user, uri,
-                         peer.transport, peer.host, peer.port, after[uri].expires_in(now))
+                         peer.transport, peer.host, peer.port, self.registrar.expires_in(after[uri], now))
             for uri in before - after.keys():
                 log.info("registration event=removed user=%s contact=%s", user, uri)
         elif response.status == 403:
-            log.warning("registration event=refused user=%s source=%s:%d", user, peer.host, peer.port)
+            log.debug("registration event=refused user=%s source=%s:%d", user, peer.host, peer.port)
 
     def _reply(
         self,
@@ -252,6 +252,8 @@ class B2BUA:
         content_type: str | None = None,
     ) -> None:
         response = make_response(request, status, reason, to_tag=to_tag, headers=list(headers))
+        if dialog_forming(request, status, to_tag):
+            copy_record_route(request, response)
         if status < 300 and request.method in ("INVITE", "UPDATE", "SUBSCRIBE"):
             response.headers.set("Contact", self.identity.contact(request_transport(request)))
         response.headers.set("Server", self.identity.user_agent)
@@ -292,8 +294,10 @@ class B2BUA:
         """RFC 3261 §22.3: INVITEs from phones are challenged with 407; strangers get 403."""
         if self.registrar.user_at(peer.host, now=now) is None:
             # Toll-fraud protection: only registered phones may place calls.
-            log.warning("security event=refused reason=unknown-source ip=%s port=%d from=%s to=%s",
-                        peer.host, peer.port, _quote(request.headers.get("From")), _quote(request.uri))
+            # Counted into the per-source summary (issue 16: never a line per hostile request).
+            self.lockout.summary.count(peer.host, "unknown-source-invite", now, line=(
+                f"security event=refused reason=unknown-source ip={peer.host} port={peer.port} "
+                f"from={_quote(request.headers.get('From'))} to={_quote(request.uri)}"))
             self._reply(txn, request, 403, now, "Forbidden")
             return None
         username, response = self.registrar.authenticate(request, peer, now, proxy=True)
@@ -575,22 +579,23 @@ class B2BUA:
                 self.txn.send_stateless(*sent)
             return
         dialog = Dialog.from_uac(leg.request, response)
-        ack = dialog.ack(response.cseq[0], self.identity.via(leg.peer.transport))
-        self._acks[(response.call_id, response.cseq[0])] = (ack, leg.peer)
-        self.txn.send_stateless(ack, leg.peer)
+        hop = dialog.next_hop(leg.peer)
+        ack = dialog.ack(response.cseq[0], self.identity.via(hop.transport))
+        self._acks[(response.call_id, response.cseq[0])] = (ack, hop)
+        self.txn.send_stateless(ack, hop)
         if call.winner is not None or call.ended:
             # Lost the race (another branch answered first, or the caller gave up, and the 2xx
             # crossed our CANCEL): ACK it, then hang it up (RFC 3261 §9.1, §15).
             leg.ended = True
             leg.final_status = response.status
             self._log(call, "late-answer", by=leg.user.name if leg.user else "trunk", action="bye")
-            bye = dialog.create_request("BYE", self.identity.via(leg.peer.transport))
-            self.txn.send_request(bye, leg.peer, now)
+            bye = dialog.create_request("BYE", self.identity.via(hop.transport))
+            self.txn.send_request(bye, hop, now)
             return
         answer = self._parse_sdp(response)
         if answer is None or call.media is None:
-            bye = dialog.create_request("BYE", self.identity.via(leg.peer.transport))
-            self.txn.send_request(bye, leg.peer, now)
+            bye = dialog.create_request("BYE", self.identity.via(hop.transport))
+            self.txn.send_request(bye, hop, now)
             self._fail_call(call, NOT_ACCEPTABLE, "Not Acceptable Here", now, cause="no-sdp-answer")
             return
         leg.dialog = dialog
@@ -758,9 +763,10 @@ class B2BUA:
         if leg.dialog is None or leg.ended:
             return
         leg.ended = True
-        bye = leg.dialog.create_request("BYE", self.identity.via(leg.peer.transport))
+        hop = leg.dialog.next_hop(leg.peer)
+        bye = leg.dialog.create_request("BYE", self.identity.via(hop.transport))
         try:
-            self.txn.send_request(bye, leg.peer, now)
+            self.txn.send_request(bye, hop, now)
         except Exception as exc:
             self._log(call, "bye-failed", reason=str(exc))
 
@@ -775,11 +781,12 @@ class B2BUA:
         if offer is not None and call.media is not None:
             call.media.set_media(leg.channel, sdpmod.audio_endpoint(offer, leg.peer.host))
             body = self._anchored(offer, call, other)
+        hop = other.dialog.next_hop(other.peer)
         out = other.dialog.create_request(
-            request.method, self.identity.via(other.peer.transport), contact=self.identity.contact(other.peer.transport),
+            request.method, self.identity.via(hop.transport), contact=self.identity.contact(hop.transport),
             body=body, headers=[("Content-Type", "application/sdp")] if body else [],
         )
-        client = self.txn.send_request(out, other.peer, now)
+        client = self.txn.send_request(out, hop, now)
         self._relays[client] = (call, txn, request, leg)
 
     def _relay_response(self, client: Any, response: Response, now: float) -> None:
@@ -797,9 +804,10 @@ class B2BUA:
             if to_leg is not None and to_leg.dialog is not None:
                 to_leg.dialog.target_refresh(response)  # RFC 3261 §12.2.1.2
             if original.method == "INVITE" and to_leg is not None and to_leg.dialog is not None:
-                ack = to_leg.dialog.ack(response.cseq[0], self.identity.via(to_leg.peer.transport))
-                self._acks[(response.call_id, response.cseq[0])] = (ack, to_leg.peer)
-                self.txn.send_stateless(ack, to_leg.peer)
+                hop = to_leg.dialog.next_hop(to_leg.peer)
+                ack = to_leg.dialog.ack(response.cseq[0], self.identity.via(hop.transport))
+                self._acks[(response.call_id, response.cseq[0])] = (ack, hop)
+                self.txn.send_stateless(ack, hop)
             answer = self._parse_sdp(response)
             if answer is not None and call.media is not None and to_leg is not None:
                 call.media.set_media(to_leg.channel, sdpmod.audio_endpoint(answer, to_leg.peer.host))

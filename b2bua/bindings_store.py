@@ -23,7 +23,8 @@ class Binding:
     because the phone matches requests against what it registered. `peer` is where the
     REGISTER came from: behind NAT the Contact address is private, so requests to the phone
     go to this source address and transport instead. `call_id`/`cseq` order refreshes
-    (§10.3 step 7); `expires_at` is in the same clock as the `now` passed to the registrar.
+    (§10.3 step 7); `expires_at` is UTC seconds since the epoch, so a stored binding means
+the same after a reboot (a monotonic reading would not).
     """
 
     user: str
@@ -34,7 +35,7 @@ class Binding:
     cseq: int
 
     def expires_in(self, now: float) -> int:
-        """Whole seconds left, for the Contact expires param of a 200 (never negative)."""
+        """Whole seconds left at UTC `now`, for a 200's Contact expires (never negative)."""
         return max(0, int(self.expires_at - now + 0.5))
 
 

@@ -49,7 +49,8 @@ class Server:
     pause: str = "silence"  # "silence" | "skip"
     feature_timeout: float = DEFAULT_FEATURE_TIMEOUT
     registrations_db: Path | None = None
-    media_sockets: str = "per_call"  # "per_call" | "shared" (rtp.mux: many legs per port, IPv4)
+    media_sockets: str = "shared"  # "shared" (rtp.mux: many legs per port, IPv4) | "per_call" (default for an IPv6 media_ip)
+    media_poll: float = 0.002  # seconds between reads of the shared ports; 0: on readiness (rtp.mux)
     max_calls: int = 0  # concurrent calls taken before new INVITEs get 503; 0: as many as the core carries
 
 
@@ -71,6 +72,20 @@ class Security:
     #: challenge is SHA-256 instead of picking the MD5 one, so MD5 alone is the default;
     #: ["SHA-256", "MD5"] offers both to fleets that cope.
     digest_algorithms: tuple[str, ...] = ("MD5",)
+    # -- issue 16: on the open internet (see b2bua/lockout.py and b2bua/strangers.py) --
+    #: Slow guessing: failures from one IP tolerated per hour and per day.
+    max_failures_per_hour: int = 20
+    max_failures_per_day: int = 50
+    #: Each further lockout of an IP within a day doubles; never longer than this.
+    max_lockout_seconds: float = 86_400.0
+    #: Failures against one user from addresses never authenticated as it, all sources
+    #: together, per hour; past it only the user's known addresses are evaluated.
+    max_user_failures_per_hour: int = 30
+    #: Strangers (unauthenticated, not a trunk) get one answer per request, never
+    #: retransmitted; false: they get none at all.
+    answer_strangers: bool = True
+    #: Answers to strangers per second per source IP (bursts of 5x allowed).
+    stranger_answers_per_second: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -158,6 +173,24 @@ class RecordingsPolicy:
 
 
 @dataclass(frozen=True)
+class Cluster:
+    """`[cluster]`: Kamailio at `[server] listen` in front of `workers` B2BUA processes.
+
+    Each worker takes the port `worker_ports[0] + index` on every host in `hosts`, and its
+    own slice of `[server] rtp_ports` (b2bua.cluster.topology). `edge_address` is where
+    workers send to the edge and the one address whose `X-B2BUA-Source` they believe.
+    """
+
+    workers: int
+    edge: str  # "kamailio"
+    redis: str  # redis://host:port/db
+    worker_ports: tuple[int, int]  # inclusive range
+    hosts: tuple[str, ...]  # the worker hosts the edge dispatches to (default: [server] media_ip)
+    edge_host: str  # the edge as workers reach it (default: [server] listen)
+    edge_port: int
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     server: Server
@@ -171,6 +204,7 @@ class Config:
     api_tokens: tuple[ApiToken, ...] = ()
     webhooks: tuple[Webhook, ...] = ()
     recordings: RecordingsPolicy = field(default_factory=RecordingsPolicy)
+    cluster: Cluster | None = None  # None: `b2bua run`, one process, nothing else needed
 
     def user(self, name: str) -> User | None:
         return next((u for u in self.users if u.name == name), None)
@@ -325,9 +359,12 @@ def parse(data: dict[str, Any], path: Path, base: Path) -> Config:
     tokens = tuple(_api_token(path, i, t) for i, t in enumerate(top.get("api_tokens", list, [])))
     webhooks = tuple(_webhook(path, i, w) for i, w in enumerate(top.get("webhooks", list, [])))
     recordings_policy = _recordings_policy(path, top.get("recordings", dict, {}))
+    cluster_table = top.get("cluster", dict, None, what="a [cluster] table")
+    cluster = _cluster(path, server, cluster_table) if cluster_table is not None else None
     top.done()
     config = Config(path, server, organisation, security, trunks, numbers, groups, users,
-                    http=http, api_tokens=tokens, webhooks=webhooks, recordings=recordings_policy)
+                    http=http, api_tokens=tokens, webhooks=webhooks, recordings=recordings_policy,
+                    cluster=cluster)
     _cross_check(config)
     return config
 
@@ -361,11 +398,16 @@ def _server(path: Path, base: Path, table: Any) -> Server:
     timeout = r.get("feature_digit_timeout", (int, float), DEFAULT_FEATURE_TIMEOUT)
     if not 0.2 <= timeout <= 10:
         raise ConfigError(path, "server.feature_digit_timeout", f"got {timeout}, expected 0.2 to 10 seconds")
-    sockets = r.get("media_sockets", str, "per_call", what='"per_call" or "shared"')
+    # Shared ports are the default (rtp.mux: ~10x cheaper per packet); they need IPv4, so an
+    # IPv6 media_ip without the key gets a socket per leg.
+    sockets = r.get("media_sockets", str, "per_call" if ":" in media_ip else "shared", what='"per_call" or "shared"')
     if sockets not in ("per_call", "shared"):
         raise ConfigError(path, "server.media_sockets", f'got "{sockets}", expected "per_call" or "shared"')
     if sockets == "shared" and ":" in media_ip:
         raise ConfigError(path, "server.media_sockets", f'"shared" needs an IPv4 media_ip, got "{media_ip}"')
+    poll_ms = r.get("media_poll_ms", (int, float), 2)
+    if not 0 <= poll_ms <= 20:
+        raise ConfigError(path, "server.media_poll_ms", f"got {poll_ms}, expected 0 to 20 milliseconds (0: read on readiness)")
     max_calls = r.get("max_calls", int, 0)
     if max_calls < 0:
         raise ConfigError(path, "server.max_calls", f"got {max_calls}, expected a whole number >= 0 (0: no fixed limit)")
@@ -384,10 +426,82 @@ def _server(path: Path, base: Path, table: Any) -> Server:
         feature_timeout=float(timeout),
         registrations_db=db,
         media_sockets=sockets,
+        media_poll=poll_ms / 1000,
         max_calls=max_calls,
     )
     r.done()
     return server
+
+
+def _port_range(path: Path, key: str, text: str) -> tuple[int, int]:
+    parts = text.split("-")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(path, key, f'got "{text}", expected a range like "5100-5199"')
+    low, high = (int(p) for p in parts)
+    if not 1 <= low <= high <= 65535:
+        raise ConfigError(path, key, f'got "{text}", expected 1 <= first <= last <= 65535')
+    return low, high
+
+
+def _cluster(path: Path, server: Server, table: Any) -> Cluster:
+    """`[cluster]`: every value is checked against `[server]`, so no worker starts half-configured."""
+    r = _Reader(path, "cluster", table)
+    workers = r.get("workers", int, 2)
+    if not 1 <= workers <= 256:
+        raise ConfigError(path, "cluster.workers", f"got {workers}, expected 1 to 256 worker processes")
+    edge = r.get("edge", str, "kamailio", what='"kamailio"')
+    if edge != "kamailio":
+        raise ConfigError(path, "cluster.edge", f'got "{edge}", expected "kamailio" (the only edge we configure)')
+    redis = r.get("redis", str, "redis://127.0.0.1:6379/0", what='a URL like "redis://127.0.0.1:6379/0"')
+    _redis_url(path, redis)
+    low, high = _port_range(path, "cluster.worker_ports", r.get("worker_ports", str, "5100-5199", what='a range like "5100-5199"'))
+    if high - low + 1 < workers:
+        raise ConfigError(path, "cluster.worker_ports", f'"{low}-{high}" has {high - low + 1} ports for {workers} workers')
+    if low <= server.port < low + workers:
+        raise ConfigError(path, "cluster.worker_ports", f'"{low}-{high}" holds the edge\'s SIP port {server.port} of server.listen')
+    rtp_low, rtp_high = server.rtp_ports
+    if low <= rtp_high and rtp_low < low + workers:
+        raise ConfigError(path, "cluster.worker_ports", f'"{low}-{high}" overlaps server.rtp_ports {rtp_low}-{rtp_high}')
+    per_worker = ((rtp_high - rtp_low + 1) // workers) & ~1
+    if per_worker < MIN_RTP_PORTS:
+        raise ConfigError(path, "cluster.workers", f"{workers} workers leave each fewer than {MIN_RTP_PORTS} of server.rtp_ports {rtp_low}-{rtp_high}")
+    if _is_wildcard(server.media_ip):
+        raise ConfigError(path, "server.media_ip", f'got "{server.media_ip}"; a cluster\'s workers bind it, so it must be this host\'s address')
+    hosts = r.get("hosts", list, [server.media_ip], what='a list of worker host addresses like ["10.0.0.2"]')
+    for i, host in enumerate(hosts):
+        key = f"cluster.hosts[{i}]"
+        if not isinstance(host, str):
+            raise ConfigError(path, key, f"got {_show(host)}, expected an IP address")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(path, key, f'got "{host}", expected an IP address') from None
+        if _is_wildcard(host):
+            raise ConfigError(path, key, f'got "{host}", expected the address the edge reaches the workers at')
+    if not hosts:
+        raise ConfigError(path, "cluster.hosts", "is empty; expected at least one worker host")
+    default_edge = f"[{server.host}]:{server.port}" if ":" in server.host else f"{server.host}:{server.port}"
+    edge_text = r.get("edge_address", str, default_edge, what='"ip:port" where the workers reach the edge')
+    edge_host, edge_port = _host_port(path, "cluster.edge_address", edge_text, DEFAULT_SIP_PORT)
+    if _is_wildcard(edge_host):
+        what = "server.listen" if "edge_address" not in table else "cluster.edge_address"
+        raise ConfigError(path, what, f'"{edge_host}" is a wildcard; set cluster.edge_address to the edge\'s address as workers see it')
+    r.done()
+    return Cluster(workers, edge, redis, (low, high), tuple(hosts), edge_host, edge_port or DEFAULT_SIP_PORT)
+
+
+def _redis_url(path: Path, url: str) -> None:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(path, "cluster.redis", f'got "{url}", the port must be 1-65535') from None
+    if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not parts.hostname):
+        raise ConfigError(path, "cluster.redis", f'got "{url}", expected a URL like "redis://127.0.0.1:6379/0"')
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(path, "cluster.redis", f'got "{url}", the port must be 1-65535')
 
 
 def _is_wildcard(ip: str) -> bool:
@@ -407,10 +521,28 @@ def _security(path: Path, table: Any) -> Security:
         failure_window=float(r.get("failure_window", (int, float), 60)),
         lockout_seconds=float(r.get("lockout_seconds", (int, float), 600)),
         digest_algorithms=tuple(algorithms),
+        max_failures_per_hour=r.get("max_auth_failures_per_hour", int, 20),
+        max_failures_per_day=r.get("max_auth_failures_per_day", int, 50),
+        max_lockout_seconds=float(r.get("max_lockout_seconds", (int, float), 86_400)),
+        max_user_failures_per_hour=r.get("max_user_failures_per_hour", int, 30),
+        answer_strangers=r.get("answer_strangers", bool, True),
+        stranger_answers_per_second=float(r.get("stranger_answers_per_second", (int, float), 10)),
     )
     r.done()
-    if sec.max_failures < 1:
-        raise ConfigError(path, "security.max_auth_failures", f"got {sec.max_failures}, expected at least 1")
+    for key, count in (("max_auth_failures", sec.max_failures), ("max_auth_failures_per_hour", sec.max_failures_per_hour),
+                       ("max_auth_failures_per_day", sec.max_failures_per_day),
+                       ("max_user_failures_per_hour", sec.max_user_failures_per_hour)):
+        if count < 1:
+            raise ConfigError(path, f"security.{key}", f"got {count}, expected at least 1")
+    # Zero or negative durations switch the protection off: refuse them, naming the key.
+    for key, seconds in (("failure_window", sec.failure_window), ("lockout_seconds", sec.lockout_seconds),
+                         ("max_lockout_seconds", sec.max_lockout_seconds),
+                         ("stranger_answers_per_second", sec.stranger_answers_per_second)):
+        if not seconds > 0 or seconds == float("inf"):
+            raise ConfigError(path, f"security.{key}", f"got {_show(seconds)}, expected a positive number")
+    if sec.max_lockout_seconds < sec.lockout_seconds:
+        raise ConfigError(path, "security.max_lockout_seconds",
+                          f"got {_show(sec.max_lockout_seconds)}, expected at least lockout_seconds ({_show(sec.lockout_seconds)})")
     return sec
 
 

@@ -1,14 +1,16 @@
 """The registrar: REGISTER in, Response out (RFC 3261 §10.3), with digest auth and lockout.
 
-Sans-IO: `handle(request, peer, now)` never reads a clock or a socket; `now` is wall-clock
-seconds since the epoch (bindings are persisted and must mean the same after a restart,
-and the 200's Date header is derived from it). The only I/O is the SQLite file behind
-`BindingsStore`.
+Sans-IO: `handle(request, peer, now)` never reads a clock or a socket. `now` is the
+caller's monotonic clock (durations: lockouts, nonces); the `utc_at` function the caller
+gives maps it to UTC, used where wall time belongs: binding expiries (persisted, they must
+mean the same after a reboot, when the monotonic clock has restarted) and the 200's Date
+header. Without `utc_at`, `now` is taken to be UTC already. The only I/O is the SQLite file
+behind `BindingsStore`.
 
 Unknown users are not revealed (no 404): a REGISTER for any name is challenged, and
 credentials for a user that does not exist get the same 401 re-challenge as a wrong
 password (and count towards the same lockout), so the answers for "no such user" and
-"wrong password" are indistinguishable. 403 is reserved for a locked-out IP/user and for
+"wrong password" are indistinguishable. 403 is reserved for a source the lockout refuses and for
 an authenticated user registering someone else's address-of-record (§10.3 step 6).
 """
 
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from b2bua.auth import AuthResult, DigestAuthenticator, parse_auth_header
 from b2bua.bindings_store import Binding, BindingsStore
+from b2bua.clock import UtcAt, same_clock
 from b2bua.headers import parse_name_addr, parse_uri
 from b2bua.lockout import Lockout
 from b2bua.message import Request, Response, make_response
@@ -119,6 +122,7 @@ class Registrar:
         min_expires: int = MIN_EXPIRES,
         max_expires: int = MAX_EXPIRES,
         max_contacts: int = MAX_CONTACTS_PER_USER,
+        utc_at: UtcAt = same_clock,
     ) -> None:
         self.users = dict(users)
         self.realm = realm
@@ -128,19 +132,28 @@ class Registrar:
         self.min_expires = min_expires
         self.max_expires = max_expires
         self.max_contacts = max_contacts
+        self.utc_at = utc_at
         self._store = BindingsStore(db_path)
         self._bindings: dict[str, list[Binding]] = {}
+        self._hosts: dict[str, int] = {}  # source IP -> bindings from it (strangers.py asks)
         for b in self._store.load():
             self._bindings.setdefault(b.user, []).append(b)
+            self._count_host(b, +1)
 
     # -- queries --------------------------------------------------------------------
 
     def contacts(self, user: str, now: float) -> list[Binding]:
         """The user's live bindings (not yet expired at `now`), oldest registration first."""
-        return [b for b in self._bindings.get(user, []) if b.expires_at > now]
+        utc = self.utc_at(now)
+        return [b for b in self._bindings.get(user, []) if b.expires_at > utc]
+
+    def expires_in(self, binding: Binding, now: float) -> int:
+        """Whole seconds `binding` has left at the caller's `now`."""
+        return binding.expires_in(self.utc_at(now))
 
     def expire(self, now: float) -> list[Binding]:
         """Remove and return every binding expired at `now` (call it from a timer)."""
+        now = self.utc_at(now)
         gone: list[Binding] = []
         for user in list(self._bindings):
             keep = []
@@ -150,12 +163,14 @@ class Registrar:
                 self._bindings[user] = keep
             else:
                 del self._bindings[user]
+        for b in gone:
+            self._count_host(b, -1)
         if gone:
             self._store.remove(gone)
         return gone
 
     def next_expiry(self) -> float | None:
-        """When the next binding expires, for the caller's timer (None: no bindings)."""
+        """When the next binding expires, in UTC seconds (None: no bindings)."""
         times = [b.expires_at for bs in self._bindings.values() for b in bs]
         return min(times) if times else None
 
@@ -168,6 +183,8 @@ class Registrar:
         proof of identity (authenticate for that). With `now`, expired bindings are
         ignored (without it, bindings count until `expire()` removes them).
         """
+        if now is not None:
+            now = self.utc_at(now)
         users: set[str] = set()
         exact: set[str] = set()
         for user, bindings in self._bindings.items():
@@ -200,22 +217,25 @@ class Registrar:
     ) -> tuple[str | None, Response | None]:
         """Digest-authenticate any request: (username, None) or (None, response to send).
 
-        The response is 403 when the source IP or the claimed user is locked out (without
-        evaluating credentials), else 401 (or 407 with `proxy=True`, RFC 3261 §22.3) with a
+        The response is 403 when the lockout refuses this source for the claimed user
+        (without evaluating credentials; see lockout.py: a guessing IP, or an unknown
+        address while the user is guarded), else 401 (or 407 with `proxy=True`, RFC 3261 §22.3) with a
         fresh challenge; stale=true when only the nonce had expired (RFC 7616 §3.3).
         """
         header = "Proxy-Authorization" if proxy else "Authorization"
         value = self._credentials_for_realm(request.headers.get_all(header))
         claimed = _auth_username(value) or self._to_user(request)
-        if self.lockout.is_locked(peer.host, claimed, now):
+        if self.lockout.refused(peer, claimed, now):
             return None, self._respond(request, 403, "Forbidden")
         if value is None:
             return None, self._challenge(request, now, proxy=proxy, stale=False)
         result: AuthResult = self.authenticator.verify(request.method, value, self.users.get, now)
         if result.ok:
-            self.lockout.record_success(peer.host, result.username, now)
+            self.lockout.record_success(peer, result.username, now)
             return result.username, None
-        if result.counts_as_failure and self.lockout.record_failure(peer.host, result.username, now):
+        if result.counts_as_failure and self.lockout.record_failure(
+            peer, result.username, now, user_exists=result.username in self.users
+        ):
             return None, self._respond(request, 403, "Forbidden")
         return None, self._challenge(request, now, proxy=proxy, stale=result.stale)
 
@@ -248,15 +268,16 @@ class Registrar:
                 return response
             if user != aor_user:  # §10.3 step 6: authorised to register this AOR?
                 raise _Reject(403, "Forbidden")
-            self._update(aor_user, request, peer, now)
+            self._update(aor_user, request, peer, self.utc_at(now))
         except _Reject as r:
             return self._respond(request, r.status, r.reason, r.headers)
-        headers = [("Contact", f"<{b.uri}>;expires={b.expires_in(now)}") for b in self.contacts(aor_user, now)]
-        headers.append(("Date", formatdate(now, usegmt=True)))  # §10.3 step 8, §20.17
+        utc = self.utc_at(now)
+        headers = [("Contact", f"<{b.uri}>;expires={b.expires_in(utc)}") for b in self.contacts(aor_user, now)]
+        headers.append(("Date", formatdate(utc, usegmt=True)))  # §10.3 step 8, §20.17
         return self._respond(request, 200, "OK", tuple(headers))
 
-    def _update(self, user: str, request: Request, peer: Peer, now: float) -> None:
-        """§10.3 steps 5-7: compute the new binding set, commit all or nothing."""
+    def _update(self, user: str, request: Request, peer: Peer, utc: float) -> None:
+        """§10.3 steps 5-7: compute the new binding set, commit all or nothing (`utc`: UTC)."""
         try:
             call_id = request.call_id
             cseq = int(request.cseq[0])
@@ -266,7 +287,7 @@ class Registrar:
             raise _Reject(400, "Bad Header: Call-ID")
         header_expires = _delta_seconds(request.headers.get("Expires"), "Expires")
         contacts = [c for c in request.headers.get_all("Contact") if c.strip()]
-        current = self.contacts(user, now)
+        current = [b for b in self._bindings.get(user, []) if b.expires_at > utc]
 
         if any(c.strip() == "*" for c in contacts):
             # §10.3 step 6: "*" only alone and only with Expires: 0 (else 400).
@@ -299,18 +320,34 @@ class Registrar:
             if expires == 0:
                 updated.pop(key, None)
             else:
-                updated[key] = Binding(user, uri, peer, now + expires, call_id, cseq)
+                updated[key] = Binding(user, uri, peer, utc + expires, call_id, cseq)
         if contacts:
             self._commit(user, list(updated.values()))
 
     def _commit(self, user: str, bindings: list[Binding]) -> None:
         if len(bindings) > self.max_contacts:
             bindings = sorted(bindings, key=lambda b: b.expires_at)[-self.max_contacts :]
+        for b in self._bindings.get(user, []):
+            self._count_host(b, -1)
+        for b in bindings:
+            self._count_host(b, +1)
         if bindings:
             self._bindings[user] = bindings
         else:
             self._bindings.pop(user, None)
         self._store.replace_user(user, bindings)
+
+    def _count_host(self, binding: Binding, delta: int) -> None:
+        n = self._hosts.get(binding.peer.host, 0) + delta
+        if n > 0:
+            self._hosts[binding.peer.host] = n
+        else:
+            self._hosts.pop(binding.peer.host, None)
+
+    def registered_from(self, host: str) -> bool:
+        """True when some binding (not yet swept by `expire`) came from this IP: a phone
+        is there, so it is no stranger (b2bua/strangers.py). O(1), asked per request."""
+        return host in self._hosts
 
     # -- helpers --------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from b2bua.call import MediaEndpoint
+from rtp.call import MediaEndpoint
 
 #: RFC 3551 §6 static payload types we record and relay.
 PCMU = 0

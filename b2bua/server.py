@@ -18,12 +18,15 @@ from typing import Any
 from b2bua import os_limits
 from b2bua.auth import DigestAuthenticator
 from b2bua.b2bua import B2BUA
+from b2bua.clock import system_utc_at
 from b2bua.config import Config
 from b2bua.gc_policy import GcPolicy
+from b2bua.hostile_summary import HostileSummary
 from b2bua.lockout import Lockout
 from b2bua.message import SipParseError, parse_message
 from b2bua.peer import Peer
 from b2bua.registrar import Registrar
+from b2bua.strangers import policy_for
 from b2bua.transaction import TransactionLayer
 from b2bua.transport import SipTransport
 from b2bua.wire_errors import error_response
@@ -44,7 +47,7 @@ def setup_logging() -> None:
     root.setLevel(logging.INFO)
 
 
-def serve(config: Config, sip_trace: bool = False) -> int:
+def serve(config: Config, sip_trace: bool = False, worker: Any = None) -> int:
     """Run until SIGINT/SIGTERM; the exit code for the command line."""
     setup_logging()
     if sip_trace:
@@ -56,14 +59,16 @@ def serve(config: Config, sip_trace: bool = False) -> int:
     else:
         runner = uvloop.run
     try:
-        return runner(Server(config).run())
+        return runner(Server(config, worker).run())
     except KeyboardInterrupt:  # pragma: no cover
         return 0
 
 
 class Server:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, worker: Any = None) -> None:
         self.config = config
+        # A cluster worker (b2bua.cluster.worker.WorkerRole) behind the edge; None: `b2bua run`.
+        self.worker = worker
         self.loop: asyncio.AbstractEventLoop | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.stopping = asyncio.Event()
@@ -80,20 +85,32 @@ class Server:
         except OSError as exc:
             log.error("startup event=failed reason=%r path=%s", str(exc), server.recordings_dir)
             return 1
-        repaired = repair(server.recordings_dir)
+        repaired = self.worker.repair(server.recordings_dir) if self.worker else repair(server.recordings_dir)
         for path in repaired:
             log.warning("recording event=repaired path=%s", path)
 
+        utc_at = system_utc_at(self.loop.time)  # `now` is the loop's monotonic clock
         advertised = server.host if server.host not in ("0.0.0.0", "::") else server.media_ip
+        self.summary = HostileSummary()  # hostile traffic: one line per source per minute
         self.transactions = TransactionLayer()
-        authenticator = DigestAuthenticator(server.realm, secrets.token_bytes(32), algorithms=config.security.digest_algorithms)
+        secret = (self.worker.nonce_secret if self.worker else None) or secrets.token_bytes(32)
+        authenticator = DigestAuthenticator(server.realm, secret, algorithms=config.security.digest_algorithms)
         lockout = Lockout(
             max_failures=config.security.max_failures,
             window=config.security.failure_window,
             duration=config.security.lockout_seconds,
+            per_hour=config.security.max_failures_per_hour,
+            per_day=config.security.max_failures_per_day,
+            max_duration=config.security.max_lockout_seconds,
+            user_per_hour=config.security.max_user_failures_per_hour,
+            utc_at=utc_at,
+            summary=self.summary,
         )
         passwords = {u.name: u.password for u in config.users}
-        self.registrar = Registrar(passwords, server.realm, server.registrations_db, authenticator, lockout)
+        self.registrar = Registrar(passwords, server.realm, server.registrations_db, authenticator, lockout,
+                                   utc_at=utc_at)
+        self.strangers = policy_for(config, self.registrar, self.summary)
+        self.transactions.strangers = self.strangers
         self.lockout = lockout
         # Recordings page, REST API, webhooks, metrics, retention ([http], [[webhooks]], ...).
         from b2bua.recordings_service.service import RecordingsService, notify_on_close
@@ -106,6 +123,7 @@ class Server:
             pause_mode=server.pause,
             feature_timeout=server.feature_timeout,
             shared=server.media_sockets == "shared",
+            poll_interval=server.media_poll,
             max_calls=server.max_calls,
             make_recorder=notify_on_close(recorder_factory(server.recordings_dir, server.pause),
                                           self.recordings.on_finalised),
@@ -128,6 +146,8 @@ class Server:
             log.error("startup event=failed reason=%r http=%s", str(exc), config.http)
             await self.transport.stop()
             return 1
+        if self.worker:
+            self.worker.attach(self)
         self.banner()
         self.arm()
         collector = GcPolicy(self.loop, lambda: len(self.core.calls), log)
@@ -183,13 +203,18 @@ class Server:
         try:
             message = parse_message(data)
         except SipParseError as exc:
-            log.info("sip event=malformed source=%s:%d status=%d reason=%r", peer.host, peer.port, exc.status, exc.reason)
+            self.summary.count(peer.host, "malformed", now, line=(
+                f"sip event=malformed source={peer.host}:{peer.port} status={exc.status} reason={exc.reason!r}"))
             reply = error_response(data, exc.status, exc.reason, peer)
-            if reply is not None:
+            if reply is not None and (self.strangers.trusted(peer, now) or self.strangers.admit(peer, None, now)):
                 self.transport.send(reply, peer)
             return
         try:
             for event in self.transactions.receive(message, peer, now):
+                if self.worker:
+                    event = self.worker.inbound(event, now)
+                    if event is None:
+                        continue
                 self.core.handle(event, now)
         except Exception:  # a bug must cost one message, never the server
             log.exception("sip event=internal-error source=%s:%d", peer.host, peer.port)
@@ -198,6 +223,8 @@ class Server:
 
     def flush(self) -> None:
         for data, peer in self.transactions.outgoing():
+            if self.worker:
+                data, peer = self.worker.outbound(data, peer)
             if wire.isEnabledFor(logging.DEBUG):
                 wire.debug("send %s:%s:%d\n%s", peer.transport, peer.host, peer.port, data.decode("utf-8", "replace"))
             self.transport.send(data, peer)
@@ -218,6 +245,7 @@ class Server:
             for event in self.transactions.handle_timers(now):
                 self.core.handle(event, now)
             self.core.handle_timers(now)
+            self.summary.flush(now)
         except Exception:
             log.exception("sip event=internal-error in=timers")
         self.flush()

@@ -20,7 +20,10 @@ What the layer does beyond RFC 3261 §17, for the TU's convenience:
 - a 2xx we send to an INVITE is retransmitted until its ACK arrives (§13.3.1.4, a UAS
   core duty), since only the layer has the clock;
 - the top Via of every received request gets received/rport (§18.2.1, RFC 3581 §4) and
-  responses go where §18.2.2 and RFC 3581 §4 say.
+  responses go where §18.2.2 and RFC 3581 §4 say;
+- with a `StrangerPolicy` (b2bua/strangers.py), requests from strangers (not a trunk,
+  not a registered phone) get no 100 Trying and their final response once, rationed,
+  with the transaction forgotten at once: not retransmitted, nothing held (issue 16).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from b2bua.events import (
     AckReceived,
@@ -45,6 +48,9 @@ from b2bua.events import (
 from b2bua.headers import Via, parse_via
 from b2bua.message import Headers, Request, Response, make_response, parse_message
 from b2bua.peer import Peer
+
+if TYPE_CHECKING:
+    from b2bua.strangers import StrangerPolicy
 
 #: RFC 3261 §17.1.1.1: T1, the round-trip estimate; 500 ms is the RFC default.
 DEFAULT_T1 = 0.5
@@ -278,8 +284,17 @@ class TransactionLayer:
     fake clock makes either cheap). Transaction ids are opaque strings.
     """
 
-    def __init__(self, t1: float = DEFAULT_T1, t2: float = DEFAULT_T2, t4: float = DEFAULT_T4) -> None:
+    def __init__(
+        self,
+        t1: float = DEFAULT_T1,
+        t2: float = DEFAULT_T2,
+        t4: float = DEFAULT_T4,
+        *,
+        strangers: StrangerPolicy | None = None,
+    ) -> None:
         self.t1 = t1
+        #: Who is a stranger and how often one is answered; None: everyone is a peer.
+        self.strangers = strangers
         self.t2 = t2
         self.t4 = t4
         self._txns: dict[str, _Transaction] = {}
@@ -326,6 +341,9 @@ class TransactionLayer:
         inp = _SEND_INPUTS.get(response.status // 100, In.SEND_FAILURE)
         if (txn.state, inp) not in MACHINES[txn.kind]:
             raise TransactionError(f"{txn.kind.value} {txn_id} in {txn.state.value} cannot send {response.status}")
+        if inp is not In.SEND_PROVISIONAL and self._is_stranger(txn, now):
+            self._answer_stranger(txn, response, now)
+            return
         self._step(txn, inp, response, now)
 
     def cancel(self, txn_id: str, now: float) -> None:
@@ -652,8 +670,9 @@ class TransactionLayer:
             return self._receive_cancel(request, peer, via, original_top, own_key, key, now)
         txn = self._start_server(request, peer, via, original_top, own_key, now)
         events: list[Event] = [RequestReceived(txn.id, request, peer)]
-        if method == "INVITE":
-            # §17.2.1: 100 Trying now, not after 200 ms: it stops Timer A soonest.
+        if method == "INVITE" and not self._is_stranger(txn, now):
+            # §17.2.1: 100 Trying now, not after 200 ms: it stops Timer A soonest. A
+            # stranger gets none: its final answer goes at once (b2bua/strangers.py).
             self._step(txn, In.SEND_PROVISIONAL, make_response(request, 100, "Trying"), now)
         return events
 
@@ -730,8 +749,27 @@ class TransactionLayer:
             self._step(cancel_txn, In.SEND_SUCCESS, make_response(request, 200, "OK", to_tag=tag or None), now)
             return [CancelReceived(invite.id, request)]
         reply = make_response(request, 481, "Call/Transaction Does Not Exist")
-        self._step(cancel_txn, In.SEND_FAILURE, reply, now)
+        if self._is_stranger(cancel_txn, now):
+            self._answer_stranger(cancel_txn, reply, now)
+        else:
+            self._step(cancel_txn, In.SEND_FAILURE, reply, now)
         return []
+
+    # ------------------------------------------------------------------ strangers
+
+    def _is_stranger(self, txn: _Transaction, now: float) -> bool:
+        return self.strangers is not None and not self.strangers.trusted(txn.peer, now)
+
+    def _answer_stranger(self, txn: _Transaction, response: Response, now: float) -> None:
+        """Send `response` once if the policy admits it, and forget the transaction: a
+        retransmitted request is a new one, answered (or not) on its own."""
+        assert self.strangers is not None
+        request = txn.request
+        key = (request.call_id, request.headers.get("CSeq"), txn.top_via)
+        if self.strangers.admit(txn.peer, key, now) and txn.reply_to is not None:
+            self._out.append((response.to_bytes(), txn.reply_to))
+        txn.state = S.TERMINATED
+        self._forget(txn)
 
 
 # ---------------------------------------------------------------------- helpers

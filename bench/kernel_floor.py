@@ -53,7 +53,7 @@ def shared(calls: int, seconds: float, batch: int, spread: bool, df: bool = True
     relay.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
     relay.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 << 20)
     relay.bind(("127.0.0.1", 0))
-    if df:  # as the B2BUA's media sockets (rtp.core._bind): DF set, no IP ID drawn per datagram
+    if df:  # as the B2BUA's media sockets (rtp.ports.bind_socket): DF set, no IP ID drawn per datagram
         relay.setsockopt(socket.IPPROTO_IP, 10, 3)  # IP_MTU_DISCOVER, IP_PMTUDISC_PROBE
     gen = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     gen.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 << 20)

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from b2bua.call import Call  # noqa: E402
+from rtp.call import Call  # noqa: E402
 from rtp import g711  # noqa: E402
 from rtp.recorder import Recorder  # noqa: E402
 

@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from b2bua.call import Call, MediaEndpoint, Party  # noqa: E402
+from rtp.call import Call, MediaEndpoint, Party  # noqa: E402
 from rtp import g711  # noqa: E402
 from rtp.events import event_payload  # noqa: E402
 from rtp.prompts import load_prompts  # noqa: E402

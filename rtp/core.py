@@ -13,75 +13,24 @@ socket; a full socket buffer drops the packet (counted), as the network would.
 from __future__ import annotations
 
 import asyncio
-import errno
 import heapq
 import logging
 import socket
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-from b2bua.call import Call, MediaEndpoint
+from rtp.call import Call, MediaEndpoint
 from rtp.admission import Admission
 from rtp.feature import FEATURE_TIMEOUT
-from rtp.mux import SharedPorts, SharedSession, ipv4
+from rtp.mux import POLL_INTERVAL, SharedPorts, SharedSession, ipv4
+from rtp.ports import MAX_DATAGRAM, PortRange, PortsExhausted, read_datagrams
 from rtp.prompts import Prompts, load_prompts
 from rtp.relay import TICK_INTERVAL, CallRelay, Datagram, recorder_factory
 
-MAX_DATAGRAM = 2048  # bytes read per datagram: above any G.711 packet and the Ethernet MTU
 MAX_READS_PER_WAKEUP = 64  # datagrams drained per readiness callback before yielding to other sockets
-SOCKET_BUFFER = 256 * 1024  # receive buffer per socket: ~1 s of a 50 pps stream survives a stalled loop
 PORTS_PER_SESSION = 2  # one RTP/RTCP pair facing each party
 LAG_SMOOTHING = 0.1  # weight of the newest tick in the moving average
-# <linux/in.h>: send with DF set and ignore path-MTU estimates. Why: with the default
-# (IP_PMTUDISC_WANT) an unconnected UDP socket's every datagram draws a fresh IP ID from
-# the kernel's shared, hashed generator (RFC 6864 needs none for a datagram with DF set,
-# and Linux then sends 0): `__ip_select_ident` was 2.2% of the B2BUA's CPU samples under
-# perf at 1,500 calls, and is gone with DF. RTP is a few hundred bytes, far below any
-# path's MTU.
-_IP_MTU_DISCOVER = 10
-_IP_PMTUDISC_PROBE = 3
-
-
-class PortsExhausted(RuntimeError):
-    """No free even RTP port (with its odd RTCP neighbour) left in the configured range."""
-
-
-def read_datagrams(sock: socket.socket, limit: int) -> Iterator[tuple[bytes, tuple[str, int]]]:
-    """Up to `limit` waiting datagrams from a non-blocking socket, then back to the loop.
-    An OSError on one read (ICMP port unreachable reported late) costs that read only."""
-    for _ in range(limit):
-        try:
-            data, addr = sock.recvfrom(MAX_DATAGRAM)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            continue
-        yield data, addr[:2]
-
-
-def _bind(ip: str, port: int, buffer: int = SOCKET_BUFFER) -> socket.socket:
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
-            if buffer > SOCKET_BUFFER:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
-        except OSError:
-            pass
-        if family == socket.AF_INET and sys.platform.startswith("linux"):
-            try:
-                sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_PROBE)
-            except OSError:
-                pass
-        sock.bind((ip, port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 class MediaSession:
@@ -98,7 +47,7 @@ class MediaSession:
         self._rtcp = (sockets[1], sockets[3])
         self.send_errors = 0
         self.closed = False
-        now = time.monotonic()
+        now = core.now()
         for channel, party in enumerate(call.parties):
             if party.media is not None:  # SDP signalling already knew when it opened the session
                 self.relay.set_media(channel, party.media, now)
@@ -114,16 +63,16 @@ class MediaSession:
 
     def set_media(self, channel: int, endpoint: MediaEndpoint) -> None:
         """A party's negotiated stream (channel 0 or 1); again on re-INVITE or hold."""
-        self.relay.set_media(channel, endpoint, time.monotonic())
+        self.relay.set_media(channel, endpoint, self.core.now())
 
     def answered(self, now: float | None = None) -> None:
         """The call is answered: starts the recording clock (call.record_at_answer)."""
-        self.relay.answered(time.monotonic() if now is None else now)
+        self.relay.answered(self.core.now() if now is None else now)
         self.core.wake(self)
 
     def dtmf(self, channel: int, digit: str, now: float | None = None) -> None:
         """A digit from SIP INFO: the same *1 rules as RFC 4733 digits."""
-        self._send(self.relay.dtmf(channel, digit, time.monotonic() if now is None else now))
+        self._send(self.relay.dtmf(channel, digit, self.core.now() if now is None else now))
         self.core.wake(self)
 
     def settle(self) -> None:
@@ -142,16 +91,16 @@ class MediaSession:
                 pass
             sock.close()
         try:
-            self.relay.close(time.monotonic())
+            self.relay.close(self.core.now())
         finally:
-            self.core._release(self)
+            self.core.release(self)
 
     # -- datagrams -------------------------------------------------------------------
 
     def _on_rtp(self, channel: int) -> None:
         sock = self._rtp[channel]
         relay = self.relay
-        monotonic = time.monotonic
+        now = self.core.now  # the one media clock: the loop's
         for _ in range(MAX_READS_PER_WAKEUP):
             try:
                 data, addr = sock.recvfrom(MAX_DATAGRAM)
@@ -160,7 +109,7 @@ class MediaSession:
             except OSError:  # e.g. ICMP port unreachable reported on a later read
                 continue
             try:
-                out = relay.receive(channel, data, addr[:2], monotonic())
+                out = relay.receive(channel, data, addr[:2], now())
             except Exception:  # a relay bug must cost one packet, not the event loop's reader
                 self.core.log.exception("media relay failed on a packet for call %s", self.call.call_id)
                 continue
@@ -171,7 +120,7 @@ class MediaSession:
 
     def _on_rtcp(self, channel: int) -> None:
         for data, addr in read_datagrams(self._rtcp[channel], MAX_READS_PER_WAKEUP):
-            for leg, payload, target in self.relay.receive_rtcp(channel, data, addr, time.monotonic()):
+            for leg, payload, target in self.relay.receive_rtcp(channel, data, addr, self.core.now()):
                 self._sendto(self._rtcp[leg], payload, target)
 
     def _send(self, out: list[Datagram]) -> None:
@@ -215,6 +164,8 @@ class MediaCore:
         shared: bool = False,
         max_calls: int = 0,
         cpu_clock: Callable[[], float] = time.process_time,
+        poll_interval: float = POLL_INTERVAL,
+        on_finalised: Callable[[Path], None] | None = None,
     ) -> None:
         low, high = port_range
         if low % 2:
@@ -228,8 +179,12 @@ class MediaCore:
         self.feature_timeout = feature_timeout
         self.log = log if log is not None else logging.getLogger("rtp")
         self.prompts = prompts if prompts is not None else load_prompts()
+        # Called on the loop with a recording's sidecar path once it is finalised (the HTTP
+        # side's webhooks); handed to every recorder this core makes.
+        self.on_finalised = on_finalised
         self.make_recorder = (
-            make_recorder if make_recorder is not None else recorder_factory(self.recordings_dir, pause_mode)
+            make_recorder if make_recorder is not None
+            else recorder_factory(self.recordings_dir, pause_mode, on_finalised=on_finalised)
         )
         self.sessions: list[MediaSession | SharedSession] = []
         # Which sessions the tick drives (see _tick_sessions): a heap of (next flush, n,
@@ -241,9 +196,8 @@ class MediaCore:
         # [server] media_sockets = "shared": legs share a few ports (rtp.mux), IPv4 only.
         if shared and not ipv4(media_ip):
             raise ValueError(f"shared media sockets need an IPv4 media_ip, not {media_ip}")
-        self._shared = SharedPorts(self) if shared else None
-        self._in_use: set[int] = set()
-        self._cursor = low
+        self.port_pool = PortRange(media_ip, low, high)
+        self._shared = SharedPorts(self, self.port_pool, poll_interval) if shared else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._next_tick = 0.0
@@ -278,11 +232,14 @@ class MediaCore:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
+    def now(self) -> float:
+        """The one clock media runs on: the event loop's (monotonic) time."""
+        return self.loop.time()
+
     @property
     def free_pairs(self) -> int:
         """Even/odd port pairs not in use (some may still be taken by other processes)."""
-        low, high = self.port_range
-        return (high - low + 1) // 2 - len(self._in_use)
+        return self.port_pool.free_pairs
 
     def open_session(self, call: Call) -> MediaSession | SharedSession:
         """Bind two RTP/RTCP pairs for `call` at once; PortsExhausted when the range is full."""
@@ -295,52 +252,24 @@ class MediaCore:
         bases: list[int] = []
         try:
             while len(bases) < PORTS_PER_SESSION:
-                base, rtp, rtcp = self._bind_pair()
+                base, rtp, rtcp = self.port_pool.bind_pair(calls=len(self.sessions))
                 bases.append(base)
                 sockets += [rtp, rtcp]
-                self._in_use.add(base)
         except BaseException:
             for sock in sockets:
                 sock.close()
             for base in bases:
-                self._in_use.discard(base)
+                self.port_pool.release(base)
             raise
         session = MediaSession(self, call, (bases[0], bases[1]), sockets)
         self.sessions.append(session)
         self._start_ticking()
         return session
 
-    def _bind_pair(self, buffer: int = SOCKET_BUFFER) -> tuple[int, socket.socket, socket.socket]:
-        low, high = self.port_range
-        pairs = (high - low + 1) // 2
-        for _ in range(pairs):
-            base = self._cursor
-            self._cursor = base + 2 if base + 3 <= high else low
-            if base in self._in_use:
-                continue
-            try:
-                rtp = _bind(self.media_ip, base, buffer)
-            except OSError as exc:
-                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                    continue  # another process holds it: try the next pair
-                raise
-            try:
-                rtcp = _bind(self.media_ip, base + 1, buffer)
-            except OSError as exc:
-                rtp.close()
-                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                    continue
-                raise
-            return base, rtp, rtcp
-        raise PortsExhausted(
-            f"no free RTP port pair in {low}-{high} on {self.media_ip}: "
-            f"{len(self._in_use)} pairs in use by {len(self.sessions)} calls; widen [server] rtp_ports"
-        )
-
-    def _release(self, session: MediaSession | SharedSession) -> None:
+    def release(self, session: MediaSession | SharedSession) -> None:
         if isinstance(session, MediaSession):
             for base in session.ports:
-                self._in_use.discard(base)
+                self.port_pool.release(base)
         try:
             self.sessions.remove(session)
         except ValueError:
@@ -382,7 +311,7 @@ class MediaCore:
         self.note_lag(now - self._next_tick)
         if self.admission.due(now):
             self._sample(now)
-        self._tick_sessions(time.monotonic())
+        self._tick_sessions(now)
         self._next_tick += TICK_INTERVAL
         if self._next_tick < loop.time():  # fell behind: skip missed ticks instead of bursting
             self._next_tick = loop.time() + TICK_INTERVAL

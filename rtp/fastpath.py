@@ -25,7 +25,7 @@ packet goes to `add_g711` itself.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +33,9 @@ from rtp.packet import MAX_PACKET_SIZE
 from rtp.sequence import MAX_DROPOUT
 from rtp.timeline import LATE_RUN_SAMPLES, MAX_PENDING_FRAMES, RESYNC_SAMPLES, SAMPLE_RATE, SEQ_NEWER_WINDOW
 
-if TYPE_CHECKING:
-    from rtp.mux import SharedPort, SharedSession
+# rtp.mux's SharedPort and SharedSession, which import this module: named here only as Any.
+SharedPort = Any
+SharedSession = Any
 
 _I64 = np.int64
 _U64 = np.uint64

@@ -12,12 +12,16 @@ What it costs: the port no longer names the call, so a datagram is routed by its
    rule: the first source from the party's signalling IP). If exactly one leg on the
    socket is waiting to latch from that IP and its SDP names another address (a private
    one), it gets the datagram. A party whose SDP names the source's own IP must send from
-   its SDP address (RFC 4961 symmetric RTP): stricter than per-call ports, where the port
-   already says which leg a datagram is for. Otherwise the datagram is a counted drop:
+   its SDP address (RFC 4961 symmetric RTP). Otherwise the datagram is a counted drop:
    `strangers` (nobody waiting from that IP) or `ambiguous` (several).
-So two phones behind one NAT whose calls start within the same latch window on the same
-socket may lose their first packets to `ambiguous`; per-call sockets (the default,
-`[server] media_sockets = "per_call"`) have no such case. Shared sockets are IPv4 only.
+ - Two calls whose parties send from one address (SIPp's rtp_stream, an SBC with one media
+   port, phones behind one NAT) are kept apart by port: a leg's port stays provisional
+   until signalling reads it for an SDP (`SharedSession.ports`), and `set_media` moves a
+   leg whose party would be ambiguous on its port to one where it is not (opening another
+   shared port if need be, up to MAX_SHARED_PORTS). A leg whose port was already published
+   (a callee: our offer goes out before its answer) and whose address another leg on that
+   port expects is told apart by SSRC instead (`SharedPort._conflict`), never guessed.
+Shared sockets are IPv4 only; `[server] media_sockets = "per_call"` gives every leg its own.
 
 RTCP rides on each shared port + 1, routed the same way (by the legs' known hosts, the
 RTP port + 1 first), with plain recvfrom/sendto: it is a few packets a second per call.
@@ -26,23 +30,42 @@ RTP port + 1 first), with plain recvfrom/sendto: it is a few packets a second pe
 from __future__ import annotations
 
 import asyncio
-import os
+import logging
 import socket
-import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
-from b2bua.call import Call, MediaEndpoint
+from rtp.call import Call, MediaEndpoint
 from rtp.batch_io import BatchMux, ReceiveArea, key_address, source_key
 from rtp.fastpath import FastTable, RouteMap
-from rtp.relay import CallRelay, Datagram
+from rtp.ports import PortRange, read_datagrams
+from rtp.prompts import Prompts
+from rtp.relay import CallRelay, Datagram, RecorderFactory
 
-if TYPE_CHECKING:
-    from rtp.core import MediaCore
+
+class MediaHost(Protocol):
+    """What the shared ports need of the media core that owns them (rtp.core.MediaCore)."""
+
+    log: logging.Logger
+    prompts: Prompts
+    make_recorder: RecorderFactory
+    feature_timeout: float
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    def now(self) -> float: ...
+
+    def wake(self, session: SharedSession) -> None: ...
+
+    def release(self, session: SharedSession) -> None: ...
 
 LEGS_PER_SOCKET = 1024  # legs sharing one port: ~51,200 packets/s, ~100 ms of them in its receive buffer
 MUX_BATCH = 256  # datagrams per sendmmsg
+#: Shared ports opened to keep apart calls whose parties send from one address (each needs
+#: its own port); past this many, such legs share a port and are told apart by SSRC.
+MAX_SHARED_PORTS = 256
 #: Datagrams one read of every shared port gathers for one pass of the batch lane: numpy's
 #: per-call cost spread over every port's packets (2,000 calls: ~400 per 2 ms read).
 READ_BATCH = 1024
@@ -52,7 +75,7 @@ MAX_BATCHES_PER_WAKEUP = 16  # full areas per read before yielding to other work
 # drained. Waking per datagram would hand the batch lane a handful of packets at a time and
 # pay numpy's per-call cost for each handful; 2 ms gathers ~400 packets at 2,000 calls,
 # and 2 ms more delay is nothing to a phone's jitter buffer (the recorder's window is 200 ms).
-POLL_INTERVAL = float(os.environ.get("B2BUA_MEDIA_POLL", "0.002"))  # 0: on readiness (experiments)
+POLL_INTERVAL = 0.002  # the default of [server] media_poll_ms; 0: on readiness
 
 
 class SharedPort:
@@ -75,6 +98,8 @@ class SharedPort:
         self.fast_routes = RouteMap()  # source key -> batch-lane leg (rtp.fastpath)
         # source keys two live calls' legs share -> those legs: dropped (see _conflict)
         self.conflicts: dict[int, set[tuple[SharedSession, int]]] = {}
+        self.by_ssrc: dict[tuple[int, int], tuple[SharedSession, int]] = {}  # (key, SSRC) -> leg, in conflicts
+        self.ssrc_of: dict[tuple[SharedSession, int], tuple[int, int]] = {}  # the reverse
 
     # -- routing tables ---------------------------------------------------------------
 
@@ -89,15 +114,43 @@ class SharedPort:
                 self.route(key, session, channel, endpoint.remote)
         self.waiting.setdefault(endpoint.signalling_ip, []).append((session, channel))
 
+    def taken(self, endpoint: MediaEndpoint, now: float) -> bool:
+        """Would a leg for `endpoint` be ambiguous here: another live leg expects its SDP
+        address, or (behind NAT: SDP names another host) waits to latch from its IP?"""
+        remote = endpoint.remote
+        if remote is not None and remote[0] not in ("0.0.0.0", "::"):
+            key = source_key(remote)
+            if key in self.conflicts:
+                return True
+            owner = self.routes.get(key)
+            if owner is not None and not owner[0].closed:
+                return True
+        if remote is None or remote[0] != endpoint.signalling_ip:
+            ip = endpoint.signalling_ip
+            for session, channel in self.waiting.get(ip, ()):
+                leg = session.relay.legs[channel]
+                if (not session.closed and leg.latched is None and now <= leg.latch_until
+                        and (leg.remote is None or leg.remote[0] != ip)):  # found by IP (see _claim)
+                    return True
+        return False
+
     def _conflict(self, key: int, session: SharedSession, channel: int, addr: tuple[str, int]) -> None:
-        """Two calls' parties send from one address (a test tool or an SBC with one media
-        port for every call): the port cannot tell them apart, so packets from it are
-        dropped for both (counted as `ambiguous`) rather than crossing into the wrong call."""
+        """Two calls' parties send from one address to this one port: the leg's port was
+        already in an SDP before its party's address was known (a callee), or no other
+        shared port could be opened. Packets from that address are told apart by SSRC:
+        each leg takes the first new SSRC while it is the only one of them without one
+        (`_by_ssrc`); a new SSRC while several wait is dropped (`ambiguous`), never
+        guessed, so audio never crosses into the wrong call."""
         legs = self.conflicts.setdefault(key, set())
         legs.add((session, channel))
         owner = self.routes.pop(key, None)
         if owner is not None:
             legs.add((owner[0], owner[1]))
+            # The leg that had the address keeps the stream it is already relaying.
+            ssrc = owner[0].relay.legs[1 - owner[1]].out.src_ssrc
+            if ssrc >= 0 and (key, ssrc) not in self.by_ssrc:
+                self.by_ssrc[(key, ssrc)] = (owner[0], owner[1])
+                self.ssrc_of[(owner[0], owner[1])] = (key, ssrc)
             owner[0].keys[owner[1]].discard(key)
             table = self.pool.table
             g = owner[0].slot * 2 + owner[1]
@@ -105,10 +158,9 @@ class SharedPort:
                 del self.fast_routes[key]
                 table.keys[g] = None
                 table.active[g] = False
-        self.pool.core.log.error(
+        self.pool.core.log.warning(
             "media event=address_conflict call=%s addr=%s:%d port=%d: two calls' parties send from one "
-            "address; shared media ports cannot tell them apart (use [server] media_sockets = \"per_call\")",
-            session.call.call_id, addr[0], addr[1], self.port,
+            "address to one port; told apart by SSRC", session.call.call_id, addr[0], addr[1], self.port,
         )
 
     def route(self, key: int, session: SharedSession, channel: int, addr: tuple[str, int]) -> None:
@@ -123,13 +175,23 @@ class SharedPort:
             if owner is not None and owner[0] is session and owner[1] == channel:
                 del routes[key]
         session.keys[channel].clear()
+        bound = self.ssrc_of.pop((session, channel), None)
+        if bound is not None:
+            self.by_ssrc.pop(bound, None)
         if endpoint.remote is not None and self.conflicts:
             key = source_key(endpoint.remote)
             sharing = self.conflicts.get(key)
             if sharing is not None:
                 sharing.discard((session, channel))
-                if not sharing:  # the last of the calls that shared it is gone
+                if len(sharing) <= 1:  # one call left on the address: an exact route again
                     del self.conflicts[key]
+                    for other, other_channel in sharing:
+                        bound = self.ssrc_of.pop((other, other_channel), None)
+                        if bound is not None:
+                            self.by_ssrc.pop(bound, None)
+                        if not other.closed:
+                            self.route(key, other, other_channel, endpoint.remote)
+                            other.relend()
         legs = self.waiting.get(endpoint.signalling_ip)
         if legs:
             legs[:] = [(s, c) for s, c in legs if not (s is session and c == channel)]
@@ -138,11 +200,33 @@ class SharedPort:
         for addr in [a for a, (s, c) in self.rtcp_routes.items() if s is session and c == channel]:
             del self.rtcp_routes[addr]
 
-    def _claim(self, key: int, now: float) -> tuple[SharedSession, int, tuple[str, int]] | None:
-        """Who a datagram from an unknown source belongs to, if anyone (see module doc)."""
-        if key in self.conflicts:
+    def _by_ssrc(self, key: int, data: bytes) -> tuple[SharedSession, int, tuple[str, int]] | None:
+        """A datagram from an address several legs here expect (see _conflict): its SSRC's leg."""
+        if len(data) < 12:
             self.ambiguous += 1
             return None
+        ssrc = int.from_bytes(data[8:12], "big")
+        leg = self.by_ssrc.get((key, ssrc))
+        if leg is None:
+            free = [
+                (s, c) for s, c in self.conflicts[key]
+                if not s.closed and (s, c) not in self.ssrc_of
+            ]
+            if len(free) != 1:
+                self.ambiguous += 1
+                return None
+            leg = free[0]
+            old = self.ssrc_of.pop(leg, None)
+            if old is not None:
+                self.by_ssrc.pop(old, None)
+            self.by_ssrc[(key, ssrc)] = leg
+            self.ssrc_of[leg] = (key, ssrc)
+        return leg[0], leg[1], key_address(key)
+
+    def _claim(self, key: int, now: float, data: bytes = b"") -> tuple[SharedSession, int, tuple[str, int]] | None:
+        """Who a datagram from an unknown source belongs to, if anyone (see module doc)."""
+        if key in self.conflicts:
+            return self._by_ssrc(key, data)
         addr = key_address(key)
         legs = self.waiting.get(addr[0])
         if not legs:
@@ -186,7 +270,7 @@ class SharedPort:
         route = self.routes.get(key)
         learn = route is None
         if route is None:
-            route = self._claim(key, now)
+            route = self._claim(key, now, data)
             if route is None:
                 return
         session, channel, addr = route
@@ -201,15 +285,13 @@ class SharedPort:
             table.load(session, now)
         if session.relay.busy:
             self.pool.core.wake(session)
-        if learn and session.relay.legs[channel].latched == addr:
+        if learn and session.relay.legs[channel].latched == addr and key not in self.conflicts:
             self.route(key, session, channel, addr)  # latched: from now on an exact route
         if out:
             session.queue(out)
 
     def on_rtcp(self) -> None:
-        from rtp.core import read_datagrams  # rtp.core imports this module
-
-        now = time.monotonic()
+        now = self.pool.core.now()
         for data, addr in read_datagrams(self.rtcp, 64):
             route = self.rtcp_routes.get(addr) or self._rtcp_claim(addr)
             if route is None:
@@ -239,8 +321,10 @@ class SharedPort:
 class SharedPorts:
     """The pool of shared ports: opened on demand, filled up to LEGS_PER_SOCKET each."""
 
-    def __init__(self, core: MediaCore) -> None:
+    def __init__(self, core: MediaHost, port_pool: PortRange, poll_interval: float = POLL_INTERVAL) -> None:
         self.core = core
+        self.port_pool = port_pool
+        self.poll_interval = poll_interval
         self.ports: list[SharedPort] = []
         self._dirty: set[SharedPort] = set()
         self.table = FastTable()
@@ -258,7 +342,7 @@ class SharedPorts:
         except Exception:  # a failure must not stop the ports' clock
             self.core.log.exception("media poll failed on the shared ports")
         if self.ports:
-            self._poller = self.core.loop.call_later(POLL_INTERVAL, self._poll)
+            self._poller = self.core.loop.call_later(self.poll_interval, self._poll)
 
     def read(self, ports: list[SharedPort]) -> None:
         """Read every port's waiting datagrams into the one receive area, one after another,
@@ -269,7 +353,7 @@ class SharedPorts:
         area = self.area
         rows = area.rows
         table = self.table
-        now = time.monotonic()
+        now = self.core.now()
         for _ in range(MAX_BATCHES_PER_WAKEUP):
             total = 0
             segments: list[tuple[SharedPort, int, int]] = []
@@ -318,12 +402,18 @@ class SharedPorts:
         self._idents += 1
         return self._idents
 
-    def assign(self) -> SharedPort:
+    def assign(self, endpoint: MediaEndpoint | None = None, now: float = 0.0) -> SharedPort:
+        """A port with room for one more leg, on which `endpoint`'s party (when known) can
+        be told apart from every other live leg's; opens one when none fits. Past
+        MAX_SHARED_PORTS the least-filled port is shared anyway (SSRC tells them apart)."""
         for port in self.ports:
-            if port.legs < LEGS_PER_SOCKET:
+            if port.legs < LEGS_PER_SOCKET and (endpoint is None or not port.taken(endpoint, now)):
                 port.legs += 1
                 return port
-        port = self._open()
+        if endpoint is not None and len(self.ports) >= MAX_SHARED_PORTS:
+            port = min(self.ports, key=lambda p: p.legs)
+        else:
+            port = self._open()
         port.legs += 1
         return port
 
@@ -335,15 +425,14 @@ class SharedPorts:
 
     def _open(self) -> SharedPort:
         core = self.core
-        base, rtp, rtcp = core._bind_pair(buffer=SHARED_SOCKET_BUFFER)
-        core._in_use.add(base)
+        base, rtp, rtcp = self.port_pool.bind_pair(buffer=SHARED_SOCKET_BUFFER)
         port = SharedPort(self, base, rtp, rtcp)
         self.table.ports[port.ident] = port
         core.loop.add_reader(rtcp.fileno(), port.on_rtcp)
-        if not POLL_INTERVAL:
+        if not self.poll_interval:
             core.loop.add_reader(rtp.fileno(), port.on_rtp)
         elif self._poller is None:
-            self._poller = core.loop.call_later(POLL_INTERVAL, self._poll)
+            self._poller = core.loop.call_later(self.poll_interval, self._poll)
         self.ports.append(port)
         core.log.info("media event=shared_port port=%d shared_ports=%d", base, len(self.ports))
         return port
@@ -364,7 +453,7 @@ class SharedPorts:
             except (ValueError, RuntimeError):
                 pass
             sock.close()
-        self.core._in_use.discard(port.port)
+        self.port_pool.release(port.port)
 
     def mark(self, port: SharedPort) -> None:
         self._dirty.add(port)
@@ -405,7 +494,7 @@ class SharedPorts:
 class SharedSession:
     """One call's media on shared ports: the same interface as `rtp.core.MediaSession`."""
 
-    def __init__(self, core: MediaCore, pool: SharedPorts, call: Call) -> None:
+    def __init__(self, core: MediaHost, pool: SharedPorts, call: Call) -> None:
         self.core = core
         self.call = call
         self.pool = pool
@@ -420,10 +509,13 @@ class SharedSession:
             for port in self._ports:
                 pool.release(port)
             raise
+        # A leg's port is provisional until signalling reads it for an SDP (`ports`): until
+        # then set_media may move the leg to a port on which its party's address is free.
+        self._published = [False, False]
         self._endpoints: list[MediaEndpoint | None] = [None, None]
         self.keys: tuple[set[int], set[int]] = (set(), set())  # route keys each leg owns
         self.slot = pool.table.add(self)  # legs 2*slot and 2*slot + 1 of the batch lane
-        now = time.monotonic()
+        now = self.core.now()
         for channel, party in enumerate(call.parties):
             if party.media is not None:
                 self.set_media(channel, party.media, now)
@@ -432,20 +524,43 @@ class SharedSession:
         """Hand the batch lane's lent state back, so `relay` (its stats, its streams) is current."""
         self.pool.table.store(self)
 
+    def relend(self) -> None:
+        """Routes changed under this call (an address conflict ended): lend the lane again."""
+        table = self.pool.table
+        table.store(self)
+        table.load(self, self.core.now())
+
     def port_of(self, channel: int) -> SharedPort:
         return self._ports[channel]
 
     @property
     def ports(self) -> tuple[int, int]:
+        """Our port facing each party; once read (for an SDP) a leg's port is fixed."""
+        self._published[0] = self._published[1] = True
         return self._ports[0].port, self._ports[1].port
 
+    def _place(self, channel: int, endpoint: MediaEndpoint, now: float) -> None:
+        """Before its port is published, move a leg off a port where its party's address
+        would be ambiguous (another live leg there expects the same source): two calls
+        whose parties send from one address (SIPp, an SBC, one NAT) get different ports."""
+        current = self._ports[channel]
+        if self._published[channel] or not current.taken(endpoint, now):
+            return
+        try:
+            better = self.pool.assign(endpoint, now)
+        except OSError:  # no port free for another shared socket: stay (told apart by SSRC)
+            return
+        self._ports[channel] = better
+        self.pool.release(current)
+
     def set_media(self, channel: int, endpoint: MediaEndpoint, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
+        now = self.core.now() if now is None else now
         table = self.pool.table
         table.store(self)
         old = self._endpoints[channel]
         if old is not None:
             self._ports[channel].detach(self, channel, old)
+        self._place(channel, endpoint, now)
         self.relay.set_media(channel, endpoint, now)
         self._ports[channel].attach(self, channel, endpoint)
         self._endpoints[channel] = endpoint
@@ -455,7 +570,7 @@ class SharedSession:
         table.load(self, now)
 
     def answered(self, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
+        now = self.core.now() if now is None else now
         table = self.pool.table
         table.store(self)
         self.relay.answered(now)
@@ -463,7 +578,7 @@ class SharedSession:
         self.core.wake(self)
 
     def dtmf(self, channel: int, digit: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
+        now = self.core.now() if now is None else now
         table = self.pool.table
         table.store(self)
         out = self.relay.dtmf(channel, digit, now)
@@ -515,11 +630,11 @@ class SharedSession:
             if endpoint is not None:
                 port.detach(self, channel, endpoint)
         try:
-            self.relay.close(time.monotonic())
+            self.relay.close(self.core.now())
         finally:
             for port in self._ports:
                 self.pool.release(port)
-            self.core._release(self)
+            self.core.release(self)
 
 
 def ipv4(ip: str) -> bool:

@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from b2bua.call import Call
+from rtp.call import Call
 from rtp import g711
 from rtp.sidecar import describe_call, iso_utc, read_sidecar, write_sidecar
 from rtp.timeline import CHANNELS, SAMPLE_RATE, StreamClock, Timeline
@@ -524,7 +525,7 @@ class Recorder:
         return (end - start) / SAMPLE_RATE  # type: ignore[operator]
 
 
-def repair(directory: Path, log: logging.Logger | None = None) -> list[Path]:
+def repair(directory: Path, log: logging.Logger | None = None, live: Callable[[Path], bool] | None = None) -> list[Path]:
     """Fix recordings left unfinalised by a crash; return the WAV paths repaired.
 
     Run at start-up, before any call records (a live recording also has `ended` null). For
@@ -532,6 +533,9 @@ def repair(directory: Path, log: logging.Logger | None = None) -> list[Path]:
     rewritten from its length (a partial last frame cut off), an open segment is closed at
     the end of the audio, and the sidecar gets `"recovered": true` (`ended` stays null:
     when the call really ended is unknown).
+
+    `live(wav_path)` true means another process is still writing that recording (a
+    cluster's other workers share the directory): it is left alone.
     """
     log = log if log is not None else _default_log
     repaired: list[Path] = []
@@ -547,6 +551,8 @@ def repair(directory: Path, log: logging.Logger | None = None) -> list[Path]:
         if data.get("ended") is not None or data.get("recovered"):
             continue
         wav_path = json_path.with_suffix(".wav")
+        if live is not None and live(wav_path):
+            continue
         rate = int(data.get("sample_rate", SAMPLE_RATE))
         channels = int(data.get("channels", CHANNELS))
         try:

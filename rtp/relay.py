@@ -36,7 +36,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from b2bua.call import Call, MediaEndpoint, Party
+from rtp.call import Call, MediaEndpoint, Party
 from rtp import g711
 from rtp.events import EventDetector, digit_train
 from rtp.feature import FEATURE_TIMEOUT, FeatureMachine, Forward, Release, State, Toggle
@@ -82,12 +82,17 @@ class RecorderLike(Protocol):
 RecorderFactory = Callable[[Call, float], RecorderLike]  # (call, t0) -> recorder
 
 
-def recorder_factory(directory: Path, pause_mode: str) -> RecorderFactory:
-    """The production factory: rtp.recorder.Recorder under `directory`."""
+def recorder_factory(directory: Path, pause_mode: str, *, on_finalised: Callable[[Path], None] | None = None) -> RecorderFactory:
+    """The production factory: rtp.recorder.Recorder under `directory`; `on_finalised` (the
+    sidecar's path, once a recording is finalised) is passed on where the recorder takes it."""
     from rtp.recorder import Recorder  # the recorder module is only needed once a call is answered
 
-    def make(call: Call, t0: float) -> RecorderLike:
-        return Recorder(Path(directory), call, pause_mode, t0)
+    if on_finalised is None:
+        def make(call: Call, t0: float) -> RecorderLike:
+            return Recorder(Path(directory), call, pause_mode, t0)
+    else:
+        def make(call: Call, t0: float) -> RecorderLike:
+            return Recorder(Path(directory), call, pause_mode, t0, on_finalised=on_finalised)
 
     return make
 
@@ -602,24 +607,19 @@ class CallRelay:
     def receive_rtcp(self, channel: int, data: bytes, addr: tuple[str, int], now: float) -> list[Datagram]:
         """One RTCP datagram: relayed as-is to the other party's RTCP address (RFC 3550 §6).
 
-        Accepted from the party's media host (SDP or latched) or its signalling IP; the
-        first accepted source becomes where RTCP for that party is sent.
+        Accepted from where the party's RTCP is expected (its RTP address's port + 1, RFC
+        3550 §11) or from where it latched; during the latch window, as for RTP, the first
+        source on the party's media host (SDP or latched) or signalling IP is latched: the
+        address RTCP for that party is sent to from then on. After the window no new
+        source is learnt, and a source port of 0 never is (it cannot be answered).
         """
         leg = self.legs[channel]
         if leg.endpoint is None or len(data) < 8 or data[0] >> 6 != 2:
             self.stats.malformed += 1
             return []
-        host = addr[0]
-        known = {leg.endpoint.signalling_ip}
-        if leg.remote is not None:
-            known.add(leg.remote[0])
-        if leg.latched is not None:
-            known.add(leg.latched[0])
-        if host not in known:
+        if addr != leg.rtcp_latched and not self._latch_rtcp(leg, addr, now):
             self.stats.unlatched += 1
             return []
-        if leg.rtcp_latched is None:
-            leg.rtcp_latched = addr
         other = self.legs[1 - channel]
         target = other.rtcp_target
         if target is None:
@@ -627,6 +627,22 @@ class CallRelay:
             return []
         self.stats.rtcp += 1
         return [(other.index, data, target)]
+
+    def _latch_rtcp(self, leg: Leg, addr: tuple[str, int], now: float) -> bool:
+        """May RTCP from `addr` be this party's? Latches it within the window (see receive_rtcp)."""
+        expected = leg.rtcp_target
+        if addr == expected and leg.rtcp_latched is None:
+            return True  # the RFC 3550 §11 default: nothing to learn
+        if leg.rtcp_latched is not None or now > leg.latch_until or addr[1] == 0:
+            return False
+        assert leg.endpoint is not None
+        host = addr[0]
+        if host != leg.endpoint.signalling_ip and (leg.remote is None or host != leg.remote[0]) and (
+            leg.latched is None or host != leg.latched[0]
+        ):
+            return False
+        leg.rtcp_latched = addr
+        return True
 
     def dtmf(self, channel: int, digit: str, now: float) -> list[Datagram]:
         """A key press signalled out of band (SIP INFO): same *1 rules, regenerated as RFC 4733."""
@@ -724,8 +740,8 @@ class CallRelay:
         if addr == leg.remote:
             leg.latched = addr  # the SDP address is authoritative, and once it speaks nobody else may
             return True
-        if leg.latched is not None or now > leg.latch_until or addr[0] != endpoint.signalling_ip:
-            return False  # a second source, too late, or a stranger: RTP bleed refused
+        if leg.latched is not None or now > leg.latch_until or addr[0] != endpoint.signalling_ip or addr[1] == 0:
+            return False  # a second source, too late, a stranger, or port 0 (unanswerable): RTP bleed refused
         # Behind NAT (or an asymmetric sender on its signalling host): the first source from
         # the party's signalling IP is learnt (RFC 4961 symmetric RTP: we answer there too);
         # no later source can take over, except the SDP address itself.

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from b2bua.call import Call
+from rtp.call import Call
 
 
 def iso_utc(moment: datetime | None) -> str | None:

@@ -13,7 +13,6 @@ from b2bua.auth import (
     compute_response,
     parse_auth_header,
 )
-from b2bua.lockout import Lockout
 
 REALM = "pbx.example"
 PASSWORDS = {"alice": "alice-secret", "bob": "bob-secret"}
@@ -323,57 +322,4 @@ def test_verify_never_raises_on_digest_shaped_headers(params: dict[str, str], us
     assert isinstance(result.ok, bool)
 
 
-# -- lockout ----------------------------------------------------------------------------
-
-
-def test_lockout_after_five_failures_from_one_ip_then_heals() -> None:
-    lines: list[str] = []
-    lock = Lockout(log=lines.append)
-    for i in range(4):
-        assert not lock.record_failure("192.0.2.7", f"user{i}", T0 + i)
-    assert not lock.is_locked("192.0.2.7", None, T0 + 4)
-    assert lock.record_failure("192.0.2.7", "user4", T0 + 4)
-    assert lock.is_locked("192.0.2.7", "anyone", T0 + 5)
-    assert not lock.is_locked("192.0.2.8", "anyone", T0 + 5)
-    assert len(lines) == 1
-    assert re.fullmatch(
-        r"security: lockout ip=192\.0\.2\.7 user=user4 failures=5 until=2023-11-14T22:23:24Z scope=ip", lines[0]
-    ), lines[0]
-    assert lock.is_locked("192.0.2.7", None, T0 + 4 + 599)
-    assert not lock.is_locked("192.0.2.7", None, T0 + 4 + 600)
-    # After the lockout a new count starts.
-    assert not lock.record_failure("192.0.2.7", "x", T0 + 700)
-
-
-def test_lockout_per_user_across_ips() -> None:
-    lines: list[str] = []
-    lock = Lockout(max_failures=3, window=60, duration=100, log=lines.append)
-    assert not lock.record_failure("10.0.0.1", "alice", T0)
-    assert not lock.record_failure("10.0.0.2", "alice", T0 + 1)
-    assert lock.record_failure("10.0.0.3", "alice", T0 + 2)
-    assert lock.is_locked("10.0.0.9", "alice", T0 + 3)
-    assert not lock.is_locked("10.0.0.9", "bob", T0 + 3)
-    assert lines[0].endswith("scope=user") and "ip=10.0.0.3 user=alice failures=3" in lines[0]
-    assert lock.locked_until(None, "alice", T0 + 3) == T0 + 102
-
-
-def test_failures_outside_the_window_do_not_count() -> None:
-    lock = Lockout(max_failures=3, window=60, log=lambda _l: None)
-    assert not lock.record_failure("10.0.0.1", None, T0)
-    assert not lock.record_failure("10.0.0.1", None, T0 + 40)
-    assert not lock.record_failure("10.0.0.1", None, T0 + 91)  # the first has left the window
-    assert lock.record_failure("10.0.0.1", None, T0 + 92)
-
-
-def test_lockout_log_line_is_one_line_whatever_the_user_name() -> None:
-    lines: list[str] = []
-    lock = Lockout(max_failures=1, log=lines.append)
-    lock.record_failure("10.0.0.1", "evil\nsecurity: lockout ip=6.6.6.6 x=", T0)
-    assert len(lines) == 1 and "\n" not in lines[0] and lines[0].count("ip=") == 1
-
-
-def test_lockout_tables_are_bounded() -> None:
-    lock = Lockout(max_tracked=10, log=lambda _l: None)
-    for i in range(100):
-        lock.record_failure(f"10.0.{i // 256}.{i % 256}", None, T0 + i * 0.01)
-    assert len(lock._failures) <= 10
+# The lockout (b2bua/lockout.py) has its own tests: tests/test_lockout.py.

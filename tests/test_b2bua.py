@@ -20,6 +20,7 @@ from b2bua.lockout import Lockout
 from b2bua.message import Request, Response, parse_message
 from b2bua.peer import Peer
 from b2bua.registrar import Registrar
+from b2bua.strangers import policy_for
 from b2bua.sdp import SessionDescription
 from b2bua.transaction import TransactionLayer
 
@@ -138,6 +139,8 @@ class Harness:
         self.media = FakeMedia()
         self.core = B2BUA(self.config, self.txn, self.registrar, auth, self.lockout, self.media,
                           advertised_host="192.0.2.1", port=5060)
+        # As the server wires it: strangers answered once, rationed (issue 16).
+        self.txn.strangers = policy_for(self.config, self.registrar, self.lockout.summary)
         self.sent: list[tuple[Request | Response, Peer]] = []
 
     def send(self, text: str, peer: Peer) -> None:
@@ -579,3 +582,92 @@ def test_cancelled_branch_is_forgotten_after_its_487_or_the_cancel_timeout(h):
     assert h.one(TRUNK, 480)
     h.advance(40.0)
     assert not h.core._by_invite_txn and not h.core.calls
+
+
+# -- Record-Route: a record-routing edge (Kamailio) in front of us -----------------------------
+
+EDGE_NEAR = "<sip:192.0.2.50:5070;lr;r2=on;ftag=tr1>"  # the proxy that hands us the INVITE
+EDGE_FAR = "<sip:198.51.100.60;lr>"
+EDGE = Peer("udp", "192.0.2.50", 5070)
+PHONE_EDGE_FAR = "<sip:192.0.2.61:5080;lr>"  # the proxy nearest the phone
+PHONE_EDGE = Peer("udp", "192.0.2.61", 5080)
+
+
+def record_routed_call(h) -> tuple[Request, Response]:
+    """A trunk call through two record-routing proxies, answered by bob through two more."""
+    h.register("bob", "bob-pw", BOB, "sip:bob@203.0.113.20")
+    invite = trunk_invite("441632960000").replace(
+        "Max-Forwards: 70\n", f"Record-Route: {EDGE_NEAR}\nRecord-Route: {EDGE_FAR}\nMax-Forwards: 70\n")
+    h.send(invite, TRUNK)
+    bob = h.one(BOB, "INVITE")
+    assert not bob.headers.get_all("Route")  # the initial INVITE goes where bob registered from
+    ringing = respond(bob, 180, "Ringing", "b1", "sip:bob@203.0.113.20")
+    h.send(ringing, BOB)
+    early = h.one(TRUNK, 180)
+    # RFC 3261 §12.1.1: a 1xx that creates an early dialog copies Record-Route, in order.
+    assert early.headers.get_all("Record-Route") == [EDGE_NEAR, EDGE_FAR]
+    answer = respond(bob, 200, "OK", "b1", "sip:bob@203.0.113.20", answer_sdp("203.0.113.20", 7000))
+    answer = answer.replace("Contact:", f"Record-Route: <sip:192.0.2.60;lr>, {PHONE_EDGE_FAR}\nContact:", 1)
+    h.send(answer, BOB)
+    ok = h.one(TRUNK, 200)
+    return bob, ok
+
+
+def test_our_200_and_180_copy_the_invites_record_route_in_order(h):
+    _, ok = record_routed_call(h)
+    assert ok.headers.get_all("Record-Route") == [EDGE_NEAR, EDGE_FAR]
+    assert [m for m in h.take(TRUNK) if isinstance(m, Response) and m.status >= 300] == []
+
+
+def test_callee_2xx_record_route_is_reversed_for_our_ack_and_bye(h):
+    bob, ok = record_routed_call(h)
+    # RFC 3261 §12.1.2: the UAC's route set is the 2xx's Record-Route reversed; the ACK and
+    # every later request go to the first route with the set as Route (loose routing).
+    ack = h.one(PHONE_EDGE, "ACK")
+    assert ack.uri == "sip:bob@203.0.113.20"
+    assert ack.headers.get_all("Route") == [PHONE_EDGE_FAR, "<sip:192.0.2.60;lr>"]
+    assert not h.take(BOB, "ACK")
+    h.send(
+        f"BYE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKbye1\n"
+        f"From: \"Caller\" <sip:447700900123@198.51.100.7>;tag=tr1\nTo: {ok.headers.get('To')}\n"
+        f"Call-ID: trunk-call-1\nCSeq: 11 BYE\nContent-Length: 0\n\n",
+        TRUNK,
+    )
+    assert h.one(TRUNK, 200)
+    bye = h.one(PHONE_EDGE, "BYE")
+    assert bye.uri == "sip:bob@203.0.113.20" and bye.call_id == bob.call_id
+    assert bye.headers.get_all("Route") == [PHONE_EDGE_FAR, "<sip:192.0.2.60;lr>"]
+
+
+def test_caller_side_requests_follow_the_invites_record_route(h):
+    bob, ok = record_routed_call(h)
+    h.take()
+    # bob puts the call on hold: the re-INVITE reaches the trunk through its edge (RFC 3261
+    # §12.1.1: the UAS's route set is the Record-Route in order; the first is the next hop).
+    hold = answer_sdp("203.0.113.20", 7000).replace("a=sendrecv", "a=sendonly")
+    h.send(
+        f"INVITE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 203.0.113.20:5060;branch=z9hG4bKri1\n"
+        f"From: <sip:bob@pbx.test>;tag=b1\nTo: {bob.headers.get('From')}\nCall-ID: {bob.call_id}\n"
+        f"CSeq: 2 INVITE\nContact: <sip:bob@203.0.113.20>\nContent-Type: application/sdp\n"
+        f"Content-Length: {len(hold)}\n\n{hold}",
+        BOB,
+    )
+    reinvite = h.one(EDGE, "INVITE")
+    assert reinvite.uri == "sip:447700900123@198.51.100.7:5060"  # the trunk's Contact
+    assert reinvite.headers.get_all("Route") == [EDGE_NEAR, EDGE_FAR]
+    h.send(respond(reinvite, 200, "OK", "tr1", "sip:447700900123@198.51.100.7:5060", OFFER).replace(
+        f"To: {reinvite.headers.get('To')};tag=tr1", f"To: {reinvite.headers.get('To')}"), EDGE)
+    ack = h.one(EDGE, "ACK")
+    assert ack.headers.get_all("Route") == [EDGE_NEAR, EDGE_FAR]
+    assert h.one(BOB, 200)
+    # bob hangs up: the BYE to the trunk goes the same way
+    h.send(
+        f"BYE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 203.0.113.20:5060;branch=z9hG4bKpb1\n"
+        f"From: <sip:bob@pbx.test>;tag=b1\nTo: {bob.headers.get('From')}\nCall-ID: {bob.call_id}\n"
+        f"CSeq: 3 BYE\nContent-Length: 0\n\n",
+        BOB,
+    )
+    bye = h.one(EDGE, "BYE")
+    assert bye.uri == "sip:447700900123@198.51.100.7:5060"
+    assert bye.headers.get_all("Route") == [EDGE_NEAR, EDGE_FAR]
+    assert not h.take(TRUNK, "BYE")

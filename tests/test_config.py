@@ -59,9 +59,14 @@ def test_good_file_parses_with_defaults(tmp_path):
     assert config.user("alice").extension == "201"
     assert config.server.pause == "silence"
     assert config.server.feature_timeout == 2.0
-    assert config.server.media_sockets == "per_call"
-    shared = load_file(write(tmp_path, GOOD.replace('realm = "test"', 'realm = "test"\nmedia_sockets = "shared"')))
-    assert shared.server.media_sockets == "shared"
+    assert config.server.media_sockets == "shared"  # the default on an IPv4 media_ip (rtp.mux)
+    assert config.server.media_poll == 0.002
+    per_call = load_file(write(tmp_path, GOOD.replace('realm = "test"', 'realm = "test"\nmedia_sockets = "per_call"')))
+    assert per_call.server.media_sockets == "per_call"
+    polled = load_file(write(tmp_path, GOOD.replace('realm = "test"', 'realm = "test"\nmedia_poll_ms = 0')))
+    assert polled.server.media_poll == 0.0  # read on readiness
+    v6 = load_file(write(tmp_path, GOOD.replace('media_ip = "127.0.0.1"', 'media_ip = "::1"')))
+    assert v6.server.media_sockets == "per_call"  # shared ports are IPv4 only
     assert config.server.max_calls == 0  # no fixed limit: the learned ceiling alone (rtp.admission)
     capped = load_file(write(tmp_path, GOOD.replace('realm = "test"', 'realm = "test"\nmax_calls = 400')))
     assert capped.server.max_calls == 400
@@ -96,6 +101,8 @@ def test_trunk_sources_match_ip_port_cidr(tmp_path):
         (('realm = "test"', 'realm = "test"\nmax_calls = "many"'), "server.max_calls", "integer"),
         (('realm = "test"', 'realm = "test"\nmax_calls = true'), "server.max_calls", "integer"),
         (('media_ip = "127.0.0.1"', 'media_ip = "::1"\nmedia_sockets = "shared"'), "server.media_sockets", "IPv4"),
+        (('realm = "test"', 'realm = "test"\nmedia_poll_ms = 50'), "server.media_poll_ms", "0 to 20"),
+        (('realm = "test"', 'realm = "test"\nmedia_poll_ms = "fast"'), "server.media_poll_ms", ""),
     ],
 )
 def test_bad_file_names_key_and_reason(tmp_path, change, key, words):

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from pathlib import Path
 
-from b2bua.call import MediaEndpoint
+from rtp.call import MediaEndpoint
 from rtp import g711
 from rtp.batch_io import source_key
 from rtp.events import event_payload

@@ -82,7 +82,7 @@ async def test_a_recorded_call_through_the_media_core_leaves_no_cyclic_garbage(t
     from rtp.core import MediaCore
     from tests.test_media_core import free_range
 
-    from b2bua.call import MediaEndpoint
+    from rtp.call import MediaEndpoint
 
     a, b = phone(), phone()
 

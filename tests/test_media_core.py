@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from b2bua.call import Call, MediaEndpoint, Party
+from rtp.call import Call, MediaEndpoint, Party
 from rtp import g711
 from rtp.core import MediaCore, PortsExhausted
 from rtp.events import event_payload
@@ -221,7 +221,7 @@ async def test_the_tick_drives_only_sessions_with_something_due(tmp_path: Path, 
 
 @pytest.mark.parametrize("shared", [False, True])
 async def test_media_sockets_send_with_df_set_and_no_per_datagram_ip_id(tmp_path: Path, shared: bool) -> None:
-    """IP_PMTUDISC_PROBE on every IPv4 media socket (rtp.core._bind): DF set, so Linux sends
+    """IP_PMTUDISC_PROBE on every IPv4 media socket (rtp.ports.bind_socket): DF set, so Linux sends
     IP ID 0 (RFC 6864) instead of drawing one per datagram from its shared generator."""
     media = MediaCore(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=shared)
     session = media.open_session(make_call("df"))

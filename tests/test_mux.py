@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from b2bua.call import MediaEndpoint
+from rtp.call import MediaEndpoint
 from rtp import g711, mux
 from rtp.batch_io import BatchMux, available, key_address, source_key
 from rtp.core import MediaCore
@@ -111,13 +111,37 @@ async def test_a_phone_behind_nat_is_learnt_from_its_signalling_ip(core: MediaCo
         s.close()
 
 
-async def test_two_phones_behind_one_nat_waiting_at_once_are_ambiguous_not_swapped(core: MediaCore) -> None:
-    ext_a, ext_b, src = phone(), phone(), phone()
+async def test_two_phones_behind_one_nat_get_their_own_ports(core: MediaCore) -> None:
+    """Two calls to phones behind one NAT, both waiting to latch from its IP: each leg is
+    given its own port before the port goes into an SDP, so each phone is learnt."""
+    ext_a, ext_b, src_a, src_b = phone(), phone(), phone(), phone()
     a = core.open_session(make_call("a"))
     b = core.open_session(make_call("b"))
     for session, ext, private in ((a, ext_a, ("192.168.1.20", 4000)), (b, ext_b, ("192.168.1.21", 4000))):
         session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
         session.set_media(1, MediaEndpoint(private, HOST))
+    assert a.ports[1] != b.ports[1]
+    src_a.sendto(build(0, 1, 160, 0x2222, AUDIO), (HOST, a.ports[1]))
+    src_b.sendto(build(0, 1, 160, 0x3333, AUDIO), (HOST, b.ports[1]))
+    assert len(await drain(ext_a, 0.1)) == 1 and len(await drain(ext_b, 0.1)) == 1
+    assert core._shared.stats["ambiguous"] == 0
+    a.close()
+    b.close()
+    for s in (ext_a, ext_b, src_a, src_b):
+        s.close()
+
+
+async def test_two_phones_behind_one_nat_on_one_published_port_are_ambiguous_not_swapped(core: MediaCore) -> None:
+    """Ports already in SDPs (callees) cannot move: from one NAT IP, two waiting legs on one
+    port are ambiguous, dropped and counted, never guessed."""
+    ext_a, ext_b, src = phone(), phone(), phone()
+    a = core.open_session(make_call("a"))
+    b = core.open_session(make_call("b"))
+    assert a.ports == b.ports  # published before any SDP
+    for session, ext, private in ((a, ext_a, ("192.168.1.20", 4000)), (b, ext_b, ("192.168.1.21", 4000))):
+        session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
+        session.set_media(1, MediaEndpoint(private, HOST))
+    assert a.ports[1] == b.ports[1]
     src.sendto(build(0, 1, 160, 0x2222, AUDIO), (HOST, a.ports[1]))
     assert await drain(ext_a, 0.1) == [] and await drain(ext_b, 0.01) == []
     assert core._shared.stats["ambiguous"] == 1
@@ -252,10 +276,10 @@ async def test_oversize_datagrams_on_a_shared_port_are_dropped_not_cut_to_fit(co
     close_calls(calls)
 
 
-async def test_two_calls_whose_parties_share_one_address_never_cross(core: MediaCore) -> None:
-    """SIPp sends every call's RTP from one port: on a shared port such packets cannot be
-    told apart, so they are dropped (ambiguous) and logged, never heard in the wrong call;
-    once the calls are over the address is usable again."""
+async def test_two_calls_whose_parties_share_one_address_get_their_own_ports(core: MediaCore) -> None:
+    """SIPp's rtp_stream (or an SBC) sends every call's RTP from one address: a leg whose
+    party's address is known before its port goes into an SDP gets a port where that
+    address is free, so both calls flow, on the batch lane."""
     ext_a, ext_b, same = phone(), phone(), phone()
     a = core.open_session(make_call("first"))
     a.set_media(0, MediaEndpoint(ext_a.getsockname(), HOST))
@@ -263,19 +287,46 @@ async def test_two_calls_whose_parties_share_one_address_never_cross(core: Media
     b = core.open_session(make_call("second"))
     b.set_media(0, MediaEndpoint(ext_b.getsockname(), HOST))
     b.set_media(1, MediaEndpoint(same.getsockname(), HOST))  # the same address as call a's phone
-    assert a.ports[1] == b.ports[1]
-    same.sendto(build(0, 1, 160, 0x2222, AUDIO), (HOST, a.ports[1]))
-    assert await drain(ext_a, 0.1) == [] and await drain(ext_b, 0.01) == []
-    assert core._shared.stats["ambiguous"] == 1
-    ext_a.sendto(build(0, 1, 160, 0x1111, AUDIO), (HOST, a.ports[0]))  # the unaffected side still flows
-    assert len(await drain(same, 0.1)) == 1
+    assert a.ports[1] != b.ports[1]
+    for k in range(3):
+        same.sendto(build(0, k, 160 * k, 0x2222, AUDIO), (HOST, a.ports[1]))
+        same.sendto(build(0, k, 160 * k, 0x3333, AUDIO), (HOST, b.ports[1]))
+        await asyncio.sleep(0.01)
+    to_a, to_b = await drain(ext_a, 0.1), await drain(ext_b, 0.05)
+    assert len(to_a) == 3 and {p.ssrc for p in to_a} == {a.relay.legs[0].out.ssrc}
+    assert len(to_b) == 3 and {p.ssrc for p in to_b} == {b.relay.legs[0].out.ssrc}
+    assert core._shared.stats["ambiguous"] == 0
     a.close()
     b.close()
-    c = core.open_session(make_call("third"))  # after both calls, the address is free again
-    c.set_media(0, MediaEndpoint(ext_a.getsockname(), HOST))
-    c.set_media(1, MediaEndpoint(same.getsockname(), HOST))
-    same.sendto(build(0, 2, 320, 0x2222, AUDIO), (HOST, c.ports[1]))
+    for s in (ext_a, ext_b, same):
+        s.close()
+
+
+async def test_a_shared_address_on_one_published_port_is_told_apart_by_ssrc(core: MediaCore) -> None:
+    """Callees' ports are in the offer before their address is known: two calls' phones that
+    answer from one address on one port are told apart by SSRC (each leg takes the first
+    new SSRC while it is the only one without one), never crossed; a third SSRC is dropped."""
+    ext_a, ext_b, same = phone(), phone(), phone()
+    a = core.open_session(make_call("first"))
+    b = core.open_session(make_call("second"))
+    assert a.ports[1] == b.ports[1]  # published: fixed
+    port = a.ports[1]
+    a.set_media(0, MediaEndpoint(ext_a.getsockname(), HOST))
+    a.set_media(1, MediaEndpoint(same.getsockname(), HOST))
+    same.sendto(build(0, 1, 160, 0x2222, AUDIO), (HOST, port))
     assert len(await drain(ext_a, 0.1)) == 1
-    c.close()
+    b.set_media(0, MediaEndpoint(ext_b.getsockname(), HOST))
+    b.set_media(1, MediaEndpoint(same.getsockname(), HOST))  # the same address, the same port
+    same.sendto(build(0, 2, 320, 0x2222, AUDIO), (HOST, port))  # call a's stream stays call a's
+    assert len(await drain(ext_a, 0.1)) == 1 and await drain(ext_b, 0.01) == []
+    same.sendto(build(0, 1, 160, 0x3333, AUDIO), (HOST, port))  # a new SSRC: call b, the only one waiting
+    assert len(await drain(ext_b, 0.1)) == 1 and await drain(ext_a, 0.01) == []
+    same.sendto(build(0, 1, 160, 0x4444, AUDIO), (HOST, port))  # nobody waits: dropped, not guessed
+    assert await drain(ext_a, 0.05) == [] and await drain(ext_b, 0.01) == []
+    assert core._shared.stats["ambiguous"] == 1
+    a.close()  # one call left on the address: routed exactly again
+    same.sendto(build(0, 2, 320, 0x3333, AUDIO), (HOST, port))
+    assert len(await drain(ext_b, 0.1)) == 1
+    b.close()
     for s in (ext_a, ext_b, same):
         s.close()

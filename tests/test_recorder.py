@@ -15,7 +15,7 @@ import soundfile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from b2bua.call import Call
+from rtp.call import Call
 from rtp import g711
 from rtp import recorder as recorder_module
 from rtp.recorder import JITTER_WINDOW_SECONDS, Recorder, repair

@@ -215,13 +215,13 @@ def test_lockout_after_repeated_failures_and_its_expiry() -> None:
         r = reg.handle(req(register(cseq=2 * i + 2, authorization=digest_for(first, password=f"guess{i}"))), attacker, T0 + i)
         assert r.status == (403 if i == 4 else 401)
     assert len(lines) == 1
-    assert lines[0].startswith("security: lockout ip=198.51.100.9 user=alice failures=5 until=")
+    assert lines[0].startswith("security: lockout ip=198.51.100.9 user=alice failures=5 window=60s strike=1 until=")
 
     # Locked: 403 at once, no challenge evaluated, even with the right password.
     first = reg.handle(req(register(cseq=20)), attacker, T0 + 10)
     assert first.status == 403 and first.headers.get("WWW-Authenticate") is None
-    # The user is locked too, whatever IP she comes from.
-    assert reg.handle(req(register(cseq=21)), ALICE_PHONE, T0 + 10).status == 403
+    # The guesser is locked, not the user: alice from her own address is challenged (issue 16).
+    assert reg.handle(req(register(cseq=21)), ALICE_PHONE, T0 + 10).status == 401
     # Bob from another IP is unaffected.
     assert reg.handle(req(register(user="bob")), Peer("udp", "192.0.2.20", 5060), T0 + 10).status == 401
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from b2bua.call import Call, MediaEndpoint, Party
+from rtp.call import Call, MediaEndpoint, Party
 from rtp import g711
 from rtp.events import EventDetector, event_payload, parse_event
 from rtp.packet import RtpPacket, build
@@ -208,6 +208,38 @@ def test_rtcp_goes_to_the_other_party_rtp_port_plus_one() -> None:
     assert h.relay.receive_rtcp(EXT, rtcp, (EXT_ADDR[0], 40001), 0.1) == [(USER, rtcp, (USER_SDP[0], 5001))]
     assert h.relay.receive_rtcp(EXT, rtcp, ("192.0.2.66", 40001), 0.1) == []
     assert h.relay.receive_rtcp(USER, rtcp, (USER_SIG_IP, 61001), 0.2) == [(EXT, rtcp, (EXT_ADDR[0], 40001))]
+
+
+def test_rtcp_latches_only_within_the_window_as_rtp_does() -> None:
+    """Issue 16: RTCP learnt the first source from the party's IP with no time limit. Now,
+    as RTP: a new source is learnt only in the latch window, and nobody takes over after."""
+    rtcp = bytes.fromhex("80c80006") + bytes(24)
+    h = Harness()
+    late = LATCH_WINDOW + 1
+    # After the window: the RFC 3550 §11 address (SDP port + 1) still works, a new source does not.
+    assert h.relay.receive_rtcp(EXT, rtcp, (EXT_ADDR[0], 40001), late) == [(USER, rtcp, (USER_SDP[0], 5001))]
+    assert h.relay.receive_rtcp(EXT, rtcp, (EXT_ADDR[0], 40007), late) == []
+    assert h.relay.receive_rtcp(USER, rtcp, (USER_SIG_IP, 61001), late) == []  # behind NAT, too late to learn
+    assert h.relay.stats.unlatched == 2
+    # Within the window the first source on the party's IP is learnt, and only it.
+    h = Harness()
+    assert h.relay.receive_rtcp(USER, rtcp, (USER_SIG_IP, 61001), 0.5) == [(EXT, rtcp, (EXT_ADDR[0], 40001))]
+    assert h.relay.receive_rtcp(USER, rtcp, (USER_SIG_IP, 61009), 0.6) == []  # a second source: refused
+    assert h.relay.receive_rtcp(USER, rtcp, (USER_SIG_IP, 61001), late) != []  # the learnt one keeps working
+    assert h.relay.receive_rtcp(EXT, rtcp, (EXT_ADDR[0], 40001), 0.7) == [(USER, rtcp, (USER_SIG_IP, 61001))]
+
+
+def test_a_source_port_of_zero_is_never_latched() -> None:
+    """Issue 16: UDP source port 0 cannot be answered; neither RTP nor RTCP latches to it."""
+    rtcp = bytes.fromhex("80c80006") + bytes(24)
+    h = Harness()
+    assert h.audio(USER, 0.5, addr=(USER_SIG_IP, 0)) == []
+    assert h.relay.legs[USER].latched is None
+    assert h.relay.receive_rtcp(USER, rtcp, (USER_SIG_IP, 0), 0.5) == []
+    assert h.relay.legs[USER].rtcp_latched is None
+    assert h.relay.stats.unlatched == 2
+    assert h.audio(USER, 0.6)  # the real source is still learnt
+    assert h.relay.legs[USER].latched == USER_NAT
 
 
 # -- recording feed --------------------------------------------------------------------------
@@ -501,7 +533,7 @@ def test_arbitrary_datagrams_never_raise(steps: list) -> None:  # type: ignore[t
 
 def test_a_second_source_on_the_signalling_ip_cannot_take_over_the_stream():
     """RTP bleed: once a party's source is known, a stranger on the same host is refused."""
-    from b2bua.call import Call, MediaEndpoint, Party
+    from rtp.call import Call, MediaEndpoint, Party
     from rtp.relay import CallRelay
     from rtp.prompts import load_prompts
 

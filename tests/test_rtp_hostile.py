@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from b2bua.call import MediaEndpoint
+from rtp.call import MediaEndpoint
 from rtp import g711
 from rtp.core import MediaCore
 from rtp.packet import MAX_PACKET_SIZE, RtpPacket, build
