@@ -511,3 +511,78 @@ async def test_a_receiver_that_never_answers_costs_bounded_connections_and_memor
     assert accepted <= 12  # ~2 s of backoff doubling from 0.2 s, not 200 attempts
     assert sender.outbox.depth() == 200  # all still queued, on disk
     assert len(sender._blocked) == 1
+
+
+def test_in_a_cluster_worker_n_serves_http_on_port_plus_n_with_its_own_outbox():
+    from types import SimpleNamespace
+
+    from b2bua.recordings_service.service import RecordingsService
+
+    config = parse({**BASE, "http": {"listen": "127.0.0.1:8080"},
+                    "webhooks": [{"url": "http://127.0.0.1:9000/r", "secret": "s"}]}, Path("flows.toml"), Path("/tmp"))
+    alone = RecordingsService(config, SimpleNamespace())
+    assert alone.worker_index is None and alone.http_port == 8080
+    assert alone.wav_url("c1") == "http://127.0.0.1:8080/api/recordings/c1.wav"
+    worker = RecordingsService(config, SimpleNamespace(worker=SimpleNamespace(index=2)))
+    assert worker.http_port == 8082 and worker.wav_url("c1") == "http://127.0.0.1:8082/api/recordings/c1.wav"
+
+
+def test_metrics_read_the_live_objects_at_scrape_time(tmp_path):
+    from types import SimpleNamespace
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from b2bua.lockout import Lockout
+    from b2bua.peer import Peer
+
+    lockout = Lockout(max_failures=2)
+    for t in (1.0, 2.0):
+        lockout.record_failure(Peer("udp", "192.0.2.9", 5060), "alice", t)
+    recorder = SimpleNamespace(recording=True, _backlog_frames=4000)
+    media = SimpleNamespace(
+        sessions=[SimpleNamespace(relay=SimpleNamespace(recorder=recorder)),
+                  SimpleNamespace(relay=SimpleNamespace(recorder=None))],
+        admission=SimpleNamespace(ceiling=float("inf")), overloaded=False, lag=0.004,
+        stats=lambda: {"forwarded": 900, "malformed": 3, "unlatched": 2, "no_target": 5, "swallowed": 4,
+                       "send_errors": 1, "strangers": 7})
+    core = SimpleNamespace(calls={"a": 1, "b": 2}, counts={"calls": 12, "refused:overload": 3})
+    counters = metricsmod.ServiceCounters()
+    counters.recordings_finalised = 9
+    registry = metricsmod.make_registry(metricsmod.B2buaCollector(
+        SimpleNamespace(core=core, media=media, lockout=lockout), counters, tmp_path))
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(metricsmod.render(registry).decode())
+               for s in family.samples}
+    assert samples[("b2bua_calls_active", ())] == 2
+    assert samples[("b2bua_calls_total", ())] == 12
+    assert samples[("b2bua_calls_refused_total", (("reason", "overload"),))] == 3
+    assert samples[("b2bua_recordings_active", ())] == 1
+    assert samples[("b2bua_recordings_total", ())] == 9
+    assert samples[("b2bua_recorder_backlog_seconds", ())] == 0.5
+    assert samples[("b2bua_rtp_packets_total", ())] == 900 + 3 + 2 + 5 + 4 + 7
+    assert samples[("b2bua_rtp_dropped_total", (("reason", "malformed"),))] == 3
+    assert samples[("b2bua_rtp_dropped_total", (("reason", "send_error"),))] == 1
+    assert samples[("b2bua_rtp_dropped_total", (("reason", "stranger"),))] == 7
+    assert samples[("b2bua_media_lag_seconds", ())] == 0.004
+    assert samples[("b2bua_admission_ceiling_calls", ())] == float("inf")
+    assert samples[("b2bua_lockouts_total", (("scope", "ip"),))] == 1
+    assert samples[("b2bua_recordings_disk_free_bytes", ())] > 0
+
+
+def test_media_core_stats_keep_the_counts_of_ended_calls():
+    from types import SimpleNamespace
+
+    from rtp.core import MediaCore
+    from rtp.relay import RelayStats
+
+    core = MediaCore("127.0.0.1", (40000, 40019), "/tmp/unused")
+    class Session:  # what release() reads of a session (hashable, as sessions are)
+        relay = SimpleNamespace(stats=RelayStats(forwarded=10, malformed=1))
+        send_errors = 2
+
+    session = Session()
+    core.sessions.append(session)
+    assert core.stats()["forwarded"] == 10
+    core.release(session)  # the call ends
+    assert core.sessions == []
+    assert core.stats() == {**{k: 0 for k in RelayStats.__slots__}, "forwarded": 10, "malformed": 1, "send_errors": 2}

@@ -10,8 +10,7 @@ its own figures.
 from __future__ import annotations
 
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +45,12 @@ class ServiceCounters:
 
 class B2buaCollector(Collector):
     def __init__(self, server: Any, counters: ServiceCounters, recordings_dir: Path,
-                 index: Any = None, webhooks: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 index: Any = None, webhooks: Any = None) -> None:
         self.server = server  # b2bua.server.Server: .core (B2BUA), .media (MediaCore), .lockout
         self.counters = counters
         self.recordings_dir = recordings_dir
         self.index = index
         self.webhooks = webhooks
-        self.clock = clock
 
     def collect(self) -> Iterator[Metric]:
         server = self.server
@@ -106,12 +104,13 @@ class B2buaCollector(Collector):
             yield CounterMetricFamily("b2bua_rtp_forwarded", "RTP packets relayed to the other party since start",
                                       value=stats.get("forwarded", 0))
 
-        lockout = getattr(server, "lockout", None)
-        locked = getattr(lockout, "_locked", None)
-        if isinstance(locked, dict):
-            now = self.clock()
-            yield GaugeMetricFamily("b2bua_lockouts_active", "IPs and users locked out after failed digest guesses",
-                                    value=sum(1 for until in locked.values() if until > now))
+        started = getattr(getattr(server, "lockout", None), "started", None)
+        if isinstance(started, dict):
+            lockouts = CounterMetricFamily("b2bua_lockouts", "Lockouts started after failed digest guesses, by scope",
+                                           labels=["scope"])
+            for scope in ("ip", "user", "addr"):
+                lockouts.add_metric([scope], started.get(scope, 0))
+            yield lockouts
 
         try:
             free = shutil.disk_usage(self.recordings_dir).free

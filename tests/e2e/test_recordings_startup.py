@@ -1,4 +1,5 @@
-"""Issue 18 end to end: `[recordings] retention_days` at the start of `b2bua run`."""
+"""Issue 18 end to end: what `b2bua run` does at start with `[recordings] retention_days`
+and with an `[http] listen` address it cannot have."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
+import socket
 
 from tests.e2e.peers import B2buaProcess, Ports
 
@@ -45,3 +48,24 @@ retention_days = {days}
         assert len(list(root.rglob("recent-call.*"))) == 2
     finally:
         pbx.stop()
+
+
+def test_an_http_address_in_use_exits_1_with_the_reason(tmp_path):
+    ports = Ports.allocate()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        pbx = B2buaProcess(f'''
+[server]
+listen = "{ports.listen}"
+rtp_ports = "{ports.rtp_ports}"
+[http]
+listen = "127.0.0.1:{taken.getsockname()[1]}"
+''', tmp_path)
+        with pytest.raises(RuntimeError, match="exited with 1"):
+            pbx.start()
+        assert "startup event=failed" in pbx.logs() and "address already in use" in pbx.logs().lower()
+        assert "Traceback" not in pbx.logs()
+    finally:
+        taken.close()
