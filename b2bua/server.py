@@ -113,8 +113,7 @@ class Server:
         self.transactions.strangers = self.strangers
         self.lockout = lockout
         # Recordings page, REST API, webhooks, metrics, retention ([http], [[webhooks]], ...).
-        from b2bua.recordings_service.service import RecordingsService, notify_on_close
-        from rtp.relay import recorder_factory
+        from b2bua.recordings_service.service import RecordingsService, recorder_hook
         self.recordings = RecordingsService(config, self)
         self.media = MediaCore(
             server.media_ip,
@@ -125,8 +124,7 @@ class Server:
             shared=server.media_sockets == "shared",
             poll_interval=server.media_poll,
             max_calls=server.max_calls,
-            make_recorder=notify_on_close(recorder_factory(server.recordings_dir, server.pause),
-                                          self.recordings.on_finalised),
+            **recorder_hook(self.recordings.on_finalised, server.recordings_dir, server.pause),
         )
         self.core = B2BUA(
             config, self.transactions, self.registrar, authenticator, lockout, self.media,

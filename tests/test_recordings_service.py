@@ -586,3 +586,27 @@ def test_media_core_stats_keep_the_counts_of_ended_calls():
     core.release(session)  # the call ends
     assert core.sessions == []
     assert core.stats() == {**{k: 0 for k in RelayStats.__slots__}, "forwarded": 10, "malformed": 1, "send_errors": 2}
+
+
+def test_recorder_hook_uses_the_recorders_own_on_finalised_when_it_has_one(monkeypatch):
+    import rtp.recorder
+    from b2bua.recordings_service.service import recorder_hook
+
+    def announce(path: Path) -> None: ...
+
+    has = recorder_hook(announce, Path("/tmp/r"), "silence")
+    if "on_finalised" in __import__("inspect").signature(rtp.recorder.Recorder).parameters:
+        assert has == {"on_finalised": announce}
+    else:
+        assert set(has) == {"make_recorder"}
+
+    class WithHook:
+        def __init__(self, directory, call, pause_mode, t0, *, on_finalised=None) -> None: ...
+
+    class WithoutHook:
+        def __init__(self, directory, call, pause_mode, t0) -> None: ...
+
+    monkeypatch.setattr(rtp.recorder, "Recorder", WithHook)
+    assert recorder_hook(announce, Path("/tmp/r"), "silence") == {"on_finalised": announce}
+    monkeypatch.setattr(rtp.recorder, "Recorder", WithoutHook)
+    assert set(recorder_hook(announce, Path("/tmp/r"), "silence")) == {"make_recorder"}

@@ -173,6 +173,22 @@ def _recent_days(n: int) -> list:
     return [today - timedelta(days=i) for i in range(n, -1, -1)]
 
 
+def recorder_hook(on_finalised: Callable[[Path], None], directory: Path, pause_mode: str) -> dict[str, Any]:
+    """The MediaCore keyword arguments that get `on_finalised` called for each recording.
+
+    The recorder's own `on_finalised` (called once the WAV and final sidecar are durable)
+    when it has one; until then a factory whose recorders call it after `close()`. Chosen
+    by signature so that this keeps working whichever of the two is merged first."""
+    import inspect
+
+    from rtp.recorder import Recorder
+    from rtp.relay import recorder_factory
+
+    if "on_finalised" in inspect.signature(Recorder).parameters:
+        return {"on_finalised": on_finalised}
+    return {"make_recorder": notify_on_close(recorder_factory(directory, pause_mode), on_finalised)}
+
+
 def notify_on_close(make_recorder: Callable[..., Any], on_finalised: Callable[[Path], None]) -> Callable[..., Any]:
     """A recorder factory whose recorders call `on_finalised(sidecar path)` once closed
     with a file (a call never recorded leaves none and calls nothing).
