@@ -2,6 +2,7 @@
 
     python bench/recordings_index.py                     # 100,000 recordings, 200 queries of each kind
     python bench/recordings_index.py --recordings 1000000 --queries 50
+    python bench/recordings_index.py --store redis       # the cluster's index (a private redis-server)
 
 Fills an index (the SQLite store `b2bua run` uses, in a temporary file) with N synthetic
 sidecars spread over a year, 300 DDIs and 20,000 caller numbers, then times queries as the
@@ -14,9 +15,12 @@ kind; the last line is one JSON object. Figures, not pass/fail.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from b2bua.recordings_service.index import Query, SqliteIndex, decode_cursor  # noqa: E402
+from b2bua.recordings_service.redis_index import RedisIndex  # noqa: E402
 
 YEAR_START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -48,6 +53,30 @@ def sidecar(i: int, rng: random.Random) -> dict:
     }
 
 
+@contextlib.contextmanager
+def private_redis(folder: Path):
+    import redis
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(folder)], stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        for _ in range(200):
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def timed(fn, n: int) -> list[float]:
     out = []
     for _ in range(n):
@@ -62,16 +91,22 @@ def main() -> None:
     ap.add_argument("--recordings", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--store", choices=["sqlite", "redis"], default="sqlite",
+                    help="redis: a private redis-server on a free port (the cluster's index)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        index = SqliteIndex(Path(tmp) / "index.sqlite3")
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        if args.store == "redis":
+            index = RedisIndex(stack.enter_context(private_redis(Path(tmp))))
+        else:
+            index = SqliteIndex(Path(tmp) / "index.sqlite3")
+            index.db.execute("PRAGMA synchronous=OFF")  # the fill only; queries are what is measured
         t = time.perf_counter()
-        index.db.execute("PRAGMA synchronous=OFF")  # the fill only; queries are what is measured
         for i in range(args.recordings):
             data = sidecar(i, rng)
             index.add(data, f"{data['started'][:4]}/{data['started'][5:7]}/{data['started'][8:10]}/{data['call_id']}.json")
-        index.db.execute("PRAGMA synchronous=NORMAL")
+        if args.store == "sqlite":
+            index.db.execute("PRAGMA synchronous=NORMAL")
         fill = time.perf_counter() - t
         print(f"filled {index.count():,} recordings in {fill:.1f} s ({args.recordings / fill:,.0f}/s, one commit each)")
 
@@ -111,6 +146,7 @@ def main() -> None:
             print(f"{name:28s} median {median:7.3f} ms   p95 {p95:7.3f} ms")
             result[name] = {"median_ms": round(median, 3), "p95_ms": round(p95, 3)}
         index.close()
+    result["store"] = args.store
     print(json.dumps(result))
 
 

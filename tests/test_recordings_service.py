@@ -65,9 +65,49 @@ def put_recording(root: Path, data: dict, wav: bytes = b"RIFF....WAVE" + bytes(4
 T0 = datetime(2026, 11, 3, 9, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-def index():
-    idx = SqliteIndex(":memory:")
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    """A private redis-server on a free port (never the system service)."""
+    import socket
+    import subprocess
+    import time
+
+    import redis
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    folder = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port),
+                             "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline and proc.poll() is None, "redis-server did not start"
+            time.sleep(0.05)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def index(request):
+    if request.param == "sqlite":
+        idx = SqliteIndex(":memory:")
+    else:
+        import redis
+
+        from b2bua.recordings_service.redis_index import RedisIndex
+
+        url = request.getfixturevalue("redis_url")
+        redis.Redis.from_url(url).flushall()
+        idx = RedisIndex(url)
     yield idx
     idx.close()
 
@@ -610,3 +650,51 @@ def test_recorder_hook_uses_the_recorders_own_on_finalised_when_it_has_one(monke
     assert recorder_hook(announce, Path("/tmp/r"), "silence") == {"on_finalised": announce}
     monkeypatch.setattr(rtp.recorder, "Recorder", WithoutHook)
     assert set(recorder_hook(announce, Path("/tmp/r"), "silence")) == {"make_recorder"}
+
+
+def test_index_pages_recordings_started_at_the_same_instant(index):
+    for i in range(7):
+        data = sidecar(f"same{i}", T0)
+        index.add(data, f"x/same{i}.json")
+    seen, page = [], index.search(Query(limit=3))
+    seen += [e.call_id for e in page.entries]
+    while page.next:
+        page = index.search(Query(limit=3, after=decode_cursor(page.next)))
+        seen += [e.call_id for e in page.entries]
+    assert seen == [f"same{i}" for i in range(6, -1, -1)]
+
+
+def test_redis_index_remembers_it_was_built_and_is_shared(redis_url):
+    import redis
+
+    from b2bua.recordings_service.redis_index import RedisIndex
+
+    redis.Redis.from_url(redis_url).flushall()
+    first = RedisIndex(redis_url)
+    assert first.created
+    first.add(sidecar("shared1", T0), "2026/11/03/shared1.json")
+    first.built()
+    other = RedisIndex(redis_url)  # another worker
+    assert not other.created and other.get("shared1").json_path == "2026/11/03/shared1.json"
+    assert [e.call_id for e in other.search(Query(number="441632960000")).entries] == ["shared1"]
+    assert [e.call_id for e in other.started_before((T0 + timedelta(seconds=1)).timestamp())] == ["shared1"]
+    first.close()
+    other.close()
+
+
+async def test_api_answers_503_when_the_index_store_is_down(tmp_path, redis_url):
+    from b2bua.recordings_service.redis_index import RedisIndex, client
+
+    down = RedisIndex(redis_url)
+    down.r = client("redis://127.0.0.1:1/0", 0.2)  # Redis goes away after the start
+    counters = metricsmod.ServiceCounters()
+    api = RecordingsApi(tmp_path, down, TokenBook(TOKENS), metricsmod.make_registry(
+        metricsmod.B2buaCollector(object(), counters, tmp_path)), counters)
+    client = TestClient(TestServer(api.app()))
+    await client.start_server()
+    try:
+        r = await client.get("/api/recordings", headers=auth())
+        assert r.status == 503 and r.headers["Retry-After"] == "5"
+        assert "unavailable" in (await r.json())["error"]
+    finally:
+        await client.close()

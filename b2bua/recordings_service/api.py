@@ -64,6 +64,7 @@ class RecordingsApi:
         self.counters = counters
         self.on_deleted = on_deleted
         self._link_key = secrets.token_bytes(32)
+        self._store_errors = 0
         self._static = {name: resources.files("b2bua.recordings_service.static").joinpath(name).read_bytes()
                         for name in STATIC_FILES}
 
@@ -90,7 +91,12 @@ class RecordingsApi:
             if exc.status < 400:
                 raise
             return error(exc.status, exc.reason)
-        except Exception:
+        except Exception as exc:
+            if _store_unavailable(exc):  # Redis down, SQLite locked: 503; logged on the 1st and every 600th
+                self._store_errors += 1
+                if self._store_errors == 1 or self._store_errors % 600 == 0:
+                    log.error("http event=index-unavailable errors=%d reason=%r", self._store_errors, str(exc)[:200])
+                return error(503, "the recordings index is unavailable; try again shortly", **{"Retry-After": "5"})
             log.exception("http event=internal-error method=%s path=%s", request.method, request.path[:200])
             return error(500, "internal error")
 
@@ -218,6 +224,12 @@ class RecordingsApi:
             self.on_deleted(call_id)
         log.info("call=%s event=recording-deleted by=%s bytes=%d", call_id, token.name, freed)
         return web.json_response({"deleted": call_id})
+
+
+def _store_unavailable(exc: Exception) -> bool:
+    import sqlite3
+
+    return type(exc).__module__.startswith("redis") or isinstance(exc, sqlite3.OperationalError)
 
 
 def _split(name: str) -> tuple[str | None, str]:

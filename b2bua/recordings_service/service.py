@@ -95,7 +95,16 @@ class RecordingsService:
         config = self.config
         needs_index = config.http is not None or bool(config.webhooks)
         if needs_index and self.index is None:
-            self.index = SqliteIndex(self.recordings_dir / INDEX_FILE)
+            redis_url = getattr(config.cluster, "redis", None) if getattr(config, "cluster", None) else None
+            if redis_url:  # a cluster: one index for every worker, in the shared store
+                from b2bua.recordings_service.redis_index import RedisIndex
+
+                try:
+                    self.index = RedisIndex(redis_url)
+                except Exception as exc:  # redis-py's errors are not OSErrors: say which store, exit 1
+                    raise OSError(f"recordings index at {redis_url}: {exc}") from exc
+            else:
+                self.index = SqliteIndex(self.recordings_dir / INDEX_FILE)
         if config.webhooks:
             outbox = OUTBOX_FILE if self.worker_index is None else f"webhooks-worker{self.worker_index}.sqlite3"
             self.webhooks = WebhookSender(config.webhooks, Outbox(self.recordings_dir / outbox), self.wav_url)
@@ -104,6 +113,7 @@ class RecordingsService:
             days = None if created else _recent_days(RECONCILE_DAYS)
             added = self.index.rebuild(self.recordings_dir, days)
             if created:
+                self.index.built()
                 log.info("recordings event=index-built recordings=%d path=%s", len(added), self.recordings_dir)
             else:
                 # Recent sidecars the index missed (a crash between finalise and commit)
