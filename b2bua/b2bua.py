@@ -34,6 +34,7 @@ from b2bua.events import (
 )
 from b2bua.headers import NameAddr, parse_name_addr, parse_uri
 from b2bua.message import Headers, Request, Response, make_response
+from b2bua.extensions import unsupported_required
 from b2bua.peer import Peer
 from b2bua import sdp as sdpmod
 from b2bua.transaction import TransactionError
@@ -203,6 +204,9 @@ class B2BUA:
 
     def _request(self, txn: Any, request: Request, peer: Peer, now: float) -> None:
         method = request.method
+        if unsupported := unsupported_required(request):  # RFC 3261 §8.2.2.3
+            self._reply(txn, request, 420, now, "Bad Extension", headers=[("Unsupported", ", ".join(unsupported))])
+            return
         to_tag = request.to_tag
         if to_tag:
             self._in_dialog(txn, request, peer, to_tag, now)

@@ -109,7 +109,8 @@ class Server:
         passwords = {u.name: u.password for u in config.users}
         self.registrar = Registrar(passwords, server.realm, server.registrations_db, authenticator, lockout,
                                    utc_at=utc_at)
-        self.strangers = policy_for(config, self.registrar, self.summary)
+        self.strangers = policy_for(config, self.registrar, self.summary,
+                                    also_trusted=self.worker.link.is_edge if self.worker else None)
         self.transactions.strangers = self.strangers
         self.lockout = lockout
         # Recordings page, REST API, webhooks, metrics, retention ([http], [[webhooks]], ...).
@@ -136,7 +137,7 @@ class Server:
             log.error("startup event=failed reason=%r http=%s", str(exc), config.http)
             await self.recordings.stop()
             return 1
-        self.transport = SipTransport(server.host, server.port, self.on_message, log)
+        self.transport = SipTransport(server.host, server.port, self.on_message, log, hostile=self.summary.count)
         try:
             await self.transport.start()
         except OSError as exc:
@@ -217,6 +218,8 @@ class Server:
                 self.core.handle(event, now)
         except Exception:  # a bug must cost one message, never the server
             log.exception("sip event=internal-error source=%s:%d", peer.host, peer.port)
+        if peer.transport == "tcp":  # a SIP message keeps the slot; a phone's or trunk's, for good
+            self.transport.heard(peer, trusted=self.strangers.trusted(peer, now))
         self.flush()
         self.arm()
 

@@ -359,11 +359,11 @@ class SipLoad:
 
 
 def b2bua_config(n: int, sip_port: int, trunk_port: int, rtp: tuple[int, int], record: bool, recordings: Path,
-                 media_sockets: str = "shared", http_port: int = 0) -> str:
+                 media_sockets: str = "default", http_port: int = 0) -> str:
+    sockets = "" if media_sockets == "default" else f'media_sockets = "{media_sockets}"\n'  # default: as users get it
     lines = [f'''[server]
 listen = "{LOCAL}:{sip_port}"
-media_sockets = "{media_sockets}"
-media_ip = "{LOCAL}"
+{sockets}media_ip = "{LOCAL}"
 rtp_ports = "{rtp[0]}-{rtp[1]}"
 recordings_dir = "{recordings}"
 realm = "load"
@@ -408,6 +408,25 @@ def check_wavs(wavs: list[Path], load: SipLoad, expected: int, seconds: float) -
         ok = ok and shortest <= length <= longest
         present += [float(np.count_nonzero(samples[:, ch])) / (seconds * 8000 * TONE_NONZERO) for ch in (0, 1)]
     return ok, lengths, round(float(np.mean(present)), 4) if present else 0.0
+
+
+def read_lateness(log_path: Path, start: int, end: int) -> dict:
+    """p50/p99/max of how late the B2BUA's media reads ran while the generator streamed:
+    the `media event=lateness what=read` lines it logged in [start, end) of its log (rtp.lateness),
+    the first one left out (its window began before the streams)."""
+    from rtp.lateness import Lateness
+
+    with open(log_path, "rb") as f:
+        f.seek(start)
+        text = f.read(max(end - start, 0)).decode("utf-8", "replace")
+    windows = [Lateness.parse(ln.split("what=read", 1)[1]) for ln in text.splitlines() if "event=lateness what=read" in ln]
+    total = Lateness()
+    for w in windows[1:]:
+        total.merge(w)
+    if not total.total:
+        return {}
+    return {"read_p50_ms": total.percentile(50), "read_p99_ms": total.percentile(99), "read_max_ms": round(total.max_ms, 1),
+            "reads": total.total}
 
 
 HTTP_TOKEN = "load-bench-token"
@@ -466,7 +485,7 @@ def http_poller(port: int, rate: float, stop, out) -> None:
     out.send((done, errors, times[len(times) // 2] if times else 0.0, times[int(0.95 * (len(times) - 1))] if times else 0.0))
 
 
-def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_sockets: str = "shared",
+def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_sockets: str = "default",
               http_poll: float = 0.0) -> dict:
     sip_port = free_port()
     trunk, phone = udp(), udp()
@@ -502,6 +521,7 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
             poller = multiprocessing.Process(target=http_poller, args=(http_port, http_poll, poll_stop, poll_in))
             poller.start()
         (user0, sys0), wall0 = cpu_split(proc.pid), time.monotonic()
+        log_start = os.path.getsize(workdir / "b2bua.log")
         gen, pipe = run_generator([trunk_media, phone_media], targets, sources, seconds)
         stats = pipe.recv()
         gen.join()
@@ -517,6 +537,7 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
         cpu = user + system
         wall = time.monotonic() - wall0
         rss = rss_peak_mb(proc.pid)
+        lateness = read_lateness(workdir / "b2bua.log", log_start, os.path.getsize(workdir / "b2bua.log"))
         ended = load.hangup(dialogs, time.monotonic() + 30)
         time.sleep(2.0)
         wavs = sorted(w for w in recordings.rglob("*.wav") if not w.stem.endswith("-seed"))  # not --http-poll's
@@ -533,7 +554,7 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
             s.close()
     offered, received = stats["offered"], stats["received"]
     return {
-        "peer": "b2bua" if media_sockets == "shared" else "b2bua/pc", "record": record, "calls": calls, "registered": registered, "answered": answered, "refused_503": load.refused,
+        "peer": "b2bua" if media_sockets != "per_call" else "b2bua/pc", "record": record, "calls": calls, "registered": registered, "answered": answered, "refused_503": load.refused,
         "ended": ended, "offered": offered, "relayed": received, "recorded": recorded_packets,
         "loss": round(1 - received / offered, 5) if offered else 1.0,
         "cpu_percent": round(100 * cpu / wall, 1), "rss_mb": round(rss, 1), "wav_ok": wav_ok,
@@ -542,6 +563,7 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
         "generator_capacity_pps": round(offered / stats["busy_s"]) if stats["busy_s"] else 0,
         "offered_pps": round(offered / stats["wall_s"]),
         "http": http_stats,
+        **lateness,
     }
 
 
@@ -663,7 +685,7 @@ def run_rtpengine(calls: int, seconds: float, record: bool, workdir: Path) -> di
     }
 
 
-def one(peer: str, calls: int, seconds: float, record: bool, media_sockets: str = "shared", http_poll: float = 0.0) -> dict:
+def one(peer: str, calls: int, seconds: float, record: bool, media_sockets: str = "default", http_poll: float = 0.0) -> dict:
     with tempfile.TemporaryDirectory(prefix="load-") as tmp:
         if peer == "b2bua":
             return run_b2bua(calls, seconds, record, Path(tmp), media_sockets, http_poll)
@@ -673,9 +695,11 @@ def one(peer: str, calls: int, seconds: float, record: bool, media_sockets: str 
 def line(r: dict) -> str:
     answered = f" answered={r['answered']} refused_503={r['refused_503']}" if "answered" in r else ""
     split = f" (user {r['user_percent']}% sys {r['sys_percent']}%)" if "user_percent" in r else ""
+    late = (f" read_late p50<={r['read_p50_ms']}ms p99<={r['read_p99_ms']}ms max={r['read_max_ms']}ms"
+            if "read_p50_ms" in r else "")
     return (f"{r['peer']:<10} record={'on ' if r['record'] else 'off'} calls={r['calls']:<5}{answered} loss={r['loss']:.4%} "
             f"cpu={r['cpu_percent']:>5}%{split} rss={r['rss_mb']:>6} MB offered={r['offered_pps']}/s "
-            f"generator_capacity={r['generator_capacity_pps']}/s wav_ok={r.get('wav_ok')} wav_audio={r.get('wav_audio')}")
+            f"generator_capacity={r['generator_capacity_pps']}/s wav_ok={r.get('wav_ok')} wav_audio={r.get('wav_audio')}{late}")
 
 
 def main() -> None:
@@ -688,8 +712,8 @@ def main() -> None:
     ap.add_argument("--table-calls", default="500,1000,2000",
                     help="the table's call counts, comma-separated (add the levels where loss starts, "
                          "so the highest with zero loss comes from the same run)")
-    ap.add_argument("--media-sockets", choices=["shared", "per_call"], default="shared",
-                    help="the B2BUA's [server] media_sockets (default shared: the at-load setting)")
+    ap.add_argument("--media-sockets", choices=["default", "shared", "per_call"], default="default",
+                    help="the B2BUA's [server] media_sockets (default: the key left out, as a user gets it: shared)")
     ap.add_argument("--http-poll", type=float, default=0.0, metavar="R",
                     help="also poll the recordings page/API/metrics at R requests/s (issue 18; b2bua only)")
     args = ap.parse_args()
@@ -698,14 +722,14 @@ def main() -> None:
         print(line(r))
         if r.get("http"):
             print(f"http: {r['http']}")
-        print(json.dumps({k: r[k] for k in ("calls", "loss", "cpu_percent", "rss_mb", "wav_ok")}
-                         | {"peer": r["peer"], "http": r.get("http")}))
+        keys = ("calls", "loss", "cpu_percent", "rss_mb", "wav_ok", "read_p50_ms", "read_p99_ms", "read_max_ms")
+        print(json.dumps({k: r[k] for k in keys if k in r} | {"peer": r["peer"], "http": r.get("http")}))
         return
     rows = []
     for calls in sorted({int(c) for c in args.table_calls.split(",") if c.strip()}):
         for peer, record in (("b2bua", True), ("rtpengine", False), ("rtpengine", True)):
             try:
-                r = one(peer, calls, args.seconds, record, args.media_sockets if peer == "b2bua" else "shared")
+                r = one(peer, calls, args.seconds, record, args.media_sockets if peer == "b2bua" else "default")
             except Exception as exc:  # a failed cell is reported, the table goes on
                 r = {"peer": peer, "record": record, "calls": calls, "error": str(exc)[:200]}
                 print(f"{peer} record={record} calls={calls}: failed: {exc}")

@@ -36,6 +36,7 @@ from rtp.call import Call, MediaEndpoint, Party  # noqa: E402
 from rtp import g711  # noqa: E402
 from rtp.events import event_payload  # noqa: E402
 from rtp.prompts import load_prompts  # noqa: E402
+from rtp.fastpath import LegTable  # noqa: E402
 from rtp.relay import CallRelay, recorder_factory  # noqa: E402
 
 STEP = 0.02  # one packet time
@@ -71,10 +72,11 @@ def run(calls: int, seconds: float, directory: Path, profile: bool) -> dict[str,
     make_recorder = recorder_factory(directory, "silence")
     rss_before = max_rss_bytes()
 
+    table = LegTable()  # one leg table for every call, as rtp.core.MediaCore has
     relays: list[CallRelay] = []
     addrs: list[tuple[tuple[str, int], tuple[str, int]]] = []
     for i in range(calls):
-        relay = CallRelay(make_call(i), prompts, make_recorder)
+        relay = CallRelay(make_call(i), prompts, make_recorder, table=table)
         ext = (f"10.{i // 250 % 250}.{i % 250}.1", 20000)
         user = (f"172.16.{i // 250 % 250}.{i % 250}", 30000)
         relay.set_media(0, MediaEndpoint(ext, ext[0]), 0.0)

@@ -22,7 +22,9 @@ from pathlib import Path
 
 from rtp.call import Call, MediaEndpoint
 from rtp.admission import Admission
+from rtp.fastpath import LegTable
 from rtp.feature import FEATURE_TIMEOUT
+from rtp.lateness import Lateness
 from rtp.mux import POLL_INTERVAL, SharedPorts, SharedSession, ipv4
 from rtp.ports import MAX_DATAGRAM, PortRange, PortsExhausted, read_datagrams
 from rtp.prompts import Prompts, load_prompts
@@ -31,6 +33,15 @@ from rtp.relay import TICK_INTERVAL, CallRelay, Datagram, recorder_factory
 MAX_READS_PER_WAKEUP = 64  # datagrams drained per readiness callback before yielding to other sockets
 PORTS_PER_SESSION = 2  # one RTP/RTCP pair facing each party
 LAG_SMOOTHING = 0.1  # weight of the newest tick in the moving average
+LATENESS_WINDOW = 5.0  # seconds per `media event=lateness` log line (rtp.lateness)
+LATE_READ_BUCKET = 8  # stats()["late_reads"]: reads of this window later than EDGES_MS[7] (5 ms)
+_RELAY_COUNTERS = ("forwarded", "malformed", "oversize", "unlatched", "no_target", "swallowed", "injected", "rtcp")
+
+
+def _add_relay_stats(out: dict[str, int], session: MediaSession | SharedSession) -> None:
+    stats = session.relay.stats
+    for key in _RELAY_COUNTERS:
+        out[key] += getattr(stats, key)
 
 
 class MediaSession:
@@ -39,7 +50,8 @@ class MediaSession:
     def __init__(self, core: MediaCore, call: Call, base_ports: tuple[int, int], sockets: list[socket.socket]) -> None:
         self.core = core
         self.call = call
-        self.relay = CallRelay(call, core.prompts, core.make_recorder, feature_timeout=core.feature_timeout)
+        self.relay = CallRelay(call, core.prompts, core.make_recorder, feature_timeout=core.feature_timeout,
+                               table=core.leg_table)
         self._base_ports = base_ports
         # [rtp leg 0, rtcp leg 0, rtp leg 1, rtcp leg 1]
         self._sockets = sockets
@@ -75,9 +87,6 @@ class MediaSession:
         self._send(self.relay.dtmf(channel, digit, self.core.now() if now is None else now))
         self.core.wake(self)
 
-    def settle(self) -> None:
-        """`relay` is always current here (nothing is lent: see rtp.mux.SharedSession.settle)."""
-
     def close(self) -> None:
         """Finalise the recording and free the ports. Idempotent."""
         if self.closed:
@@ -93,6 +102,7 @@ class MediaSession:
         try:
             self.relay.close(self.core.now())
         finally:
+            self.core.leg_table.remove(self.relay.slot)
             self.core.release(self)
 
     # -- datagrams -------------------------------------------------------------------
@@ -138,13 +148,6 @@ class MediaSession:
         out = self.relay.tick(now)
         if out:
             self._send(out)
-
-
-def _add_stats(totals: dict[str, int], session: MediaSession | SharedSession) -> None:
-    stats = session.relay.stats
-    for key in stats.__slots__:  # type: ignore[attr-defined]
-        totals[key] = totals.get(key, 0) + getattr(stats, key)
-    totals["send_errors"] = totals.get("send_errors", 0) + session.send_errors
 
 
 class MediaCore:
@@ -197,11 +200,19 @@ class MediaCore:
         if shared and not ipv4(media_ip):
             raise ValueError(f"shared media sockets need an IPv4 media_ip, not {media_ip}")
         self.port_pool = PortRange(media_ip, low, high)
-        self._shared = SharedPorts(self, self.port_pool, poll_interval) if shared else None
+        # Every call's per-leg stream state, the only copy (rtp.fastpath.LegTable).
+        self.leg_table = LegTable()
+        self._shared = SharedPorts(self, self.port_pool, poll_interval, self.leg_table) if shared else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._next_tick = 0.0
         self.lag = 0.0  # smoothed lateness of the tick (seconds)
+        # How late each shared-port read and each tick ran, logged per LATENESS_WINDOW.
+        self.read_lateness = Lateness()
+        self.tick_lateness = Lateness()
+        self._lateness_at = 0.0
+        # stats() of calls already over (their relays are gone)
+        self._closed_stats = {key: 0 for key in _RELAY_COUNTERS} | {"send_errors": 0}
         # Past a core's capacity every call would degrade together (SIP read seconds late,
         # audio too late to record): new calls are refused instead (rtp.admission).
         self.admission = Admission(max_calls=max_calls)
@@ -210,21 +221,31 @@ class MediaCore:
         # CPU seconds the SIP side has spent (b2bua.server adds to it): an overload that
         # signalling causes must not lower the ceiling on calls (rtp.admission).
         self.signalling_seconds = 0.0
-        # Packet counters of calls already ended (stats(): scraped, never per packet).
-        self._ended_stats: dict[str, int] = {}
 
     def stats(self) -> dict[str, int]:
-        """Counters since start over ended and live calls: RelayStats fields, `send_errors`,
-        and with shared ports their `strangers`/`ambiguous`/`send_dropped`/`received`.
-        Costs a walk of the live sessions: for a metrics scrape, not for a packet."""
-        totals = dict(self._ended_stats)
+        """Counters for metrics (b2bua/recordings_service/metrics.py; cheap: one pass over
+        the live calls, calls already over kept as totals). `forwarded`: packets relayed.
+        Drops by reason, each packet counted once under the first rule it broke:
+        `malformed` (of which `oversize`: longer than MAX_PACKET_SIZE), `unlatched` (not
+        the party's address), `no_target` (nowhere to send), `strangers` and `ambiguous`
+        (shared ports: from nobody known / an address several calls claim and no SSRC
+        tells apart), `send_errors` and `send_dropped` (the kernel refused the send).
+        `late_reads`: shared-port reads of the current lateness window over 5 ms late.
+        Also `swallowed` (*1 digits), `injected` (prompts, regenerated digits), `rtcp`,
+        `calls_active`, `sessions_active`, `recordings_active`, `shared_ports`."""
+        out = dict(self._closed_stats)
         for session in self.sessions:
-            _add_stats(totals, session)
-        if self._shared is not None:
-            for key, value in self._shared.stats.items():
-                if key != "shared_ports":
-                    totals[key] = totals.get(key, 0) + value
-        return totals
+            _add_relay_stats(out, session)
+        out["send_errors"] += sum(session.send_errors for session in self.sessions)
+        out["calls_active"] = out["sessions_active"] = len(self.sessions)
+        out["recordings_active"] = sum(
+            1 for session in self.sessions if session.relay.recorder is not None and session.relay.recorder.recording
+        )
+        shared = self._shared.stats if self._shared is not None else {}
+        for key in ("strangers", "ambiguous", "send_dropped", "shared_ports"):
+            out[key] = shared.get(key, 0)
+        out["late_reads"] = self.read_lateness.total - sum(self.read_lateness.counts[:LATE_READ_BUCKET])
+        return out
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -274,8 +295,9 @@ class MediaCore:
             self.sessions.remove(session)
         except ValueError:
             pass
-        else:
-            _add_stats(self._ended_stats, session)
+        else:  # its counters join the ended calls' (stats())
+            _add_relay_stats(self._closed_stats, session)
+            self._closed_stats["send_errors"] += session.send_errors
         self._busy.discard(session)
         self._scheduled.pop(session, None)  # its heap entry is skipped when it comes up
         if not self._scheduled:
@@ -309,6 +331,9 @@ class MediaCore:
         loop = self.loop
         now = loop.time()
         self.note_lag(now - self._next_tick)
+        self.tick_lateness.add(now - self._next_tick)
+        if now >= self._lateness_at:
+            self._log_lateness(now)
         if self.admission.due(now):
             self._sample(now)
         self._tick_sessions(now)
@@ -316,6 +341,17 @@ class MediaCore:
         if self._next_tick < loop.time():  # fell behind: skip missed ticks instead of bursting
             self._next_tick = loop.time() + TICK_INTERVAL
         self._timer = loop.call_at(self._next_tick, self._tick) if self.sessions else None
+
+    def _log_lateness(self, now: float) -> None:
+        """One line per window: how late the media reads and ticks ran (bench/load.py reads it)."""
+        if self._lateness_at:
+            for what, hist in (("read", self.read_lateness), ("tick", self.tick_lateness)):
+                if hist.total:
+                    self.log.info("media event=lateness what=%s window_s=%.0f calls=%d %s", what, LATENESS_WINDOW,
+                                  len(self.sessions), hist.line())
+        self.read_lateness = Lateness()
+        self.tick_lateness = Lateness()
+        self._lateness_at = now + LATENESS_WINDOW
 
     def _sample(self, now: float) -> None:
         """One admission sample a second; a log line when the core enters or leaves overload."""

@@ -1,30 +1,40 @@
-"""The batch lane: the common audio packet of every call on a shared port, in numpy.
+"""The leg table and the batch lane: every call's per-leg state, and the common audio packet
+of every call on a shared port handled in numpy.
 
-Why: on the shared sockets (rtp.mux) a recvmmsg hands over dozens of datagrams from as
-many calls at once, and most are the same case: a latched party's next G.711 packet, to be
-re-stamped (sequence number, timestamp, SSRC) and sent on to the other party. Doing that
-per packet in Python costs ~20 us each; here the header fields of the whole batch are read,
-checked and rewritten with a few numpy operations, and the batch leaves in one sendmmsg.
+`LegTable` holds each leg's stream state (our SSRC, sequence number and timestamp towards
+its party, the offsets from the source stream, when audio last went to it, how many of its
+packets were forwarded) as the ONLY copy: struct-of-arrays, each field an `array.array`
+(fast scalar reads and writes for `rtp.relay`'s per-packet code, through `TableStream` and
+`Leg`) with a numpy view of the same memory for the batch (`forward`). The relay's
+per-packet path (`OutStream.map`, the readable rules) and the batch path read and write the
+same numbers, so nothing is lent or handed back.
 
-Correctness is `CallRelay.receive`'s, not a second copy of its rules: the relay lends each
-leg's forwarding state (`CallRelay.fast_lane`) only while its packets need nothing but
-`OutStream.map`'s offset arithmetic, and takes it back (`fast_absorb`) before anything else
-touches the call. A packet the lane cannot take exactly as `receive` would (an event, a
-new or jumping SSRC, a reordered or duplicate packet, a second packet of the same leg in
-one batch, CSRCs or an extension, another payload type) goes to `receive`, with the state
-handed back first and lent again after.
+Why a batch path: on the shared sockets (rtp.mux) a recvmmsg hands over dozens of
+datagrams from as many calls at once, and most are the same case: a latched party's next
+G.711 packet, to be re-stamped (sequence number, timestamp, SSRC) and sent on to the other
+party. Doing that per packet in Python costs ~20 us each; here the header fields of the
+whole batch are read, checked and rewritten with a few numpy operations, and the batch
+leaves in one sendmmsg.
+
+Which packets the batch takes is decided per leg by `refresh` (from `CallRelay.batchable`:
+latched, G.711 both ways, no prompt, no transcoding, no in-band detection, a started source
+stream, not in the pause grace) and per packet by `forward` (the plain header, the source
+SSRC, in order or after a gap: `OutStream.map`'s offset case). Anything else (an event, a
+new or jumping SSRC, a reordered or duplicate packet, CSRCs or an extension, another
+payload type) goes to `CallRelay.receive`, after which the owner calls `refresh`.
 
 Recording: where the recorder lends its clock (`Recorder.fast_clock`), the lane works out
 each packet's position itself, for the whole batch (`StreamClock.position`'s plain case),
 and copies the payload into per-leg rows here (`wpos`, `wlen`, `wbuf`): a few numpy
 operations a batch instead of Python work a packet. The recorder takes them when the clock
-is handed back (`fast_clock_absorb`: at its flush, once a second, or whenever anything else
-touches the call) and decodes and places them then, as `add_g711` would have. Any other
-packet goes to `add_g711` itself.
+is handed back (`fast_clock_absorb`: at its flush, or whenever anything else touches the
+call) and decodes and places them then, as `add_g711` would have. Any other packet goes
+to `add_g711` itself.
 """
 
 from __future__ import annotations
 
+from array import array
 from typing import Any
 
 import numpy as np
@@ -33,9 +43,26 @@ from rtp.packet import MAX_PACKET_SIZE
 from rtp.sequence import MAX_DROPOUT
 from rtp.timeline import LATE_RUN_SAMPLES, MAX_PENDING_FRAMES, RESYNC_SAMPLES, SAMPLE_RATE, SEQ_NEWER_WINDOW
 
-# rtp.mux's SharedPort and SharedSession, which import this module: named here only as Any.
+# rtp.mux's SharedPort and SharedSession and rtp.relay's CallRelay, which import this
+# module: named here only as Any.
 SharedPort = Any
 SharedSession = Any
+CallRelay = Any
+#: The per-leg fields that are the only copy of their state (see the module doc): name,
+#: array typecode. Each is `table.<name>` (numpy view) and `table.py_<name>` (the array.array).
+STATE_FIELDS = (
+    ("ssrc", "q"),  # our SSRC towards the leg's party
+    ("seq", "q"),  # the last sequence number sent to it
+    ("ts", "q"),  # the newest timestamp sent to it
+    ("sent_at", "d"),  # when `ts` was sent
+    ("src_ssrc", "q"),  # the source stream (the other party's SSRC) the offsets are for; -1 none
+    ("seq_off", "q"),
+    ("ts_off", "q"),
+    ("started", "q"),  # 0/1: the stream has sent anything
+    ("check_ts", "q"),  # 0/1: we generated audio, the next source packet must not go back in time
+    ("source_at", "d"),  # when the other party's audio last reached this leg's party
+    ("fwd", "q"),  # packets from this leg's party forwarded to the other
+)
 
 _I64 = np.int64
 _U64 = np.uint64
@@ -99,22 +126,30 @@ class RouteMap(dict):
         return np.where(table[at] == keys, self._legs[at], -1)
 
 
-class FastTable:
-    """Every shared-port leg's lent forwarding state, as arrays indexed by leg number.
+class LegTable:
+    """Every call's per-leg state, as arrays indexed by leg number (see the module doc).
 
-    A session holds slot s; its legs are 2s (channel 0) and 2s + 1. Arrays grow by
-    doubling; nothing here reads a clock."""
+    A call (its `CallRelay`) holds slot s; its legs are 2s (channel 0) and 2s + 1. Arrays
+    grow by doubling (readers go through the table, never keep an array); nothing here
+    reads a clock."""
 
     def __init__(self, capacity: int = 256) -> None:
-        self.sessions: list[SharedSession | None] = []
+        self.relays: list[CallRelay | None] = []
+        self.sessions: list[SharedSession | None] = []  # shared-port sessions (rtp.mux), by slot
         self._free: list[int] = []
         self.ports: dict[int, SharedPort] = {}
         self._size = 0
-        self._alloc(capacity)
+        self._alloc(max(capacity, 2))
 
     def _alloc(self, legs: int) -> None:
         old = self._size
         self._size = legs
+        for name, code in STATE_FIELDS:
+            fresh = array(code, bytes(8 * legs))
+            if old:
+                fresh[:old] = getattr(self, "py_" + name)
+            setattr(self, "py_" + name, fresh)
+            setattr(self, name, np.frombuffer(fresh, dtype=np.float64 if code == "d" else _I64))
 
         def grow(name: str, dtype: type, shape: tuple[int, ...] = ()) -> None:
             fresh = np.zeros((legs, *shape), dtype=dtype)
@@ -122,17 +157,16 @@ class FastTable:
                 fresh[:old] = getattr(self, name)
             setattr(self, name, fresh)
 
+        # What the lane may do for packets from leg g (CallRelay.batchable, kept by refresh).
         grow("active", np.bool_)
         grow("record", np.bool_)
-        for name in ("pt", "own_ssrc", "src_ssrc", "seq_off", "ts_off", "seq", "ts", "out_ssrc", "out_port", "fwd"):
+        for name in ("pt", "out_port"):
             grow(name, _I64)
-        grow("sent_at", np.float64)
-        grow("source_at", np.float64)
         grow("dst", np.uint8, (16,))
         # The recorder's clock for the leg's SSRC, when lent (Recorder.fast_clock).
         grow("clock", np.bool_)
         grow("placed", np.bool_)  # the lane placed packets since the clock was lent
-        for name in ("a_pos", "a_ts", "n_ts", "n_seq", "base", "late"):
+        for name in ("a_pos", "a_ts", "n_ts", "n_seq", "base", "late", "clock_ssrc"):
             grow(name, _I64)
         grow("t0", np.float64)
         # Packets the lane placed and the recorder has not yet taken (see "Recording" above):
@@ -156,24 +190,37 @@ class FastTable:
             self.keys: list[tuple[int, SharedPort] | None] = [None] * legs  # the lane's route, to undo it
             self.sources: list[tuple[str, int] | None] = [None] * legs  # the address keys[g] is for
 
-    # -- sessions ---------------------------------------------------------------------------
+    # -- calls ------------------------------------------------------------------------------
 
-    def add(self, session: SharedSession) -> int:
+    def add(self, relay: CallRelay) -> int:
+        """A slot for a new call's two legs (zeroed)."""
         if self._free:
             slot = self._free.pop()
-            self.sessions[slot] = session
+            self.relays[slot] = relay
         else:
-            slot = len(self.sessions)
-            self.sessions.append(session)
+            slot = len(self.relays)
+            self.relays.append(relay)
+            self.sessions.append(None)
             if 2 * slot + 2 > self._size:
                 self._alloc(2 * self._size)
+        for g in (2 * slot, 2 * slot + 1):
+            for name, _ in STATE_FIELDS:
+                getattr(self, "py_" + name)[g] = 0
         return slot
 
-    def remove(self, session: SharedSession) -> None:
-        self.store(session)
-        slot = session.slot
+    def attach(self, session: SharedSession) -> None:
+        """A shared-port session's relay is in this table: the lane may take its packets."""
+        self.sessions[session.relay.slot] = session
+
+    def remove(self, slot: int) -> None:
+        """The call is over: its slot may be reused (after the recorder took its rows)."""
+        relay = self.relays[slot]
+        if relay is not None:
+            self.store_clocks(slot)
+            relay.stats.freeze()
         for g in (2 * slot, 2 * slot + 1):
             self._deactivate(g)
+        self.relays[slot] = None
         self.sessions[slot] = None
         self._free.append(slot)
 
@@ -189,18 +236,8 @@ class FastTable:
             self.keys[g] = None
 
     def store(self, session: SharedSession) -> None:
-        """Hand the lent state back to the relay: before anything else touches the call."""
-        relay = session.relay
-        g0 = 2 * session.slot
-        for channel in (0, 1):
-            g = g0 + channel
-            forwarded = int(self.fwd[g])
-            if forwarded:
-                relay.fast_absorb(channel, int(self.seq[g]), int(self.ts[g]), float(self.sent_at[g]),
-                                  float(self.source_at[g]), forwarded)
-                self.fwd[g] = 0
-            if self.placed[g]:
-                self._absorb_clock(g, relay)
+        """Hand the recorders' lent clocks back: before anything else touches the call."""
+        self.store_clocks(session.relay.slot)
 
     def _absorb_clock(self, g: int, relay) -> None:  # noqa: ANN001 - a CallRelay
         """The recorder takes back its clock's state and the packets the lane placed."""
@@ -209,18 +246,18 @@ class FastTable:
         self.wcount[g] = 0
         recorder = relay.recorder
         if recorder is not None:
-            recorder.fast_clock_absorb(g & 1, int(self.src_ssrc[g]), int(self.n_seq[g]), int(self.n_ts[g]),
+            recorder.fast_clock_absorb(g & 1, int(self.clock_ssrc[g]), int(self.n_seq[g]), int(self.n_ts[g]),
                                        int(self.late[g]), self.wpos[g, :count], self.wlen[g, :count],
                                        self.wbuf[g, :count])
 
-    def store_clocks(self, session: SharedSession) -> None:
-        """Hand back only the recorders' clocks: before a flush that touches nothing else."""
-        relay = session.relay
-        for g in (2 * session.slot, 2 * session.slot + 1):
+    def store_clocks(self, slot: int) -> None:
+        """Hand back the recorders' clocks: before a flush or anything else touching the recorder."""
+        relay = self.relays[slot]
+        for g in (2 * slot, 2 * slot + 1):
             if self.placed[g]:
                 self._absorb_clock(g, relay)
 
-    def load_clocks(self, session: SharedSession) -> None:
+    def load_clocks(self, slot: int) -> None:
         """Lend the recorders' clocks again after a flush (their timeline moved on).
 
         A flush moves only the timeline's base: the anchors, the payload type and the
@@ -228,14 +265,14 @@ class FastTable:
         only its base; one not lent is asked for again (the flush emptied the recorder's
         waiting list, which may have been what kept it). A closed recorder is gone from
         the relay, and a disabled one never lends."""
-        relay = session.relay
+        relay = self.relays[slot]
         recorder = relay.recorder
-        for g in (2 * session.slot, 2 * session.slot + 1):
+        for g in (2 * slot, 2 * slot + 1):
             if self.active[g] and self.record[g]:
                 if self.clock[g] and recorder is not None:
                     self.base[g] = recorder.timeline_base
                 else:
-                    self._lend_clock(g, relay, int(self.src_ssrc[g]), int(self.pt[g]))
+                    self._lend_clock(g, relay, int(self.py_src_ssrc[g ^ 1]), int(self.pt[g]))
 
     def _lend_clock(self, g: int, relay, src_ssrc: int, payload_type: int) -> None:  # noqa: ANN001
         lend = getattr(relay.recorder, "fast_clock", None)
@@ -245,6 +282,7 @@ class FastTable:
             return
         self.clock[g] = True
         self.placed[g] = False
+        self.clock_ssrc[g] = src_ssrc
         self.a_pos[g] = clock.anchor_pos
         self.a_ts[g] = clock.anchor_ts
         self.n_ts[g] = clock.newest_ts
@@ -253,21 +291,25 @@ class FastTable:
         self.base[g] = clock.base
         self.t0[g] = clock.t0
 
-    def load(self, session: SharedSession, now: float) -> None:
-        """Lend the relay's state again (after `store` and whatever touched the call)."""
+    def refresh(self, session: SharedSession, now: float) -> None:
+        """What the lane may take of this call's packets now (after anything touched it):
+        each leg's route, destination and payload type while `CallRelay.batchable`, and
+        the recorder's clock lent again. No stream state is copied: it lives here."""
         relay = session.relay
-        g0 = 2 * session.slot
+        self.store_clocks(relay.slot)  # rows the lane placed go to the recorder before its clock is lent again
+        g0 = 2 * relay.slot
         for channel in (0, 1):
             g = g0 + channel
-            lane = None if session.closed else relay.fast_lane(channel, now)
+            lane = None if session.closed else relay.batchable(channel, now)
             if lane is None:
                 self._deactivate(g)
                 continue
+            source, payload_type, target, record = lane
             port = session.port_of(channel)
             route = self.keys[g]
-            key = route[0] if route is not None and self.sources[g] == lane.source else port.key_of(lane.source)
-            self.sources[g] = lane.source
-            if key in port.conflicts:  # an address two calls share: receive() drops it (rtp.mux)
+            key = route[0] if route is not None and self.sources[g] == source else port.key_of(source)
+            self.sources[g] = source
+            if key in port.conflicts:  # an address two calls share: told apart by SSRC in rtp.mux
                 self._deactivate(g)
                 continue
             if route != (key, port):
@@ -275,25 +317,19 @@ class FastTable:
                 port.fast_routes[key] = g
                 self.keys[g] = (key, port)
             self.active[g] = True
-            self.record[g] = lane.record
-            self.pt[g] = lane.payload_type
-            self.own_ssrc[g] = lane.own_ssrc
-            self.src_ssrc[g] = lane.src_ssrc
-            self.seq_off[g] = lane.seq_offset
-            self.ts_off[g] = lane.ts_offset
-            self.seq[g] = lane.seq
-            self.ts[g] = lane.ts
-            self.sent_at[g] = lane.sent_at
-            self.source_at[g] = 0.0
-            self.out_ssrc[g] = lane.out_ssrc
+            self.record[g] = record
+            self.pt[g] = payload_type
             out_port = session.port_of(1 - channel)
             self.out_port[g] = out_port.ident
-            self.dst[g] = np.frombuffer(out_port.mux.sockaddr(lane.target), np.uint8)
-            self.fwd[g] = 0
-            if lane.record:
-                self._lend_clock(g, relay, lane.src_ssrc, lane.payload_type)
+            self.dst[g] = np.frombuffer(out_port.mux.sockaddr(target), np.uint8)
+            if record:
+                self._lend_clock(g, relay, int(self.py_src_ssrc[g ^ 1]), payload_type)
             else:
                 self.clock[g] = False
+
+    def load(self, session: SharedSession, now: float) -> None:
+        """`refresh` (the name the owner used when state was lent)."""
+        self.refresh(session, now)
 
     # -- the batch ----------------------------------------------------------------------------
 
@@ -342,14 +378,15 @@ class FastTable:
                 if idx.size == 0:
                     continue
             gi = g[idx]
-            out_seq = (seq[idx] + self.seq_off[gi]) & 0xFFFF
-            step = ((out_seq - self.seq[gi] + 0x8000) & 0xFFFF) - 0x8000
+            oi = gi ^ 1  # the stream towards the other party
+            out_seq = (seq[idx] + self.seq_off[oi]) & 0xFFFF
+            step = ((out_seq - self.seq[oi] + 0x8000) & 0xFFFF) - 0x8000
             ok = (
                 plain[idx]
                 & self.active[gi]
                 & (pt[idx] == self.pt[gi])
-                & (ssrc[idx] == self.src_ssrc[gi])
-                & (ssrc[idx] != self.own_ssrc[gi])
+                & (ssrc[idx] == self.src_ssrc[oi])
+                & (ssrc[idx] != self.ssrc[gi])
                 & (step > 0)
                 & (step <= MAX_DROPOUT)  # in order, or after a gap (OutStream.map)
             )
@@ -366,20 +403,21 @@ class FastTable:
               pt: np.ndarray, seq: np.ndarray, ts: np.ndarray, ssrc: np.ndarray, now: float) -> None:
         """Forward and record packets `fast` (distinct legs, each the lane's to take)."""
         gf = g[fast]
-        ts_f = (ts[fast] + self.ts_off[gf]) & 0xFFFFFFFF
-        newer = ((ts_f - self.ts[gf]) & 0xFFFFFFFF) < 0x80000000
-        self.seq[gf] = seq_f
-        gn = gf[newer]
-        self.ts[gn] = ts_f[newer]
-        self.sent_at[gn] = now
-        self.source_at[gf] = now
+        of = gf ^ 1  # the streams towards the other parties
+        ts_f = (ts[fast] + self.ts_off[of]) & 0xFFFFFFFF
+        newer = ((ts_f - self.ts[of]) & 0xFFFFFFFF) < 0x80000000
+        self.seq[of] = seq_f
+        on = of[newer]
+        self.ts[on] = ts_f[newer]
+        self.sent_at[on] = now
+        self.source_at[of] = now
         self.fwd[gf] += 1
         # Re-stamp in the receive buffer itself (header bytes 2-11: our sequence number,
         # timestamp and SSRC, big-endian) and send from there: no copy of the packets.
         stamp = np.empty(fast.size, dtype=_STAMP)
         stamp["seq"] = seq_f
         stamp["ts"] = ts_f
-        stamp["ssrc"] = self.out_ssrc[gf]
+        stamp["ssrc"] = self.ssrc[of]
         rows[:, 2:12].view(_STAMP_ITEM)[fast, 0] = stamp.view(_STAMP_ITEM)  # whole items: one copy each
         size_f = size[fast]
         ports = self.out_port[gf]
@@ -430,9 +468,9 @@ class FastTable:
             full = self.wcount[gr] >= WAIT_ROWS
             if full.any():  # a late flush: the recorder takes these legs' packets now
                 for leg in gr[full & placed].tolist():
-                    session = self.sessions[leg >> 1]
-                    if session is not None:
-                        self._absorb_clock(leg, session.relay)
+                    relay = self.relays[leg >> 1]
+                    if relay is not None:
+                        self._absorb_clock(leg, relay)
             gp = gr[placed]
             kp = kr[placed]
             self.n_seq[gp] = seq_r[placed]
@@ -454,11 +492,15 @@ class FastTable:
 
     def _record_one(self, leg: int, k: int, payload: bytes, ssrc: int, seq: int, ts: int, pt: int, now: float) -> None:
         """A lane packet the recorder must place by its own rules: its clock handed back first."""
-        session = self.sessions[leg >> 1]
-        assert session is not None
-        recorder = session.relay.recorder
+        relay = self.relays[leg >> 1]
+        assert relay is not None
+        recorder = relay.recorder
         if recorder is None:
             return
-        self.store(session)
+        self.store_clocks(leg >> 1)
         recorder.add_g711(leg & 1, ssrc, seq, ts, payload, pt, now)
-        self.load(session, now)  # the clock moved (and an SSRC's first packet made its anchor)
+        # the clock moved (and an SSRC's first packet made its anchor): lent again
+        self._lend_clock(leg, relay, ssrc, pt)
+
+
+FastTable = LegTable  # the name rtp.mux and its tests knew

@@ -38,7 +38,8 @@ import numpy as np
 
 from rtp.call import Call, MediaEndpoint
 from rtp.batch_io import BatchMux, ReceiveArea, key_address, source_key
-from rtp.fastpath import FastTable, RouteMap
+from rtp.fastpath import LegTable, RouteMap
+from rtp.lateness import Lateness
 from rtp.ports import PortRange, read_datagrams
 from rtp.prompts import Prompts
 from rtp.relay import CallRelay, Datagram, RecorderFactory
@@ -56,6 +57,9 @@ class MediaHost(Protocol):
     def loop(self) -> asyncio.AbstractEventLoop: ...
 
     def now(self) -> float: ...
+
+    @property
+    def read_lateness(self) -> Lateness: ...
 
     def wake(self, session: SharedSession) -> None: ...
 
@@ -282,7 +286,7 @@ class SharedPort:
             self.pool.core.log.exception("media relay failed on a packet for call %s", session.call.call_id)
             return
         finally:
-            table.load(session, now)
+            table.refresh(session, now)
         if session.relay.busy:
             self.pool.core.wake(session)
         if learn and session.relay.legs[channel].latched == addr and key not in self.conflicts:
@@ -321,28 +325,33 @@ class SharedPort:
 class SharedPorts:
     """The pool of shared ports: opened on demand, filled up to LEGS_PER_SOCKET each."""
 
-    def __init__(self, core: MediaHost, port_pool: PortRange, poll_interval: float = POLL_INTERVAL) -> None:
+    def __init__(self, core: MediaHost, port_pool: PortRange, poll_interval: float = POLL_INTERVAL,
+                 table: LegTable | None = None) -> None:
         self.core = core
         self.port_pool = port_pool
         self.poll_interval = poll_interval
         self.ports: list[SharedPort] = []
         self._dirty: set[SharedPort] = set()
-        self.table = FastTable()
+        self.table = table if table is not None else LegTable()  # the media core's one leg table
         self.area = ReceiveArea(READ_BATCH)  # every port reads into it (see read)
         self._rotor = 0
         self._idents = 0
         self._poller: asyncio.TimerHandle | None = None
+        self._due = 0.0  # when the next read is due (its lateness: MediaHost.read_lateness)
         self._closed_counts = {"strangers": 0, "ambiguous": 0, "send_dropped": 0, "received": 0, "sent": 0}  # of ports already closed
 
     def _poll(self) -> None:
         """Drain every shared RTP port (see POLL_INTERVAL), then come back."""
         self._poller = None
+        loop = self.core.loop
+        self.core.read_lateness.add(loop.time() - self._due)
         try:
             self.read(self.ports)
         except Exception:  # a failure must not stop the ports' clock
             self.core.log.exception("media poll failed on the shared ports")
         if self.ports:
-            self._poller = self.core.loop.call_later(self.poll_interval, self._poll)
+            self._due = loop.time() + self.poll_interval
+            self._poller = loop.call_at(self._due, self._poll)
 
     def read(self, ports: list[SharedPort]) -> None:
         """Read every port's waiting datagrams into the one receive area, one after another,
@@ -432,7 +441,8 @@ class SharedPorts:
         if not self.poll_interval:
             core.loop.add_reader(rtp.fileno(), port.on_rtp)
         elif self._poller is None:
-            self._poller = core.loop.call_later(self.poll_interval, self._poll)
+            self._due = core.loop.time() + self.poll_interval
+            self._poller = core.loop.call_at(self._due, self._poll)
         self.ports.append(port)
         core.log.info("media event=shared_port port=%d shared_ports=%d", base, len(self.ports))
         return port
@@ -498,7 +508,8 @@ class SharedSession:
         self.core = core
         self.call = call
         self.pool = pool
-        self.relay = CallRelay(call, core.prompts, core.make_recorder, feature_timeout=core.feature_timeout)
+        self.relay = CallRelay(call, core.prompts, core.make_recorder, feature_timeout=core.feature_timeout,
+                               table=pool.table)
         self.closed = False
         self.send_errors = 0
         self._ports: list[SharedPort] = []
@@ -508,27 +519,25 @@ class SharedSession:
         except BaseException:
             for port in self._ports:
                 pool.release(port)
+            pool.table.remove(self.relay.slot)
             raise
         # A leg's port is provisional until signalling reads it for an SDP (`ports`): until
         # then set_media may move the leg to a port on which its party's address is free.
         self._published = [False, False]
         self._endpoints: list[MediaEndpoint | None] = [None, None]
         self.keys: tuple[set[int], set[int]] = (set(), set())  # route keys each leg owns
-        self.slot = pool.table.add(self)  # legs 2*slot and 2*slot + 1 of the batch lane
+        self.slot = self.relay.slot  # legs 2*slot and 2*slot + 1 of the leg table
+        pool.table.attach(self)
         now = self.core.now()
         for channel, party in enumerate(call.parties):
             if party.media is not None:
                 self.set_media(channel, party.media, now)
 
-    def settle(self) -> None:
-        """Hand the batch lane's lent state back, so `relay` (its stats, its streams) is current."""
-        self.pool.table.store(self)
-
     def relend(self) -> None:
         """Routes changed under this call (an address conflict ended): lend the lane again."""
         table = self.pool.table
         table.store(self)
-        table.load(self, self.core.now())
+        table.refresh(self, self.core.now())
 
     def port_of(self, channel: int) -> SharedPort:
         return self._ports[channel]
@@ -567,14 +576,14 @@ class SharedSession:
         leg = self.relay.legs[channel]
         if leg.latched is not None and leg.latched != endpoint.remote:  # unchanged SDP keeps its NAT latch
             self._ports[channel].route(source_key(leg.latched), self, channel, leg.latched)
-        table.load(self, now)
+        table.refresh(self, now)
 
     def answered(self, now: float | None = None) -> None:
         now = self.core.now() if now is None else now
         table = self.pool.table
         table.store(self)
         self.relay.answered(now)
-        table.load(self, now)
+        table.refresh(self, now)
         self.core.wake(self)
 
     def dtmf(self, channel: int, digit: str, now: float | None = None) -> None:
@@ -582,7 +591,7 @@ class SharedSession:
         table = self.pool.table
         table.store(self)
         out = self.relay.dtmf(channel, digit, now)
-        table.load(self, now)
+        table.refresh(self, now)
         self.core.wake(self)
         self.queue(out)
         self.pool.flush()
@@ -606,17 +615,17 @@ class SharedSession:
         if not relay.busy:
             # Nothing playing or pending (CallRelay.busy): the tick only flushes the
             # recorder, so only the recorders' clocks need handing back and lending again.
-            table.store_clocks(self)
+            table.store_clocks(self.slot)
             try:
                 out = relay.tick(now)
             finally:
-                table.load_clocks(self)
+                table.load_clocks(self.slot)
         else:
             table.store(self)
             try:
                 out = relay.tick(now)
             finally:
-                table.load(self, now)
+                table.refresh(self, now)
         if out:
             self.queue(out)
 
@@ -624,7 +633,7 @@ class SharedSession:
         if self.closed:
             return
         self.closed = True
-        self.pool.table.remove(self)  # hands the lent state back first
+        self.pool.table.store_clocks(self.slot)  # the recorder takes the lane's rows before it closes
         for channel, port in enumerate(self._ports):
             endpoint = self._endpoints[channel]
             if endpoint is not None:
@@ -632,6 +641,7 @@ class SharedSession:
         try:
             self.relay.close(self.core.now())
         finally:
+            self.pool.table.remove(self.slot)
             for port in self._ports:
                 self.pool.release(port)
             self.core.release(self)

@@ -20,8 +20,10 @@ order: leg 0 is recording channel 1, the external party or caller). For every pa
 
 The asyncio adapters (rtp/core.py per-call sockets, rtp/mux.py shared ports) own sockets
 and the clock and call `receive`, `receive_rtcp`, `dtmf` and, every TICK_INTERVAL, `tick`.
-On shared ports the batch lane (rtp/fastpath.py) borrows a leg's forwarding state while
-its packets need nothing but the common case (`fast_lane`, `fast_absorb`).
+Each leg's stream state lives in a `rtp.fastpath.LegTable` row (the media core's one
+table; a relay made alone gets a table of its own): `TableStream` and `Leg` read and write
+it in place, and on shared ports the batch lane does the same for the common case
+(`batchable` says when), so there is one copy and nothing to hand back.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import secrets
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -39,6 +40,7 @@ import numpy as np
 from rtp.call import Call, MediaEndpoint, Party
 from rtp import g711
 from rtp.events import EventDetector, digit_train
+from rtp.fastpath import LegTable
 from rtp.feature import FEATURE_TIMEOUT, FeatureMachine, Forward, Release, State, Toggle
 from rtp.inband import InbandDetector
 from rtp.packet import MAX_PACKET_SIZE, RtpPacket
@@ -97,33 +99,55 @@ def recorder_factory(directory: Path, pause_mode: str, *, on_finalised: Callable
     return make
 
 
-class FastLane(NamedTuple):
-    """One leg's forwarding state, lent to the batch forwarder (`CallRelay.fast_lane`)."""
+class Lane(NamedTuple):
+    """What the batch lane needs to route a leg's packets (`CallRelay.batchable`); the stream
+    state itself is in the leg table, shared, not in here."""
 
     source: tuple[str, int]  # the only source whose packets it may take (the latched one)
     payload_type: int  # the G.711 type both parties use
-    own_ssrc: int  # our SSRC towards the sender: a packet carrying it needs receive() (collision)
-    src_ssrc: int  # the source stream the offsets are for
-    seq_offset: int
-    ts_offset: int
-    seq: int  # the last sequence number sent to the other party
-    ts: int  # the newest timestamp sent to it
-    sent_at: float
-    out_ssrc: int  # our SSRC towards the other party
     target: tuple[str, int]  # where the other party's packets go
     record: bool  # the recorder takes this leg's audio now
 
-@dataclass(slots=True)
-class RelayStats:
-    """Counters: drops are counted, never raised (style.md §4)."""
 
-    forwarded: int = 0
-    malformed: int = 0  # not RTP v2, truncated, bad padding
-    unlatched: int = 0  # from an address that is not the party's: RTP bleed refused
-    no_target: int = 0  # nowhere to send (no SDP yet, hold, no telephone-event at the far end)
-    swallowed: int = 0  # telephone-event packets of *1 not passed on
-    injected: int = 0  # packets we made: prompts and regenerated digits
-    rtcp: int = 0
+class RelayStats:
+    """Counters: drops are counted, never raised (style.md §4). `forwarded` is the leg
+    table's count (the batch lane adds to it too)."""
+
+    __slots__ = ("malformed", "oversize", "unlatched", "no_target", "swallowed", "injected", "rtcp", "_table", "_g",
+                 "_frozen")
+    _FIELDS = ("forwarded", "malformed", "oversize", "unlatched", "no_target", "swallowed", "injected", "rtcp")
+
+    def __init__(self, table: LegTable, slot: int) -> None:
+        self._table = table
+        self._g = 2 * slot
+        self.malformed = 0  # not RTP v2, truncated, bad padding, oversize
+        self.oversize = 0  # of those, longer than MAX_PACKET_SIZE
+        self.unlatched = 0  # from an address that is not the party's: RTP bleed refused
+        self.no_target = 0  # nowhere to send (no SDP yet, hold, no telephone-event at the far end)
+        self.swallowed = 0  # telephone-event packets of *1 not passed on
+        self.injected = 0  # packets we made: prompts and regenerated digits
+        self.rtcp = 0
+        self._frozen = -1
+
+    @property
+    def forwarded(self) -> int:
+        if self._frozen >= 0:
+            return self._frozen
+        fwd = self._table.py_fwd
+        return fwd[self._g] + fwd[self._g + 1]
+
+    def freeze(self) -> None:
+        """The call's table slot is being freed (LegTable.remove): keep the count from here."""
+        self._frozen = self.forwarded
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self._FIELDS}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RelayStats) and self.as_dict() == other.as_dict()
+
+    def __repr__(self) -> str:
+        return "RelayStats(" + ", ".join(f"{k}={v}" for k, v in self.as_dict().items()) + ")"
 
 
 class OutStream:
@@ -232,6 +256,41 @@ class OutStream:
         self.sent_at = now
 
 
+def _table_field(name: str) -> property:
+    """A TableStream attribute that is the leg table's `py_<name>` array at the stream's row.
+    (Written out per field by exec: a getattr by name per access cost a third more.)"""
+    namespace: dict = {}
+    exec(  # noqa: S102 - a fixed template, no outside input
+        f"def get(self):\n    return self._t.py_{name}[self._i]\n"
+        f"def put(self, value):\n    self._t.py_{name}[self._i] = value\n",
+        namespace,
+    )
+    return property(namespace["get"], namespace["put"])
+
+
+class TableStream(OutStream):
+    """`OutStream` whose state is a leg table row (the only copy; see rtp.fastpath). The
+    rules are OutStream's own code: the plain class is the oracle the tests compare the
+    batch lane against, this one is what production runs."""
+
+    __slots__ = ("_t", "_i")
+
+    ssrc = _table_field("ssrc")
+    seq = _table_field("seq")
+    ts = _table_field("ts")
+    sent_at = _table_field("sent_at")
+    src_ssrc = _table_field("src_ssrc")
+    seq_offset = _table_field("seq_off")
+    ts_offset = _table_field("ts_off")
+    started = _table_field("started")  # 0/1 in the table: truthiness is all OutStream asks
+    check_ts = _table_field("check_ts")
+
+    def __init__(self, table: LegTable, index: int, ssrc: int, seq: int, ts: int) -> None:  # noqa: D107
+        self._t = table
+        self._i = index
+        super().__init__(ssrc, seq, ts)
+
+
 class Leg:
     """One party: where its media comes from and goes to, and its key-press state."""
 
@@ -252,11 +311,14 @@ class Leg:
         "out",
         "prompt",
         "prompt_pos",
-        "source_at",
         "gen_at",
+        "_t",
+        "_g",
     )
 
-    def __init__(self, index: int, party: Party, out: OutStream, feature_timeout: float) -> None:
+    def __init__(self, index: int, party: Party, out: TableStream, feature_timeout: float) -> None:
+        self._t = out._t
+        self._g = out._i
         self.index = index
         self.party = party
         self.endpoint: MediaEndpoint | None = None
@@ -273,8 +335,16 @@ class Leg:
         self.out = out  # our stream towards this party
         self.prompt: np.ndarray | None = None  # playing towards this party
         self.prompt_pos = 0
-        self.source_at = -1.0  # when the other party's audio last reached this party
+        self.source_at = -1.0  # when the other party's audio last reached this party (leg table)
         self.gen_at = 0.0  # next generated prompt packet is due
+
+    @property
+    def source_at(self) -> float:
+        return self._t.py_source_at[self._g]
+
+    @source_at.setter
+    def source_at(self, value: float) -> None:
+        self._t.py_source_at[self._g] = value
 
     @property
     def target(self) -> tuple[str, int] | None:
@@ -311,6 +381,8 @@ class CallRelay:
         "next_flush",
         "busy",
         "legs",
+        "table",
+        "slot",
     )
 
     def __init__(
@@ -322,12 +394,17 @@ class CallRelay:
         feature_timeout: float = FEATURE_TIMEOUT,
         latch_window: float = LATCH_WINDOW,
         ssrcs: tuple[int, int] | None = None,
+        table: LegTable | None = None,
     ) -> None:
         self.call = call
         self.prompts = prompts
         self.make_recorder = make_recorder
         self.latch_window = latch_window
-        self.stats = RelayStats()
+        # The leg table holds this call's stream state (the media core's, shared by every
+        # call; alone, a table of its own). The owner frees the slot (LegTable.remove).
+        self.table = table if table is not None else LegTable(capacity=2)
+        self.slot = self.table.add(self)
+        self.stats = RelayStats(self.table, self.slot)
         self.recorder: RecorderLike | None = None
         # After a pause, packets still in flight for the recorded span arrive for up to
         # the recorder's jitter window; they are kept (the recorder gates by timeline).
@@ -340,11 +417,12 @@ class CallRelay:
         self.busy = False
         if ssrcs is None:
             ssrcs = (secrets.randbits(32), secrets.randbits(32))  # RFC 3550 §8.1: random SSRC
+        g0 = 2 * self.slot
         self.legs = tuple(
             Leg(
                 i,
                 call.parties[i],
-                OutStream(ssrcs[i], secrets.randbits(16), secrets.randbits(32)),  # RFC 3550 §5.1: random starts
+                TableStream(self.table, g0 + i, ssrcs[i], secrets.randbits(16), secrets.randbits(32)),  # RFC 3550 §5.1
                 feature_timeout,
             )
             for i in (0, 1)
@@ -422,6 +500,8 @@ class CallRelay:
             packet = RtpPacket.parse(data)
             if packet is None:
                 stats.malformed += 1
+                if len(data) > MAX_PACKET_SIZE:
+                    stats.oversize += 1
                 return []
             b0 = data[0]
             b1 = data[1]
@@ -450,7 +530,7 @@ class CallRelay:
         other.source_at = now
         stream = other.out
         out_seq, out_ts = stream.map(ssrc, seq, ts, now)
-        stats.forwarded += 1
+        self.table.py_fwd[2 * self.slot + channel] += 1
         if other.prompt is None and other.audio_pt == pt:
             return [(other.index, _pack_header(b0, b1, out_seq, out_ts, stream.ssrc) + rest, target)]
         # Mix a playing prompt in, or transcode PCMU <-> PCMA: decode, add, clip, re-encode.
@@ -468,7 +548,7 @@ class CallRelay:
             self.stats.no_target += 1
             return []
         out_seq, out_ts = other.out.map(ssrc, seq, ts, now)
-        self.stats.forwarded += 1
+        self.table.py_fwd[2 * self.slot + 1 - other.index] += 1
         return [(other.index, _pack_header(b0, b1, out_seq, out_ts, other.out.ssrc) + rest, target)]
 
     def _inband(self, leg: Leg, samples: np.ndarray, now: float) -> None:
@@ -538,7 +618,7 @@ class CallRelay:
             self.stats.no_target += 1
             return out
         out_seq, out_ts = other.out.map(ssrc, seq, ts, now)
-        self.stats.forwarded += 1
+        self.table.py_fwd[2 * self.slot + leg.index] += 1
         # Kept intact but for the header; the payload type is the one the far end negotiated.
         out.append(
             (
@@ -551,12 +631,12 @@ class CallRelay:
 
     # -- the batch lane (rtp.fastpath) ---------------------------------------------------
 
-    def fast_lane(self, channel: int, now: float) -> FastLane | None:
-        """What a batch forwarder needs to handle `channel`'s next audio packets exactly as
-        `receive` would, or None while its packets need `receive` (not yet latched, a
-        prompt or transcoding towards the other party, in-band detection, a fresh or
-        jumping source, the pause grace). Valid until the caller hands the state back
-        with `fast_absorb` and anything else touches the relay."""
+    def batchable(self, channel: int, now: float) -> Lane | None:
+        """May the batch lane take `channel`'s next plain audio packets, exactly as `receive`
+        would handle them (`OutStream.map`'s offset case on the shared leg-table row)? None
+        while they need `receive`: not yet latched, a prompt or transcoding towards the
+        other party, in-band detection, no source stream yet or one that needs a time check,
+        the pause grace. Valid until anything else touches the relay (the owner asks again)."""
         leg = self.legs[channel]
         other = self.legs[1 - channel]
         out = other.out
@@ -575,34 +655,7 @@ class CallRelay:
         ):
             return None
         recorder = self.recorder
-        return FastLane(
-            source=leg.latched,
-            payload_type=pt,
-            own_ssrc=leg.out.ssrc,
-            src_ssrc=out.src_ssrc,
-            seq_offset=out.seq_offset,
-            ts_offset=out.ts_offset,
-            seq=out.seq,
-            ts=out.ts,
-            sent_at=out.sent_at,
-            out_ssrc=out.ssrc,
-            target=other.latched or other.remote,
-            record=recorder is not None and recorder.recording,
-        )
-
-    def fast_absorb(self, channel: int, seq: int, ts: int, sent_at: float, source_at: float, forwarded: int) -> None:
-        """Take back what the batch forwarder did since `fast_lane`: `forwarded` packets,
-        the last sequence number and timestamp sent, and when (`OutStream.map` for each)."""
-        if not forwarded:
-            return
-        other = self.legs[1 - channel]
-        out = other.out
-        out.seq = seq
-        out.ts = ts
-        out.sent_at = sent_at
-        if source_at > other.source_at:
-            other.source_at = source_at
-        self.stats.forwarded += forwarded
+        return Lane(leg.latched, pt, other.latched or other.remote, recorder is not None and recorder.recording)
 
     def receive_rtcp(self, channel: int, data: bytes, addr: tuple[str, int], now: float) -> list[Datagram]:
         """One RTCP datagram: relayed as-is to the other party's RTCP address (RFC 3550 §6).

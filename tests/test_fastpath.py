@@ -1,8 +1,9 @@
 """The batch lane (rtp.fastpath) forwards and records exactly as CallRelay.receive does.
 
 Two identical relays see the same packets, batch by batch: one packet by packet through
-`receive`, the other through `FastTable.forward` (the packets it declines going to
-`receive`, with the lent state handed back and lent again, as rtp.mux does). Whatever
+`receive` (its streams plain `OutStream`s: the readable oracle), the other through
+`LegTable.forward` on the leg table that holds its state (the packets it declines going
+to `receive`, which works on the same table rows, then `refresh`, as rtp.mux does). Whatever
 the packets (in order, gaps, reordering, duplicates, a leg twice in one batch, SSRC
 changes, *1 and other digits, comfort noise, CSRCs, strangers, garbage), each party gets
 the same datagrams in the same order, the recorder the same packets, and the relays end
@@ -26,9 +27,9 @@ from rtp.call import MediaEndpoint
 from rtp import g711
 from rtp.batch_io import source_key
 from rtp.events import event_payload
-from rtp.fastpath import FastTable, RouteMap
+from rtp.fastpath import LegTable, RouteMap
 from rtp.packet import build
-from rtp.relay import CallRelay, recorder_factory
+from rtp.relay import CallRelay, OutStream, recorder_factory
 from tests.test_relay import EXT, EXT_ADDR, PROMPTS, USER, USER_SDP, USER_SIG_IP, Harness, make_call
 
 SLOT = 1500
@@ -65,31 +66,37 @@ class FakePort:
 
 
 class LaneSession:
-    """What FastTable needs of a SharedSession, around a test Harness's relay."""
+    """What LegTable needs of a SharedSession, around a test Harness's relay."""
 
-    def __init__(self, harness: Harness, table: FastTable) -> None:
+    def __init__(self, harness: Harness, table: LegTable) -> None:
         self.harness = harness
         self.relay = harness.relay
         self.closed = False
         self.ports = (FakePort(1), FakePort(2))
         for port in self.ports:
             table.ports[port.ident] = port
-        self.slot = table.add(self)
+        self.slot = self.relay.slot
+        table.attach(self)
 
     def port_of(self, channel: int) -> FakePort:
         return self.ports[channel]
 
 
-def harness(recordings: Path | None = None) -> Harness:
+def harness(recordings: Path | None = None, table: LegTable | None = None) -> Harness:
     """A relay whose streams start where the other's do (they start at random numbers);
-    with `recordings`, a real Recorder writing there instead of the fake one."""
-    h = Harness()
+    with `recordings`, a real Recorder writing there instead of the fake one. Without
+    `table` the relay's streams are plain `OutStream`s (the oracle), with it they are rows
+    of `table` (production's `TableStream`)."""
+    h = Harness(table=table)
     if recordings is not None:
         h.relay = CallRelay(make_call(), PROMPTS, recorder_factory(recordings, "silence"), feature_timeout=2.0,
-                            ssrcs=(0xAAAA0000, 0xBBBB0000))
+                            ssrcs=(0xAAAA0000, 0xBBBB0000), table=table)
         h.relay.set_media(EXT, MediaEndpoint(EXT_ADDR, EXT_ADDR[0]), 0.0)
         h.relay.set_media(USER, MediaEndpoint(USER_SDP, USER_SIG_IP), 0.0)
         h.relay.answered(0.0)
+    if table is None:
+        for leg in h.relay.legs:  # the oracle: OutStream's own slots, no table behind them
+            leg.out = OutStream(leg.out.ssrc, leg.out.seq, leg.out.ts)
     for leg in h.relay.legs:
         leg.out.seq, leg.out.ts = 100 + leg.index, 5000 + leg.index
     return h
@@ -110,10 +117,10 @@ def run_reference(batches, now0: float, recordings: Path | None = None) -> tuple
 
 
 def run_lane(batches, now0: float, recordings: Path | None = None) -> tuple[Harness, dict, int]:
-    h = harness(recordings)
-    table = FastTable(capacity=2)
+    table = LegTable(capacity=2)
+    h = harness(recordings, table)
     session = LaneSession(h, table)
-    table.load(session, now0)
+    table.refresh(session, now0)
     out: dict[int, list] = {EXT: [], USER: []}
     taken = 0
     for k, batch in enumerate(batches):
@@ -132,22 +139,22 @@ def run_lane(batches, now0: float, recordings: Path | None = None) -> tuple[Harn
             out[leg] += port.mux.sent[sent_before[leg]:]
         for i in slow:
             channel, data, addr = batch[i]
-            table.store(session)
+            table.store(session)  # the recorder's clock (still lent: rtp.recorder.fast_clock)
             got = h.relay.receive(channel, data, addr, now)
-            table.load(session, now)
+            table.refresh(session, now)
             for leg, payload, target in got:
                 out[leg].append((payload, target))
         if h.relay.busy:  # as rtp.mux.SharedSession._tick does
             table.store(session)
             got = h.relay.tick(now)
-            table.load(session, now)
+            table.refresh(session, now)
         else:
-            table.store_clocks(session)
+            table.store_clocks(session.slot)
             got = h.relay.tick(now)
-            table.load_clocks(session)
+            table.load_clocks(session.slot)
         for leg, payload, target in got:
             out[leg].append((payload, target))
-    table.remove(session)
+    table.store_clocks(session.slot)
     h.relay.close(now0 + 0.02 * (len(batches) + 1))
     return h, out, taken
 

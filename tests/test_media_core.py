@@ -284,3 +284,31 @@ async def test_max_calls_refuses_the_call_past_the_limit(tmp_path: Path) -> None
     media.open_session(make_call("b"))
     assert media.overloaded
     await media.close()
+
+
+async def test_stats_count_relayed_packets_drops_by_reason_and_live_calls(core: MediaCore) -> None:
+    """MediaCore.stats(): what the metrics endpoint exports; calls already over still count."""
+    ext, user = phone(), phone()
+    session = core.open_session(make_call("stats"))
+    session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
+    session.set_media(1, MediaEndpoint(user.getsockname(), HOST))
+    session.answered()
+    for k in range(3):
+        ext.sendto(build(0, k, 160 * k, 0x1111, b"\xff" * 160), (HOST, session.ports[0]))
+    ext.sendto(b"\x80\x00\x01", (HOST, session.ports[0]))  # too short for RTP
+    for _ in range(30):
+        await asyncio.sleep(0.01)
+        if core.stats()["malformed"]:
+            break
+    stats = core.stats()
+    assert stats["forwarded"] == 3 and stats["malformed"] == 1
+    assert stats["calls_active"] == 1 and stats["recordings_active"] == 1
+    assert all(isinstance(v, int) for v in stats.values())
+    for key in ("unlatched", "no_target", "oversize", "strangers", "ambiguous", "send_errors", "send_dropped",
+                "late_reads", "swallowed"):
+        assert key in stats
+    session.close()
+    after = core.stats()
+    assert after["forwarded"] == 3 and after["calls_active"] == 0 and after["recordings_active"] == 0
+    ext.close()
+    user.close()

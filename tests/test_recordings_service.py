@@ -561,7 +561,7 @@ def test_metrics_read_the_live_objects_at_scrape_time(tmp_path):
                   SimpleNamespace(relay=SimpleNamespace(recorder=None))],
         admission=SimpleNamespace(ceiling=float("inf")), overloaded=False, lag=0.004,
         stats=lambda: {"forwarded": 900, "malformed": 3, "unlatched": 2, "no_target": 5, "swallowed": 4,
-                       "send_errors": 1, "strangers": 7})
+                       "send_errors": 1, "strangers": 7, "late_reads": 6})
     core = SimpleNamespace(calls={"a": 1, "b": 2}, counts={"calls": 12, "refused:overload": 3})
     counters = metricsmod.ServiceCounters()
     counters.recordings_finalised = 9
@@ -577,6 +577,7 @@ def test_metrics_read_the_live_objects_at_scrape_time(tmp_path):
     assert samples[("b2bua_recordings_total", ())] == 9
     assert samples[("b2bua_recorder_backlog_seconds", ())] == 0.5
     assert samples[("b2bua_rtp_packets_total", ())] == 900 + 3 + 2 + 5 + 4 + 7
+    assert samples[("b2bua_media_late_reads", ())] == 6
     assert samples[("b2bua_rtp_dropped_total", (("reason", "malformed"),))] == 3
     assert samples[("b2bua_rtp_dropped_total", (("reason", "send_error"),))] == 1
     assert samples[("b2bua_rtp_dropped_total", (("reason", "stranger"),))] == 7
@@ -584,25 +585,6 @@ def test_metrics_read_the_live_objects_at_scrape_time(tmp_path):
     assert samples[("b2bua_admission_ceiling_calls", ())] == float("inf")
     assert samples[("b2bua_lockouts_total", (("scope", "ip"),))] == 1
     assert samples[("b2bua_recordings_disk_free_bytes", ())] > 0
-
-
-def test_media_core_stats_keep_the_counts_of_ended_calls():
-    from types import SimpleNamespace
-
-    from rtp.core import MediaCore
-    from rtp.relay import RelayStats
-
-    core = MediaCore("127.0.0.1", (40000, 40019), "/tmp/unused")
-    class Session:  # what release() reads of a session (hashable, as sessions are)
-        relay = SimpleNamespace(stats=RelayStats(forwarded=10, malformed=1))
-        send_errors = 2
-
-    session = Session()
-    core.sessions.append(session)
-    assert core.stats()["forwarded"] == 10
-    core.release(session)  # the call ends
-    assert core.sessions == []
-    assert core.stats() == {**{k: 0 for k in RelayStats.__slots__}, "forwarded": 10, "malformed": 1, "send_errors": 2}
 
 
 def test_recorder_hook_uses_the_recorders_own_on_finalised_when_it_has_one(monkeypatch):

@@ -75,7 +75,8 @@ def make_call(record: bool = True, enabled: bool = True) -> Call:
 
 
 class Harness:
-    def __init__(self, record: bool = True, enabled: bool = True, answer: bool = True, user_pt: int = 0) -> None:
+    def __init__(self, record: bool = True, enabled: bool = True, answer: bool = True, user_pt: int = 0,
+                 table=None) -> None:  # noqa: ANN001 - a LegTable: the relay's state goes in it
         self.recorders: list[FakeRecorder] = []
 
         def factory(call: Call, t0: float) -> FakeRecorder:
@@ -83,7 +84,8 @@ class Harness:
             self.recorders.append(recorder)
             return recorder
 
-        self.relay = CallRelay(make_call(record, enabled), PROMPTS, factory, feature_timeout=2.0, ssrcs=(0xAAAA0000, 0xBBBB0000))
+        self.relay = CallRelay(make_call(record, enabled), PROMPTS, factory, feature_timeout=2.0, ssrcs=(0xAAAA0000, 0xBBBB0000),
+                               table=table)
         self.relay.set_media(EXT, MediaEndpoint(EXT_ADDR, EXT_ADDR[0]), 0.0)
         self.relay.set_media(
             USER, MediaEndpoint(USER_SDP, USER_SIG_IP, payload_type=user_pt, codec="PCMU" if user_pt == 0 else "PCMA"), 0.0

@@ -32,7 +32,7 @@ DROP_REASONS = {
 }
 #: Packets that reached a relay: forwarded or any of its drops (shared-port strangers are
 #: counted in `received` there, not by a relay).
-RECEIVED_KEYS = ("forwarded", "malformed", "unlatched", "no_target", "swallowed")
+RECEIVED_KEYS = ("forwarded", "malformed", "unlatched", "no_target", "swallowed", "strangers", "ambiguous")
 
 
 class ServiceCounters:
@@ -94,7 +94,7 @@ class B2buaCollector(Collector):
                                     "Smoothed lateness of the 20 ms media tick (media reads run late)",
                                     value=float(getattr(media, "lag", 0.0)))
             stats = media.stats() if hasattr(media, "stats") else {}
-            received = sum(stats.get(k, 0) for k in RECEIVED_KEYS) + stats.get("strangers", 0)
+            received = sum(stats.get(k, 0) for k in RECEIVED_KEYS)
             yield CounterMetricFamily("b2bua_rtp_packets", "RTP packets received on media ports since start",
                                       value=received)
             dropped = CounterMetricFamily("b2bua_rtp_dropped", "RTP packets dropped since start", labels=["reason"])
@@ -103,6 +103,10 @@ class B2buaCollector(Collector):
             yield dropped
             yield CounterMetricFamily("b2bua_rtp_forwarded", "RTP packets relayed to the other party since start",
                                       value=stats.get("forwarded", 0))
+            if "late_reads" in stats:
+                yield GaugeMetricFamily("b2bua_media_late_reads",
+                                        "Shared-port reads over 5 ms late in the current 5 s window",
+                                        value=stats["late_reads"])
 
         started = getattr(getattr(server, "lockout", None), "started", None)
         if isinstance(started, dict):
