@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import http.client
 import json
-import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
