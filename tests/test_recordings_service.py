@@ -554,13 +554,15 @@ def test_metrics_read_the_live_objects_at_scrape_time(tmp_path):
     lockout = Lockout(max_failures=2)
     for t in (1.0, 2.0):
         lockout.record_failure(Peer("udp", "192.0.2.9", 5060), "alice", t)
-    recorder = SimpleNamespace(recording=True, _backlog_frames=4000)
+    from rtp.disk_writer import WriterStats
+
+    writer_stats = WriterStats(queue_depth=3, backlog_bytes=16000, backlog_seconds=0.5, dropped_seconds=0.0,
+                               write_errors=2, failing=True, reserve_held=True, recordings=1)
     media = SimpleNamespace(
-        sessions=[SimpleNamespace(relay=SimpleNamespace(recorder=recorder)),
-                  SimpleNamespace(relay=SimpleNamespace(recorder=None))],
         admission=SimpleNamespace(ceiling=float("inf")), overloaded=False, lag=0.004,
+        writer=SimpleNamespace(stats=lambda: writer_stats),
         stats=lambda: {"forwarded": 900, "malformed": 3, "unlatched": 2, "no_target": 5, "swallowed": 4,
-                       "send_errors": 1, "strangers": 7, "late_reads": 6})
+                       "send_errors": 1, "strangers": 7, "late_reads": 6, "recordings_active": 1})
     core = SimpleNamespace(calls={"a": 1, "b": 2}, counts={"calls": 12, "refused:overload": 3})
     counters = metricsmod.ServiceCounters()
     counters.recordings_finalised = 9
@@ -575,6 +577,8 @@ def test_metrics_read_the_live_objects_at_scrape_time(tmp_path):
     assert samples[("b2bua_recordings_active", ())] == 1
     assert samples[("b2bua_recordings_total", ())] == 9
     assert samples[("b2bua_recorder_backlog_seconds", ())] == 0.5
+    assert samples[("b2bua_recorder_write_errors_total", ())] == 2
+    assert samples[("b2bua_recorder_disk_failing", ())] == 1
     assert samples[("b2bua_rtp_packets_total", ())] == 900 + 3 + 2 + 5 + 4 + 7
     assert samples[("b2bua_media_late_reads", ())] == 6
     assert samples[("b2bua_rtp_dropped_total", (("reason", "malformed"),))] == 3
@@ -584,30 +588,6 @@ def test_metrics_read_the_live_objects_at_scrape_time(tmp_path):
     assert samples[("b2bua_admission_ceiling_calls", ())] == float("inf")
     assert samples[("b2bua_lockouts_total", (("scope", "ip"),))] == 1
     assert samples[("b2bua_recordings_disk_free_bytes", ())] > 0
-
-
-def test_recorder_hook_uses_the_recorders_own_on_finalised_when_it_has_one(monkeypatch):
-    import rtp.recorder
-    from b2bua.recordings_service.service import recorder_hook
-
-    def announce(path: Path) -> None: ...
-
-    has = recorder_hook(announce, Path("/tmp/r"), "silence")
-    if "on_finalised" in __import__("inspect").signature(rtp.recorder.Recorder).parameters:
-        assert has == {"on_finalised": announce}
-    else:
-        assert set(has) == {"make_recorder"}
-
-    class WithHook:
-        def __init__(self, directory, call, pause_mode, t0, *, on_finalised=None) -> None: ...
-
-    class WithoutHook:
-        def __init__(self, directory, call, pause_mode, t0) -> None: ...
-
-    monkeypatch.setattr(rtp.recorder, "Recorder", WithHook)
-    assert recorder_hook(announce, Path("/tmp/r"), "silence") == {"on_finalised": announce}
-    monkeypatch.setattr(rtp.recorder, "Recorder", WithoutHook)
-    assert set(recorder_hook(announce, Path("/tmp/r"), "silence")) == {"make_recorder"}
 
 
 def test_index_pages_recordings_started_at_the_same_instant(index):

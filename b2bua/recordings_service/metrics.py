@@ -66,20 +66,26 @@ class B2buaCollector(Collector):
             refused.add_metric([reason], counts.get(f"refused:{reason}", 0))
         yield refused
 
-        sessions = list(getattr(media, "sessions", ()) or ())
-        recording = backlog_frames = 0
-        for session in sessions:
-            recorder = getattr(session.relay, "recorder", None)
-            if recorder is not None and getattr(recorder, "recording", False):
-                recording += 1
-            if recorder is not None:
-                backlog_frames += getattr(recorder, "_backlog_frames", 0)
-        yield GaugeMetricFamily("b2bua_recordings_active", "Calls being recorded now", value=recording)
+        stats = media.stats() if hasattr(media, "stats") else {}
+        yield GaugeMetricFamily("b2bua_recordings_active", "Calls being recorded now",
+                                value=stats.get("recordings_active", 0))
         yield CounterMetricFamily("b2bua_recordings", "Recordings finalised since start",
                                   value=self.counters.recordings_finalised)
-        yield GaugeMetricFamily("b2bua_recorder_backlog_seconds",
-                                "Audio held in memory waiting for the disk, over all recorders",
-                                value=backlog_frames / 8000.0)
+        writer = getattr(media, "writer", None)  # rtp.disk_writer.DiskWriter: every recording's disk work
+        if writer is not None:
+            disk = writer.stats()
+            yield GaugeMetricFamily("b2bua_recorder_backlog_seconds",
+                                    "Audio held in memory waiting for the disk, over all recorders",
+                                    value=disk.backlog_seconds)
+            yield GaugeMetricFamily("b2bua_recorder_queue_depth", "Disk commands submitted and not yet performed",
+                                    value=disk.queue_depth)
+            yield GaugeMetricFamily("b2bua_recorder_disk_failing", "1 while the disk refuses recording writes",
+                                    value=1.0 if disk.failing else 0.0)
+            yield CounterMetricFamily("b2bua_recorder_dropped_seconds",
+                                      "Audio kept as silence because the disk refused it too long",
+                                      value=disk.dropped_seconds)
+            yield CounterMetricFamily("b2bua_recorder_write_errors", "Failed recording writes (each retry counts)",
+                                      value=disk.write_errors)
 
         if media is not None:
             admission = getattr(media, "admission", None)
@@ -93,7 +99,6 @@ class B2buaCollector(Collector):
             yield GaugeMetricFamily("b2bua_media_lag_seconds",
                                     "Smoothed lateness of the 20 ms media tick (media reads run late)",
                                     value=float(getattr(media, "lag", 0.0)))
-            stats = media.stats() if hasattr(media, "stats") else {}
             received = sum(stats.get(k, 0) for k in RECEIVED_KEYS)
             yield CounterMetricFamily("b2bua_rtp_packets", "RTP packets received on media ports since start",
                                       value=received)
