@@ -290,6 +290,8 @@ async def test_api_signed_links_play_without_the_header(api_client):
     assert (await api_client.get(tampered)).status == 401
     expired = api_client.api.link("call1.wav", now=0)
     assert (await api_client.get(expired)).status == 401
+    for query in ("sig=%C3%A9&expires=99999999999", "sig=&expires=1", "expires=-5&sig=00", "sig=00&expires=1e9"):
+        assert (await api_client.get(f"/api/recordings/call1.wav?{query}")).status == 401, query
 
 
 async def test_api_delete_is_admin_only_and_logged(api_client, caplog):
@@ -636,3 +638,25 @@ async def test_api_answers_503_when_the_index_store_is_down(tmp_path, redis_url)
         assert "unavailable" in (await r.json())["error"]
     finally:
         await client.close()
+
+
+async def test_hostile_paths_and_queries_never_get_a_5xx(api_client):
+    import random
+    from urllib.parse import quote
+
+    rng = random.Random(18)
+    alphabet = "aZ09./\\%:;?#&=+-_~ \x00\x7féü漢\U0001f600"
+    names = ["", ".", "..", "...", "%00", "call1%00.wav", "call1.wav.wav", "call1.WAV", "a" * 5000, "call1.json.wav",
+             "/etc/passwd", "call1;rm", "call1.wav?x", "CON", "call1\\..\\..\\x"]
+    names += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(60)]
+    for name in names:
+        for method in ("GET", "DELETE"):
+            r = await api_client.request(method, "/api/recordings/" + quote(name, safe=""), headers=auth(ADMIN_TOKEN))
+            assert r.status < 500, (method, name, r.status)
+    params = ["from", "to", "number", "user", "direction", "limit", "cursor"]
+    for _ in range(80):
+        query = "&".join(f"{rng.choice(params)}={quote(''.join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))))}"
+                         for _ in range(rng.randint(1, 4)))
+        r = await api_client.get("/api/recordings?" + query, headers=auth())
+        assert r.status in (200, 400), (query, r.status)
+        assert "error" in await r.json() if r.status == 400 else "recordings" in await r.json()

@@ -121,7 +121,7 @@ class RecordingsApi:
         sig, expires = request.query.get("sig"), request.query.get("expires", "")
         if not sig or not expires.isdigit() or int(expires) < time.time():
             return False
-        return hmac.compare_digest(sig, self.sign(name, int(expires)))
+        return hmac.compare_digest(sig.encode(), self.sign(name, int(expires)).encode())  # bytes: any sig text
 
     def _file(self, entry: Entry, relative: str) -> Path | None:
         """The file of an index entry, only if it is inside recordings_dir."""
