@@ -127,8 +127,8 @@ class FakeMedia:
 class Harness:
     """The core with a fake clock; `send` delivers bytes, `out` collects what it sent."""
 
-    def __init__(self, tmp_path: Path):
-        (tmp_path / "flows.toml").write_text(CONFIG)
+    def __init__(self, tmp_path: Path, extra_config: str = ""):
+        (tmp_path / "flows.toml").write_text(CONFIG + extra_config)
         self.config = load_file(tmp_path / "flows.toml")
         self.now = 1000.0
         self.txn = TransactionLayer()
@@ -800,3 +800,15 @@ def test_a_reinvite_is_answered_in_the_offerers_law(h):
     assert to_bob.formats == ["0", "101"] and to_bob.has_flag("recvonly")
     media = h.media.sessions[0].media
     assert media[0].codec == "PCMA" and media[1].codec == "PCMU"
+
+
+def test_the_codecs_we_offer_and_accept_follow_media_codecs(tmp_path):
+    h = Harness(tmp_path, '\n[media]\ncodecs = ["PCMA"]\n')
+    h.register("bob", "bob-pw", BOB, "sip:bob@203.0.113.20")
+    h.send(trunk_invite("441632960000"), TRUNK)  # offers PCMU and PCMA
+    invite = h.one(BOB, "INVITE")
+    assert SessionDescription.parse(invite.body).first_audio().formats == ["8", "101"]
+    pcmu_only = OFFER.replace("RTP/AVP 0 8 101", "RTP/AVP 0 101")
+    h.send(pcma_trunk_invite(pcmu_only).replace("trunk-call-1", "trunk-call-2").replace("z9hG4bKtrunk1", "z9hG4bKt2"),
+           TRUNK)
+    assert h.one(TRUNK, 488)
