@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import signal
 import sys
 import time
@@ -26,6 +25,7 @@ from b2bua.lockout import Lockout
 from b2bua.message import SipParseError, parse_message
 from b2bua.peer import Peer
 from b2bua.registrar import Registrar
+from b2bua.shared_state import open_stores
 from b2bua.strangers import policy_for
 from b2bua.transaction import TransactionLayer
 from b2bua.transport import SipTransport
@@ -93,8 +93,23 @@ class Server:
         advertised = server.host if server.host not in ("0.0.0.0", "::") else server.media_ip
         self.summary = HostileSummary()  # hostile traffic: one line per source per minute
         self.transactions = TransactionLayer()
-        secret = (self.worker.nonce_secret if self.worker else None) or secrets.token_bytes(32)
-        authenticator = DigestAuthenticator(server.realm, secret, algorithms=config.security.digest_algorithms)
+        # Registrations, nonces and lockout counters: SQLite/memory, or Redis with [cluster] redis.
+        try:
+            self.stores = open_stores(config)
+            await self.stores.start()
+        except Exception as exc:  # noqa: BLE001 - redis-py's errors: name the store, never half-start
+            log.error("startup event=failed reason=%r redis=%s", str(exc) or type(exc).__name__,
+                      getattr(getattr(config, "cluster", None), "redis", "-"))
+            return 1
+        if self.stores.shared:
+            log.info("startup %s", self.stores.describe())
+        # The nonce secret: Redis's when shared (every worker on every host has it), else the
+        # one the supervisor handed this host's workers, else this process's own.
+        secret = (None if self.stores.shared else self.worker.nonce_secret if self.worker else None) \
+            or self.stores.digest_secret
+        authenticator = DigestAuthenticator(server.realm, secret,
+                                            algorithms=config.security.digest_algorithms, shared=self.stores.nonces,
+                                            utc_at=utc_at)  # nonce times in UTC: workers on other hosts check them
         lockout = Lockout(
             max_failures=config.security.max_failures,
             window=config.security.failure_window,
@@ -105,10 +120,11 @@ class Server:
             user_per_hour=config.security.max_user_failures_per_hour,
             utc_at=utc_at,
             summary=self.summary,
+            store=self.stores.lockout,  # None: in memory; a cluster's counters are in Redis
         )
         passwords = {u.name: u.password for u in config.users}
         self.registrar = Registrar(passwords, server.realm, server.registrations_db, authenticator, lockout,
-                                   utc_at=utc_at)
+                                   utc_at=utc_at, store=self.stores.bindings)
         self.strangers = policy_for(config, self.registrar, self.summary,
                                     also_trusted=self.worker.link.is_edge if self.worker else None)
         self.transactions.strangers = self.strangers
@@ -185,7 +201,7 @@ class Server:
         await self.media.close()
         await self.recordings.stop()  # after media: the last finalised recordings are queued
         await self.transport.stop()
-        self.registrar.close()
+        await self.stores.aclose()
         log.info("shutdown event=done")
 
     # -- the pump
