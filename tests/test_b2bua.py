@@ -812,3 +812,26 @@ def test_the_codecs_we_offer_and_accept_follow_media_codecs(tmp_path):
     h.send(pcma_trunk_invite(pcmu_only).replace("trunk-call-1", "trunk-call-2").replace("z9hG4bKtrunk1", "z9hG4bKt2"),
            TRUNK)
     assert h.one(TRUNK, 488)
+
+
+def test_late_offer_each_side_keeps_the_law_it_answered(h):
+    """The caller sent no SDP; bob answers our offer PCMU; the caller answers ours (in its
+    ACK, RFC 3261 §13.2.1) with PCMA: media uses each side's own law and transcodes."""
+    h.register("bob", "bob-pw", BOB, "sip:bob@203.0.113.20")
+    invite = trunk_invite("441632960000").replace("Content-Type: application/sdp\n", "")
+    h.send(invite[: invite.index("Content-Length")] + "Content-Length: 0\n\n", TRUNK)
+    bob = h.one(BOB, "INVITE")
+    h.send(respond(bob, 200, "OK", "b1", "sip:bob@203.0.113.20", PCMU_ONLY_ANSWER), BOB)
+    ok = h.one(TRUNK, 200)
+    assert SessionDescription.parse(ok.body).first_audio().formats == ["0", "8", "101"]
+    pcma_answer = PCMA_OFFER.replace("a=ptime:20", "a=sendrecv")
+    h.send(
+        f"ACK sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKack9\n"
+        f"From: \"Caller\" <sip:447700900123@198.51.100.7>;tag=tr1\nTo: {ok.headers.get('To')}\n"
+        f"Call-ID: trunk-call-1\nCSeq: 10 ACK\nContent-Type: application/sdp\n"
+        f"Content-Length: {len(pcma_answer)}\n\n{pcma_answer}",
+        TRUNK,
+    )
+    media = h.media.sessions[0].media
+    assert (media[0].codec, media[0].payload_type, media[0].dtmf_payload_type) == ("PCMA", 8, 96)
+    assert (media[1].codec, media[1].payload_type) == ("PCMU", 0)
