@@ -835,3 +835,66 @@ def test_late_offer_each_side_keeps_the_law_it_answered(h):
     media = h.media.sessions[0].media
     assert (media[0].codec, media[0].payload_type, media[0].dtmf_payload_type) == ("PCMA", 8, 96)
     assert (media[1].codec, media[1].payload_type) == ("PCMU", 0)
+
+
+# -- any order of events: the lifecycle tables hold, nothing is left behind ---------------------
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+STEPS = ["desk_180", "desk_183", "desk_200", "desk_486", "bob_180", "bob_200", "bob_486", "caller_cancel",
+         "caller_ack", "caller_bye", "bob_bye", "desk_bye", "bob_200_again", "wait_5", "wait_40"]
+
+
+def _phone_bye(invite: Request, tag: str, user: str, peer: Peer, cseq: int) -> str:
+    return (
+        f"BYE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP {peer.host}:{peer.port};branch=z9hG4bKpb{tag}{cseq}\n"
+        f"From: <sip:{user}@pbx.test>;tag={tag}\nTo: {invite.headers.get('From')}\nCall-ID: {invite.call_id}\n"
+        f"CSeq: {cseq} BYE\nContent-Length: 0\n\n"
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.sampled_from(STEPS), max_size=12))
+def test_any_order_of_answers_cancels_byes_and_timeouts_keeps_the_tables_and_leaves_nothing(tmp_path_factory, steps):
+    h = Harness(tmp_path_factory.mktemp("trace"))
+    h.register("alice", "alice-pw", ALICE_DESK, "sip:alice@203.0.113.10:5062")
+    h.register("bob", "bob-pw", BOB, "sip:bob@203.0.113.20")
+    h.send(trunk_invite("441632960000"), TRUNK)
+    desk, bob = h.one(ALICE_DESK, "INVITE"), h.one(BOB, "INVITE")
+    ok: Response | None = None
+    for n, step in enumerate(steps):
+        if step.startswith("desk_") and step[5:].isdigit():
+            status = int(step[5:])
+            body = answer_sdp("203.0.113.10", 7002) if status in (183, 200) else ""
+            h.send(respond(desk, status, "X", "d1", "sip:alice@203.0.113.10:5062", body), ALICE_DESK)
+        elif step.startswith("bob_") and step[4:].isdigit():
+            status = int(step[4:])
+            body = answer_sdp("203.0.113.20", 7000) if status == 200 else ""
+            h.send(respond(bob, status, "X", "b1", "sip:bob@203.0.113.20", body), BOB)
+        elif step == "bob_200_again":
+            h.send(respond(bob, 200, "OK", "b1", "sip:bob@203.0.113.20", answer_sdp("203.0.113.20", 7000)), BOB)
+        elif step == "caller_cancel":
+            h.send("CANCEL sip:+441632960000@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7:5060;"
+                   "branch=z9hG4bKtrunk1\nFrom: \"Caller\" <sip:447700900123@198.51.100.7>;tag=tr1\n"
+                   "To: <sip:441632960000@192.0.2.1>\nCall-ID: trunk-call-1\nCSeq: 10 CANCEL\nContent-Length: 0\n\n",
+                   TRUNK)
+        elif step in ("caller_ack", "caller_bye"):
+            oks = [m for m in h.take(TRUNK, 200) if m.cseq[1] == "INVITE"]
+            ok = oks[-1] if oks else ok
+            if ok is not None:
+                method = "ACK" if step == "caller_ack" else "BYE"
+                h.send(f"{method} sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKs{n}\n"
+                       f"From: \"Caller\" <sip:447700900123@198.51.100.7>;tag=tr1\nTo: {ok.headers.get('To')}\n"
+                       f"Call-ID: trunk-call-1\nCSeq: {10 if method == 'ACK' else 11 + n} {method}\n"
+                       f"Content-Length: 0\n\n", TRUNK)
+        elif step == "bob_bye":
+            h.send(_phone_bye(bob, "b1", "bob", BOB, 2 + n), BOB)
+        elif step == "desk_bye":
+            h.send(_phone_bye(desk, "d1", "alice", ALICE_DESK, 2 + n), ALICE_DESK)
+        else:
+            h.advance(float(step[5:]))
+        for call in h.core.calls.values():  # the phases agree with what the legs say
+            assert (call.winner is not None) == (call.phase.value in ("answered", "confirmed"))
+    h.core.shutdown(h.now)  # whatever is still up is hung up or refused
+    h.advance(200.0)  # every transaction and late branch runs out
+    assert not h.core.calls and len(h.core.index) == 0
