@@ -472,15 +472,22 @@ class DiskWriter:
             return
         for files in list(self._ready):
             self._beat = time.monotonic()  # a long round (a burst of new files) is not a stuck writer
-            try:
-                self._run_files(files)
-            except OSError as exc:
-                self.write_errors += 1
-                self._note_failure(files, exc, now)
-                self._release_reserve(exc)
+            if not self._attempt(files, now):
                 self._retry(now)  # at once: the reserve's room is for ended recordings
                 return
-            self._settle(files)
+
+    def _attempt(self, files: RecordingFiles, now: float) -> bool:
+        """Run `files`' commands; False if the disk refused one (noted, the reserve released)."""
+        try:
+            self._run_files(files)
+        except OSError as exc:
+            self.write_errors += 1
+            self._note_failure(files, exc, now)
+            self._release_reserve(exc)
+            return False
+        if not files.pending:
+            self._ready.pop(files, None)
+        return True
 
     def _retry(self, now: float) -> None:
         """The disk refused a write. Ended recordings first: each gets its final sidecar
@@ -488,33 +495,21 @@ class DiskWriter:
         Live recordings are tried only once there is more room than the reserve held, so
         their audio never eats the room the next ended recordings need."""
         ready = self._ready
-        failed = False
         closing = [files for files in ready if files.closing]
         for files in closing:
             if not files.ended_ahead and len(files.pending) > 1:
                 self._end_ahead(files)
+        failed = False
         for files in closing:
-            try:
-                self._run_files(files)
-            except OSError as exc:
-                self.write_errors += 1
-                self._note_failure(files, exc, now)
-                failed = True
-                continue  # other ended recordings may still fit
-            self._settle(files)
-        if len(closing) < len(ready):
-            if not self._room():
-                failed = True
-            else:
-                for files in [f for f in ready if not f.closing]:
-                    try:
-                        self._run_files(files)
-                    except OSError as exc:
-                        self.write_errors += 1
-                        self._note_failure(files, exc, now)
-                        failed = True
-                        break  # a live recording's audio refused: the disk refuses everyone's
-                    self._settle(files)
+            failed = not self._attempt(files, now) or failed  # each ended recording may still fit
+        live = [files for files in ready if not files.closing]
+        if live and not self._room():
+            failed = True
+        elif live:
+            for files in live:
+                if not self._attempt(files, now):
+                    failed = True
+                    break  # a live recording's audio refused: the disk refuses everyone's
         if failed:
             self._next_retry = now + self.retry_seconds
         elif self._failing:
@@ -529,10 +524,6 @@ class DiskWriter:
             return st.f_bavail * st.f_frsize >= 2 * self._reserve_size()
         except OSError:
             return True  # no answer: let a write attempt tell
-
-    def _settle(self, files: RecordingFiles) -> None:
-        if not files.pending:
-            self._ready.pop(files, None)
 
     def _run_files(self, files: RecordingFiles) -> None:
         """Perform `files`' commands in order; a command leaves the queue only once done.
