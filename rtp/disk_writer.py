@@ -7,13 +7,16 @@ hold up every call's packets. A recorder only turns audio into commands on its
 an object and a deque append. The thread performs them in order per file: the WAV created with
 its sidecar, frames appended with `pwrite` at the file's end and the header patched after each
 (rtp.wavfile: a kill -9 leaves a playable file of everything written), the sidecar replaced
-atomically, and at the end the WAV and the final sidecar made durable before `on_finalised`
-is called on the recording's event loop.
+atomically, and at the end the final sidecar. A second thread then makes the finished
+recording durable (fsync of the WAV, the sidecar and their directory; one `sync()` for a
+batch, as at shutdown) and posts `on_finalised(sidecar_path)` to the recording's event loop.
 
-Why one thread and not a pool: appends land in the page cache (a memcpy), so under the GIL
-more threads add switching, not throughput, and a disk that hangs stalls every file either
-way. When the thread falls behind, what waited for one file goes out in one `pwritev` and one
-header patch, so it catches up in fewer system calls.
+Why one writer thread and not a pool: appends land in the page cache (a memcpy), so under the
+GIL more threads add switching, not throughput, and a disk that hangs stalls every file either
+way; only the fsyncs, which wait on the device, have a thread of their own. When the writer
+falls behind, what waited for one file goes out in one `pwritev` and one header patch, so it
+catches up in fewer system calls. It gets the GIL while the loop waits for packets; a loop
+that never waits (a saturated core) starves it, and audio then waits in memory (bounded).
 
 A full disk (ENOSPC; EDQUOT, EIO and any other OSError alike): the command that failed stays
 first in its file's queue and everything behind it waits in memory, retried every
@@ -24,7 +27,8 @@ much was dropped when writing works again. The first failure releases a reserve 
 (`RESERVE_NAME` under the recordings directory, made at start) so recordings whose call has
 ended can be finalised: those go first at every retry, and one whose audio still cannot be
 written gets its sidecar with `ended` set (and `unwritten_s`) as soon as that fits; the audio
-follows when space returns and the sidecar is written again. A new recording's WAV is created
+follows when space returns and the sidecar is written again. Live recordings are tried again
+only once the disk has twice the reserve free, so their audio never eats that room. A new recording's WAV is created
 together with its sidecar or not at all, so a full disk never leaves a header-only WAV
 nobody can find. `stats()` says how much audio is waiting (for /metrics and the log line
 written every `REPORT_SECONDS` while the disk refuses).
