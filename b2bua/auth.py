@@ -323,7 +323,10 @@ class DigestAuthenticator:
     def _observe(self, now: float) -> None:
         """Track the latest `now`; the first one marks where our replay memory begins."""
         if self._evicted_up_to is None:
-            self._evicted_up_to = now - 1e-6
+            # In make_nonce's own units (whole microseconds): with UTC times (~1.8e9 s) a
+            # float `now - 1e-6` can round to at or above the first nonce's issue time,
+            # which made the very first challenge stale.
+            self._evicted_up_to = (int(now * 1_000_000) - 1) / 1_000_000
         self._last_now = max(self._last_now, now)
 
     # -- verification ---------------------------------------------------------------
