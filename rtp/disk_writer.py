@@ -793,18 +793,21 @@ class DiskWriter:
         self._reserve_held = True
 
     def _release_reserve(self, exc: OSError) -> bool:
-        """On a full disk, free the reserve once (True: worth trying again at once)."""
+        """On a full disk, free the reserve once (True: it was there and is gone now).
+
+        Cluster workers on one host share the recordings directory and so the reserve: the
+        first to find the disk full frees it for all, and each one makes it again later."""
         if not self._reserve_held or exc.errno not in _FULL:
             return False
         path = self._reserve_path()
         assert path is not None
+        self._reserve_held = False
+        self._next_reserve_check = time.monotonic() + REPORT_SECONDS
         try:
             size = path.stat().st_size
             path.unlink()
         except OSError:
-            return False
-        self._reserve_held = False
-        self._next_reserve_check = time.monotonic() + REPORT_SECONDS
+            return False  # already gone (another worker released it)
         self.log.error("recordings event=disk-full-reserve-released bytes=%d path=%s: finalising ended "
                        "recordings first", size, path)
         return True

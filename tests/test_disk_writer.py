@@ -517,3 +517,25 @@ def test_metrics_read_the_writers_backlog_drops_and_errors(tmp_path, monkeypatch
     disk.audio = False
     rec.close(T0 + 4)
     assert writer.close(5)
+
+
+def test_a_reserve_another_worker_released_is_made_again(tmp_path, monkeypatch) -> None:
+    """Cluster workers share the recordings directory: the reserve one of them released
+    does not stay counted as held by the others."""
+    monkeypatch.setattr(disk_writer_module, "REPORT_SECONDS", 0.0)
+    monkeypatch.setattr(disk_writer_module, "_IDLE_SECONDS", 0.02)
+    disk = FakeDisk(monkeypatch)
+    ours, theirs = (DiskWriter(tmp_path, retry_seconds=0.01, reserve_bytes=16384) for _ in range(2))
+    ours.start()
+    theirs.start()
+    assert wait_for(lambda: ours.stats().reserve_held and theirs.stats().reserve_held)
+    (tmp_path / RESERVE_NAME).unlink()  # the other worker hit the full disk first
+    rec = Recorder(tmp_path, make_call(), "silence", T0, wall_t0=WALL_T0, writer=ours)
+    disk.audio = True
+    feed(rec, 0, 2)
+    assert wait_for(lambda: not ours.stats().reserve_held)
+    disk.audio = False
+    rec.close(T0 + 2)
+    assert ours.drain(5)
+    assert wait_for(lambda: ours.stats().reserve_held and (tmp_path / RESERVE_NAME).exists())
+    assert ours.close(5) and theirs.close(5)
