@@ -111,7 +111,13 @@ class PrivateRedis:
 
 
 def _spawn(host: str, port: int, directory: Path) -> subprocess.Popen[bytes]:
-    args = [
+    return subprocess.Popen(argv(host, port, directory), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def argv(host: str, port: int, directory: Path) -> list[str]:
+    """The command line of a private redis-server (also what `b2bua cluster` supervises)."""
+    return [
         find_binary(),
         "--bind", host,
         "--port", str(port),
@@ -124,7 +130,6 @@ def _spawn(host: str, port: int, directory: Path) -> subprocess.Popen[bytes]:
         "--logfile", str(directory / "redis.log"),
         "--pidfile", "",
     ]
-    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _wait_ready(server: PrivateRedis) -> None:

@@ -130,8 +130,7 @@ class Server:
         self.transactions.strangers = self.strangers
         self.lockout = lockout
         # Recordings page, REST API, webhooks, metrics, retention ([http], [[webhooks]], ...).
-        from b2bua.recordings_service.service import RecordingsService, notify_on_close
-        from rtp.relay import recorder_factory
+        from b2bua.recordings_service.service import RecordingsService
         self.recordings = RecordingsService(config, self)
         self.media = MediaCore(
             server.media_ip,
@@ -142,9 +141,11 @@ class Server:
             shared=server.media_sockets == "shared",
             poll_interval=server.media_poll,
             max_calls=server.max_calls,
-            make_recorder=notify_on_close(recorder_factory(server.recordings_dir, server.pause),
-                                          self.recordings.on_finalised),
+            # Called on this loop once a recording's WAV and final sidecar are durable (the
+            # media core's disk writer posts it; rtp.disk_writer).
+            on_finalised=self.recordings.on_finalised,
         )
+        self.media.writer.start()  # recordings' disk thread: its reserve file is made now, not at the first call
         self.core = B2BUA(
             config, self.transactions, self.registrar, authenticator, lockout, self.media,
             advertised_host=advertised, port=server.port,
@@ -198,7 +199,7 @@ class Server:
         self.flush()
         if self.core.calls or self.transactions.next_deadline() is not None:
             await asyncio.sleep(SHUTDOWN_GRACE)
-        await self.media.close()
+        await self.media.close()  # finalises recordings and waits for the disk writer to drain
         await self.recordings.stop()  # after media: the last finalised recordings are queued
         await self.transport.stop()
         await self.stores.aclose()

@@ -4,6 +4,7 @@
     python bench/load.py --calls 500 --seconds 20 --record off
     python bench/load.py --calls 500 --seconds 20 --peer rtpengine --record off|on
     python bench/load.py --table --seconds 20                      # the issue-6 table, one run
+    python bench/load.py --calls 200 --workers 2 --cpu-quota 0.5   # through b2bua cluster (bench/cluster_load.py)
 
 For the B2BUA: N users register (digest auth), a trunk calls N numbers, each rings one
 user who answers; then every leg streams G.711 at 20 ms pacing (2 x 50 packets/s per call)
@@ -641,7 +642,19 @@ def main() -> None:
                          "so the highest with zero loss comes from the same run)")
     ap.add_argument("--media-sockets", choices=["default", "shared", "per_call"], default="default",
                     help="the B2BUA's [server] media_sockets (default: the key left out, as a user gets it: shared)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="run `b2bua cluster` with N workers behind Kamailio instead of `b2bua run`")
+    ap.add_argument("--cpu-quota", type=float, default=None,
+                    help="with --workers: each worker in its own cgroup with this share of a core (0.5: half)")
     args = ap.parse_args()
+    if args.workers:
+        import cluster_load
+
+        with tempfile.TemporaryDirectory(prefix="load-cluster-") as tmp:
+            r = cluster_load.run(args.calls, args.seconds, args.record == "on", Path(tmp), args.workers, args.cpu_quota)
+        print(cluster_load.line(r))
+        print(json.dumps(r))
+        return
     if not args.table:
         r = one(args.peer, args.calls, args.seconds, args.record == "on", args.media_sockets)
         print(line(r))
