@@ -368,7 +368,7 @@ def test_backoff_doubles_to_a_cap():
 
 async def test_webhook_is_signed_and_retried_until_2xx(tmp_path, monkeypatch):
     monkeypatch.setattr("b2bua.recordings_service.webhooks.FIRST_RETRY", 0.05)
-    receiver = Receiver([500, 503, 200])
+    receiver = Receiver([500, 302, 200])  # a redirect is not a delivery either
     url = await receiver.start()
     sender = WebhookSender([Webhook(url, "s3cret")], Outbox(tmp_path / "o.sqlite3"),
                            lambda c: f"http://pbx/api/recordings/{c}.wav")
