@@ -1,5 +1,5 @@
 """Issue 18 end to end: webhooks from `b2bua run` to a real HTTP receiver started here,
-through a receiver outage, a restart of the B2BUA and a crash mid-call: none is lost."""
+through a receiver outage, a restart of the B2BUA, a SIGTERM and a crash mid-call: none is lost."""
 
 from __future__ import annotations
 
@@ -150,3 +150,23 @@ def test_a_recording_cut_by_a_crash_is_repaired_indexed_and_announced_at_the_nex
     assert [r["call_id"] for r in listed] == [wav.stem] and listed[0]["recovered"] is True
     status, _, body = pbx.http(f"/api/recordings/{wav.stem}.wav")
     assert status == 200 and body == wav.read_bytes()
+
+
+def test_a_call_up_at_sigterm_is_finalised_indexed_and_queued_before_the_process_exits(hooked):
+    receiver, pbx, alice = hooked
+    receiver.stop()  # so the delivery must wait in the outbox across the restart
+    call = pbx.trunk.call(pbx.proc.sip_address, DDI)
+    assert call.wait_answered(10) == 200
+    call.rtp.send_tone(440, 3.0, remote=call.remote_media)
+    alice.wait_for("established", 5)
+    time.sleep(1.5)
+    assert pbx.proc.stop() == 0  # SIGTERM: BYE, finalise, then the recordings service stops
+    logs = pbx.proc.logs()
+    assert "index-failed" not in logs and "Traceback" not in logs
+    (wav,) = pbx.proc.recordings()
+    assert json.loads(wav.with_suffix(".json").read_text())["ended"]
+    pbx.proc.start()
+    receiver.start()
+    receiver.wait_for({wav.stem}, 15)
+    assert [r["call_id"] for r in pbx.json("/api/recordings")["recordings"]] == [wav.stem]
+    assert "index-reconciled" not in pbx.proc.logs()  # it was indexed at shutdown, not found again at start
