@@ -660,3 +660,26 @@ async def test_hostile_paths_and_queries_never_get_a_5xx(api_client):
         r = await api_client.get("/api/recordings?" + query, headers=auth())
         assert r.status in (200, 400), (query, r.status)
         assert "error" in await r.json() if r.status == 400 else "recordings" in await r.json()
+
+
+async def test_refused_tokens_go_to_the_hostile_summary_by_source(tmp_path):
+    from b2bua.hostile_summary import HostileSummary
+
+    lines: list[str] = []
+    summary = HostileSummary(lines.append)
+    counters = metricsmod.ServiceCounters()
+    api = RecordingsApi(tmp_path, SqliteIndex(":memory:"), TokenBook(TOKENS), metricsmod.make_registry(
+        metricsmod.B2buaCollector(object(), counters, tmp_path)), counters,
+        on_unauthorised=lambda ip: summary.count(ip, "http-unauthorised", 0.0))
+    client = TestClient(TestServer(api.app()))
+    await client.start_server()
+    try:
+        for _ in range(25):
+            assert (await client.get("/api/recordings", headers=auth("guess"))).status == 401
+        assert (await client.get("/api/recordings", headers=auth())).status == 200
+    finally:
+        await client.close()
+    assert lines == []  # nothing per request
+    summary.flush(120.0, force=True)
+    assert len(lines) == 1 and "ip=127.0.0.1" in lines[0] and "http-unauthorised=25" in lines[0]
+    assert counters.http_unauthorised == 25

@@ -56,13 +56,17 @@ def error(status: int, message: str, **headers: str) -> web.Response:
 class RecordingsApi:
     def __init__(self, recordings_dir: Path, index: RecordingsIndex, tokens: TokenBook,
                  registry: Any, counters: metricsmod.ServiceCounters,
-                 on_deleted: Callable[[str], None] | None = None) -> None:
+                 on_deleted: Callable[[str], None] | None = None,
+                 on_unauthorised: Callable[[str], None] | None = None) -> None:
         self.recordings_dir = recordings_dir.resolve()
         self.index = index
         self.tokens = tokens
         self.registry = registry
         self.counters = counters
         self.on_deleted = on_deleted
+        # A refused token's source, for the server's hostile-traffic summary (one line per
+        # source per minute, never one per request).
+        self.on_unauthorised = on_unauthorised
         self._link_key = secrets.token_bytes(32)
         self._store_errors = 0
         self._static = {name: resources.files("b2bua.recordings_service.static").joinpath(name).read_bytes()
@@ -104,6 +108,8 @@ class RecordingsApi:
         token = self.tokens.check(request.headers.get("Authorization"))
         if token is None:
             self.counters.http_unauthorised += 1
+            if self.on_unauthorised is not None:
+                self.on_unauthorised(request.remote or "unknown")
             return error(401, "a valid Authorization: Bearer <token> is needed",
                          **{"WWW-Authenticate": 'Bearer realm="recordings"'})
         if not self.tokens.allows(token, scope):

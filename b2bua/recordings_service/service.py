@@ -146,8 +146,12 @@ class RecordingsService:
         assert self.index is not None and self.config.http is not None
         collector = metricsmod.B2buaCollector(self.server, self.counters, self.recordings_dir, self.index,
                                               self.webhooks)
+        summary = getattr(self.server, "summary", None)  # b2bua.hostile_summary.HostileSummary
+        loop = asyncio.get_running_loop()
         api = RecordingsApi(self.recordings_dir, self.index, TokenBook(self.config.api_tokens),
-                            metricsmod.make_registry(collector), self.counters)
+                            metricsmod.make_registry(collector), self.counters,
+                            on_unauthorised=(lambda ip: summary.count(ip, "http-unauthorised", loop.time()))
+                            if summary is not None else None)
         # access_log=None: one line per request would be hostile-traffic logging per
         # request (GUIDE: summarised, never per request); 401s are counted in /metrics.
         self._runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
