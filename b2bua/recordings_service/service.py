@@ -30,6 +30,9 @@ OUTBOX_FILE = "webhooks.sqlite3"
 #: At start, sidecars of these last days not yet in the index are indexed (and announced):
 #: a recording finalised just before a crash, before its row was committed.
 RECONCILE_DAYS = 2
+#: An idle HTTP keep-alive connection is closed after this long (aiohttp's default is 75 s):
+#: idle connections hold file descriptors the media needs for its sockets.
+KEEPALIVE_TIMEOUT = 15.0
 
 
 class RecordingsService:
@@ -154,7 +157,8 @@ class RecordingsService:
                             if summary is not None else None)
         # access_log=None: one line per request would be hostile-traffic logging per
         # request (GUIDE: summarised, never per request); 401s are counted in /metrics.
-        self._runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(api.app(), access_log=None, handle_signals=False,
+                                     keepalive_timeout=KEEPALIVE_TIMEOUT)
         await self._runner.setup()
         http = self.config.http
         site = web.TCPSite(self._runner, http.host, self.http_port, reuse_address=True)
