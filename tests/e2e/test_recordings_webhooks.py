@@ -1,5 +1,5 @@
 """Issue 18 end to end: webhooks from `b2bua run` to a real HTTP receiver started here,
-through a receiver outage and a restart of the B2BUA: none is lost."""
+through a receiver outage, a restart of the B2BUA and a crash mid-call: none is lost."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.e2e.peers import Baresip, free_port
-from tests.e2e.recordings_setup import READ_TOKEN, WEBHOOK_SECRET, start_pbx, wait_indexed
+from tests.e2e.recordings_setup import DDI, READ_TOKEN, WEBHOOK_SECRET, start_pbx, wait_indexed
 
 pytestmark = pytest.mark.e2e
 
@@ -116,6 +116,36 @@ def test_webhooks_signed_and_none_lost_through_an_outage_and_a_restart(tmp_path)
         for data, body, signature in receiver.got:
             assert signature == "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
         assert "webhook event=receiver-failing" in pbx.proc.logs()
+    finally:
+        alice.stop()
+        pbx.proc.stop()
+        pbx.trunk.close()
+        receiver.stop()
+        print(f"--- b2bua log ---\n{pbx.proc.logs()[-20000:]}")
+
+
+def test_a_recording_cut_by_a_crash_is_repaired_indexed_and_announced_at_the_next_start(tmp_path):
+    receiver = Receiver(free_port("tcp")).start()
+    pbx = start_pbx(tmp_path, webhook_url=receiver.url)
+    alice = Baresip("alice", "alice-secret", pbx.proc.sip_address, tmp_path, tone_hz=1000).start()
+    try:
+        call = pbx.trunk.call(pbx.proc.sip_address, DDI)
+        assert call.wait_answered(10) == 200
+        call.rtp.send_tone(440, 3.0, remote=call.remote_media)
+        alice.wait_for("established", 5)
+        time.sleep(2.0)
+        pbx.proc.kill9()  # mid-call: the sidecar still says ended = null
+        (wav,) = pbx.proc.recordings()
+        assert json.loads(wav.with_suffix(".json").read_text())["ended"] is None
+        assert receiver.got == []
+        pbx.proc.start()
+        receiver.wait_for({wav.stem}, 15)
+        data, _, _ = receiver.got[0]
+        assert data["recovered"] is True and data["wav_url"].endswith(f"/{wav.stem}.wav")
+        listed = pbx.json("/api/recordings")["recordings"]
+        assert [r["call_id"] for r in listed] == [wav.stem] and listed[0]["recovered"] is True
+        status, _, body = pbx.http(f"/api/recordings/{wav.stem}.wav")
+        assert status == 200 and body == wav.read_bytes()
     finally:
         alice.stop()
         pbx.proc.stop()
