@@ -24,7 +24,7 @@ first in its file's queue and everything behind it waits in memory, retried ever
 it, the oldest waiting audio becomes silence of the same length (a hole in the file, which
 needs no disk space), so the timeline never shifts; one log line says so, and one more how
 much was dropped when writing works again. The first failure releases a reserve file
-(`RESERVE_NAME` under the recordings directory, made at start) so recordings whose call has
+(`reserve_path`, made at start) so recordings whose call has
 ended can be finalised: those go first at every retry, and one whose audio still cannot be
 written gets its sidecar with `ended` set (and `unwritten_s`) as soon as that fits; the audio
 follows when space returns and the sidecar is written again. Live recordings are tried again
@@ -53,7 +53,7 @@ import numpy as np
 from rtp.sidecar import write_sidecar
 from rtp.wavfile import SAMPLE_WIDTH, WavWriter
 
-#: The reserve file under the recordings directory, released when the disk fills.
+#: The reserve file, released when the disk fills (where it lives: `reserve_path`).
 RESERVE_NAME = ".disk-reserve"
 #: Its size: a sidecar (a page or two) for each of a few thousand recordings ending while full;
 #: never more than 1/32 of the filesystem (nor less than a page), so small disks stay usable.
@@ -161,6 +161,21 @@ class RecordingFiles:
     def finish(self, data: dict[str, Any]) -> None:
         """The last command: the final sidecar (`ended` set), then durable, then on_finalised."""
         self.writer._submit(self, _FINISH, data)
+
+
+def reserve_path(directory: Path) -> Path:
+    """Where the reserve for `directory` lives: it must be on the recordings' filesystem to
+    free room there, and it stays out of the recordings tree wherever it can, so the tree
+    holds recordings only (contract: a call never recorded leaves no file at all). Beside
+    the tree when its parent is on the same filesystem; inside it, hidden, only when the
+    recordings directory is a filesystem of its own (a mount point)."""
+    try:
+        own_filesystem = os.stat(directory).st_dev != os.stat(directory.parent).st_dev
+    except OSError:
+        own_filesystem = False
+    if own_filesystem:
+        return directory / RESERVE_NAME
+    return directory.parent / f".{directory.name}{RESERVE_NAME}"
 
 
 class DiskWriter:
@@ -756,7 +771,7 @@ class DiskWriter:
     # -- the reserve ------------------------------------------------------------------------
 
     def _reserve_path(self) -> Path | None:
-        return self.directory / RESERVE_NAME if self.directory is not None else None
+        return reserve_path(self.directory) if self.directory is not None else None
 
     def _reserve_size(self) -> int:
         if self._reserve_bytes is not None:

@@ -25,7 +25,7 @@ import soundfile
 
 from rtp import disk_writer as disk_writer_module
 from rtp.call import Call
-from rtp.disk_writer import RESERVE_NAME, DiskWriter
+from rtp.disk_writer import RESERVE_NAME, DiskWriter, reserve_path
 from rtp.recorder import JITTER_WINDOW_SECONDS, Recorder, repair
 from rtp.wavfile import WavWriter
 
@@ -389,7 +389,7 @@ def test_the_reserve_is_made_at_start_released_on_enospc_and_made_again(tmp_path
     disk = FakeDisk(monkeypatch)
     writer = DiskWriter(tmp_path, retry_seconds=0.01, reserve_bytes=64 * 1024)
     writer.start()
-    reserve = tmp_path / RESERVE_NAME
+    reserve = reserve_path(tmp_path)
     assert wait_for(lambda: writer.stats().reserve_held)
     assert reserve.stat().st_blocks * 512 >= 64 * 1024  # real blocks, not a hole
     rec = Recorder(tmp_path, make_call(), "silence", T0, wall_t0=WALL_T0, writer=writer)
@@ -468,7 +468,7 @@ def test_a_real_full_disk_loses_nothing_and_finishes_every_sidecar(tiny_disk: Pa
     with caplog.at_level(logging.WARNING):
         filler = fill(tiny_disk)
         feed(before, 1, 4)  # refused: the reserve is released for ended recordings
-        assert wait_for(lambda: not (tiny_disk / RESERVE_NAME).exists())
+        assert wait_for(lambda: not reserve_path(tiny_disk).exists())
         during = Recorder(tiny_disk, make_call("while-full"), "silence", T0 + 2, wall_t0=WALL_T0, writer=writer,
                           on_finalised=done.append)
         feed(during, 2, 4)
@@ -529,7 +529,7 @@ def test_a_reserve_another_worker_released_is_made_again(tmp_path, monkeypatch) 
     ours.start()
     theirs.start()
     assert wait_for(lambda: ours.stats().reserve_held and theirs.stats().reserve_held)
-    (tmp_path / RESERVE_NAME).unlink()  # the other worker hit the full disk first
+    reserve_path(tmp_path).unlink()  # the other worker hit the full disk first
     rec = Recorder(tmp_path, make_call(), "silence", T0, wall_t0=WALL_T0, writer=ours)
     disk.audio = True
     feed(rec, 0, 2)
@@ -537,5 +537,21 @@ def test_a_reserve_another_worker_released_is_made_again(tmp_path, monkeypatch) 
     disk.audio = False
     rec.close(T0 + 2)
     assert ours.drain(5)
-    assert wait_for(lambda: ours.stats().reserve_held and (tmp_path / RESERVE_NAME).exists())
+    assert wait_for(lambda: ours.stats().reserve_held and reserve_path(tmp_path).exists())
     assert ours.close(5) and theirs.close(5)
+
+
+def test_the_reserve_stays_out_of_the_recordings_tree_unless_that_tree_is_a_filesystem_of_its_own(tmp_path) -> None:
+    """The tree holds recordings only (a call never recorded leaves no file); a mount point
+    of its own must hold its reserve itself, since only room on that filesystem helps."""
+    recordings = tmp_path / "recordings"
+    writer = DiskWriter(recordings, reserve_bytes=16384)
+    writer.start()
+    try:
+        assert wait_for(lambda: writer.stats().reserve_held)
+        assert [p for p in recordings.rglob("*")] == []
+        assert reserve_path(recordings) == tmp_path / f".recordings{RESERVE_NAME}"
+        assert reserve_path(recordings).exists()
+    finally:
+        assert writer.close(5)
+    assert reserve_path(Path("/proc")) == Path("/proc") / RESERVE_NAME  # its own filesystem
