@@ -279,7 +279,6 @@ class SharedPort:
                 return
         session, channel, addr = route
         table = self.pool.table
-        table.store(session)
         try:
             out = session.relay.receive(channel, data, addr, now)
         except Exception:  # a relay bug must cost one packet, not every call's reader
@@ -534,10 +533,8 @@ class SharedSession:
                 self.set_media(channel, party.media, now)
 
     def relend(self) -> None:
-        """Routes changed under this call (an address conflict ended): lend the lane again."""
-        table = self.pool.table
-        table.store(self)
-        table.refresh(self, self.core.now())
+        """Routes changed under this call (an address conflict ended): the lane may take it again."""
+        self.pool.table.refresh(self, self.core.now())
 
     def port_of(self, channel: int) -> SharedPort:
         return self._ports[channel]
@@ -565,7 +562,6 @@ class SharedSession:
     def set_media(self, channel: int, endpoint: MediaEndpoint, now: float | None = None) -> None:
         now = self.core.now() if now is None else now
         table = self.pool.table
-        table.store(self)
         old = self._endpoints[channel]
         if old is not None:
             self._ports[channel].detach(self, channel, old)
@@ -581,7 +577,6 @@ class SharedSession:
     def answered(self, now: float | None = None) -> None:
         now = self.core.now() if now is None else now
         table = self.pool.table
-        table.store(self)
         self.relay.answered(now)
         table.refresh(self, now)
         self.core.wake(self)
@@ -589,7 +584,6 @@ class SharedSession:
     def dtmf(self, channel: int, digit: str, now: float | None = None) -> None:
         now = self.core.now() if now is None else now
         table = self.pool.table
-        table.store(self)
         out = self.relay.dtmf(channel, digit, now)
         table.refresh(self, now)
         self.core.wake(self)
@@ -614,14 +608,9 @@ class SharedSession:
         relay = self.relay
         if not relay.busy:
             # Nothing playing or pending (CallRelay.busy): the tick only flushes the
-            # recorder, so only the recorders' clocks need handing back and lending again.
-            table.store_clocks(self.slot)
-            try:
-                out = relay.tick(now)
-            finally:
-                table.load_clocks(self.slot)
+            # recorder, which changes nothing the lane decides on.
+            out = relay.tick(now)
         else:
-            table.store(self)
             try:
                 out = relay.tick(now)
             finally:
@@ -633,7 +622,6 @@ class SharedSession:
         if self.closed:
             return
         self.closed = True
-        self.pool.table.store_clocks(self.slot)  # the recorder takes the lane's rows before it closes
         for channel, port in enumerate(self._ports):
             endpoint = self._endpoints[channel]
             if endpoint is not None:
