@@ -69,7 +69,7 @@ LEGS_PER_SOCKET = 1024  # legs sharing one port: ~51,200 packets/s, ~100 ms of t
 MUX_BATCH = 256  # datagrams per sendmmsg
 #: Shared ports opened to keep apart calls whose parties send from one address (each needs
 #: its own port); past this many, such legs share a port and are told apart by SSRC.
-MAX_SHARED_PORTS = 256
+MAX_SHARED_PORTS = 64
 #: Datagrams one read of every shared port gathers for one pass of the batch lane: numpy's
 #: per-call cost spread over every port's packets (2,000 calls: ~400 per 2 ms read).
 READ_BATCH = 1024
