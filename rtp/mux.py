@@ -16,11 +16,18 @@ What it costs: the port no longer names the call, so a datagram is routed by its
    `strangers` (nobody waiting from that IP) or `ambiguous` (several).
  - Two calls whose parties send from one address (SIPp's rtp_stream, an SBC with one media
    port, phones behind one NAT) are kept apart by port: a leg's port stays provisional
-   until signalling reads it for an SDP (`SharedSession.ports`), and `set_media` moves a
-   leg whose party would be ambiguous on its port to one where it is not (opening another
-   shared port if need be, up to MAX_SHARED_PORTS). A leg whose port was already published
-   (a callee: our offer goes out before its answer) and whose address another leg on that
-   port expects is told apart by SSRC instead (`SharedPort._conflict`), never guessed.
+   until signalling reads it for an SDP (`SharedSession.ports`). `set_media` moves a leg
+   whose party would be ambiguous on its port to one where it is not (opening another
+   shared port if need be, up to MAX_SHARED_PORTS; past EPOLL_FROM_PORTS a read asks epoll
+   which ports have datagrams); a leg published before its party's address is known (a
+   callee: our offer goes first) is put where no other leg of the same party (user or
+   trunk name) is, since its calls likely share an address. A leg whose published port
+   another leg there still shares an address with (two users behind one SBC address) is
+   told apart by SSRC (`SharedPort._conflict`): each leg takes the first new SSRC while it
+   is the only one without one; a new SSRC while several wait is dropped (`ambiguous`).
+   The one case this cannot tell apart: one sender reusing a single SSRC for two calls'
+   streams from one address to one port (legal across RTP sessions, rare outside test
+   tools); its packets stay with the call that had that SSRC first.
 Shared sockets are IPv4 only; `[server] media_sockets = "per_call"` gives every leg its own.
 
 RTCP rides on each shared port + 1, routed the same way (by the legs' known hosts, the
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 import socket
 from typing import Protocol
 
@@ -69,7 +77,10 @@ LEGS_PER_SOCKET = 1024  # legs sharing one port: ~51,200 packets/s, ~100 ms of t
 MUX_BATCH = 256  # datagrams per sendmmsg
 #: Shared ports opened to keep apart calls whose parties send from one address (each needs
 #: its own port); past this many, such legs share a port and are told apart by SSRC.
-MAX_SHARED_PORTS = 64
+MAX_SHARED_PORTS = 1024
+#: Past this many shared ports a read asks epoll which have datagrams waiting (one system
+#: call) instead of trying each: calls kept apart by port (above) may open many.
+EPOLL_FROM_PORTS = 4
 #: Datagrams one read of every shared port gathers for one pass of the batch lane: numpy's
 #: per-call cost spread over every port's packets (2,000 calls: ~400 per 2 ms read).
 READ_BATCH = 1024
@@ -102,6 +113,7 @@ class SharedPort:
         self.fast_routes = RouteMap()  # source key -> batch-lane leg (rtp.fastpath)
         # source keys two live calls' legs share -> those legs: dropped (see _conflict)
         self.conflicts: dict[int, set[tuple[SharedSession, int]]] = {}
+        self.parties: dict[tuple[str, str], int] = {}  # (role, name) -> legs here of that party
         self.by_ssrc: dict[tuple[int, int], tuple[SharedSession, int]] = {}  # (key, SSRC) -> leg, in conflicts
         self.ssrc_of: dict[tuple[SharedSession, int], tuple[int, int]] = {}  # the reverse
 
@@ -337,6 +349,8 @@ class SharedPorts:
         self._idents = 0
         self._poller: asyncio.TimerHandle | None = None
         self._due = 0.0  # when the next read is due (its lateness: MediaHost.read_lateness)
+        self._epoll = select.epoll() if hasattr(select, "epoll") else None  # which ports have datagrams
+        self._by_fd: dict[int, SharedPort] = {}
         self._closed_counts = {"strangers": 0, "ambiguous": 0, "send_dropped": 0, "received": 0, "sent": 0}  # of ports already closed
 
     def _poll(self) -> None:
@@ -345,7 +359,12 @@ class SharedPorts:
         loop = self.core.loop
         self.core.read_lateness.add(loop.time() - self._due)
         try:
-            self.read(self.ports)
+            ports = self.ports
+            if self._epoll is not None and len(ports) > EPOLL_FROM_PORTS:
+                by_fd = self._by_fd
+                ports = [by_fd[fd] for fd, _ in self._epoll.poll(0) if fd in by_fd]
+            if ports:
+                self.read(ports)
         except Exception:  # a failure must not stop the ports' clock
             self.core.log.exception("media poll failed on the shared ports")
         if self.ports:
@@ -410,23 +429,33 @@ class SharedPorts:
         self._idents += 1
         return self._idents
 
-    def assign(self, endpoint: MediaEndpoint | None = None, now: float = 0.0) -> SharedPort:
+    def assign(self, endpoint: MediaEndpoint | None = None, now: float = 0.0, party: tuple[str, str] = ("", ""),
+               apart: bool = False) -> SharedPort:
         """A port with room for one more leg, on which `endpoint`'s party (when known) can
-        be told apart from every other live leg's; opens one when none fits. Past
-        MAX_SHARED_PORTS the least-filled port is shared anyway (SSRC tells them apart)."""
+        be told apart from every other live leg's, and (`apart`) where no other leg is
+        `party`'s (its address unknown yet, likely the one its other calls send from);
+        opens one when none fits. Past MAX_SHARED_PORTS the least-filled port is shared
+        anyway (told apart by SSRC, rtp.mux module doc)."""
         for port in self.ports:
-            if port.legs < LEGS_PER_SOCKET and (endpoint is None or not port.taken(endpoint, now)):
-                port.legs += 1
-                return port
-        if endpoint is not None and len(self.ports) >= MAX_SHARED_PORTS:
-            port = min(self.ports, key=lambda p: p.legs)
+            if (port.legs < LEGS_PER_SOCKET and (endpoint is None or not port.taken(endpoint, now))
+                    and not (apart and port.parties.get(party))):
+                break
         else:
-            port = self._open()
+            if (endpoint is not None or apart) and len(self.ports) >= MAX_SHARED_PORTS:
+                port = min(self.ports, key=lambda p: p.legs)
+            else:
+                port = self._open()
         port.legs += 1
+        port.parties[party] = port.parties.get(party, 0) + 1
         return port
 
-    def release(self, port: SharedPort) -> None:
+    def release(self, port: SharedPort, party: tuple[str, str] = ("", "")) -> None:
         port.legs -= 1
+        left = port.parties.get(party, 0) - 1
+        if left > 0:
+            port.parties[party] = left
+        else:
+            port.parties.pop(party, None)
         if port.legs <= 0 and len(self.ports) > 1:
             self.ports.remove(port)
             self._close(port)
@@ -437,6 +466,9 @@ class SharedPorts:
         port = SharedPort(self, base, rtp, rtcp)
         self.table.ports[port.ident] = port
         core.loop.add_reader(rtcp.fileno(), port.on_rtcp)
+        if self._epoll is not None:
+            self._epoll.register(rtp.fileno(), select.EPOLLIN)
+            self._by_fd[rtp.fileno()] = port
         if not self.poll_interval:
             core.loop.add_reader(rtp.fileno(), port.on_rtp)
         elif self._poller is None:
@@ -456,6 +488,11 @@ class SharedPorts:
         counts["sent"] += port.mux.sent
         self.core.log.info("media event=shared_port_closed port=%d received=%d sent=%d", port.port, port.received, port.mux.sent)
         loop = self.core.loop
+        if self._epoll is not None and self._by_fd.pop(port.rtp.fileno(), None) is not None:
+            try:
+                self._epoll.unregister(port.rtp.fileno())
+            except (OSError, ValueError):
+                pass
         for sock in (port.rtp, port.rtcp):
             try:
                 loop.remove_reader(sock.fileno())
@@ -481,6 +518,10 @@ class SharedPorts:
         if self._poller is not None:
             self._poller.cancel()
             self._poller = None
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
+            self._by_fd.clear()
         stats = self.stats
         self.core.log.info("media event=shared_ports_closed %s", " ".join(f"{k}={v}" for k, v in stats.items()))
         for port in self.ports:
@@ -512,12 +553,13 @@ class SharedSession:
         self.closed = False
         self.send_errors = 0
         self._ports: list[SharedPort] = []
+        self._party = [(p.role, p.name) for p in call.parties]
         try:
-            for _ in (0, 1):
-                self._ports.append(pool.assign())
+            for channel in (0, 1):
+                self._ports.append(pool.assign(party=self._party[channel]))
         except BaseException:
-            for port in self._ports:
-                pool.release(port)
+            for channel, port in enumerate(self._ports):
+                pool.release(port, self._party[channel])
             pool.table.remove(self.relay.slot)
             raise
         # A leg's port is provisional until signalling reads it for an SDP (`ports`): until
@@ -541,9 +583,31 @@ class SharedSession:
 
     @property
     def ports(self) -> tuple[int, int]:
-        """Our port facing each party; once read (for an SDP) a leg's port is fixed."""
-        self._published[0] = self._published[1] = True
+        """Our port facing each party; once read (for an SDP) a leg's port is fixed. A leg
+        whose party's address is not known yet (a callee: our offer goes first) is first
+        moved off a port where another leg of the same party (user or trunk) is: its other
+        calls likely send from the same address (SIPp, an SBC with one media port)."""
+        for channel in (0, 1):
+            if not self._published[channel]:
+                if self._endpoints[channel] is None:
+                    self._spread(channel)
+                self._published[channel] = True
         return self._ports[0].port, self._ports[1].port
+
+    def _spread(self, channel: int) -> None:
+        party = self._party[channel]
+        current = self._ports[channel]
+        if current.parties.get(party, 0) <= 1:
+            return
+        try:
+            better = self.pool.assign(party=party, apart=True)
+        except OSError:
+            return
+        if better is current:
+            self.pool.release(current, party)  # nowhere better: keep it (counted once)
+            return
+        self._ports[channel] = better
+        self.pool.release(current, party)
 
     def _place(self, channel: int, endpoint: MediaEndpoint, now: float) -> None:
         """Before its port is published, move a leg off a port where its party's address
@@ -552,12 +616,16 @@ class SharedSession:
         current = self._ports[channel]
         if self._published[channel] or not current.taken(endpoint, now):
             return
+        party = self._party[channel]
         try:
-            better = self.pool.assign(endpoint, now)
+            better = self.pool.assign(endpoint, now, party)
         except OSError:  # no port free for another shared socket: stay (told apart by SSRC)
             return
+        if better is current:
+            self.pool.release(current, party)
+            return
         self._ports[channel] = better
-        self.pool.release(current)
+        self.pool.release(current, party)
 
     def set_media(self, channel: int, endpoint: MediaEndpoint, now: float | None = None) -> None:
         now = self.core.now() if now is None else now
@@ -630,8 +698,8 @@ class SharedSession:
             self.relay.close(self.core.now())
         finally:
             self.pool.table.remove(self.slot)
-            for port in self._ports:
-                self.pool.release(port)
+            for channel, port in enumerate(self._ports):
+                self.pool.release(port, self._party[channel])
             self.core.release(self)
 
 

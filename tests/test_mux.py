@@ -19,6 +19,7 @@ import pytest
 from rtp.call import MediaEndpoint
 from rtp import g711, mux
 from rtp.batch_io import BatchMux, available, key_address, source_key
+from rtp.call import Party
 from rtp.core import MediaCore
 from rtp.packet import MAX_PACKET_SIZE, build
 from tests.test_media_core import HOST, PROMPTS, drain, free_range, make_call, phone
@@ -110,6 +111,13 @@ async def test_a_phone_behind_nat_is_learnt_from_its_signalling_ip(core: MediaCo
         s.close()
 
 
+def call_for(call_id: str, user: str, trunk: str = "carrier"):  # noqa: ANN201 - a Call
+    """A call between `trunk` and `user` (parties named apart: the port choice looks at them)."""
+    call = make_call(call_id)
+    call.parties = (Party("external", trunk), Party("user", user))
+    return call
+
+
 async def test_two_phones_behind_one_nat_get_their_own_ports(core: MediaCore) -> None:
     """Two calls to phones behind one NAT, both waiting to latch from its IP: each leg is
     given its own port before the port goes into an SDP, so each phone is learnt."""
@@ -134,8 +142,8 @@ async def test_two_phones_behind_one_nat_on_one_published_port_are_ambiguous_not
     """Ports already in SDPs (callees) cannot move: from one NAT IP, two waiting legs on one
     port are ambiguous, dropped and counted, never guessed."""
     ext_a, ext_b, src = phone(), phone(), phone()
-    a = core.open_session(make_call("a"))
-    b = core.open_session(make_call("b"))
+    a = core.open_session(call_for("a", "alice", "carrier-a"))
+    b = core.open_session(call_for("b", "bob", "carrier-b"))  # two users: nothing says they share an address
     assert a.ports == b.ports  # published before any SDP
     for session, ext, private in ((a, ext_a, ("192.168.1.20", 4000)), (b, ext_b, ("192.168.1.21", 4000))):
         session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
@@ -182,7 +190,7 @@ async def test_a_new_sdp_address_replaces_the_old_route(core: MediaCore) -> None
 
 async def test_ports_open_as_legs_grow_and_close_when_empty(core: MediaCore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mux, "LEGS_PER_SOCKET", 4)
-    sessions = [core.open_session(make_call(f"g{i}")) for i in range(5)]  # 10 legs: 3 ports
+    sessions = [core.open_session(call_for(f"g{i}", f"user{i}", f"trunk{i}")) for i in range(5)]  # 10 legs: 3 ports
     assert len(core._shared.ports) == 3
     assert len({p for s in sessions for p in s.ports}) == 3
     for s in sessions[:4]:
@@ -305,8 +313,8 @@ async def test_a_shared_address_on_one_published_port_is_told_apart_by_ssrc(core
     answer from one address on one port are told apart by SSRC (each leg takes the first
     new SSRC while it is the only one without one), never crossed; a third SSRC is dropped."""
     ext_a, ext_b, same = phone(), phone(), phone()
-    a = core.open_session(make_call("first"))
-    b = core.open_session(make_call("second"))
+    a = core.open_session(call_for("first", "alice", "carrier-a"))
+    b = core.open_session(call_for("second", "bob", "carrier-b"))  # two users behind one SBC address
     assert a.ports[1] == b.ports[1]  # published: fixed
     port = a.ports[1]
     a.set_media(0, MediaEndpoint(ext_a.getsockname(), HOST))
@@ -328,3 +336,54 @@ async def test_a_shared_address_on_one_published_port_is_told_apart_by_ssrc(core
     b.close()
     for s in (ext_a, ext_b, same):
         s.close()
+
+
+async def test_one_user_called_twice_gets_a_port_per_call_before_its_address_is_known(core: MediaCore) -> None:
+    """A callee's port goes into our offer before its answer names its address. Calls to the
+    same user (SIPp's UAS, a trunk behind an SBC) probably answer from one address, so each
+    such leg is given a port no other leg of that user is on: both calls flow, on the lane."""
+    ext_a, ext_b, same = phone(), phone(), phone()
+    a = core.open_session(call_for("first", "alice"))
+    b = core.open_session(call_for("second", "alice"))
+    assert a.ports[1] != b.ports[1]  # published apart, though nothing was known yet
+    for session, ext in ((a, ext_a), (b, ext_b)):
+        session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
+        session.set_media(1, MediaEndpoint(same.getsockname(), HOST))
+        session.answered()
+    for k in range(3):
+        same.sendto(build(0, k, 160 * k, 0x2222, AUDIO), (HOST, a.ports[1]))
+        same.sendto(build(0, k, 160 * k, 0x2222, AUDIO), (HOST, b.ports[1]))  # even one SSRC for both
+        await asyncio.sleep(0.01)
+    to_a, to_b = await drain(ext_a, 0.1), await drain(ext_b, 0.05)
+    assert len(to_a) == 3 and {p.ssrc for p in to_a} == {a.relay.legs[0].out.ssrc}
+    assert len(to_b) == 3 and {p.ssrc for p in to_b} == {b.relay.legs[0].out.ssrc}
+    assert core._shared.stats["ambiguous"] == 0
+    a.close()
+    b.close()
+    for s in (ext_a, ext_b, same):
+        s.close()
+
+
+async def test_many_shared_ports_are_read_through_epoll(tmp_path: Path) -> None:
+    """Past EPOLL_FROM_PORTS a read asks epoll which ports have datagrams: calls kept apart
+    by port (one user called many times) still flow on every port."""
+    media = MediaCore(HOST, free_range(40), tmp_path, prompts=PROMPTS, shared=True)
+    calls = []
+    for i in range(mux.EPOLL_FROM_PORTS + 3):
+        ext, user = phone(), phone()
+        session = media.open_session(call_for(f"e{i}", "alice"))
+        session.ports  # published before the callee's SDP: each on its own port
+        session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
+        session.set_media(1, MediaEndpoint(user.getsockname(), HOST))
+        session.answered()
+        calls.append((session, ext, user))
+    assert len(media._shared.ports) > mux.EPOLL_FROM_PORTS
+    for session, ext, user in calls:
+        ext.sendto(build(0, 1, 160, 0x1111, AUDIO), (HOST, session.ports[0]))
+    for session, ext, user in calls:
+        assert len(await drain(user, 0.1)) == 1
+    for session, ext, user in calls:
+        session.close()
+        ext.close()
+        user.close()
+    await media.close()
