@@ -359,17 +359,21 @@ class SharedPorts:
         loop = self.core.loop
         self.core.read_lateness.add(loop.time() - self._due)
         try:
-            ports = self.ports
-            if self._epoll is not None and len(ports) > EPOLL_FROM_PORTS:
-                by_fd = self._by_fd
-                ports = [by_fd[fd] for fd, _ in self._epoll.poll(0) if fd in by_fd]
-            if ports:
-                self.read(ports)
+            self.read_waiting()
         except Exception:  # a failure must not stop the ports' clock
             self.core.log.exception("media poll failed on the shared ports")
         if self.ports:
             self._due = loop.time() + self.poll_interval
             self._poller = loop.call_at(self._due, self._poll)
+
+    def read_waiting(self) -> None:
+        """Read the ports with datagrams waiting (all of them, or those epoll names)."""
+        ports = self.ports
+        if self._epoll is not None and len(ports) > EPOLL_FROM_PORTS:
+            by_fd = self._by_fd
+            ports = [by_fd[fd] for fd, _ in self._epoll.poll(0) if fd in by_fd]
+        if ports:
+            self.read(ports)
 
     def read(self, ports: list[SharedPort]) -> None:
         """Read every port's waiting datagrams into the one receive area, one after another,

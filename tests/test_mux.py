@@ -387,3 +387,23 @@ async def test_many_shared_ports_are_read_through_epoll(tmp_path: Path) -> None:
         ext.close()
         user.close()
     await media.close()
+
+
+async def test_a_tick_with_many_flushes_reads_the_shared_ports_between_them(tmp_path: Path) -> None:
+    """A tick that flushes many recorders (2,000 calls: ~40 a tick) reads the shared ports
+    every SESSIONS_PER_READ of them, so the flushes do not stall the media read."""
+    import rtp.core
+
+    media = MediaCore(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=True)
+    sessions = [media.open_session(call_for(f"f{i}", f"user{i}", f"trunk{i}")) for i in range(3 * rtp.core.SESSIONS_PER_READ)]
+    now = media.now()
+    for session in sessions:
+        session.answered(now)
+    reads = []
+    media._shared.read_waiting = lambda: reads.append(1)  # type: ignore[method-assign]
+    media._tick_sessions(now + 1.5)  # every recorder's flush is due
+    assert len(reads) == 3
+    assert all(s.relay.next_flush > now + 1.5 for s in sessions)  # and every one was flushed
+    for session in sessions:
+        session.close()
+    await media.close()
