@@ -10,6 +10,10 @@ nonce-count seen), needed because RFC 7616 §3.4 makes the server responsible fo
 rejecting a reused nc. A nonce the table cannot vouch for (evicted, or issued before this
 instance started, whose table died with the old process) is answered stale=true: the
 phone retries at once with a fresh nonce, and a captured response cannot be replayed.
+
+In a cluster the workers share the secret and the table (`shared`, see nonce_counts.py):
+a challenge from one worker is answered to another, and a replay to a third is refused.
+Nonce times are then UTC (`utc_at`), since the workers' monotonic clocks differ by host.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 #: Seconds a nonce is accepted after it was issued. After this an otherwise correct
 #: response gets a new challenge with stale=true (RFC 7616 §3.3), so the phone retries
@@ -210,6 +214,14 @@ def _quote(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+class SharedNonceCounts(Protocol):
+    """A nonce-count table shared between processes (nonce_counts.RedisNonceCounts)."""
+
+    def advance(self, nonce: str, nc: int, issued: float, now: float, ttl: float) -> str | None:
+        """"ok" (recorded), "replay", "stale" (cannot vouch), or None (unreachable)."""
+        ...
+
+
 class DigestAuthenticator:
     """Issues Digest challenges and checks responses against them (server side).
 
@@ -226,6 +238,8 @@ class DigestAuthenticator:
         *,
         algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
         max_tracked_nonces: int = MAX_TRACKED_NONCES,
+        shared: SharedNonceCounts | None = None,
+        utc_at: Callable[[float], float] | None = None,
     ) -> None:
         canonical = []
         for name in algorithms:
@@ -246,6 +260,8 @@ class DigestAuthenticator:
         self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()  # nonce -> (issued, nc)
         self._evicted_up_to: float | None = None  # nonces issued at or before this are stale
         self._last_now = 0.0  # latest `now` seen, for challenge() called without one
+        self._shared = shared
+        self._utc_at = utc_at  # the caller's `now` -> nonce time (UTC, shared by hosts)
 
     # -- nonces ---------------------------------------------------------------------
 
@@ -289,6 +305,8 @@ class DigestAuthenticator:
         """
         if now is None:
             now = self._last_now
+        elif self._utc_at is not None:
+            now = self._utc_at(now)
         self._observe(now)
         nonce = self.make_nonce(now)
         values = []
@@ -305,7 +323,10 @@ class DigestAuthenticator:
     def _observe(self, now: float) -> None:
         """Track the latest `now`; the first one marks where our replay memory begins."""
         if self._evicted_up_to is None:
-            self._evicted_up_to = now - 1e-6
+            # In make_nonce's own units (whole microseconds): with UTC times (~1.8e9 s) a
+            # float `now - 1e-6` can round to at or above the first nonce's issue time,
+            # which made the very first challenge stale.
+            self._evicted_up_to = (int(now * 1_000_000) - 1) / 1_000_000
         self._last_now = max(self._last_now, now)
 
     # -- verification ---------------------------------------------------------------
@@ -327,6 +348,8 @@ class DigestAuthenticator:
         the response to us, so we do not compare it.
         """
         try:
+            if self._utc_at is not None:
+                now = self._utc_at(now)
             self._observe(now)
             return self._verify(method, header_value, password_for, now)
         except Exception:  # noqa: BLE001 - a hostile header must never crash the server
@@ -395,12 +418,23 @@ class DigestAuthenticator:
         self._forget_expired(now)
         if now - issued > self.nonce_ttl or issued > now + self.nonce_ttl:
             return AuthResult(False, username, True, STALE)
+        nc_kept = _SINGLE_USE if qop is None else nc_value
+        if self._shared is not None:
+            verdict = self._shared.advance(nonce, nc_kept, issued, now, self.nonce_ttl)
+            if verdict == "replay":
+                return AuthResult(False, username, False, REPLAY)
+            if verdict == "stale":
+                return AuthResult(False, username, True, STALE)
+            if verdict == "ok":
+                self._remember(nonce, issued, nc_kept)  # kept locally too, for an outage
+                return AuthResult(True, username, False, OK)
+            # None: the shared table is unreachable; this worker's own table answers.
         seen = self._seen.get(nonce)
         if seen is None and self._evicted_up_to is not None and issued <= self._evicted_up_to:
             return AuthResult(False, username, True, STALE)  # forgotten: cannot rule out replay
         if seen is not None and nc_value <= seen[1]:
             return AuthResult(False, username, False, REPLAY)  # §3.4: nc must increase
-        self._remember(nonce, issued, _SINGLE_USE if qop is None else nc_value)
+        self._remember(nonce, issued, nc_kept)
         return AuthResult(True, username, False, OK)
 
     def _remember(self, nonce: str, issued: float, nc: int) -> None:

@@ -31,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # -- [cluster]: b2bua.cluster holds the logic; these only parse and hand over.
     cluster_p = sub.add_parser("cluster", help="run the edge (Kamailio) and the workers of [cluster]")
     cluster_p.add_argument("--config", metavar="FILE", help="flows.toml with a [cluster] section (default ./flows.toml)")
+    cluster_p.add_argument("--sip-trace", action="store_true", help="workers log every SIP message sent and received")
     worker_p = sub.add_parser("worker", help="run one cluster worker alone (its edge runs elsewhere)")
     worker_p.add_argument("--config", metavar="FILE", required=True, help="flows.toml with a [cluster] section")
     worker_p.add_argument("--index", metavar="N", type=int, required=True, help="which worker: 0 to workers-1")
@@ -108,7 +109,7 @@ def cluster_command(args: argparse.Namespace, config: Config) -> int:
         return run_worker(config, args.index, sip_trace=args.sip_trace)
     from b2bua.cluster.supervisor import run_cluster
 
-    return run_cluster(config)
+    return run_cluster(config, sip_trace=args.sip_trace)
 
 
 def _why(config: Config, route: flows.Route) -> str:

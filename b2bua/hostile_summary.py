@@ -8,8 +8,8 @@ here by source and kind and written as one line per source every `interval` seco
 
     security: summary ip=192.0.2.7 seconds=60 refused=812 stranger=40 malformed=3
 
-A caller may give the event's own line: the first event of each source in an interval is
-then written at once (so an operator sees who is there), up to `max_first_lines` per
+A caller may give the event's own line: the first event of each kind from each source in
+an interval is then written at once (so an operator sees who is there), up to `max_first_lines` per
 interval so spoofed sources cannot turn it back into a line per request.
 
 Sans-IO: `count()` takes `now`; lines are written when a call finds the interval over
@@ -62,15 +62,16 @@ class HostileSummary:
     def count(self, source: str, kind: str, now: float, n: int = 1, *, line: str | None = None) -> None:
         """Count `n` events of `kind` from `source`; may write the previous interval.
 
-        `line`: the event's own log line, written if this is the source's first event
-        this interval and the interval's budget of such lines is not spent.
+        `line`: the event's own log line, written if this is the source's first event of
+        this kind this interval and the interval's budget of such lines is not spent.
         """
         self.flush(now)
         if self._since is None:
             self._since = now
         if source not in self._counts and len(self._counts) >= self._max_sources:
             source = "others"
-        if line is not None and source not in self._counts and self._first_written < self._max_first:
+        counts = self._counts.get(source)
+        if line is not None and (counts is None or kind not in counts) and self._first_written < self._max_first:
             self._first_written += 1
             self._first_log(f"{line} (more from ip={source} go into a summary every {self.interval:.0f} s)")
         self._counts.setdefault(source, Counter())[kind] += n

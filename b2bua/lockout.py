@@ -140,6 +140,12 @@ class Lockout:
             self.summary.count(peer.host, "refused", now)
         return locked
 
+    def is_locked(self, ip: str | None, user: str | None, now: float) -> bool:
+        """True while `ip` is locked out, or `user` guarded (only its known addresses are
+        evaluated). For callers that ask about an address rather than a request."""
+        s = self.store
+        return bool(ip and s.get(f"lock:ip:{ip}", now)) or bool(user and s.get(f"lock:user:{_clean(user)}", now))
+
     def is_known(self, peer: Peer, user: str, now: float) -> bool:
         """True when `peer` has authenticated as `user` within `KNOWN_FOR`."""
         return bool(self.store.get(f"known:{_clean(user)}|{_address(peer)}", now))

@@ -380,6 +380,12 @@ def _parse_headers(lines: list[str]) -> Headers:
     return Headers(items)
 
 
+#: Headers whose grammar (RFC 3261 §20) allows one value, so a second copy is an error
+#: (§7.3.1: only comma-separated lists may be split over several header lines). Which one
+#: would a later layer believe? Content-Length is checked apart: equal copies are tolerated.
+SINGLE_VALUED = ("Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Type", "Expires", "Min-Expires")
+
+
 def _check(message: Request | Response) -> None:
     """Refuse, with a 400 naming the header, what later layers could not route or match:
     mandatory headers (RFC 3261 §8.1.1), CSeq (§20.16, its method matching the request's: §8.1.1.5), From/To/Via syntax."""
@@ -388,6 +394,9 @@ def _check(message: Request | Response) -> None:
     for name in required:
         if not headers.get(name):
             raise SipParseError(400, f"Missing Header: {name}")
+    for name in SINGLE_VALUED:  # RFC 3261 §7.3.1, RFC 4475 §3.1.2.19 multi01: once each
+        if len(headers.get_all(name)) > 1:
+            raise SipParseError(400, f"Bad Header: {name} (more than one)")
     try:
         number, method = parse_cseq(headers.get("CSeq") or "")
     except ValueError:

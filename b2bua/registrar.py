@@ -3,9 +3,10 @@
 Sans-IO: `handle(request, peer, now)` never reads a clock or a socket. `now` is the
 caller's monotonic clock (durations: lockouts, nonces); the `utc_at` function the caller
 gives maps it to UTC, used where wall time belongs: binding expiries (persisted, they must
-mean the same after a reboot, when the monotonic clock has restarted) and the 200's Date
-header. Without `utc_at`, `now` is taken to be UTC already. The only I/O is the SQLite file
-behind `BindingsStore`.
+mean the same after a reboot, when the monotonic clock has restarted, and on every host of a
+cluster) and the 200's Date header. Without `utc_at`, `now` is taken to be UTC already.
+Bindings live in a `BindingsStore` (SQLite for one process, Redis shared by a cluster's
+workers), which serves reads from memory.
 
 Unknown users are not revealed (no 404): a REGISTER for any name is challenged, and
 credentials for a user that does not exist get the same 401 re-challenge as a wrong
@@ -22,7 +23,7 @@ from email.utils import formatdate
 from pathlib import Path
 
 from b2bua.auth import AuthResult, DigestAuthenticator, parse_auth_header
-from b2bua.bindings_store import Binding, BindingsStore
+from b2bua.bindings_store import Binding, BindingsStore, SqliteBindingsStore
 from b2bua.clock import UtcAt, same_clock
 from b2bua.headers import parse_name_addr, parse_uri
 from b2bua.lockout import Lockout
@@ -105,9 +106,10 @@ def _delta_seconds(value: str | None, what: str) -> int | None:
 
 
 class Registrar:
-    """Bindings of users to contacts, kept in memory and mirrored to SQLite.
+    """Bindings of users to contacts, kept in a `BindingsStore`.
 
     `users` maps user name to digest password. `lockout` may be None for the defaults.
+    `store` (a cluster's shared store) replaces the SQLite file at `db_path`.
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class Registrar:
         min_expires: int = MIN_EXPIRES,
         max_expires: int = MAX_EXPIRES,
         max_contacts: int = MAX_CONTACTS_PER_USER,
+        store: BindingsStore | None = None,
         utc_at: UtcAt = same_clock,
     ) -> None:
         self.users = dict(users)
@@ -133,19 +136,14 @@ class Registrar:
         self.max_expires = max_expires
         self.max_contacts = max_contacts
         self.utc_at = utc_at
-        self._store = BindingsStore(db_path)
-        self._bindings: dict[str, list[Binding]] = {}
-        self._hosts: dict[str, int] = {}  # source IP -> bindings from it (strangers.py asks)
-        for b in self._store.load():
-            self._bindings.setdefault(b.user, []).append(b)
-            self._count_host(b, +1)
+        self._store: BindingsStore = store if store is not None else SqliteBindingsStore(db_path)
 
     # -- queries --------------------------------------------------------------------
 
     def contacts(self, user: str, now: float) -> list[Binding]:
         """The user's live bindings (not yet expired at `now`), oldest registration first."""
         utc = self.utc_at(now)
-        return [b for b in self._bindings.get(user, []) if b.expires_at > utc]
+        return [b for b in self._store.bindings(user) if b.expires_at > utc]
 
     def expires_in(self, binding: Binding, now: float) -> int:
         """Whole seconds `binding` has left at the caller's `now`."""
@@ -153,25 +151,15 @@ class Registrar:
 
     def expire(self, now: float) -> list[Binding]:
         """Remove and return every binding expired at `now` (call it from a timer)."""
-        now = self.utc_at(now)
-        gone: list[Binding] = []
-        for user in list(self._bindings):
-            keep = []
-            for b in self._bindings[user]:
-                (keep if b.expires_at > now else gone).append(b)
-            if keep:
-                self._bindings[user] = keep
-            else:
-                del self._bindings[user]
-        for b in gone:
-            self._count_host(b, -1)
+        utc = self.utc_at(now)
+        gone = [b for b in self._store.all() if b.expires_at <= utc]
         if gone:
             self._store.remove(gone)
         return gone
 
     def next_expiry(self) -> float | None:
         """When the next binding expires, in UTC seconds (None: no bindings)."""
-        times = [b.expires_at for bs in self._bindings.values() for b in bs]
+        times = [b.expires_at for b in self._store.all()]
         return min(times) if times else None
 
     def user_at(self, peer_host: str, port: int | None = None, *, now: float | None = None) -> str | None:
@@ -187,13 +175,14 @@ class Registrar:
             now = self.utc_at(now)
         users: set[str] = set()
         exact: set[str] = set()
-        for user, bindings in self._bindings.items():
-            for b in bindings:
-                if b.peer.host != peer_host or (now is not None and b.expires_at <= now):
-                    continue
-                users.add(user)
-                if port is not None and b.peer.port == port:
-                    exact.add(user)
+        latest: dict[str, float] = {}
+        for b in self._store.all():
+            if b.peer.host != peer_host or (now is not None and b.expires_at <= now):
+                continue
+            users.add(b.user)
+            latest[b.user] = max(latest.get(b.user, b.expires_at), b.expires_at)
+            if port is not None and b.peer.port == port:
+                exact.add(b.user)
         if len(exact) == 1:
             return exact.pop()
         candidates = exact or users
@@ -201,13 +190,10 @@ class Registrar:
             return None
         # Several users behind one IP and no port to tell them apart: the one whose
         # binding was refreshed last (latest expiry). Callers authenticate anyway.
-        return max(
-            candidates,
-            key=lambda u: max(b.expires_at for b in self._bindings[u] if b.peer.host == peer_host),
-        )
+        return max(candidates, key=latest.__getitem__)
 
     def close(self) -> None:
-        """Close the SQLite file (bindings stay on disk)."""
+        """Close the store (bindings stay stored)."""
         self._store.close()
 
     # -- authentication (shared with the B2BUA for INVITEs) --------------------------
@@ -287,7 +273,7 @@ class Registrar:
             raise _Reject(400, "Bad Header: Call-ID")
         header_expires = _delta_seconds(request.headers.get("Expires"), "Expires")
         contacts = [c for c in request.headers.get_all("Contact") if c.strip()]
-        current = [b for b in self._bindings.get(user, []) if b.expires_at > utc]
+        current = [b for b in self._store.bindings(user) if b.expires_at > utc]
 
         if any(c.strip() == "*" for c in contacts):
             # §10.3 step 6: "*" only alone and only with Expires: 0 (else 400).
@@ -327,27 +313,12 @@ class Registrar:
     def _commit(self, user: str, bindings: list[Binding]) -> None:
         if len(bindings) > self.max_contacts:
             bindings = sorted(bindings, key=lambda b: b.expires_at)[-self.max_contacts :]
-        for b in self._bindings.get(user, []):
-            self._count_host(b, -1)
-        for b in bindings:
-            self._count_host(b, +1)
-        if bindings:
-            self._bindings[user] = bindings
-        else:
-            self._bindings.pop(user, None)
         self._store.replace_user(user, bindings)
-
-    def _count_host(self, binding: Binding, delta: int) -> None:
-        n = self._hosts.get(binding.peer.host, 0) + delta
-        if n > 0:
-            self._hosts[binding.peer.host] = n
-        else:
-            self._hosts.pop(binding.peer.host, None)
 
     def registered_from(self, host: str) -> bool:
         """True when some binding (not yet swept by `expire`) came from this IP: a phone
         is there, so it is no stranger (b2bua/strangers.py). O(1), asked per request."""
-        return host in self._hosts
+        return self._store.from_host(host)
 
     # -- helpers --------------------------------------------------------------------
 

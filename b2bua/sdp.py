@@ -297,3 +297,73 @@ def offer(media_ip: str, port: int, *, session_id: int, version: int, payload_ty
         ("t", "0 0"),
     ]
     return SessionDescription(session, [Media("audio", port, "RTP/AVP", formats, lines)])
+
+
+@dataclass(frozen=True)
+class Format:
+    """One payload format of an m= line: its type, encoding name (upper case), clock rate
+    and fmtp parameters (RFC 8866 §6.6, §6.15; static types per RFC 3551 §6)."""
+
+    payload_type: int
+    name: str
+    clock_rate: int
+    fmtp: str | None = None
+
+
+def formats(audio: Media) -> list[Format]:
+    """The m= line's formats in the party's preference order (RFC 3264 §5.1), with their
+    rtpmap (or the RFC 3551 static meaning) and fmtp. Formats we cannot name are listed
+    with an empty name, so a caller can tell "offered" from "understood"."""
+    rtpmap: dict[int, tuple[str, int]] = {}
+    for value in audio.attributes("rtpmap"):
+        pt_text, _, encoding = value.strip().partition(" ")
+        name, _, rest = encoding.strip().partition("/")
+        rate = rest.split("/")[0]
+        if _is_number(pt_text) and _is_number(rate):
+            rtpmap[int(pt_text)] = (name.upper(), int(rate))
+    fmtp: dict[int, str] = {}
+    for value in audio.attributes("fmtp"):
+        pt_text, _, params = value.strip().partition(" ")
+        if _is_number(pt_text):
+            fmtp[int(pt_text)] = params.strip()
+    out = []
+    for fmt in audio.formats:
+        if not _is_number(fmt) or int(fmt) > 127:
+            continue
+        pt = int(fmt)
+        name, rate = rtpmap.get(pt, (STATIC_NAMES.get(pt, ""), 8000))
+        out.append(Format(pt, name, rate, fmtp.get(pt)))
+    return out
+
+
+def with_formats(sdp: SessionDescription, chosen: list[Format]) -> SessionDescription:
+    """The description with its first audio stream's formats replaced by `chosen`: the m=
+    line, and the rtpmap and fmtp lines (RFC 8866 §6.6, §6.15), written where the first
+    rtpmap stood; every other line (direction, ptime, rtcp...) kept in place. A stream
+    turned off (port 0) is left as it is. The input is not modified."""
+    audio = sdp.first_audio()
+    if audio is None or audio.port == 0:
+        return sdp
+    kept: list[tuple[str, str]] = []
+    at = None
+    for t, v in audio.lines:
+        if t == "a" and _attribute_name(v) in ("rtpmap", "fmtp"):
+            if at is None:
+                at = len(kept)
+            continue
+        kept.append((t, v))
+    if at is None:  # no rtpmap before: after the c= and b= lines that lead a media section
+        at = next((i for i, (t, _) in enumerate(kept) if t not in ("c", "b", "i", "k")), len(kept))
+    maps: list[tuple[str, str]] = []
+    for f in chosen:
+        maps.append(("a", f"rtpmap:{f.payload_type} {_encoding_name(f.name)}/{f.clock_rate}"))
+        if f.fmtp:
+            maps.append(("a", f"fmtp:{f.payload_type} {f.fmtp}"))
+    new = Media(audio.kind, audio.port, audio.proto, [str(f.payload_type) for f in chosen],
+                kept[:at] + maps + kept[at:], audio.port_count)
+    return SessionDescription(list(sdp.session), [new if m is audio else m for m in sdp.media])
+
+
+def _encoding_name(name: str) -> str:
+    """As phones write it: telephone-event in lower case (RFC 4733 §7.1.1), codecs upper."""
+    return "telephone-event" if name == "TELEPHONE-EVENT" else name

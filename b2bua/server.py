@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import signal
 import sys
 import time
@@ -26,6 +25,7 @@ from b2bua.lockout import Lockout
 from b2bua.message import SipParseError, parse_message
 from b2bua.peer import Peer
 from b2bua.registrar import Registrar
+from b2bua.shared_state import open_stores
 from b2bua.strangers import policy_for
 from b2bua.transaction import TransactionLayer
 from b2bua.transport import SipTransport
@@ -93,8 +93,23 @@ class Server:
         advertised = server.host if server.host not in ("0.0.0.0", "::") else server.media_ip
         self.summary = HostileSummary()  # hostile traffic: one line per source per minute
         self.transactions = TransactionLayer()
-        secret = (self.worker.nonce_secret if self.worker else None) or secrets.token_bytes(32)
-        authenticator = DigestAuthenticator(server.realm, secret, algorithms=config.security.digest_algorithms)
+        # Registrations, nonces and lockout counters: SQLite/memory, or Redis with [cluster] redis.
+        try:
+            self.stores = open_stores(config)
+            await self.stores.start()
+        except Exception as exc:  # noqa: BLE001 - redis-py's errors: name the store, never half-start
+            log.error("startup event=failed reason=%r redis=%s", str(exc) or type(exc).__name__,
+                      getattr(getattr(config, "cluster", None), "redis", "-"))
+            return 1
+        if self.stores.shared:
+            log.info("startup %s", self.stores.describe())
+        # The nonce secret: Redis's when shared (every worker on every host has it), else the
+        # one the supervisor handed this host's workers, else this process's own.
+        secret = (None if self.stores.shared else self.worker.nonce_secret if self.worker else None) \
+            or self.stores.digest_secret
+        authenticator = DigestAuthenticator(server.realm, secret,
+                                            algorithms=config.security.digest_algorithms, shared=self.stores.nonces,
+                                            utc_at=utc_at)  # nonce times in UTC: workers on other hosts check them
         lockout = Lockout(
             max_failures=config.security.max_failures,
             window=config.security.failure_window,
@@ -105,16 +120,17 @@ class Server:
             user_per_hour=config.security.max_user_failures_per_hour,
             utc_at=utc_at,
             summary=self.summary,
+            store=self.stores.lockout,  # None: in memory; a cluster's counters are in Redis
         )
         passwords = {u.name: u.password for u in config.users}
         self.registrar = Registrar(passwords, server.realm, server.registrations_db, authenticator, lockout,
-                                   utc_at=utc_at)
-        self.strangers = policy_for(config, self.registrar, self.summary)
+                                   utc_at=utc_at, store=self.stores.bindings)
+        self.strangers = policy_for(config, self.registrar, self.summary,
+                                    also_trusted=self.worker.link.is_edge if self.worker else None)
         self.transactions.strangers = self.strangers
         self.lockout = lockout
         # Recordings page, REST API, webhooks, metrics, retention ([http], [[webhooks]], ...).
-        from b2bua.recordings_service.service import RecordingsService, notify_on_close
-        from rtp.relay import recorder_factory
+        from b2bua.recordings_service.service import RecordingsService
         self.recordings = RecordingsService(config, self)
         self.media = MediaCore(
             server.media_ip,
@@ -125,14 +141,16 @@ class Server:
             shared=server.media_sockets == "shared",
             poll_interval=server.media_poll,
             max_calls=server.max_calls,
-            make_recorder=notify_on_close(recorder_factory(server.recordings_dir, server.pause),
-                                          self.recordings.on_finalised),
+            # Called on this loop once a recording's WAV and final sidecar are durable (the
+            # media core's disk writer posts it; rtp.disk_writer).
+            on_finalised=self.recordings.on_finalised,
         )
+        self.media.writer.start()  # recordings' disk thread: its reserve file is made now, not at the first call
         self.core = B2BUA(
             config, self.transactions, self.registrar, authenticator, lockout, self.media,
             advertised_host=advertised, port=server.port,
         )
-        self.transport = SipTransport(server.host, server.port, self.on_message, log)
+        self.transport = SipTransport(server.host, server.port, self.on_message, log, hostile=self.summary.count)
         try:
             await self.transport.start()
         except OSError as exc:
@@ -181,10 +199,10 @@ class Server:
         self.flush()
         if self.core.calls or self.transactions.next_deadline() is not None:
             await asyncio.sleep(SHUTDOWN_GRACE)
-        await self.media.close()
+        await self.media.close()  # finalises recordings and waits for the disk writer to drain
         await self.recordings.stop()  # after media: the last finalised recordings are queued
         await self.transport.stop()
-        self.registrar.close()
+        await self.stores.aclose()
         log.info("shutdown event=done")
 
     # -- the pump
@@ -218,6 +236,8 @@ class Server:
                 self.core.handle(event, now)
         except Exception:  # a bug must cost one message, never the server
             log.exception("sip event=internal-error source=%s:%d", peer.host, peer.port)
+        if peer.transport == "tcp":  # a SIP message keeps the slot; a phone's or trunk's, for good
+            self.transport.heard(peer, trusted=self.strangers.trusted(peer, now))
         self.flush()
         self.arm()
 

@@ -123,12 +123,20 @@ class StrangerPolicy:
             del self._answered[key]
 
 
-def policy_for(config: Config, registrar: Any, summary: HostileSummary | None = None) -> StrangerPolicy:
+def policy_for(
+    config: Config,
+    registrar: Any,
+    summary: HostileSummary | None = None,
+    also_trusted: Callable[[Peer], bool] | None = None,
+) -> StrangerPolicy:
     """The server's policy: trunks (by `[[trunks]] sources`) and the addresses of registered
     phones are trusted; `[security] answer_strangers` and `stranger_answers_per_second` ration
-    the rest."""
+    the rest. `also_trusted`: a cluster worker's edge, whose socket address every request
+    through it shares (the edge rations strangers at the public address)."""
+    extra = also_trusted or (lambda _peer: False)
     return StrangerPolicy(
-        lambda peer, _now: registrar.registered_from(peer.host) or config.trunk_for(peer.host, peer.port) is not None,
+        lambda peer, _now: (registrar.registered_from(peer.host) or extra(peer)
+                            or config.trunk_for(peer.host, peer.port) is not None),
         answer=config.security.answer_strangers,
         rate=config.security.stranger_answers_per_second,
         summary=summary,

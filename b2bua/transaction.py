@@ -765,7 +765,8 @@ class TransactionLayer:
         retransmitted request is a new one, answered (or not) on its own."""
         assert self.strangers is not None
         request = txn.request
-        key = (request.call_id, request.headers.get("CSeq"), txn.top_via)
+        # A retransmission repeats all of these; scanners reusing a branch for other numbers do not.
+        key = (request.call_id, request.headers.get("CSeq"), txn.top_via, request.uri)
         if self.strangers.admit(txn.peer, key, now) and txn.reply_to is not None:
             self._out.append((response.to_bytes(), txn.reply_to))
         txn.state = S.TERMINATED

@@ -5,7 +5,16 @@ to send to a `Peer`. This adapter binds UDP and TCP on the same host:port (RFC 3
 §18.2.1 has a server listen on both), frames TCP streams with `StreamFramer`
 (Content-Length, RFC 3261 §18.3), answers RFC 5626 §3.5.1 CRLF keep-alives, and
 defends itself: connection caps overall and per source IP, an idle timeout, a deadline
-for each message to finish arriving (slowloris), and bounded send buffers. Errors on
+for each message to finish arriving (slowloris), and bounded send buffers.
+
+TCP slots are for phones and trunks, not strangers (issue 16: 16 addresses held all
+1,024 slots with a CRLF every 5 s). An inbound connection is *new* until it sends a SIP
+message the layer above could parse (it says so with `heard()`), and must do so within
+`hello_timeout`; it is a *stranger* until the layer above vouches for its source (a
+registered phone or a trunk, `heard(peer, trusted=True)`). Only a vouched-for
+connection's keep-alives (and our own writes) count as activity; a stranger's idle limit
+is `stranger_idle_timeout`, counted from its last SIP message. When the table is full a
+new connection evicts the longest-idle stranger rather than being refused. Errors on
 the wire are logged, never raised into the caller: a bad peer costs its own
 connection, not the server.
 
@@ -34,6 +43,13 @@ MAX_TCP_CONNECTIONS = 1024
 #: Accepted TCP connections from one source IP: a phone keeps one flow (RFC 5626 §3),
 #: a NAT'd office a few dozen; more from one address is a flood.
 MAX_TCP_CONNECTIONS_PER_IP = 64
+#: A new inbound connection must send a SIP message within this long (CRLFs don't count).
+TCP_HELLO_TIMEOUT = 5.0
+#: An inbound connection whose source was never vouched for (not a registered phone's or
+#: a trunk's address) is closed this long after its last SIP message; its keep-alives do
+#: not count. A phone registers within a second of connecting, so it is vouched for long
+#: before this.
+TCP_STRANGER_IDLE_TIMEOUT = 30.0
 #: Close a TCP connection with no bytes either way for this long: RFC 5626 §4.4.1
 #: clients send CRLF keep-alives every 95-120 s, so live flows survive and dead ones go.
 TCP_IDLE_TIMEOUT = 300.0
@@ -113,6 +129,9 @@ class SipTransport:
         max_connections_per_ip: int = MAX_TCP_CONNECTIONS_PER_IP,
         max_send_buffer: int = MAX_TCP_SEND_BUFFER,
         udp_receive_buffer: int = UDP_RECEIVE_BUFFER,
+        hello_timeout: float = TCP_HELLO_TIMEOUT,
+        stranger_idle_timeout: float = TCP_STRANGER_IDLE_TIMEOUT,
+        hostile: Callable[[str, str, float], None] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -125,6 +144,11 @@ class SipTransport:
         self.max_connections_per_ip = max_connections_per_ip
         self.max_send_buffer = max_send_buffer
         self.udp_receive_buffer = udp_receive_buffer
+        self.hello_timeout = hello_timeout
+        self.stranger_idle_timeout = stranger_idle_timeout
+        #: (source ip, kind, now) of hostile events, summarised rather than logged each
+        #: (HostileSummary.count); without it they are logged at DEBUG.
+        self.hostile = hostile
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._server: asyncio.Server | None = None
@@ -322,6 +346,23 @@ class SipTransport:
         except Exception:
             self.log.exception("transport event=handler-error from=%s:%s:%d", peer.transport, peer.host, peer.port)
 
+    def heard(self, peer: Peer, *, trusted: bool = False) -> None:
+        """The layer above parsed a SIP message from TCP `peer` (and, with `trusted`,
+        knows its source: a registered phone or a trunk). Keeps that connection's slot."""
+        if peer.transport.lower() != "tcp":
+            return
+        connection = self._connections.get(_key(peer.host, peer.port))
+        if connection is None or connection.closed:
+            return
+        connection.spoke = True
+        connection.trusted = connection.trusted or trusted
+        connection.last_activity = connection.loop.time()
+
+    def _hostile(self, host: str, kind: str) -> None:
+        if self.hostile is not None and self._loop is not None:
+            self.hostile(host, kind, self._loop.time())
+        self.log.debug("transport event=%s from=%s", kind, host)
+
     # -- connection bookkeeping (called by _TcpConnection)
 
     def admit(self, connection: _TcpConnection) -> bool:
@@ -330,16 +371,27 @@ class SipTransport:
             return False
         host = connection.peer.host
         if connection.inbound:
-            if self._inbound >= self.max_connections:
-                self.log.warning("transport event=tcp-refused reason=max-connections from=%s", host)
-                return False
             if self._inbound_per_ip.get(host, 0) >= self.max_connections_per_ip:
-                self.log.warning("transport event=tcp-refused reason=max-per-ip from=%s", host)
+                self._hostile(host, "tcp-refused-per-ip")
+                return False
+            if self._inbound >= self.max_connections and not self._evict_a_stranger():
+                self.log.warning("transport event=tcp-refused reason=max-connections from=%s", host)
                 return False
             self._inbound += 1
             self._inbound_per_ip[host] = self._inbound_per_ip.get(host, 0) + 1
         self._all.add(connection)
         connection.alias(_key(host, connection.peer.port))
+        return True
+
+    def _evict_a_stranger(self) -> bool:
+        """Table full: close the longest-idle inbound connection not vouched for."""
+        strangers = [c for c in self._all if c.inbound and not c.trusted and not c.closed]
+        if not strangers:
+            return False
+        victim = min(strangers, key=lambda c: (c.spoke, c.last_activity))
+        self._hostile(victim.peer.host, "tcp-evicted")
+        victim.close("evicted")
+        self.forget(victim)
         return True
 
     def register(self, key: Key, connection: _TcpConnection) -> None:
@@ -400,6 +452,11 @@ class _TcpConnection(asyncio.Protocol):
         self.message_started: float | None = None
         #: How many of the framer's RFC 5626 §3.5.1 pings have had their pong.
         self.pings_answered = 0
+        #: Sent a SIP message the layer above parsed (`SipTransport.heard`).
+        self.spoke = not inbound
+        #: Its source is vouched for (a registered phone, a trunk); connections we open are.
+        self.trusted = not inbound
+        self.opened = self.last_activity
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
         self.closed = False
@@ -420,13 +477,16 @@ class _TcpConnection(asyncio.Protocol):
             transport.abort()
             return
         self.owner.log.debug("transport event=tcp-open from=%s:%d inbound=%s", self.peer.host, self.peer.port, self.inbound)
-        self._arm(self.last_activity + self.owner.idle_timeout)
+        self._arm(self._deadline())
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
         now = self.loop.time()
-        self.last_activity = now  # keep-alive CRLFs count as activity (RFC 5626 §4.4.1)
+        if self.trusted:
+            # Keep-alive CRLFs count as activity (RFC 5626 §4.4.1), but only for a
+            # connection vouched for: a stranger's slot is kept by SIP (`heard`) alone.
+            self.last_activity = now
         try:
             messages = self.framer.feed(data)
         except SipParseError as exc:
@@ -471,7 +531,8 @@ class _TcpConnection(asyncio.Protocol):
         if transport.get_write_buffer_size() + len(data) > self.owner.max_send_buffer:
             self.close("send-buffer-full")
             return
-        self.last_activity = self.loop.time()
+        if self.trusted:
+            self.last_activity = self.loop.time()
         transport.write(data)
 
     def close(self, reason: str) -> None:
@@ -479,7 +540,7 @@ class _TcpConnection(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        level = logging.DEBUG if reason == "stopping" else logging.INFO
+        level = logging.DEBUG if reason in _QUIET_CLOSES else logging.INFO
         self.owner.log.log(level, "transport event=tcp-close peer=%s:%d reason=%s", self.peer.host, self.peer.port, reason)
         if self.transport is not None:
             self.transport.abort()
@@ -502,13 +563,32 @@ class _TcpConnection(asyncio.Protocol):
         if self.message_started is not None and now >= self.message_started + self.owner.message_timeout:
             self.close("message-timeout")
             return
-        if now >= self.last_activity + self.owner.idle_timeout:
-            self.close("idle-timeout")
+        if not self.spoke and now >= self.opened + self.owner.hello_timeout:
+            self.owner._hostile(self.peer.host, "tcp-no-sip")
+            self.close("no-sip-message")
             return
-        deadline = self.last_activity + self.owner.idle_timeout
+        if now >= self.last_activity + self._idle_limit():
+            self.close("idle-timeout" if self.trusted else "stranger-idle-timeout")
+            return
+        self._arm(self._deadline())
+
+    def _idle_limit(self) -> float:
+        if self.trusted:
+            return self.owner.idle_timeout
+        return min(self.owner.idle_timeout, self.owner.stranger_idle_timeout)
+
+    def _deadline(self) -> float:
+        """The earliest time `_on_timer` may have something to close."""
+        deadline = self.last_activity + self._idle_limit()
+        if not self.spoke:
+            deadline = min(deadline, self.opened + self.owner.hello_timeout)
         if self.message_started is not None:
             deadline = min(deadline, self.message_started + self.owner.message_timeout)
-        self._arm(deadline)
+        return deadline
+
+
+#: Closes that happen by the thousand in a flood: logged at DEBUG (summarised via `hostile`).
+_QUIET_CLOSES = frozenset({"stopping", "evicted", "no-sip-message", "stranger-idle-timeout"})
 
 
 def _framer_holds_partial(framer: StreamFramer) -> bool:

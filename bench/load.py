@@ -4,6 +4,7 @@
     python bench/load.py --calls 500 --seconds 20 --record off
     python bench/load.py --calls 500 --seconds 20 --peer rtpengine --record off|on
     python bench/load.py --table --seconds 20                      # the issue-6 table, one run
+    python bench/load.py --calls 200 --workers 2 --cpu-quota 0.5   # through b2bua cluster (bench/cluster_load.py)
 
 For the B2BUA: N users register (digest auth), a trunk calls N numbers, each rings one
 user who answers; then every leg streams G.711 at 20 ms pacing (2 x 50 packets/s per call)
@@ -229,15 +230,25 @@ class SipLoad:
 
         done: set[int] = set()
         pending = list(range(n))
+        # As a phone does (RFC 3261 §17.1.2.2 Timer E): a REGISTER with no answer is sent
+        # again. Until one phone has registered from this IP the B2BUA answers it as a
+        # stranger, at most `stranger_answers_per_second` (bursts of 5x) (issue 16).
+        unanswered: dict[int, float] = {}
         while pending or len(done) < n:
             for i in pending[:200]:
                 self.phone.sendto(reg(i, 1), self.server)
+                unanswered[i] = time.monotonic()
             pending = pending[200:]
+            for i, sent in list(unanswered.items()):
+                if time.monotonic() - sent > 0.5:
+                    self.phone.sendto(reg(i, 1), self.server)
+                    unanswered[i] = time.monotonic()
             for _, text, _ in self._recv(0.05):
                 m = re.search(r"Call-ID: reg-(\d+)-", text)
                 if not m:
                     continue
                 i = int(m.group(1))
+                unanswered.pop(i, None)
                 if text.startswith("SIP/2.0 401"):
                     nonce = re.search(r'nonce="([^"]+)"', text).group(1)
                     ha1 = hashlib.md5(f"u{i}:{realm}:pw{i}".encode()).hexdigest()
@@ -631,7 +642,19 @@ def main() -> None:
                          "so the highest with zero loss comes from the same run)")
     ap.add_argument("--media-sockets", choices=["default", "shared", "per_call"], default="default",
                     help="the B2BUA's [server] media_sockets (default: the key left out, as a user gets it: shared)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="run `b2bua cluster` with N workers behind Kamailio instead of `b2bua run`")
+    ap.add_argument("--cpu-quota", type=float, default=None,
+                    help="with --workers: each worker in its own cgroup with this share of a core (0.5: half)")
     args = ap.parse_args()
+    if args.workers:
+        import cluster_load
+
+        with tempfile.TemporaryDirectory(prefix="load-cluster-") as tmp:
+            r = cluster_load.run(args.calls, args.seconds, args.record == "on", Path(tmp), args.workers, args.cpu_quota)
+        print(cluster_load.line(r))
+        print(json.dumps(r))
+        return
     if not args.table:
         r = one(args.peer, args.calls, args.seconds, args.record == "on", args.media_sockets)
         print(line(r))

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from rtp.call import Call, MediaEndpoint
 from rtp.admission import Admission
+from rtp.disk_writer import DiskWriter
 from rtp.fastpath import LegTable
 from rtp.feature import FEATURE_TIMEOUT
 from rtp.lateness import Lateness
@@ -168,6 +169,7 @@ class MediaCore:
         *,
         prompts: Prompts | None = None,
         make_recorder: Callable | None = None,
+        writer: DiskWriter | None = None,
         shared: bool = False,
         max_calls: int = 0,
         cpu_clock: Callable[[], float] = time.process_time,
@@ -186,12 +188,13 @@ class MediaCore:
         self.feature_timeout = feature_timeout
         self.log = log if log is not None else logging.getLogger("rtp")
         self.prompts = prompts if prompts is not None else load_prompts()
-        # Called on the loop with a recording's sidecar path once it is finalised (the HTTP
-        # side's webhooks); handed to every recorder this core makes.
+        # Recordings' disk work, on the writer's thread (rtp.disk_writer): `on_finalised` is
+        # called on this loop with each sidecar's path once the recording is final and durable.
         self.on_finalised = on_finalised
+        self.writer = writer if writer is not None else DiskWriter(self.recordings_dir)
         self.make_recorder = (
             make_recorder if make_recorder is not None
-            else recorder_factory(self.recordings_dir, pause_mode, on_finalised=on_finalised)
+            else recorder_factory(self.recordings_dir, pause_mode, writer=self.writer, on_finalised=on_finalised)
         )
         self.sessions: list[MediaSession | SharedSession] = []
         # Which sessions the tick drives (see _tick_sessions): a heap of (next flush, n,
@@ -432,3 +435,4 @@ class MediaCore:
                 self.log.exception("closing media for call %s failed", session.call.call_id)
         if self._shared is not None:
             self._shared.close_all()
+        await self.writer.aclose()  # the last recordings reach the disk before the process exits

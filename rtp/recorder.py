@@ -22,18 +22,20 @@ of payload type, or `MAX_WAITING_PACKETS` waiting. The timeline's base only move
 position was computed with: the result is the same, sample for sample, as placing each
 packet as it came.
 
-Durability: the WAV header is true after every block (`rtp.wavfile`), so a kill -9 leaves a
-playable file of everything up to the last flush. A failed write (ENOSPC, EIO) is logged once
-per call and never raised: finished audio waits in memory, up to `MAX_BACKLOG_SECONDS`, and
-is retried at each flush; beyond that the oldest waiting audio becomes silence of the same
-length, so the timeline never shifts and memory stays bounded. `repair()` fixes recordings a
-crash left unfinalised.
+Disk: the recorder is sans-IO. It turns audio into commands on its `RecordingFiles` handle
+(rtp.disk_writer): the file created with its sidecar at the first start, finished frames
+appended at each flush, the sidecar replaced at each pause and resume, finalised at close. The
+writer thread performs them in order, so media never waits on the disk: `set_recording`,
+`flush` and `close` open, write and sync nothing themselves. The WAV header is true after
+every block the writer writes (`rtp.wavfile`), so a kill -9 leaves a playable file of
+everything up to the last flush the writer performed (milliseconds behind the loop). A full
+disk: the writer keeps the audio (bounded), retries, and always finishes the sidecar
+(rtp.disk_writer). `repair()` fixes recordings a crash left unfinalised.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,9 +45,10 @@ import numpy as np
 
 from rtp.call import Call
 from rtp import g711
+from rtp.disk_writer import DiskWriter, RecordingFiles
 from rtp.sidecar import describe_call, iso_utc, read_sidecar, write_sidecar
 from rtp.timeline import CHANNELS, SAMPLE_RATE, StreamClock, Timeline
-from rtp.wavfile import SAMPLE_WIDTH, WavWriter, repair_wav
+from rtp.wavfile import repair_wav
 
 # A packet arriving up to this late still lands in its place. Adaptive jitter buffers in
 # phones top out around 200 ms (and ITU-T G.114 puts 150 ms one-way as the quality limit),
@@ -56,10 +59,6 @@ JITTER_WINDOW_SAMPLES = int(JITTER_WINDOW_SECONDS * SAMPLE_RATE)
 # How often the owner should call flush(): what a crash may lose, against one write and
 # two header patches per call per flush (2,000 calls: ~6,000 small syscalls a second).
 FLUSH_INTERVAL_SECONDS = 1.0
-# Finished audio kept in memory while the disk refuses writes: 60 s is ~1.9 MB per call.
-MAX_BACKLOG_SECONDS = 60.0
-MAX_BACKLOG_FRAMES = int(MAX_BACKLOG_SECONDS * SAMPLE_RATE)
-SILENCE_CHUNK_FRAMES = 10 * SAMPLE_RATE  # silence written after an outage, 320 kB at a time
 PAUSE_MODES = ("silence", "skip")  # contract: [server] pause
 # G.711 packets held per channel before they are decoded and placed anyway: a flush a second
 # holds 50 (20 ms packets); this bounds memory if a party floods or flushes stop coming.
@@ -76,6 +75,12 @@ class Recorder:
     answer changes nothing. With `call.recording_enabled` false the recorder does nothing.
     `wall_t0` is the UTC wall-clock time matching `t0`; it defaults to now, the one clock
     read here, taken at construction so everything after it is driven by the caller's `now`.
+
+    `writer` performs the disk work (the media core passes its threaded one); without it the
+    recorder writes through a `DiskWriter(threaded=False)` of its own, synchronously, which
+    suits tools and tests but not the event loop. `on_finalised(sidecar_path)` is called on
+    the event loop's thread once the WAV and the final sidecar are durable (with no running
+    loop at construction: by the writer's `drain()`, on its caller's thread).
     """
 
     def __init__(
@@ -87,6 +92,8 @@ class Recorder:
         *,
         wall_t0: datetime | None = None,
         log: logging.Logger | None = None,
+        writer: DiskWriter | None = None,
+        on_finalised: Callable[[Path], None] | None = None,
     ) -> None:
         if pause_mode not in PAUSE_MODES:
             raise ValueError(f"pause mode must be one of {PAUSE_MODES}, not {pause_mode!r}")
@@ -103,6 +110,9 @@ class Recorder:
         folder = Path(directory) / f"{day.year:04d}" / f"{day.month:02d}" / f"{day.day:02d}"
         self.wav_path = folder / f"{call.call_id}.wav"
         self.json_path = folder / f"{call.call_id}.json"
+        self._writer = writer if writer is not None else DiskWriter(threaded=False, log=self._log, durable=False)
+        self._on_finalised = on_finalised
+        self._files: RecordingFiles | None = None  # created at the first start
 
         self._enabled = call.recording_enabled
         self._clocks = tuple(StreamClock() for _ in range(CHANNELS))
@@ -117,15 +127,6 @@ class Recorder:
         self._spans: list[list[int | None]] = []  # recorded [start, end) positions; end None: open
         self._span_cursor = 0  # spans before this end before the timeline base
         self._events: list[tuple[int, str, str | None]] = []  # (position, event, by)
-        self._writer: WavWriter | None = None
-        self._gave_up = False  # the WAV could not be created for good (e.g. already exists)
-        self._backlog: deque[np.ndarray | int] = deque()  # frames arrays, or silence lengths
-        self._backlog_frames = 0  # frames held as arrays (memory), silence not counted
-        self._sidecar_dirty = False
-        self._disk_failing = False
-        self._disk_error_logged = False
-        self._overflow_logged = False
-        self.silenced_frames = 0  # finished audio replaced by silence after a long outage
         self._ended: datetime | None = None
         self._closed = False
         if self._enabled and call.record_at_answer:
@@ -268,9 +269,12 @@ class Recorder:
             span[1] = pos
             self._events.append((pos, "paused", by))
         self._recording = on
-        self._sidecar_dirty = True
-        if self._file_start is not None:
-            self._write_out()
+        if on and first:
+            self._files = self._writer.recording(self.wav_path, self.json_path, SAMPLE_RATE, CHANNELS,
+                                                 self.call.call_id, self._on_finalised)
+            self._files.open(self._sidecar())
+        else:
+            self._files.sidecar(self._sidecar())  # type: ignore[union-attr]
         event = ("started" if first else "resumed") if on else "paused"
         self._log.info("call=%s event=recording-%s by=%s t=%.2f path=%s", self.call.call_id, event,
                        by or "policy", (pos - self._file_start) / SAMPLE_RATE, self.wav_path)
@@ -278,12 +282,11 @@ class Recorder:
     # -- writing -------------------------------------------------------------------------
 
     def flush(self, now: float) -> None:
-        """Write everything older than the jitter window; never raises on disk errors."""
+        """Hand the writer everything older than the jitter window."""
         if self._closed or not self._enabled:
             return
         self._place_all_waiting()
         self._finalise(self._pos(now) - JITTER_WINDOW_SAMPLES)
-        self._write_out()
 
     def close(self, now: float) -> None:
         """Finalise at `now`: end the recording, write all audio, set `ended` in the sidecar."""
@@ -303,23 +306,15 @@ class Recorder:
         self._closed = True
         if self._file_start is None:
             return  # never recorded: no file at all
-        self._sidecar_dirty = True
-        self._write_out()
-        if self._writer is not None:
-            self._writer.close()
-        self._log.info("call=%s event=recording-finalised path=%s segments=%d", self.call.call_id, self.wav_path,
-                       len(self._spans))
-        if self._backlog:
-            self._log.error(
-                "recording %s: closed with %.1f s of audio not written to %s",
-                self.call.call_id, self._pending_frames() / SAMPLE_RATE, self.wav_path,
-            )
+        self._files.finish(self._sidecar())  # type: ignore[union-attr]  (the writer logs it when durable)
 
-    def _pending_frames(self) -> int:
-        return sum(item if isinstance(item, int) else item.shape[0] for item in self._backlog)
+    @property
+    def silenced_frames(self) -> int:
+        """Finished audio the writer had to keep as silence (a long disk outage)."""
+        return self._files.silenced_frames if self._files is not None else 0
 
     def _finalise(self, upto: int) -> None:
-        """Move timeline positions below `upto` into the backlog, in file order."""
+        """Hand the writer timeline positions below `upto`, in file order."""
         timeline = self._timeline
         base = timeline.base
         if upto <= base:
@@ -363,92 +358,13 @@ class Recorder:
         self._queue(frames)
 
     def _queue(self, item: np.ndarray | int) -> None:
-        """Append finished frames (or a silence length); bound what is held in memory."""
-        backlog = self._backlog
+        """Finished frames (an array the writer now owns) or a silence length, to the file."""
+        files = self._files
+        assert files is not None
         if isinstance(item, int):
-            if backlog and isinstance(backlog[-1], int):
-                backlog[-1] += item
-            else:
-                backlog.append(item)
-            return
-        backlog.append(item)
-        self._backlog_frames += item.shape[0]
-        # The bound is for audio the disk refuses: a healthy disk takes a long overdue
-        # flush (an overloaded loop) whole at the next _write_out.
-        while self._disk_failing and self._backlog_frames > MAX_BACKLOG_FRAMES:
-            self._silence_oldest()
-
-    def _silence_oldest(self) -> None:
-        """Replace the oldest waiting audio by silence of the same length (keeps alignment)."""
-        backlog = self._backlog
-        for i, item in enumerate(backlog):
-            if not isinstance(item, int):
-                n = item.shape[0]
-                backlog[i] = n
-                self._backlog_frames -= n
-                self.silenced_frames += n
-                break
-        merged: deque[np.ndarray | int] = deque()
-        for item in backlog:
-            if isinstance(item, int) and merged and isinstance(merged[-1], int):
-                merged[-1] += item
-            else:
-                merged.append(item)
-        self._backlog = merged
-        if not self._overflow_logged:
-            self._overflow_logged = True
-            self._log.error(
-                "recording %s: disk unavailable for over %.0f s; older audio kept as silence",
-                self.call.call_id, MAX_BACKLOG_FRAMES / SAMPLE_RATE,
-            )
-
-    def _write_out(self) -> None:
-        """Write the backlog and a dirty sidecar; on OSError keep them for the next flush."""
-        if self._file_start is None or self._gave_up:
-            return
-        try:
-            if self._writer is None:
-                self.wav_path.parent.mkdir(parents=True, exist_ok=True)
-                self._writer = WavWriter(self.wav_path, SAMPLE_RATE, CHANNELS)
-                self._sidecar_dirty = True
-            backlog = self._backlog
-            while backlog:
-                item = backlog[0]
-                if isinstance(item, int):
-                    while backlog[0] > 0:  # type: ignore[operator]
-                        n = min(backlog[0], SILENCE_CHUNK_FRAMES)  # type: ignore[type-var]
-                        self._writer.write(bytes(n * CHANNELS * SAMPLE_WIDTH))
-                        backlog[0] -= n  # type: ignore[operator]
-                else:
-                    self._writer.write(item)
-                    self._backlog_frames -= item.shape[0]
-                backlog.popleft()
-            if self._sidecar_dirty:
-                write_sidecar(self.json_path, self._sidecar())
-                self._sidecar_dirty = False
-        except FileExistsError:
-            self._gave_up = True
-            self._backlog.clear()
-            self._backlog_frames = 0
-            self._log.error(
-                "recording %s: %s already exists; not overwriting, call not recorded",
-                self.call.call_id, self.wav_path,
-            )
-            return
-        except OSError as exc:
-            if not self._disk_error_logged:
-                self._disk_error_logged = True
-                self._log.error(
-                    "recording %s: cannot write %s: %s; holding up to %.0f s in memory, retrying",
-                    self.call.call_id, self.wav_path.parent, exc, MAX_BACKLOG_FRAMES / SAMPLE_RATE,
-                )
-            self._disk_failing = True
-            while self._backlog_frames > MAX_BACKLOG_FRAMES:
-                self._silence_oldest()
-            return
-        if self._disk_failing:
-            self._disk_failing = False
-            self._log.warning("recording %s: writing again to %s", self.call.call_id, self.wav_path)
+            files.silence(item)
+        else:
+            files.write(item)
 
     # -- sidecar -------------------------------------------------------------------------
 
@@ -486,9 +402,7 @@ class Recorder:
                 ],
             }
         )
-        if self.silenced_frames:
-            data["silenced_s"] = self.silenced_frames / SAMPLE_RATE  # lost to a long disk outage
-        return data
+        return data  # the writer adds what only it knows (silenced_s, unwritten_s)
 
     def _span_length(self, start: int | None, end: int) -> float:
         return (end - start) / SAMPLE_RATE  # type: ignore[operator]

@@ -33,7 +33,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 
@@ -47,6 +47,9 @@ from rtp.packet import MAX_PACKET_SIZE, RtpPacket
 from rtp.prompts import Prompts
 from rtp.sequence import MAX_DROPOUT, MAX_MISORDER
 from rtp.timeline import StreamClock, _Anchor
+
+if TYPE_CHECKING:
+    from rtp.disk_writer import DiskWriter
 
 LATCH_WINDOW = 10.0  # seconds after a party's SDP during which its signalling IP may latch: covers ringing-to-first-packet
 TICK_INTERVAL = 0.02  # the relay's own clock: one G.711 packet time (RFC 3551 §4.5 default ptime)
@@ -84,17 +87,15 @@ class RecorderLike(Protocol):
 RecorderFactory = Callable[[Call, float], RecorderLike]  # (call, t0) -> recorder
 
 
-def recorder_factory(directory: Path, pause_mode: str, *, on_finalised: Callable[[Path], None] | None = None) -> RecorderFactory:
-    """The production factory: rtp.recorder.Recorder under `directory`; `on_finalised` (the
-    sidecar's path, once a recording is finalised) is passed on where the recorder takes it."""
+def recorder_factory(directory: Path, pause_mode: str, *, writer: DiskWriter | None = None,
+                     on_finalised: Callable[[Path], None] | None = None) -> RecorderFactory:
+    """The production factory: rtp.recorder.Recorder under `directory`, writing through
+    `writer` (rtp.disk_writer.DiskWriter), `on_finalised(sidecar_path)` called when each
+    recording is final and durable."""
     from rtp.recorder import Recorder  # the recorder module is only needed once a call is answered
 
-    if on_finalised is None:
-        def make(call: Call, t0: float) -> RecorderLike:
-            return Recorder(Path(directory), call, pause_mode, t0)
-    else:
-        def make(call: Call, t0: float) -> RecorderLike:
-            return Recorder(Path(directory), call, pause_mode, t0, on_finalised=on_finalised)
+    def make(call: Call, t0: float) -> RecorderLike:
+        return Recorder(Path(directory), call, pause_mode, t0, writer=writer, on_finalised=on_finalised)
 
     return make
 

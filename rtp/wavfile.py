@@ -14,8 +14,9 @@ Here data goes out with `os.pwrite` on an unbuffered descriptor at a tracked off
 after every byte of a block is written are the two size fields (RIFF at 4, data at 40)
 patched. A failure truncates back to the last committed length and raises, so the caller
 still owns the block and the file on disk is exactly "everything up to the last good
-block" — which is what a kill -9 leaves too. No fsync: kill -9 loses nothing the kernel
-already has; surviving power loss would cost a disk flush per call per second.
+block" — which is what a kill -9 leaves too. No fsync per block: kill -9 loses nothing the
+kernel already has, and surviving power loss would cost a disk flush per call per second;
+rtp.disk_writer makes a recording durable once, when it ends, off the event loop.
 """
 
 from __future__ import annotations
@@ -90,16 +91,19 @@ class WavWriter:
             view = view[written:]
             offset += written
 
-    def write(self, frames: bytes | memoryview | np.ndarray) -> None:
+    def write(self, frames: bytes | memoryview | np.ndarray | list[np.ndarray]) -> None:
         """Append whole interleaved frames, then patch the sizes; raises OSError on failure.
 
-        On failure nothing of this block counts: the file is cut back to its last committed
-        length (best effort) and the header still describes exactly the committed data.
+        `frames` may be a list of blocks (the disk writer joins what waited for one file):
+        they go out in one `pwritev` and one header patch. On failure nothing of this call
+        counts: the file is cut back to its last committed length (best effort) and the
+        header still describes exactly the committed data.
         """
         if self._fd is None:
             raise ValueError(f"write to closed WAV {self.path}")
-        frames = memoryview(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames).cast("B")
-        size = len(frames)
+        blocks = frames if isinstance(frames, list) else [frames]
+        views = [memoryview(np.ascontiguousarray(b) if isinstance(b, np.ndarray) else b).cast("B") for b in blocks]
+        size = sum(map(len, views))
         if size % self._frame_bytes:
             raise ValueError(f"{size} bytes is not a whole number of {self._frame_bytes}-byte frames")
         if size == 0:
@@ -108,10 +112,42 @@ class WavWriter:
             raise OSError(27, "File too large for a RIFF WAV (4 GiB)")
         start = HEADER_SIZE + self._data_bytes
         try:
-            self._pwrite_all(frames, start)
+            if len(views) == 1:
+                self._pwrite_all(views[0], start)
+            else:
+                self._pwritev_all(views, start)
             new_size = self._data_bytes + size
             # Both sizes in one write of the whole (44-byte, one-sector) header: a system
             # call per flush per call saved, and the header is never half-updated.
+            self._pwrite_all(wav_header(self.sample_rate, self.channels, new_size), 0)
+        except OSError:
+            self._rollback()
+            raise
+        self._data_bytes = new_size
+
+    def _pwritev_all(self, views: list[memoryview], offset: int) -> None:
+        assert self._fd is not None
+        written = os.pwritev(self._fd, views, offset)
+        total = sum(map(len, views))
+        if written < total:  # rare (a signal, a nearly full disk): finish it block by block
+            self._pwrite_all(memoryview(b"".join(views))[written:], offset + written)
+
+    def extend(self, frames: int) -> None:
+        """Append `frames` of silence without writing them: the file is extended (a hole,
+        read as zeros, which needs no disk space on Linux filesystems) and the sizes patched.
+
+        Why: paused spans and audio dropped in a long disk outage are silence, and a full
+        disk must still be able to take them, so the timeline never shifts."""
+        if self._fd is None:
+            raise ValueError(f"write to closed WAV {self.path}")
+        size = frames * self._frame_bytes
+        if size <= 0:
+            return
+        if self._data_bytes + size > MAX_DATA_BYTES:
+            raise OSError(27, "File too large for a RIFF WAV (4 GiB)")
+        new_size = self._data_bytes + size
+        try:
+            os.ftruncate(self._fd, HEADER_SIZE + new_size)
             self._pwrite_all(wav_header(self.sample_rate, self.channels, new_size), 0)
         except OSError:
             self._rollback()

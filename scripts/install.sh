@@ -24,10 +24,11 @@ if [ $want_test = 1 ]; then
     # The recordings page's browser test (tests/e2e/test_recordings_page.py).
     command -v chromium >/dev/null || missing+=(chromium)
     command -v chromedriver >/dev/null || missing+=(chromium-driver)
-    # The cluster's edge and shared state, run privately by tests and `b2bua cluster`;
-    # iproute2's `ip netns` stands in for several hosts in the e2e tests.
+    # The cluster's edge and shared state, run privately by tests and `b2bua cluster`
+    # (never the system services); iproute2's `ip netns` stands in for several hosts in
+    # the e2e tests.
     [ -x /usr/sbin/kamailio ] || missing+=(kamailio)
-    command -v redis-server >/dev/null || missing+=(redis-server)
+    command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
     command -v ip >/dev/null || missing+=(iproute2)
 fi
 [ ${#missing[@]} -gt 0 ] && apt_install "${missing[@]}"

@@ -324,6 +324,35 @@ def answered_call(h) -> tuple[Request, Request]:
     return bob, ok
 
 
+def trunk_bye(ok: Response, cseq: int = 11) -> str:
+    """The trunk hangs up the answered call `ok` answered."""
+    return (
+        f"BYE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKbye{cseq}\n"
+        f"From: \"Caller\" <sip:447700900123@198.51.100.7>;tag=tr1\nTo: {ok.headers.get('To')}\n"
+        f"Call-ID: trunk-call-1\nCSeq: {cseq} BYE\nContent-Length: 0\n\n"
+    )
+
+
+def bob_bye(bob: Request, cseq: int = 1) -> str:
+    """Bob hangs up, in the dialog of the INVITE `bob` we sent him."""
+    return (
+        f"BYE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 203.0.113.20:5060;branch=z9hG4bKpb{cseq}\n"
+        f"From: <sip:bob@pbx.test>;tag=b1\nTo: {bob.headers.get('From')}\nCall-ID: {bob.call_id}\n"
+        f"CSeq: {cseq} BYE\nContent-Length: 0\n\n"
+    )
+
+
+def bob_holds(bob: Request, cseq: int = 2) -> str:
+    """Bob's re-INVITE putting the call on hold (a=sendonly)."""
+    hold = answer_sdp("203.0.113.20", 7000).replace("a=sendrecv", "a=sendonly")
+    return (
+        f"INVITE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 203.0.113.20:5060;branch=z9hG4bKri{cseq}\n"
+        f"From: <sip:bob@pbx.test>;tag=b1\nTo: {bob.headers.get('From')}\nCall-ID: {bob.call_id}\n"
+        f"CSeq: {cseq} INVITE\nContact: <sip:bob@203.0.113.20>\nContent-Type: application/sdp\n"
+        f"Content-Length: {len(hold)}\n\n{hold}"
+    )
+
+
 def test_answered_call_is_recorded_by_number_yes(h):
     answered_call(h)
     assert h.media.sessions[0].call.record_at_answer is True
@@ -331,13 +360,7 @@ def test_answered_call_is_recorded_by_number_yes(h):
 
 def test_bye_from_trunk_ends_both_legs(h):
     bob, ok = answered_call(h)
-    to = ok.headers.get("To")
-    h.send(
-        f"BYE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKbye1\n"
-        f"From: \"Caller\" <sip:447700900123@198.51.100.7>;tag=tr1\nTo: {to}\n"
-        f"Call-ID: trunk-call-1\nCSeq: 11 BYE\nContent-Length: 0\n\n",
-        TRUNK,
-    )
+    h.send(trunk_bye(ok), TRUNK)
     assert h.one(TRUNK, 200)
     bye = h.one(BOB, "BYE")
     assert bye.call_id == bob.call_id and bye.uri == "sip:bob@203.0.113.20"
@@ -347,12 +370,7 @@ def test_bye_from_trunk_ends_both_legs(h):
 
 def test_bye_from_phone_ends_trunk_leg(h):
     bob, _ = answered_call(h)
-    h.send(
-        f"BYE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 203.0.113.20:5060;branch=z9hG4bKpb1\n"
-        f"From: <sip:bob@pbx.test>;tag=b1\nTo: {bob.headers.get('From')}\nCall-ID: {bob.call_id}\n"
-        f"CSeq: 1 BYE\nContent-Length: 0\n\n",
-        BOB,
-    )
+    h.send(bob_bye(bob, 1), BOB)
     assert h.one(BOB, 200)
     bye = h.one(TRUNK, "BYE")
     assert bye.call_id == "trunk-call-1" and bye.uri == "sip:447700900123@198.51.100.7:5060"
@@ -472,14 +490,7 @@ def test_options_gets_200_with_allow(h):
 
 def test_reinvite_hold_is_relayed_across(h):
     bob, ok = answered_call(h)
-    hold = answer_sdp("203.0.113.20", 7000).replace("a=sendrecv", "a=sendonly")
-    h.send(
-        f"INVITE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 203.0.113.20:5060;branch=z9hG4bKri1\n"
-        f"From: <sip:bob@pbx.test>;tag=b1\nTo: {bob.headers.get('From')}\nCall-ID: {bob.call_id}\n"
-        f"CSeq: 2 INVITE\nContact: <sip:bob@203.0.113.20>\nContent-Type: application/sdp\n"
-        f"Content-Length: {len(hold)}\n\n{hold}",
-        BOB,
-    )
+    h.send(bob_holds(bob), BOB)
     reinvite = h.one(TRUNK, "INVITE")
     assert reinvite.call_id == "trunk-call-1"
     assert "a=sendonly" in reinvite.body.decode()
@@ -516,7 +527,8 @@ def test_late_offer_we_offer_on_b_and_take_the_answer_from_ack(h):
     h.send(respond(bob, 200, "OK", "b1", "sip:bob@203.0.113.20", answer_sdp("203.0.113.20", 7000)), BOB)
     ok = h.one(TRUNK, 200)
     offer_to_caller = SessionDescription.parse(ok.body)
-    assert offer_to_caller.first_audio().formats == ["0", "101"]  # the codec bob chose, and DTMF
+    # the codec bob chose first, the other law (we transcode), DTMF
+    assert offer_to_caller.first_audio().formats == ["0", "8", "101"]
     session = h.media.sessions[0]
     assert 0 not in session.media  # no caller media known until its ACK
     ack_sdp = OFFER.replace("RTP/AVP 0 8 101", "RTP/AVP 0 101")
@@ -573,7 +585,7 @@ def test_cancelled_branch_is_forgotten_after_its_487_or_the_cancel_timeout(h):
     invite = caller_cancels_carol_ringing(h)
     h.send(respond(invite, 487, "Request Terminated", "c1", "sip:carol@203.0.113.30"), CAROL)
     assert h.one(CAROL, "ACK")
-    assert not h.core._by_invite_txn
+    assert not h.core.index.invites
     # a phone that never answers the CANCEL: forgotten when the INVITE is given up (64*T1)
     h.send(trunk_invite("441632960001", call_id="trunk-call-2", branch="z9hG4bKtrunk2"), TRUNK)
     second = h.one(CAROL, "INVITE")
@@ -581,7 +593,7 @@ def test_cancelled_branch_is_forgotten_after_its_487_or_the_cancel_timeout(h):
     h.advance(31.0)  # ring timeout: 480 to the caller, CANCEL to carol, who never answers it
     assert h.one(TRUNK, 480)
     h.advance(40.0)
-    assert not h.core._by_invite_txn and not h.core.calls
+    assert len(h.core.index) == 0
 
 
 # -- Record-Route: a record-routing edge (Kamailio) in front of us -----------------------------
@@ -627,12 +639,7 @@ def test_callee_2xx_record_route_is_reversed_for_our_ack_and_bye(h):
     assert ack.uri == "sip:bob@203.0.113.20"
     assert ack.headers.get_all("Route") == [PHONE_EDGE_FAR, "<sip:192.0.2.60;lr>"]
     assert not h.take(BOB, "ACK")
-    h.send(
-        f"BYE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKbye1\n"
-        f"From: \"Caller\" <sip:447700900123@198.51.100.7>;tag=tr1\nTo: {ok.headers.get('To')}\n"
-        f"Call-ID: trunk-call-1\nCSeq: 11 BYE\nContent-Length: 0\n\n",
-        TRUNK,
-    )
+    h.send(trunk_bye(ok), TRUNK)
     assert h.one(TRUNK, 200)
     bye = h.one(PHONE_EDGE, "BYE")
     assert bye.uri == "sip:bob@203.0.113.20" and bye.call_id == bob.call_id
@@ -644,14 +651,7 @@ def test_caller_side_requests_follow_the_invites_record_route(h):
     h.take()
     # bob puts the call on hold: the re-INVITE reaches the trunk through its edge (RFC 3261
     # §12.1.1: the UAS's route set is the Record-Route in order; the first is the next hop).
-    hold = answer_sdp("203.0.113.20", 7000).replace("a=sendrecv", "a=sendonly")
-    h.send(
-        f"INVITE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 203.0.113.20:5060;branch=z9hG4bKri1\n"
-        f"From: <sip:bob@pbx.test>;tag=b1\nTo: {bob.headers.get('From')}\nCall-ID: {bob.call_id}\n"
-        f"CSeq: 2 INVITE\nContact: <sip:bob@203.0.113.20>\nContent-Type: application/sdp\n"
-        f"Content-Length: {len(hold)}\n\n{hold}",
-        BOB,
-    )
+    h.send(bob_holds(bob), BOB)
     reinvite = h.one(EDGE, "INVITE")
     assert reinvite.uri == "sip:447700900123@198.51.100.7:5060"  # the trunk's Contact
     assert reinvite.headers.get_all("Route") == [EDGE_NEAR, EDGE_FAR]
@@ -661,13 +661,142 @@ def test_caller_side_requests_follow_the_invites_record_route(h):
     assert ack.headers.get_all("Route") == [EDGE_NEAR, EDGE_FAR]
     assert h.one(BOB, 200)
     # bob hangs up: the BYE to the trunk goes the same way
-    h.send(
-        f"BYE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 203.0.113.20:5060;branch=z9hG4bKpb1\n"
-        f"From: <sip:bob@pbx.test>;tag=b1\nTo: {bob.headers.get('From')}\nCall-ID: {bob.call_id}\n"
-        f"CSeq: 3 BYE\nContent-Length: 0\n\n",
-        BOB,
-    )
+    h.send(bob_bye(bob, 3), BOB)
     bye = h.one(EDGE, "BYE")
     assert bye.uri == "sip:447700900123@198.51.100.7:5060"
     assert bye.headers.get_all("Route") == [EDGE_NEAR, EDGE_FAR]
     assert not h.take(TRUNK, "BYE")
+
+
+def test_callee_reinvite_ack_is_resent_on_a_2xx_retransmission_and_forgotten_with_the_call(h):
+    """The ACK we send the trunk for bob's relayed re-INVITE lives under the trunk's Call-ID:
+    it is resent for a 2xx retransmission (RFC 3261 §13.2.2.4) and gone when the call ends
+    (it used to stay for ever)."""
+    bob, ok = answered_call(h)
+    h.send(bob_holds(bob), BOB)
+    reinvite = h.one(TRUNK, "INVITE")
+    trunk_ok = respond(reinvite, 200, "OK", "tr1", "sip:x@198.51.100.7", OFFER).replace(
+        f"To: {reinvite.headers.get('To')};tag=tr1", f"To: {reinvite.headers.get('To')}")
+    h.send(trunk_ok, TRUNK)
+    first = h.one(TRUNK, "ACK")
+    assert h.one(BOB, 200)
+    h.advance(40.0)  # the re-INVITE's transaction is long gone: the next copy is a stray 2xx
+    h.take()
+    h.send(trunk_ok, TRUNK)
+    again = h.one(TRUNK, "ACK")
+    assert again.to_bytes() == first.to_bytes()
+    h.send(bob_bye(bob, 3), BOB)
+    assert h.one(TRUNK, "BYE")
+    assert len(h.core.index) == 0  # no key of the call is left anywhere
+    h.take()
+    h.send(trunk_ok, TRUNK)  # a copy after the call: nothing remembers it, nothing is sent
+    assert not h.take(TRUNK, "ACK")
+
+
+def test_every_call_leaves_the_index_empty(h):
+    """Answered, cancelled, busy, timed out: once each call ends no key of it is left."""
+    bob, ok = answered_call(h)
+    h.send(trunk_bye(ok), TRUNK)
+    h.register("carol", "carol-pw", CAROL, "sip:carol@203.0.113.30")
+    h.send(trunk_invite("441632960001", call_id="busy", branch="z9hG4bKbusy"), TRUNK)
+    invite = h.one(CAROL, "INVITE")
+    h.send(respond(invite, 486, "Busy Here", "c1", "sip:carol@203.0.113.30"), CAROL)
+    h.send(trunk_invite("441632960001", call_id="silent", branch="z9hG4bKsilent"), TRUNK)
+    h.advance(100.0)  # rings out (480), the CANCEL is never answered, the INVITE gives up
+    assert not h.core.calls and len(h.core.index) == 0
+
+
+# -- each leg its own codec: a PCMA-only trunk, a PCMU-only phone --------------------------------
+
+PCMA_OFFER = (
+    "v=0\r\no=carrier 7 7 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\n"
+    "m=audio 16000 RTP/AVP 8 96\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:96 telephone-event/8000\r\n"
+    "a=fmtp:96 0-15\r\na=ptime:20\r\n"
+)
+PCMU_ONLY_ANSWER = answer_sdp("203.0.113.20", 7000)  # m=audio 7000 RTP/AVP 0 101
+
+
+def pcma_trunk_invite(offer: str = PCMA_OFFER) -> str:
+    invite = trunk_invite("441632960000")
+    return invite[: invite.index("Content-Length")] + f"Content-Length: {len(offer)}\n\n{offer}"
+
+
+def test_pcma_trunk_to_pcmu_phone_is_answered_and_each_leg_keeps_its_law(h):
+    h.register("bob", "bob-pw", BOB, "sip:bob@203.0.113.20")
+    h.send(pcma_trunk_invite(), TRUNK)
+    invite = h.one(BOB, "INVITE")
+    offered = SessionDescription.parse(invite.body).first_audio()
+    # both laws and telephone-event to the phone: the trunk's own first, so a phone with
+    # PCMA needs no transcoding; the trunk's event type kept
+    assert offered.formats == ["8", "0", "96"]
+    assert offered.attributes("rtpmap") == ["8 PCMA/8000", "0 PCMU/8000", "96 telephone-event/8000"]
+    h.send(respond(invite, 200, "OK", "b1", "sip:bob@203.0.113.20", PCMU_ONLY_ANSWER), BOB)
+    ok = h.one(TRUNK, 200)
+    answer = SessionDescription.parse(ok.body).first_audio()
+    assert answer.formats == ["8", "96"]  # RFC 3264 §6.1: from the trunk's offer only
+    assert answer.attributes("rtpmap") == ["8 PCMA/8000", "96 telephone-event/8000"]
+    assert not h.take(TRUNK, 488)
+    media = h.media.sessions[0].media
+    # media relays PCMA with the trunk and PCMU with the phone: it transcodes between them
+    assert (media[0].payload_type, media[0].codec, media[0].dtmf_payload_type) == (8, "PCMA", 96)
+    assert (media[1].payload_type, media[1].codec, media[1].dtmf_payload_type) == (0, "PCMU", 101)
+
+
+def test_a_shared_law_is_kept_end_to_end(h):
+    h.register("bob", "bob-pw", BOB, "sip:bob@203.0.113.20")
+    h.send(trunk_invite("441632960000"), TRUNK)  # PCMU, PCMA
+    invite = h.one(BOB, "INVITE")
+    assert SessionDescription.parse(invite.body).first_audio().formats == ["0", "8", "101"]
+    pcma_phone = PCMU_ONLY_ANSWER.replace("RTP/AVP 0 101", "RTP/AVP 8 101")
+    h.send(respond(invite, 200, "OK", "b1", "sip:bob@203.0.113.20", pcma_phone), BOB)
+    assert SessionDescription.parse(h.one(TRUNK, 200).body).first_audio().formats == ["8", "101"]
+    media = h.media.sessions[0].media
+    assert media[0].payload_type == media[1].payload_type == 8  # nothing to transcode
+
+
+def test_early_media_is_answered_in_the_callers_law(h):
+    h.register("bob", "bob-pw", BOB, "sip:bob@203.0.113.20")
+    h.send(pcma_trunk_invite(), TRUNK)
+    invite = h.one(BOB, "INVITE")
+    h.send(respond(invite, 183, "Session Progress", "b1", "sip:bob@203.0.113.20", PCMU_ONLY_ANSWER), BOB)
+    progress = h.one(TRUNK, 183)
+    assert SessionDescription.parse(progress.body).first_audio().formats == ["8", "96"]
+    assert h.media.sessions[0].media[0].codec == "PCMA" and h.media.sessions[0].media[1].codec == "PCMU"
+
+
+def test_an_offer_with_none_of_our_codecs_gets_488_before_any_phone_rings(h):
+    h.register("bob", "bob-pw", BOB, "sip:bob@203.0.113.20")
+    g729 = PCMA_OFFER.replace("RTP/AVP 8 96", "RTP/AVP 18").replace("a=rtpmap:8 PCMA/8000", "a=rtpmap:18 G729/8000")
+    h.send(pcma_trunk_invite(g729), TRUNK)
+    refused = h.one(TRUNK, 488)
+    assert "305" in refused.headers.get("Warning") and "Incompatible media format" in refused.headers.get("Warning")
+    assert not h.take(BOB, "INVITE") and not h.media.sessions and not h.core.calls
+
+
+def test_a_reinvite_offering_none_of_our_codecs_gets_488_and_is_not_relayed(h):
+    bob, _ = answered_call(h)
+    g729 = bob_holds(bob).replace("RTP/AVP 0 101", "RTP/AVP 18   ")  # same length: Content-Length holds
+    h.send(g729, BOB)
+    assert h.one(BOB, 488)
+    assert not h.take(TRUNK, "INVITE") and h.core.calls
+
+
+def test_a_reinvite_is_answered_in_the_offerers_law(h):
+    h.register("bob", "bob-pw", BOB, "sip:bob@203.0.113.20")
+    h.send(pcma_trunk_invite(), TRUNK)
+    invite = h.one(BOB, "INVITE")
+    h.send(respond(invite, 200, "OK", "b1", "sip:bob@203.0.113.20", PCMU_ONLY_ANSWER), BOB)
+    ok = h.one(TRUNK, 200)
+    h.send(f"ACK sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKack1\n"
+           f"From: \"Caller\" <sip:447700900123@198.51.100.7>;tag=tr1\nTo: {ok.headers.get('To')}\n"
+           f"Call-ID: trunk-call-1\nCSeq: 10 ACK\nContent-Length: 0\n\n", TRUNK)
+    h.take()
+    h.send(bob_holds(invite), BOB)  # bob (PCMU only) re-offers
+    reinvite = h.one(TRUNK, "INVITE")
+    assert SessionDescription.parse(reinvite.body).first_audio().formats == ["0", "8", "101"]
+    h.send(respond(reinvite, 200, "OK", "tr1", "sip:x@198.51.100.7", PCMA_OFFER.replace("a=ptime:20", "a=recvonly"))
+           .replace(f"To: {reinvite.headers.get('To')};tag=tr1", f"To: {reinvite.headers.get('To')}"), TRUNK)
+    to_bob = SessionDescription.parse(h.one(BOB, 200).body).first_audio()
+    assert to_bob.formats == ["0", "101"] and to_bob.has_flag("recvonly")
+    media = h.media.sessions[0].media
+    assert media[0].codec == "PCMA" and media[1].codec == "PCMU"

@@ -60,3 +60,21 @@ def test_lockout_line_says_until_in_utc(tmp_path) -> None:
                    ALICE_PHONE, clock.now)
     until = [m.group(1) for line in lines if (m := re.search(r"until=(\S+)", line))]
     assert until and until[0].startswith(iso_utc(1_780_000_000.0)[:4]) and not until[0].startswith("1970")
+
+
+def test_the_first_nonce_of_a_process_is_not_stale_with_utc_nonce_times() -> None:
+    """Nonce times are UTC (shared by a cluster's hosts); at ~1.8e9 s a float `now - 1e-6`
+    mark could round onto the first nonce's issue time and answer it stale (seen in the soak)."""
+    from b2bua.auth import compute_response, parse_auth_header
+
+    # 4% of UTC instants hit the rounding; these three do (1_796_591_022.7270908 found by search).
+    for start in (1_796_591_022.7270908, 1_796_591_022.140832, 1_780_000_000.0):
+        clock = FakeClock(now=1000.0, utc=start)
+        auth = DigestAuthenticator(REALM, "s", utc_at=clock.utc_at, algorithms=("MD5",))
+        params = parse_auth_header(auth.challenge(clock.now)[0])[1]  # type: ignore[index]
+        resp = compute_response("MD5", "alice", REALM, "alice-secret", "REGISTER", "sip:x", params["nonce"],
+                                qop="auth", nc="00000001", cnonce="c")
+        header = (f'Digest username="alice", realm="{REALM}", nonce="{params["nonce"]}", uri="sip:x", '
+                  f'response="{resp}", algorithm=MD5, qop=auth, nc=00000001, cnonce="c"')
+        result = auth.verify("REGISTER", header, {"alice": "alice-secret"}.get, clock.now)
+        assert result.ok, (start, result)

@@ -174,8 +174,8 @@ def test_wrong_passwords_through_the_edge_lock_out_the_guesser_not_the_edge(h):
             break
         auth = digest(challenge[0].headers.get("WWW-Authenticate"), "bob", "wrong", "REGISTER", "sip:pbx.test", "Authorization")
         h.send(via_edge(base + f"CSeq: 2 REGISTER\n{auth}\nContent-Length: 0\n\n", "udp 203.0.113.66 40000"), EDGE)
-    assert h.lockout.is_locked(guesser.host, None, h.now)
-    assert not h.lockout.is_locked(EDGE.host, None, h.now), "the edge's address is not what got locked"
+    assert h.lockout.refused(guesser, None, h.now)
+    assert not h.lockout.refused(EDGE, None, h.now), "the edge's address is not what got locked"
     h.take()
     h.register_via_edge("carol", "carol-pw", Peer("udp", "203.0.113.30", 5060), "sip:carol@203.0.113.30")  # others still register
 

@@ -30,7 +30,8 @@ from rtp.events import event_payload
 from rtp.fastpath import LegTable, RouteMap
 from rtp.packet import build
 from rtp.relay import CallRelay, OutStream, recorder_factory
-from tests.test_relay import EXT, EXT_ADDR, PROMPTS, USER, USER_SDP, USER_SIG_IP, Harness, make_call
+from tests.conftest import make_call
+from tests.test_relay import EXT, EXT_ADDR, PROMPTS, USER, USER_SDP, USER_SIG_IP, Harness
 
 SLOT = 1500
 AUDIO = [g711.encode(np.full(160, v, dtype=np.int16), 0) for v in (1000, -2000, 300)]

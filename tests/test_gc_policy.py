@@ -19,7 +19,8 @@ import pytest
 from b2bua.gc_policy import GcPolicy
 from rtp.sidecar import read_sidecar, write_sidecar
 from tests.test_b2bua import BOB, TRUNK, Harness, answered_call
-from tests.test_media_core import make_call, phone
+from tests.conftest import make_call
+from tests.test_media_core import phone
 
 LOG = logging.getLogger("test.gc")
 

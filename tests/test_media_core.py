@@ -17,6 +17,7 @@ from rtp.core import MediaCore, PortsExhausted
 from rtp.events import event_payload
 from rtp.packet import RtpPacket, build
 from rtp.prompts import Prompts
+from tests.conftest import make_call
 
 HOST = "127.0.0.1"
 PROMPTS = Prompts(paused=np.full(1600, 3000, dtype=np.int16), recording=np.full(1600, -3000, dtype=np.int16))
@@ -38,20 +39,6 @@ def free_range(pairs: int) -> tuple[int, int]:
                 s.close()
         return base, base + 2 * pairs - 1
     raise RuntimeError("no free ports")
-
-
-def make_call(call_id: str = "core1") -> Call:
-    return Call(
-        call_id=call_id,
-        direction="inbound",
-        from_uri="sip:+441632960999@carrier",
-        to_uri="sip:441632960000@pbx",
-        ddi="441632960000",
-        user="alice",
-        started=datetime.now(UTC),
-        record_at_answer=True,
-        parties=(Party("external", "carrier"), Party("user", "alice")),
-    )
 
 
 def phone() -> socket.socket:
@@ -96,7 +83,7 @@ def shared(core: MediaCore) -> bool:
 
 async def test_audio_flows_both_ways_and_is_recorded(core: MediaCore, tmp_path: Path) -> None:
     ext, user = phone(), phone()
-    session = core.open_session(make_call())
+    session = core.open_session(make_call("core1"))
     rtp_ext, rtp_user = session.ports
     assert rtp_ext % 2 == 0 and rtp_user % 2 == 0
     assert (rtp_ext == rtp_user) if shared(core) else (rtp_ext != rtp_user)  # shared: one port, told apart by source

@@ -22,7 +22,8 @@ from rtp.batch_io import BatchMux, available, key_address, source_key
 from rtp.call import Party
 from rtp.core import MediaCore
 from rtp.packet import MAX_PACKET_SIZE, build
-from tests.test_media_core import HOST, PROMPTS, drain, free_range, make_call, phone
+from tests.conftest import make_call
+from tests.test_media_core import HOST, PROMPTS, drain, free_range, phone
 
 pytestmark = pytest.mark.skipif(not available(), reason="recvmmsg/sendmmsg are Linux-only")
 

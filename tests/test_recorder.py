@@ -1,4 +1,7 @@
-"""The recorder end to end: files, sidecars, pause modes, crashes, repair and full disks."""
+"""The recorder end to end: files, sidecars, pause modes, crashes, repair and full disks.
+
+Every recorder here writes through a threaded `DiskWriter`, as in production: a test drains
+it (`settle()`; `read` and `sidecar` do) before looking at the disk."""
 
 from __future__ import annotations
 
@@ -18,32 +21,45 @@ from hypothesis import strategies as st
 from rtp.call import Call
 from rtp import g711
 from rtp import recorder as recorder_module
+from rtp.disk_writer import DiskWriter
 from rtp.recorder import JITTER_WINDOW_SECONDS, Recorder, repair
 from rtp.wavfile import WavWriter
+from tests.conftest import make_call
 
 N = 160
 T0 = 1000.0  # monotonic seconds at answer
 WALL_T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
 
-def make_call(record: bool = True, **kw: object) -> Call:
-    fields: dict = dict(
-        call_id="c0ffee",
-        direction="inbound",
-        from_uri="sip:+441632960999@carrier",
-        to_uri="sip:441632960000@pbx.example",
-        ddi="441632960000",
-        user="alice",
-        started=datetime(2024, 5, 1, 11, 59, 50, tzinfo=UTC),
-        route=("number:441632960000", "user:alice"),
-        record_at_answer=record,
-    )
-    fields.update(kw)
-    return Call(**fields)
+#: The recorder tests' call: its id names the files, its start dates their directory.
+CALL_ID, STARTED = "c0ffee", datetime(2024, 5, 1, 11, 59, 50, tzinfo=UTC)
+
+
+WRITERS: list[DiskWriter] = []  # the module's writer thread (fixture below)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def disk_writer():
+    """One writer thread for the module, as the media core has one for all calls; failed
+    writes are retried every 10 ms so a test's outage ends quickly."""
+    writer = DiskWriter(retry_seconds=0.01)
+    WRITERS.append(writer)
+    yield writer
+    WRITERS.remove(writer)
+    assert writer.close(5.0)
+
+
+def settle() -> None:
+    """Wait until the writer has performed every command so far."""
+    assert WRITERS[-1].drain(5.0), "the writer did not finish in 5 s"
+
+
+def recorder(directory: Path, call: Call, mode: str = "silence", **kw: object) -> Recorder:
+    return Recorder(directory, call, mode, T0, wall_t0=WALL_T0, writer=WRITERS[-1], **kw)  # type: ignore[arg-type]
 
 
 def make(tmp_path: Path, record: bool = True, mode: str = "silence", **kw: object) -> Recorder:
-    return Recorder(tmp_path, make_call(record, **kw), mode, T0, wall_t0=WALL_T0)
+    return recorder(tmp_path, make_call(record=record, **{"call_id": CALL_ID, "started": STARTED, **kw}), mode)
 
 
 def packet_value(channel: int, k: int) -> int:
@@ -68,12 +84,14 @@ def feed(rec: Recorder, start: float, end: float, *, flush_every: float = 1.0,
 
 
 def read(rec: Recorder) -> np.ndarray:
+    settle()
     data, rate = soundfile.read(str(rec.wav_path), dtype="int16", always_2d=True)
     assert rate == 8000 and data.shape[1] == 2
     return data
 
 
 def sidecar(rec: Recorder) -> dict:
+    settle()
     return json.loads(rec.json_path.read_text())
 
 
@@ -95,6 +113,7 @@ def test_recorded_call_has_wav_and_sidecar_where_the_contract_says(tmp_path: Pat
     rec = make(tmp_path)
     feed(rec, 0, 3)
     rec.close(T0 + 3)
+    settle()
     assert rec.wav_path == tmp_path / "2024" / "05" / "01" / "c0ffee.wav"
     assert rec.json_path == tmp_path / "2024" / "05" / "01" / "c0ffee.json"
     info = soundfile.info(str(rec.wav_path))
@@ -111,6 +130,7 @@ def test_recorded_call_has_wav_and_sidecar_where_the_contract_says(tmp_path: Pat
     assert (meta["sample_rate"], meta["channels"], meta["pause"]) == (8000, 2, "silence")
     assert meta["segments"] == [[0.0, 3.0]]
     assert meta["events"] == []
+    settle()
     assert not list(tmp_path.rglob("*.tmp"))
 
 
@@ -132,6 +152,7 @@ def test_never_recorded_call_leaves_no_file(tmp_path: Path) -> None:
     rec = make(tmp_path, record=False)
     feed(rec, 0, 3)
     rec.close(T0 + 3)
+    settle()
     assert not rec.recording
     assert list(tmp_path.rglob("*")) == []
 
@@ -141,14 +162,17 @@ def test_organisation_switch_off_records_nothing(tmp_path: Path) -> None:
     feed(rec, 0, 1)
     rec.set_recording(True, T0 + 1, "alice")
     rec.close(T0 + 2)
+    settle()
     assert list(tmp_path.rglob("*")) == []
 
 
 def test_recording_from_a_later_resume_starts_the_file_then(tmp_path: Path) -> None:
     rec = make(tmp_path, record=False)
     feed(rec, 0, 2)
+    settle()
     assert not rec.wav_path.exists()
     rec.set_recording(True, T0 + 2, "alice")
+    settle()
     assert rec.recording and rec.wav_path.exists()
     feed(rec, 2, 4)
     rec.close(T0 + 4)
@@ -231,6 +255,7 @@ def test_one_file_however_often_paused(tmp_path: Path) -> None:
         rec.set_recording(False, T0 + i + 0.5, "alice")
         rec.set_recording(True, T0 + i + 1, "alice")
     rec.close(T0 + 10)
+    settle()
     assert len(list(tmp_path.rglob("*.wav"))) == 1
     assert read(rec).shape[0] == 10 * 4000
     assert len(sidecar(rec)["segments"]) == 11  # the last one opened at 10 s, closed empty
@@ -341,7 +366,7 @@ def test_any_arrival_order_within_the_window_gives_the_same_wav(
     packets.sort()
 
     def run(order: list[tuple[float, int, int]], directory: Path) -> np.ndarray:
-        rec = Recorder(directory, make_call(), "silence", T0, wall_t0=WALL_T0)
+        rec = recorder(directory, make_call(CALL_ID, started=STARTED))
         for arrival, ch, k in order:
             if ch < 0:
                 rec.flush(arrival)
@@ -363,6 +388,7 @@ def test_close_finalises(tmp_path: Path) -> None:
     rec = make(tmp_path)
     feed(rec, 0, 2)
     rec.close(T0 + 2)
+    settle()
     size = rec.wav_path.stat().st_size
     header = rec.wav_path.read_bytes()[:44]
     assert struct.unpack_from("<I", header, 4)[0] == size - 8
@@ -371,6 +397,7 @@ def test_close_finalises(tmp_path: Path) -> None:
     rec.close(T0 + 3)  # twice is harmless
     rec.flush(T0 + 4)
     rec.add(0, 1, 1, 1, np.ones(N, np.int16), T0 + 4)
+    settle()
     assert rec.wav_path.stat().st_size == size
 
 
@@ -390,6 +417,7 @@ def test_repair_fixes_a_header_left_with_zero_sizes(tmp_path: Path) -> None:
     rec = make(tmp_path)
     feed(rec, 0, 2.5)
     rec.flush(T0 + 2.5)
+    settle()  # what the writer had done when the process died
     del rec  # crash
     wav = tmp_path / "2024" / "05" / "01" / "c0ffee.wav"
     with open(wav, "r+b") as f:  # a writer that died before ever patching the sizes,
@@ -413,6 +441,7 @@ def test_repair_leaves_finalised_recordings_alone(tmp_path: Path) -> None:
     rec = make(tmp_path)
     feed(rec, 0, 1)
     rec.close(T0 + 1)
+    settle()
     before = rec.wav_path.read_bytes(), rec.json_path.read_text()
     assert repair(tmp_path) == []
     assert (rec.wav_path.read_bytes(), rec.json_path.read_text()) == before
@@ -422,6 +451,7 @@ def test_repair_leaves_finalised_recordings_alone(tmp_path: Path) -> None:
 def test_repair_of_a_header_only_file(tmp_path: Path) -> None:
     rec = make(tmp_path)
     wav = rec.wav_path
+    settle()
     del rec
     assert repair(tmp_path) == [wav]
     assert soundfile.info(str(wav)).frames == 0
@@ -443,10 +473,12 @@ def test_disk_full_once_loses_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
 
     rec = make(tmp_path)
     feed(rec, 0, 1.5)
+    settle()
     monkeypatch.setattr(WavWriter, "write", flaky)
     with caplog.at_level(logging.ERROR):
         feed(rec, 1.5, 6)  # one flush fails, the next ones catch up
-    rec.close(T0 + 6)
+        rec.close(T0 + 6)
+        settle()
     assert failures["left"] == 0
     assert np.array_equal(read(rec), expected_frames(0, 6))
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -454,9 +486,12 @@ def test_disk_full_once_loses_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_disk_full_for_long_keeps_alignment_and_bounded_memory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(recorder_module, "MAX_BACKLOG_FRAMES", 2 * 8000)
+    """A writer whose memory bound is 2 s of this call: past it the oldest waiting audio
+    becomes silence, logged once; the newest survives and nothing shifts."""
+    bound = 2 * 8000 * 4
+    writer = DiskWriter(retry_seconds=0.01, max_backlog_bytes=bound)
     real_write = WavWriter.write
     state = {"full": False}
 
@@ -466,20 +501,34 @@ def test_disk_full_for_long_keeps_alignment_and_bounded_memory(
         real_write(self, frames)  # type: ignore[arg-type]
 
     monkeypatch.setattr(WavWriter, "write", maybe)
-    rec = make(tmp_path)
+    rec = Recorder(tmp_path, make_call(CALL_ID, started=STARTED), "silence", T0, wall_t0=WALL_T0, writer=writer)
     feed(rec, 0, 2)
+    assert writer.drain(5.0)
     state["full"] = True
-    feed(rec, 2, 8)
-    assert rec._backlog_frames <= 2 * 8000
-    state["full"] = False
+    with caplog.at_level(logging.ERROR):
+        for second in range(2, 8):
+            feed(rec, second, second + 1)
+            rec.flush(T0 + second + 1)
+            assert not writer.drain(0.05)  # the disk refuses: the audio waits ...
+            assert writer.stats().backlog_bytes <= bound  # ... within the bound
+    stats = writer.stats()
+    assert stats.failing and stats.backlog_seconds == pytest.approx(2.0, abs=0.1) and stats.dropped_seconds > 3
+    assert len([r for r in caplog.records if "event=backlog-full" in r.getMessage()]) == 1
+    state["full"] = False  # space returns: the next retry writes what waited
+    assert writer.drain(5.0)
     feed(rec, 8, 10)
     rec.close(T0 + 10)
+    assert writer.close(5.0)
     data = read(rec)
     assert data.shape[0] == 80000  # nothing shifted: the file is the call's length
     expected = expected_frames(0, 10)
     assert np.array_equal(data[:6400], expected[:6400])  # flushed at 1 s, before the outage
-    assert np.array_equal(data[-16000:], expected[-16000:])  # the newest audio survived
-    assert sidecar(rec)["silenced_s"] > 0
+    newest = round((8 - JITTER_WINDOW_SECONDS) * 8000)  # what the last flush in the outage finished
+    assert np.array_equal(data[newest - 16000 :], expected[newest - 16000 :])  # the newest 2 s survived, and after
+    assert not data[6400 : newest - 16000 - 1600].any()  # older outage audio: silence, same length
+    meta = sidecar(rec)
+    assert meta["silenced_s"] == rec.silenced_frames / 8000 > 3 and "unwritten_s" not in meta
+    assert writer.stats().backlog_bytes == 0
 
 
 def test_file_creation_failure_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -505,10 +554,12 @@ def test_existing_file_is_never_overwritten(tmp_path: Path) -> None:
     first = make(tmp_path)
     feed(first, 0, 1)
     first.close(T0 + 1)
+    settle()
     before = first.wav_path.read_bytes()
     again = make(tmp_path)
     feed(again, 0, 2)
     again.close(T0 + 2)
+    settle()
     assert first.wav_path.read_bytes() == before
 
 
@@ -533,7 +584,7 @@ Event = tuple  # ("rtp", ch, ssrc, seq, ts, payload, pt, t) | ("flush", t) | ("s
 
 def run_script(directory: Path, events: list[Event], end: float, *, g711_path: bool,
                mode: str = "silence", record: bool = True) -> Recorder:
-    rec = Recorder(directory, make_call(record), mode, T0, wall_t0=WALL_T0)
+    rec = recorder(directory, make_call(CALL_ID, record=record, started=STARTED), mode)
     for event in events:
         if event[0] == "rtp":
             _, ch, ssrc, seq, ts, payload, pt, t = event
@@ -546,6 +597,7 @@ def run_script(directory: Path, events: list[Event], end: float, *, g711_path: b
         else:
             rec.set_recording(event[1], event[2], event[3])
     rec.close(end)
+    settle()
     return rec
 
 
@@ -684,7 +736,7 @@ def test_g711_waiting_packets_are_bounded(tmp_path: Path) -> None:
               for k in range(3 * recorder_module.MAX_WAITING_PACKETS + 5)]
     rec = run_script(tmp_path / "probe", events[:-1], T0 + 9, g711_path=True)
     assert rec._waiting_pos == ([], [])
-    live = Recorder(tmp_path / "live", make_call(), "silence", T0, wall_t0=WALL_T0)
+    live = recorder(tmp_path / "live", make_call(CALL_ID, started=STARTED))
     for _, ch, ssrc, seq, ts, payload, pt, t in events:
         live.add_g711(ch, ssrc, seq, ts, payload, pt, t)
         assert len(live._waiting_pos[0]) < recorder_module.MAX_WAITING_PACKETS
@@ -711,7 +763,7 @@ def test_g711_bad_arguments_are_rejected(tmp_path: Path) -> None:
 
 
 def test_g711_after_close_or_with_recording_off_does_nothing(tmp_path: Path) -> None:
-    off = Recorder(tmp_path, make_call(recording_enabled=False), "silence", T0, wall_t0=WALL_T0)
+    off = recorder(tmp_path, make_call(CALL_ID, enabled=False, started=STARTED))
     off.add_g711(0, 1, 1, 1, b"\xff" * N, g711.PCMU, T0)
     assert off._waiting_pos == ([], [])
     rec = make(tmp_path)

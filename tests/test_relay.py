@@ -17,6 +17,7 @@ from rtp.packet import RtpPacket, build
 from rtp.prompts import Prompts
 from rtp.relay import LATCH_WINDOW, CallRelay, recorder_factory
 from rtp.timeline import StreamClock
+from tests.conftest import make_call
 
 EXT_ADDR = ("198.51.100.7", 40000)
 USER_SDP = ("192.168.1.10", 5000)  # a phone behind NAT puts its private address in SDP
@@ -68,21 +69,6 @@ class FakeRecorder:
         self.closed_at = now
 
 
-def make_call(record: bool = True, enabled: bool = True) -> Call:
-    return Call(
-        call_id="c1",
-        direction="inbound",
-        from_uri="sip:+441632960999@carrier",
-        to_uri="sip:441632960000@pbx",
-        ddi="441632960000",
-        user="alice",
-        started=datetime(2024, 5, 1, 12, 0, tzinfo=UTC),
-        record_at_answer=record,
-        recording_enabled=enabled,
-        parties=(Party("external", "carrier"), Party("user", "alice")),
-    )
-
-
 class Harness:
     def __init__(self, record: bool = True, enabled: bool = True, answer: bool = True, user_pt: int = 0,
                  table=None, relay_class=CallRelay) -> None:  # noqa: ANN001 - a LegTable: the relay's state goes in it
@@ -93,7 +79,7 @@ class Harness:
             self.recorders.append(recorder)
             return recorder
 
-        self.relay = relay_class(make_call(record, enabled), PROMPTS, factory, feature_timeout=2.0,
+        self.relay = relay_class(make_call(record=record, enabled=enabled), PROMPTS, factory, feature_timeout=2.0,
                                  ssrcs=(0xAAAA0000, 0xBBBB0000), table=table)
         self.relay.set_media(EXT, MediaEndpoint(EXT_ADDR, EXT_ADDR[0]), 0.0)
         self.relay.set_media(
@@ -550,9 +536,7 @@ def test_a_second_source_on_the_signalling_ip_cannot_take_over_the_stream():
     from rtp.relay import CallRelay
     from rtp.prompts import load_prompts
 
-    call = Call("c1", "inbound", "sip:a@x", "sip:b@y", "1", "bob", started=__import__("datetime").datetime.now(),
-                parties=(Party("external", "trunk"), Party("user", "bob")))
-    relay = CallRelay(call, load_prompts(), None)
+    relay = CallRelay(make_call(), load_prompts(), None)
     relay.set_media(0, MediaEndpoint(("10.0.0.1", 4000), "10.0.0.1"), 0.0)
     relay.set_media(1, MediaEndpoint(("10.0.0.2", 5000), "10.0.0.2"), 0.0)
     header = bytes([0x80, 0x00, 0, 1, 0, 0, 0, 160, 0, 0, 0, 7])

@@ -22,8 +22,9 @@ from rtp import g711
 from rtp.core import MediaCore
 from rtp.packet import MAX_PACKET_SIZE, RtpPacket, build
 from rtp.relay import CallRelay, recorder_factory
-from tests.test_media_core import HOST, PROMPTS as CORE_PROMPTS, drain, free_range, make_call as core_call, phone
-from tests.test_relay import EXT, EXT_ADDR, PROMPTS, USER, USER_NAT, USER_SDP, USER_SIG_IP, Harness, make_call
+from tests.conftest import make_call
+from tests.test_media_core import HOST, PROMPTS as CORE_PROMPTS, drain, free_range, phone
+from tests.test_relay import EXT, EXT_ADDR, PROMPTS, USER, USER_NAT, USER_SDP, USER_SIG_IP, Harness
 
 RATE = 8000
 
@@ -154,8 +155,8 @@ async def test_a_garbage_flood_on_one_call_does_not_disturb_another(tmp_path: Pa
     flooder.bind(("127.0.0.2", 0))  # a stranger: not the parties' signalling IP
     flooder.setblocking(False)
     try:
-        a = core.open_session(core_call("flood-a"))
-        b = core.open_session(core_call("flood-b"))
+        a = core.open_session(make_call("flood-a"))
+        b = core.open_session(make_call("flood-b"))
         for session, ext, user in ((a, a_ext, a_user), (b, b_ext, b_user)):
             session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
             session.set_media(1, MediaEndpoint(user.getsockname(), HOST))

@@ -23,6 +23,11 @@ Choices, with the dispatcher module's README (kamailio/src/modules/dispatcher) a
   X-B2BUA-Source with the request's real source; workers believe it only from the edge's
   own socket (b2bua.cluster.edge_link). Workers name the destination of their own
   requests in X-B2BUA-Dst, believed only from a worker of the dispatcher list.
+- In-dialog requests from a worker follow the dialog's route (this edge's Record-Route)
+  to the Request-URI; the edge marks every Contact it passes from a phone or trunk with
+  the address it really came from (nathelper's set_contact_alias, replacing any alias
+  the sender wrote) and handle_ruri_alias() sends the request there: NAT and TCP
+  phones are reached in dialogs exactly as for new requests.
 - REGISTER: phones register at the edge, which passes REGISTER to a worker like any
   request, with the phone's real source. The worker stores the binding (user -> that
   source, as `b2bua run` does) in the shared store, and any worker reaches the phone by
@@ -118,6 +123,7 @@ loadmodule "siputils.so"
 loadmodule "sanity.so"
 loadmodule "xlog.so"
 loadmodule "dispatcher.so"
+loadmodule "nathelper.so"
 
 ####### Module parameters #########
 # A worker, and the probe of one, has {WORKER_ANSWER_MS} ms to answer (Kamailio 5.6's probes use this
@@ -166,6 +172,9 @@ route[FROM_OUTSIDE] {{
             t_relay();  # to the worker that has the INVITE
         }}
         exit;
+    }}
+    if (is_method("INVITE|SUBSCRIBE|REFER|UPDATE") && is_present_hf("Contact")) {{
+        set_contact_alias("1");  # workers' in-dialog requests come back to this very address
     }}
     if (has_totag()) {{
         # In a dialog: back to the worker that holds it (our Record-Route, then its Contact).
@@ -226,7 +235,9 @@ failure_route[NEXT_WORKER] {{
     }}
 }}
 
-# A worker's own request: X-B2BUA-Dst names the phone or trunk (its real source address).
+# A worker's own request. A new one names its phone or trunk in X-B2BUA-Dst (the address
+# that phone or trunk sends from); one in a dialog follows the dialog's route through this
+# edge to the Request-URI, whose ;alias (set_contact_alias above and in REPLY) is that address.
 route[FROM_WORKER] {{
     if (is_method("CANCEL")) {{
         if (t_check_trans()) {{
@@ -236,6 +247,9 @@ route[FROM_WORKER] {{
     }}
     if (has_totag()) {{
         loose_route();  # drop our own Record-Route entry
+        if ($du == $null && !is_present_hf("{DEST_HEADER}")) {{
+            handle_ruri_alias();
+        }}
     }} else if (is_method("ACK")) {{
         if (t_check_trans()) {{
             t_relay();
@@ -243,15 +257,15 @@ route[FROM_WORKER] {{
         exit;
     }} else {{
         t_check_trans();
-    }}
-    if (!is_present_hf("{DEST_HEADER}")) {{
-        if (!is_method("ACK")) {{
+        if (!is_present_hf("{DEST_HEADER}")) {{
             sl_send_reply("400", "{DEST_HEADER} Missing");
+            exit;
         }}
-        exit;
     }}
     t_set_fr({FAR_INVITE_MS}, {FAR_ANSWER_MS});  # a phone may take its time (timer F, RFC 3261 §17.1.2.2)
-    $du = $hdr({DEST_HEADER});
+    if (is_present_hf("{DEST_HEADER}")) {{
+        $du = $hdr({DEST_HEADER});
+    }}
     remove_hf("{DEST_HEADER}");
     remove_hf("{SOURCE_HEADER}");
     if (!has_totag() && is_method("INVITE|SUBSCRIBE|REFER")) {{
@@ -261,6 +275,14 @@ route[FROM_WORKER] {{
         sl_reply_error();
     }}
     exit;
+}}
+
+# Replies from phones and trunks: their Contact gets the address they answered from, so a
+# worker's later in-dialog request reaches them through their NAT binding or connection.
+onreply_route {{
+    if (is_present_hf("Contact") && !ds_is_from_list("{WORKER_SET}", "0")) {{
+        set_contact_alias("1");
+    }}
 }}
 """
 

@@ -42,7 +42,6 @@ from b2bua.config import Config
 log = logging.getLogger("b2bua.cluster")
 
 KAMAILIO = os.environ.get("B2BUA_KAMAILIO", "/usr/sbin/kamailio")
-REDIS_SERVER = os.environ.get("B2BUA_REDIS_SERVER", "redis-server")
 #: How often the loop looks at its children (seconds).
 POLL = 0.1
 #: A worker given SIGTERM has this long to end its calls and exit before SIGKILL.
@@ -108,8 +107,9 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, config: Config, run_dir: Path | None = None) -> None:
+    def __init__(self, config: Config, run_dir: Path | None = None, *, sip_trace: bool = False) -> None:
         self.config = config
+        self.sip_trace = sip_trace
         self.cluster = cluster_of(config)
         self.run_dir = run_dir
         self._own_run_dir = run_dir is None
@@ -123,18 +123,25 @@ class Supervisor:
     # -- setup
 
     def _redis_child(self) -> Child | None:
+        """A private redis-server (b2bua.redis_server's settings: append-only file, fsync
+        every second) with its data beside the registrations database, so a restart of it
+        or of the whole cluster keeps the registrations."""
+        from b2bua import redis_server
+        from b2bua.shared_state import redis_data_dir
+
         url = urlsplit(self.cluster.redis)
         if url.scheme != "redis" or not _is_local(url.hostname or ""):
             return None
         host, port = url.hostname or "127.0.0.1", url.port or 6379
-        if _answers(host, port):
+        if redis_server.answers(host, port):
             log.info("redis event=found address=%s:%d (not starting one)", host, port)
             return None
-        if shutil.which(REDIS_SERVER) is None:
-            raise RuntimeError(f"{self.cluster.redis} does not answer and {REDIS_SERVER} is not installed (apt-get install redis-server)")
-        assert self.run_dir is not None
-        argv = [REDIS_SERVER, "--bind", host, "--port", str(port), "--dir", str(self.run_dir),
-                "--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
+        directory = redis_data_dir(self.config)
+        try:
+            argv = redis_server.argv(host, port, directory)
+        except redis_server.RedisServerError as exc:
+            raise RuntimeError(f"{self.cluster.redis} does not answer, and {exc}") from None
+        directory.mkdir(parents=True, exist_ok=True)
         return Child("redis", argv, port=port)
 
     def _edge_child(self) -> Child:
@@ -147,7 +154,8 @@ class Supervisor:
         return Child("edge", argv, port=self.config.server.port)
 
     def _worker_child(self, index: int, secret: str) -> Child:
-        argv = [sys.executable, "-m", "b2bua", "worker", "--config", str(self.config.path), "--index", str(index)]
+        argv = [sys.executable, "-m", "b2bua", "worker", "--config", str(self.config.path), "--index", str(index),
+                *(["--sip-trace"] if self.sip_trace else [])]
         env = dict(os.environ, **{SECRET_ENV: secret})
         return Child(f"worker{index}", argv, port=slot(self.config, index).port, index=index, env=env)
 
@@ -173,7 +181,8 @@ class Supervisor:
                      self.config.server.port, self.cluster.workers, self.run_dir)
             if self.redis is not None:
                 self.redis.start()
-                _wait_answers(urlsplit(self.cluster.redis).hostname or "127.0.0.1", self.redis.port, 5.0)
+                if not _wait_answers(urlsplit(self.cluster.redis).hostname or "127.0.0.1", self.redis.port, 10.0):
+                    log.error("redis pid=%d event=not-answering within=5s", self.redis.proc.pid)  # type: ignore[union-attr]
             for child in self.children:
                 if child is not self.redis:
                     child.start()
@@ -191,6 +200,9 @@ class Supervisor:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _on_stop(self, signum: int, frame: object) -> None:
+        if self.stopping and self.gentle:
+            log.info("cluster event=escalate from=drain to=terminate")
+            self.gentle = False  # a SIGTERM during a gentle drain: end the calls now
         self.stopping = True
 
     def _on_drain(self, signum: int, frame: object) -> None:
@@ -216,6 +228,10 @@ class Supervisor:
             worker.signal(signal.SIGUSR1 if self.gentle else signal.SIGTERM)
         deadline = None if self.gentle else time.monotonic() + STOP_GRACE
         while any(w.alive() for w in workers):
+            if deadline is None and not self.gentle:  # escalated by SIGTERM
+                for worker in workers:
+                    worker.signal(signal.SIGTERM)
+                deadline = time.monotonic() + STOP_GRACE
             if deadline is not None and time.monotonic() > deadline:
                 for w in workers:
                     if w.alive():
@@ -252,25 +268,19 @@ def _is_local(host: str) -> bool:
         return False
 
 
-def _answers(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _wait_answers(host: str, port: int, within: float) -> bool:
+    from b2bua.redis_server import answers
+
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        if _answers(host, port, 0.2):
+        if answers(host, port, 0.2):
             return True
         time.sleep(0.05)
     return False
 
 
-def run_cluster(config: Config) -> int:
+def run_cluster(config: Config, sip_trace: bool = False) -> int:
     from b2bua.server import setup_logging
 
     setup_logging()
-    return Supervisor(config).run()
+    return Supervisor(config, sip_trace=sip_trace).run()

@@ -69,19 +69,25 @@ class B2buaCollector(Collector):
         yield refused
 
         sessions = list(getattr(media, "sessions", ()) or ())
-        recording = backlog_frames = 0
+        recording = 0
         for session in sessions:
             recorder = getattr(session.relay, "recorder", None)
             if recorder is not None and getattr(recorder, "recording", False):
                 recording += 1
-            if recorder is not None:
-                backlog_frames += getattr(recorder, "_backlog_frames", 0)
         yield GaugeMetricFamily("b2bua_recordings_active", "Calls being recorded now", value=recording)
         yield CounterMetricFamily("b2bua_recordings", "Recordings finalised since start",
                                   value=self.counters.recordings_finalised)
-        yield GaugeMetricFamily("b2bua_recorder_backlog_seconds",
-                                "Audio held in memory waiting for the disk, over all recorders",
-                                value=backlog_frames / 8000.0)
+        writer = getattr(media, "writer", None)  # rtp.disk_writer.DiskWriter: every recording's disk work
+        if writer is not None:
+            disk = writer.stats()
+            yield GaugeMetricFamily("b2bua_recorder_backlog_seconds",
+                                    "Audio held in memory waiting for the disk, over all recorders",
+                                    value=disk.backlog_seconds)
+            yield CounterMetricFamily("b2bua_recorder_dropped_seconds",
+                                      "Audio kept as silence because the disk refused it too long",
+                                      value=disk.dropped_seconds)
+            yield CounterMetricFamily("b2bua_recorder_write_errors", "Failed recording writes (each retry counts)",
+                                      value=disk.write_errors)
 
         if media is not None:
             admission = getattr(media, "admission", None)

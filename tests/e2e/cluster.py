@@ -102,7 +102,7 @@ class ClusterProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
         env["PYTHONUNBUFFERED"] = "1"
-        argv = [*self.argv_prefix, sys.executable, "-m", "b2bua", "cluster", "--config", str(self.config_path)]
+        argv = [*self.argv_prefix, sys.executable, "-m", "b2bua", "cluster", "--config", str(self.config_path), "--sip-trace"]
         self._proc = _Process(argv, self.dir / f"{self.name}.log", cwd=self.dir, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

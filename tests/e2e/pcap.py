@@ -38,6 +38,7 @@ PTIME_S = 0.020
 SAMPLES_PER_PACKET = int(SAMPLE_RATE * PTIME_S)  # 160
 
 PT_PCMU = 0
+PT_PCMA = 8
 PT_TELEPHONE_EVENT = 101
 """Dynamic payload type the scenarios and peers use for RFC 4733 events."""
 
@@ -100,6 +101,50 @@ def ulaw_encode(samples: np.ndarray) -> bytes:
 def ulaw_decode(payload: bytes) -> np.ndarray:
     """PCMU payload bytes -> int16 samples."""
     return ULAW_DECODE[np.frombuffer(payload, dtype=np.uint8)]
+
+
+# G.711 A-law, as ITU-T G.711 and the Sun reference (g711.c linear2alaw/alaw2linear) do it.
+
+_ALAW_SEGMENT_ENDS = np.array([0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF], dtype=np.int32)
+
+
+def alaw_encode(samples: np.ndarray) -> bytes:
+    """int16 (or float in [-1, 1]) samples -> PCMA payload bytes."""
+    samples = np.asarray(samples)
+    if samples.dtype.kind == "f":
+        samples = np.round(np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16)
+    x = samples.astype(np.int32) >> 3
+    negative = x < 0
+    mag = np.where(negative, -x - 1, x)
+    seg = np.searchsorted(_ALAW_SEGMENT_ENDS, mag, side="left")
+    shift = np.where(seg < 2, 1, seg)
+    aval = np.where(seg >= 8, 0x7F, (np.minimum(seg, 7) << 4) | ((mag >> shift) & 0x0F))
+    return (aval ^ np.where(negative, 0x55, 0xD5)).astype(np.uint8).tobytes()
+
+
+def _build_alaw_decode_table() -> np.ndarray:
+    table = np.zeros(256, dtype=np.int16)
+    for i in range(256):
+        a = i ^ 0x55
+        t = (a & 0x0F) << 4
+        seg = (a & 0x70) >> 4
+        t = t + 8 if seg == 0 else (t + 0x108) << max(seg - 1, 0)
+        table[i] = t if a & 0x80 else -t
+    return table
+
+
+ALAW_DECODE = _build_alaw_decode_table()
+"""256-entry table: A-law byte -> int16 sample."""
+
+
+def alaw_decode(payload: bytes) -> np.ndarray:
+    """PCMA payload bytes -> int16 samples."""
+    return ALAW_DECODE[np.frombuffer(payload, dtype=np.uint8)]
+
+
+ENCODERS = {PT_PCMU: ulaw_encode, PT_PCMA: alaw_encode}
+DECODERS = {PT_PCMU: ulaw_decode, PT_PCMA: alaw_decode}
+"""G.711 by static payload type (RFC 3551 §6)."""
 
 
 # ---------------------------------------------------------------------------
@@ -171,8 +216,10 @@ def build_stream(
     seq0: int = 1000,
     ts0: int = 160000,
     pt_event: int = PT_TELEPHONE_EVENT,
+    payload_type: int = PT_PCMU,
 ) -> list[RtpPacket]:
-    """One RTP stream: PCMU audio from ``tones``, and RFC 4733 digits overlaid at their times.
+    """One RTP stream: G.711 audio from ``tones`` (``payload_type`` PT_PCMU or PT_PCMA), and
+    RFC 4733 digits overlaid at their times.
 
     While a digit is active (from ``Digit.at`` for ``Digit.duration``), the audio
     packets of that span are replaced by telephone-event packets, as a phone does:
@@ -216,7 +263,8 @@ def build_stream(
                 seq += 1
             continue
         chunk = samples[slot * SAMPLES_PER_PACKET : (slot + 1) * SAMPLES_PER_PACKET]
-        packets.append(RtpPacket(t, rtp_header(PT_PCMU, seq, ts, ssrc, marker=(slot == 0)) + ulaw_encode(chunk)))
+        audio = ENCODERS[payload_type](chunk)
+        packets.append(RtpPacket(t, rtp_header(payload_type, seq, ts, ssrc, marker=(slot == 0)) + audio))
         seq += 1
     return packets
 

@@ -820,6 +820,8 @@ class Sipp:
 
     DEFAULT_PARAMS = {
         "pause_ms": 4000,
+        "audio_pt": 0,  # uac_call.xml's codec: PCMU unless a test offers PCMA only (8, "PCMA")
+        "audio_codec": "PCMU",
         "caller": "447700900000",
         "status": 486,
         "ring_ms": 1000,
@@ -1049,13 +1051,15 @@ class RtpEndpoint:
         return wait_until(lambda: len(self.received(payload_type)) >= count and self.received(payload_type),
                           timeout, what=f"{count} RTP packet(s) on port {self.port}")
 
-    def audio(self, rate: int = pcapmod.SAMPLE_RATE) -> np.ndarray:
-        """Received PCMU audio as float samples in [-1, 1], positioned by RTP timestamp (gaps are silence).
+    def audio(self, rate: int = pcapmod.SAMPLE_RATE, payload_type: int = pcapmod.PT_PCMU) -> np.ndarray:
+        """Received G.711 audio (PCMU, or ``payload_type`` PT_PCMA) as float samples in [-1, 1],
+        positioned by RTP timestamp (gaps are silence).
 
         Time 0 is the first received packet.  Packets of a new SSRC are placed at
         their arrival time relative to the first packet.
         """
-        pkts = self.received(pcapmod.PT_PCMU)
+        pkts = self.received(payload_type)
+        decode = pcapmod.DECODERS[payload_type]
         if not pkts:
             return np.zeros(0)
         t0 = pkts[0].arrival
@@ -1070,7 +1074,7 @@ class RtpEndpoint:
                 delta -= 0x100000000
             pos = off + delta
             if pos >= 0:
-                chunks.append((pos, pcapmod.ulaw_decode(p.payload)))
+                chunks.append((pos, decode(p.payload)))
         end = max(pos + len(s) for pos, s in chunks)
         out = np.zeros(end, dtype=np.float64)
         for pos, s in chunks:
