@@ -271,10 +271,6 @@ class LegTable:
             self.out_port[g] = out_port.ident
             self.dst[g] = np.frombuffer(out_port.mux.sockaddr(target), np.uint8)
 
-    def load(self, session: SharedSession, now: float) -> None:
-        """`refresh` (the name the owner used when state was lent)."""
-        self.refresh(session, now)
-
     # -- the batch ----------------------------------------------------------------------------
 
     def forward(self, rows: np.ndarray, lens: list[int] | np.ndarray,

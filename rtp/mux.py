@@ -207,7 +207,7 @@ class SharedPort:
                             self.by_ssrc.pop(bound, None)
                         if not other.closed:
                             self.route(key, other, other_channel, endpoint.remote)
-                            other.relend()
+                            other.rerouted()
         legs = self.waiting.get(endpoint.signalling_ip)
         if legs:
             legs[:] = [(s, c) for s, c in legs if not (s is session and c == channel)]
@@ -578,7 +578,7 @@ class SharedSession:
             if party.media is not None:
                 self.set_media(channel, party.media, now)
 
-    def relend(self) -> None:
+    def rerouted(self) -> None:
         """Routes changed under this call (an address conflict ended): the lane may take it again."""
         self.pool.table.refresh(self, self.core.now())
 
