@@ -19,15 +19,15 @@ What it costs: the port no longer names the call, so a datagram is routed by its
    until signalling reads it for an SDP (`SharedSession.ports`). `set_media` moves a leg
    whose party would be ambiguous on its port to one where it is not (opening another
    shared port if need be, up to MAX_SHARED_PORTS; past EPOLL_FROM_PORTS a read asks epoll
-   which ports have datagrams); a leg published before its party's address is known (a
-   callee: our offer goes first) is put where no other leg of the same party (user or
-   trunk name) is, since its calls likely share an address. A leg whose published port
-   another leg there still shares an address with (two users behind one SBC address) is
-   told apart by SSRC (`SharedPort._conflict`): each leg takes the first new SSRC while it
-   is the only one without one; a new SSRC while several wait is dropped (`ambiguous`).
-   The one case this cannot tell apart: one sender reusing a single SSRC for two calls'
-   streams from one address to one port (legal across RTP sessions, rare outside test
-   tools); its packets stay with the call that had that SSRC first.
+   which ports have datagrams). A callee's port goes into our offer before its answer names
+   its address: a user's leg is put where no other leg of that user is (its calls likely
+   answer from one address), and on a call whose caller needed a port of its own (a test
+   tool or SBC sending every call from one address) the callee's leg gets one too, as its
+   far side is likely the same kind of peer. Phones behind one NAT (SDP naming an RFC
+   1918/6598 address) waiting to be learnt from one IP are kept on different ports too.
+   Two legs on one published port that expect one address cannot be told apart (an SSRC
+   would not do: a sender may use one for every call): their packets are dropped and
+   counted (`ambiguous`) until one call ends, never heard in the wrong call.
 Shared sockets are IPv4 only; `[server] media_sockets = "per_call"` gives every leg its own.
 
 RTCP rides on each shared port + 1, routed the same way (by the legs' known hosts, the
@@ -37,6 +37,7 @@ RTP port + 1 first), with plain recvfrom/sendto: it is a few packets a second pe
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import select
 import socket
@@ -48,7 +49,7 @@ from rtp.call import Call, MediaEndpoint
 from rtp.batch_io import BatchMux, ReceiveArea, key_address, source_key
 from rtp.fastpath import LegTable, RouteMap
 from rtp.lateness import Lateness
-from rtp.ports import PortRange, read_datagrams
+from rtp.ports import PortRange, PortsExhausted, read_datagrams
 from rtp.prompts import Prompts
 from rtp.relay import CallRelay, Datagram, RecorderFactory
 
@@ -114,8 +115,6 @@ class SharedPort:
         # source keys two live calls' legs share -> those legs: dropped (see _conflict)
         self.conflicts: dict[int, set[tuple[SharedSession, int]]] = {}
         self.parties: dict[tuple[str, str], int] = {}  # (role, name) -> legs here of that party
-        self.by_ssrc: dict[tuple[int, int], tuple[SharedSession, int]] = {}  # (key, SSRC) -> leg, in conflicts
-        self.ssrc_of: dict[tuple[SharedSession, int], tuple[int, int]] = {}  # the reverse
 
     # -- routing tables ---------------------------------------------------------------
 
@@ -141,7 +140,7 @@ class SharedPort:
             owner = self.routes.get(key)
             if owner is not None and not owner[0].closed:
                 return True
-        if remote is None or remote[0] != endpoint.signalling_ip:
+        if remote is not None and remote[0] != endpoint.signalling_ip and _behind_nat(remote[0]):
             ip = endpoint.signalling_ip
             for session, channel in self.waiting.get(ip, ()):
                 leg = session.relay.legs[channel]
@@ -153,20 +152,15 @@ class SharedPort:
     def _conflict(self, key: int, session: SharedSession, channel: int, addr: tuple[str, int]) -> None:
         """Two calls' parties send from one address to this one port: the leg's port was
         already in an SDP before its party's address was known (a callee), or no other
-        shared port could be opened. Packets from that address are told apart by SSRC:
-        each leg takes the first new SSRC while it is the only one of them without one
-        (`_by_ssrc`); a new SSRC while several wait is dropped (`ambiguous`), never
-        guessed, so audio never crosses into the wrong call."""
+        shared port could be opened. Nothing tells their packets apart (an SSRC would not:
+        a sender may use one SSRC for every call, SIPp's rtp_stream does), so packets from
+        that address are dropped for both (`ambiguous`) until one of the calls ends, rather
+        than ever crossing into the wrong call."""
         legs = self.conflicts.setdefault(key, set())
         legs.add((session, channel))
         owner = self.routes.pop(key, None)
         if owner is not None:
             legs.add((owner[0], owner[1]))
-            # The leg that had the address keeps the stream it is already relaying.
-            ssrc = owner[0].relay.legs[1 - owner[1]].out.src_ssrc
-            if ssrc >= 0 and (key, ssrc) not in self.by_ssrc:
-                self.by_ssrc[(key, ssrc)] = (owner[0], owner[1])
-                self.ssrc_of[(owner[0], owner[1])] = (key, ssrc)
             owner[0].keys[owner[1]].discard(key)
             table = self.pool.table
             g = owner[0].slot * 2 + owner[1]
@@ -176,7 +170,8 @@ class SharedPort:
                 table.active[g] = False
         self.pool.core.log.warning(
             "media event=address_conflict call=%s addr=%s:%d port=%d: two calls' parties send from one "
-            "address to one port; told apart by SSRC", session.call.call_id, addr[0], addr[1], self.port,
+            "address to one port, which cannot tell them apart: their packets are dropped until one ends",
+            session.call.call_id, addr[0], addr[1], self.port,
         )
 
     def route(self, key: int, session: SharedSession, channel: int, addr: tuple[str, int]) -> None:
@@ -191,9 +186,6 @@ class SharedPort:
             if owner is not None and owner[0] is session and owner[1] == channel:
                 del routes[key]
         session.keys[channel].clear()
-        bound = self.ssrc_of.pop((session, channel), None)
-        if bound is not None:
-            self.by_ssrc.pop(bound, None)
         if endpoint.remote is not None and self.conflicts:
             key = source_key(endpoint.remote)
             sharing = self.conflicts.get(key)
@@ -202,9 +194,6 @@ class SharedPort:
                 if len(sharing) <= 1:  # one call left on the address: an exact route again
                     del self.conflicts[key]
                     for other, other_channel in sharing:
-                        bound = self.ssrc_of.pop((other, other_channel), None)
-                        if bound is not None:
-                            self.by_ssrc.pop(bound, None)
                         if not other.closed:
                             self.route(key, other, other_channel, endpoint.remote)
                             other.rerouted()
@@ -216,33 +205,11 @@ class SharedPort:
         for addr in [a for a, (s, c) in self.rtcp_routes.items() if s is session and c == channel]:
             del self.rtcp_routes[addr]
 
-    def _by_ssrc(self, key: int, data: bytes) -> tuple[SharedSession, int, tuple[str, int]] | None:
-        """A datagram from an address several legs here expect (see _conflict): its SSRC's leg."""
-        if len(data) < 12:
-            self.ambiguous += 1
-            return None
-        ssrc = int.from_bytes(data[8:12], "big")
-        leg = self.by_ssrc.get((key, ssrc))
-        if leg is None:
-            free = [
-                (s, c) for s, c in self.conflicts[key]
-                if not s.closed and (s, c) not in self.ssrc_of
-            ]
-            if len(free) != 1:
-                self.ambiguous += 1
-                return None
-            leg = free[0]
-            old = self.ssrc_of.pop(leg, None)
-            if old is not None:
-                self.by_ssrc.pop(old, None)
-            self.by_ssrc[(key, ssrc)] = leg
-            self.ssrc_of[leg] = (key, ssrc)
-        return leg[0], leg[1], key_address(key)
-
     def _claim(self, key: int, now: float, data: bytes = b"") -> tuple[SharedSession, int, tuple[str, int]] | None:
         """Who a datagram from an unknown source belongs to, if anyone (see module doc)."""
         if key in self.conflicts:
-            return self._by_ssrc(key, data)
+            self.ambiguous += 1
+            return None
         addr = key_address(key)
         legs = self.waiting.get(addr[0])
         if not legs:
@@ -569,6 +536,7 @@ class SharedSession:
         # A leg's port is provisional until signalling reads it for an SDP (`ports`): until
         # then set_media may move the leg to a port on which its party's address is free.
         self._published = [False, False]
+        self._apart = False  # a leg needed a port of its own: the other leg's unknown party may too
         self._endpoints: list[MediaEndpoint | None] = [None, None]
         self.keys: tuple[set[int], set[int]] = (set(), set())  # route keys each leg owns
         self.slot = self.relay.slot  # legs 2*slot and 2*slot + 1 of the leg table
@@ -588,12 +556,15 @@ class SharedSession:
     @property
     def ports(self) -> tuple[int, int]:
         """Our port facing each party; once read (for an SDP) a leg's port is fixed. A leg
-        whose party's address is not known yet (a callee: our offer goes first) is first
-        moved off a port where another leg of the same party (user or trunk) is: its other
-        calls likely send from the same address (SIPp, an SBC with one media port)."""
+        whose party's address is not known yet (a callee: our offer goes first) and is a
+        user (named, or unnamed on a call whose caller needed a port of its own) is first
+        moved off a port where another leg of that user is: its calls likely answer from one
+        address (a phone, SIPp's UAS). Not trunks: a carrier's many calls come from many
+        addresses, and a port each would cost a read each."""
         for channel in (0, 1):
             if not self._published[channel]:
-                if self._endpoints[channel] is None:
+                party = self._party[channel]
+                if self._endpoints[channel] is None and party[0] == "user" and (party[1] or self._apart):
                     self._spread(channel)
                 self._published[channel] = True
         return self._ports[0].port, self._ports[1].port
@@ -605,7 +576,7 @@ class SharedSession:
             return
         try:
             better = self.pool.assign(party=party, apart=True)
-        except OSError:
+        except (OSError, PortsExhausted):  # no port for another shared socket: stay (SSRC tells apart)
             return
         if better is current:
             self.pool.release(current, party)  # nowhere better: keep it (counted once)
@@ -623,13 +594,14 @@ class SharedSession:
         party = self._party[channel]
         try:
             better = self.pool.assign(endpoint, now, party)
-        except OSError:  # no port free for another shared socket: stay (told apart by SSRC)
+        except (OSError, PortsExhausted):  # no port for another shared socket: stay (told apart by SSRC)
             return
         if better is current:
             self.pool.release(current, party)
             return
         self._ports[channel] = better
         self.pool.release(current, party)
+        self._apart = True
 
     def set_media(self, channel: int, endpoint: MediaEndpoint, now: float | None = None) -> None:
         now = self.core.now() if now is None else now
@@ -705,6 +677,19 @@ class SharedSession:
             for channel, port in enumerate(self._ports):
                 self.pool.release(port, self._party[channel])
             self.core.release(self)
+
+
+_NAT_NETWORKS = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"))
+
+
+def _behind_nat(ip: str) -> bool:
+    """An SDP address a NAT hides (RFC 1918, RFC 6598 shared space): such a party is found
+    by its signalling IP, so two of them waiting on one port could not be told apart."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in network for network in _NAT_NETWORKS)
 
 
 def ipv4(ip: str) -> bool:
