@@ -257,7 +257,7 @@ class LegTable:
             route = self.keys[g]
             key = route[0] if route is not None and self.sources[g] == source else port.key_of(source)
             self.sources[g] = source
-            if key in port.conflicts:  # an address two calls share: told apart by SSRC in rtp.mux
+            if key in port.conflicts:  # an address two calls share on this port: dropped (rtp.mux)
                 self._deactivate(g)
                 continue
             if route != (key, port):

@@ -77,8 +77,9 @@ class MediaHost(Protocol):
 LEGS_PER_SOCKET = 1024  # legs sharing one port: ~51,200 packets/s, ~100 ms of them in its receive buffer
 MUX_BATCH = 256  # datagrams per sendmmsg
 #: Shared ports opened to keep apart calls whose parties send from one address (each needs
-#: its own port); past this many, such legs share a port and are told apart by SSRC.
-MAX_SHARED_PORTS = 1024
+#: its own port: a socket pair and ~0.25 MB each, about what per-call ports cost; the RTP
+#: port range bounds them first); past this many, such legs share a port (an address two of them expect there is dropped).
+MAX_SHARED_PORTS = 4096
 #: Past this many shared ports a read asks epoll which have datagrams waiting (one system
 #: call) instead of trying each: calls kept apart by port (above) may open many.
 EPOLL_FROM_PORTS = 4
@@ -406,7 +407,7 @@ class SharedPorts:
         be told apart from every other live leg's, and (`apart`) where no other leg is
         `party`'s (its address unknown yet, likely the one its other calls send from);
         opens one when none fits. Past MAX_SHARED_PORTS the least-filled port is shared
-        anyway (told apart by SSRC, rtp.mux module doc)."""
+        anyway (rtp.mux module doc)."""
         for port in self.ports:
             if (port.legs < LEGS_PER_SOCKET and (endpoint is None or not port.taken(endpoint, now))
                     and not (apart and port.parties.get(party))):
@@ -576,7 +577,7 @@ class SharedSession:
             return
         try:
             better = self.pool.assign(party=party, apart=True)
-        except (OSError, PortsExhausted):  # no port for another shared socket: stay (SSRC tells apart)
+        except (OSError, PortsExhausted):  # no port for another shared socket: stay
             return
         if better is current:
             self.pool.release(current, party)  # nowhere better: keep it (counted once)
@@ -594,7 +595,7 @@ class SharedSession:
         party = self._party[channel]
         try:
             better = self.pool.assign(endpoint, now, party)
-        except (OSError, PortsExhausted):  # no port for another shared socket: stay (told apart by SSRC)
+        except (OSError, PortsExhausted):  # no port for another shared socket: stay
             return
         if better is current:
             self.pool.release(current, party)
