@@ -316,7 +316,8 @@ class SharedPorts:
         self._rotor = 0
         self._idents = 0
         self._poller: asyncio.TimerHandle | None = None
-        self._due = 0.0  # when the next read is due (its lateness: MediaHost.read_lateness)
+        self._due = 0.0  # when the next poll is due
+        self._last_read = 0.0  # when the ports were last read (the lateness of the next read)
         self._epoll = select.epoll() if hasattr(select, "epoll") else None  # which ports have datagrams
         self._by_fd: dict[int, SharedPort] = {}
         self._closed_counts = {"strangers": 0, "ambiguous": 0, "send_dropped": 0, "received": 0, "sent": 0}  # of ports already closed
@@ -325,7 +326,6 @@ class SharedPorts:
         """Drain every shared RTP port (see POLL_INTERVAL), then come back."""
         self._poller = None
         loop = self.core.loop
-        self.core.read_lateness.add(loop.time() - self._due)
         try:
             self.read_waiting()
         except Exception:  # a failure must not stop the ports' clock
@@ -335,7 +335,13 @@ class SharedPorts:
             self._poller = loop.call_at(self._due, self._poll)
 
     def read_waiting(self) -> None:
-        """Read the ports with datagrams waiting (all of them, or those epoll names)."""
+        """Read the ports with datagrams waiting (all of them, or those epoll names). Its
+        lateness (MediaHost.read_lateness) is how much longer than `poll_interval` the
+        ports went unread, whether this read is the poll's or one between a tick's flushes."""
+        now = self.core.now()
+        if self._last_read:
+            self.core.read_lateness.add(now - self._last_read - self.poll_interval)
+        self._last_read = now
         ports = self.ports
         if self._epoll is not None and len(ports) > EPOLL_FROM_PORTS:
             by_fd = self._by_fd
