@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from b2bua import sdp as sdpmod
 from b2bua.call_state import Leg
-from b2bua.codecs import CodecPolicy
+from b2bua.codecs import KNOWN, CodecPolicy
 from b2bua.message import Request, Response
 from b2bua.sdp import Format, SessionDescription
 from rtp.call import MediaEndpoint
@@ -37,7 +37,7 @@ def parse_sdp(message: Request | Response | None) -> SessionDescription | None:
 def endpoint(description: SessionDescription, signalling_host: str) -> MediaEndpoint:
     """What media needs of a party's own description (see `sdp.audio_endpoint`): for an
     answer, the codec it chose; for an offer, its first until our answer says otherwise."""
-    return sdpmod.audio_endpoint(description, signalling_host)
+    return sdpmod.audio_endpoint(description, signalling_host, tuple(KNOWN))
 
 
 def offerer_endpoint(offer: SessionDescription, signalling_host: str, pick: Format) -> MediaEndpoint:

@@ -27,7 +27,7 @@ from typing import Any, Callable
 from b2bua import anchoring
 from rtp.call import Call
 from b2bua.call_state import CallEvent, CallIndex, CallPhase, CallState, Leg, LegEvent, LegState
-from b2bua.codecs import DEFAULT_CODECS, CodecPolicy
+from b2bua.codecs import CodecPolicy
 from b2bua.config import Config
 from b2bua.events import (
     AckReceived,
@@ -85,7 +85,7 @@ class B2BUA(Forking, InDialogRelay):
         self.port = port
         self.identity = Identity(advertised_host, port)
         self.index = CallIndex()
-        self.codecs = CodecPolicy(config.media.codecs if hasattr(config, "media") else DEFAULT_CODECS)
+        self.codecs = CodecPolicy(config.media.codecs)
         self._next_sweep = 0.0
         self.wall_clock = wall_clock
         # Since start, for /metrics: "calls" (every call set up), "refused:<reason>" (503s).

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from b2bua.codecs import DEFAULT_CODECS, KNOWN as KNOWN_CODECS
 from b2bua.policy import Record
 
 #: Where `b2bua run` looks when no --config is given and ./flows.toml is absent.
@@ -191,6 +192,14 @@ class Cluster:
 
 
 @dataclass(frozen=True)
+class MediaSettings:
+    """`[media]`: the codecs we offer and accept on every leg, in our order of preference
+    (b2bua/codecs.py negotiates each leg from it; legs that differ are transcoded)."""
+
+    codecs: tuple[str, ...] = DEFAULT_CODECS
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     server: Server
@@ -205,6 +214,7 @@ class Config:
     webhooks: tuple[Webhook, ...] = ()
     recordings: RecordingsPolicy = field(default_factory=RecordingsPolicy)
     cluster: Cluster | None = None  # None: `b2bua run`, one process, nothing else needed
+    media: MediaSettings = field(default_factory=MediaSettings)
 
     def user(self, name: str) -> User | None:
         return next((u for u in self.users if u.name == name), None)
@@ -361,10 +371,11 @@ def parse(data: dict[str, Any], path: Path, base: Path) -> Config:
     recordings_policy = _recordings_policy(path, top.get("recordings", dict, {}))
     cluster_table = top.get("cluster", dict, None, what="a [cluster] table")
     cluster = _cluster(path, server, cluster_table) if cluster_table is not None else None
+    media = _media(path, top.get("media", dict, {}))
     top.done()
     config = Config(path, server, organisation, security, trunks, numbers, groups, users,
                     http=http, api_tokens=tokens, webhooks=webhooks, recordings=recordings_policy,
-                    cluster=cluster)
+                    cluster=cluster, media=media)
     _cross_check(config)
     return config
 
@@ -672,6 +683,24 @@ def _recordings_policy(path: Path, table: Any) -> RecordingsPolicy:
         raise ConfigError(path, "recordings.retention_days", f"got {days}, expected 0 (keep for ever) or more days")
     r.done()
     return RecordingsPolicy(days)
+
+
+def _media(path: Path, table: Any) -> MediaSettings:
+    r = _Reader(path, "media", table)
+    names = r.get("codecs", list, list(DEFAULT_CODECS), what='a list like ["PCMU", "PCMA"]')
+    if not names:
+        raise ConfigError(path, "media.codecs", "is empty; list at least one of " + ", ".join(KNOWN_CODECS))
+    codecs: list[str] = []
+    for i, name in enumerate(names):
+        key = f"media.codecs[{i}]"
+        if not isinstance(name, str) or name.upper() not in KNOWN_CODECS:
+            planned = " (G.722 is planned, not yet carried by the media core)" if str(name).upper() == "G722" else ""
+            raise ConfigError(path, key, f"got {_show(name)}, expected one of " + ", ".join(KNOWN_CODECS) + planned)
+        if name.upper() in codecs:
+            raise ConfigError(path, key, f"{_show(name)} is listed twice")
+        codecs.append(name.upper())
+    r.done()
+    return MediaSettings(tuple(codecs))
 
 
 def _cross_check(config: Config) -> None:

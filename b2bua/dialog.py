@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 from b2bua.headers import NameAddr, Via, parse_name_addr, parse_via
 from b2bua.message import Headers, Request, Response
-from b2bua.peer import Peer
 
 #: RFC 3261 §8.1.1.5: our first CSeq in a dialog the peer created ("SHOULD be less than
 #: 2**31"); any value works since the peer keeps its own remote sequence. 1 is readable.
@@ -31,9 +30,6 @@ OUT_OF_ORDER_STATUS = 500
 TARGET_REFRESH_METHODS = frozenset({"INVITE", "UPDATE"})
 #: RFC 3261 §8.1.1.7: the branch prefix of RFC 3261 elements.
 MAGIC_COOKIE = "z9hG4bK"
-
-#: RFC 3263 §4.2: the port of a URI that names none.
-DEFAULT_PORTS = {"sip": 5060, "sips": 5061}
 
 EARLY = "early"
 CONFIRMED = "confirmed"
@@ -199,29 +195,6 @@ class Dialog:
             return self.remote_target, list(self.route_set)
         strict_uri = str(first).split("?", 1)[0]  # §19.1.1 table 1: no headers in a R-URI
         return strict_uri, list(self.route_set[1:]) + [f"<{self.remote_target}>"]
-
-    def next_hop(self, default: Peer) -> Peer:
-        """Where a request built by this dialog is sent (RFC 3261 §8.1.2, §12.2.1.1).
-
-        With a route set the first route is the next hop, whether it routes loosely
-        (it heads the Route header) or strictly (it became the Request-URI): that is
-        how a record-routing proxy (Kamailio in front of our workers) keeps every
-        in-dialog request on its path. Its transport and port follow RFC 3263 §4.1-4.2
-        (UDP and 5060 for sip:, TLS and 5061 for sips:, unless the URI names them).
-        Without a route set, or with a first route we cannot read, `default`: the
-        address the peer's signalling really comes from (its NAT binding), not its
-        Contact.
-        """
-        if not self.route_set:
-            return default
-        try:
-            uri = parse_name_addr(self.route_set[0]).uri
-        except ValueError:
-            return default
-        if uri.scheme not in DEFAULT_PORTS or not uri.host:
-            return default
-        transport = (uri.params.get("transport") or ("tls" if uri.scheme == "sips" else "udp")).lower()
-        return Peer(transport, uri.host.strip("[]"), uri.port or DEFAULT_PORTS[uri.scheme])
 
     # ------------------------------------------------------------------ receiving
 

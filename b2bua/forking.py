@@ -88,8 +88,8 @@ class Forking(Signalling):
     def _branch_response(self, call: CallState, leg: Leg, response: Response, now: float) -> None:
         status = response.status
         if status < 200:
-            if status == 100 or leg.over:
-                return
+            if status == 100 or leg.state not in (LegState.CALLING, LegState.EARLY):
+                return  # a cancelled or answered branch's late 18x changes nothing
             leg.move(LegEvent.PROVISIONAL)
             if not call.unanswered:
                 return

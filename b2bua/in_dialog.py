@@ -4,8 +4,8 @@ BYE ends both legs (RFC 3261 §15); a re-INVITE or UPDATE (hold, resume, codec c
 is sent on as a new request in the other leg's dialog with our SDP, and its answer comes
 back the same way (RFC 3264 §8); INFO digits go to media for *1 (they are not relayed);
 the caller's ACK confirms the call and, after a late offer, carries its SDP answer
-(RFC 3261 §13.2.1). Every request we build here follows the leg's route set
-(`Dialog.next_hop`, RFC 3261 §12.2.1.1).
+(RFC 3261 §13.2.1). Every request we build here carries the leg's route set
+(RFC 3261 §12.2.1.1; where it is sent: `Signalling._hop`).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class InDialogRelay(Signalling):
             call.media.set_media(leg.channel, anchoring.endpoint(offer, leg.peer.host))
             body = anchoring.offer_towards(offer, self.config.server.media_ip, call.media.ports[other.channel], other,
                                            self.codecs)
-        hop = other.dialog.next_hop(other.peer)
+        hop = self._hop(other.peer)
         out = other.dialog.create_request(
             request.method, self.identity.via(hop.transport), contact=self.identity.contact(hop.transport),
             body=body, headers=[("Content-Type", "application/sdp")] if body else [],

@@ -122,6 +122,8 @@ class Lockout:
         self._log = log if log is not None else _LOGGER.warning
         self.summary = summary if summary is not None else HostileSummary(log if log is not None else None)
         self._utc_at = utc_at
+        #: Lockouts started by this process since start, by scope ("ip", "user", "addr"): /metrics.
+        self.started: dict[str, int] = {}
 
     # -- decisions ------------------------------------------------------------------
 
@@ -211,6 +213,8 @@ class Lockout:
     def _lock(self, what: str, now: float) -> tuple[float, int]:
         """Lock `what` (`ip:...`, `user:...`, `addr:...`) with backoff: (seconds, strike)."""
         strike = self.store.incr(f"strikes:{what}", STRIKES_FOR, now)
+        scope = what.split(":", 1)[0]
+        self.started[scope] = self.started.get(scope, 0) + 1
         seconds = min(self.duration * 2 ** min(strike - 1, 32), self.max_duration)
         self.store.put(f"lock:{what}", 1, seconds, now)
         return seconds, strike

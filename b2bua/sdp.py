@@ -217,8 +217,10 @@ DEFAULT_PTIME = 20
 MIN_PTIME, MAX_PTIME = 10, 120
 
 
-def audio_endpoint(sdp: SessionDescription, signalling_ip: str) -> MediaEndpoint:
-    """What media needs of one party's description of its first audio stream.
+def audio_endpoint(sdp: SessionDescription, signalling_ip: str,
+                   known: tuple[str, ...] = ("PCMU", "PCMA")) -> MediaEndpoint:
+    """What media needs of one party's description of its first audio stream: its first
+    format among the `known` codecs (b2bua/codecs.py passes the ones media handles).
 
     `remote` is None when the party asks for nothing to be sent to it: c= 0.0.0.0 (the
     RFC 2543 hold that RFC 3264 §8.4 still asks us to honour) or port 0 (stream
@@ -237,14 +239,14 @@ def audio_endpoint(sdp: SessionDescription, signalling_ip: str) -> MediaEndpoint
         if _is_number(pt_text):
             name, _, rest = encoding.strip().partition("/")
             rtpmap[int(pt_text)] = (name.upper(), rest.split("/")[0])
-    # The first G.711 format in the party's preference order (RFC 3264 §6.1: m= order).
+    # The first known format in the party's preference order (RFC 3264 §6.1: m= order).
     payload_type, codec = PCMU, "PCMU"
     for fmt in audio.formats:
         if not _is_number(fmt):
             continue
         pt = int(fmt)
         name = rtpmap.get(pt, (STATIC_NAMES.get(pt, ""), "8000"))[0]
-        if name in ("PCMU", "PCMA"):
+        if name in known:
             payload_type, codec = pt, name
             break
     return MediaEndpoint(

@@ -150,20 +150,21 @@ class Server:
             config, self.transactions, self.registrar, authenticator, lockout, self.media,
             advertised_host=advertised, port=server.port,
         )
+        try:  # before SIP: the API and the index are up when the first call can be
+            await self.recordings.start(repaired)
+        except OSError as exc:
+            log.error("startup event=failed reason=%r http=%s", str(exc), config.http)
+            await self.recordings.stop()
+            return 1
         self.transport = SipTransport(server.host, server.port, self.on_message, log, hostile=self.summary.count)
         try:
             await self.transport.start()
         except OSError as exc:
             log.error("startup event=failed reason=%r listen=%s:%d", str(exc), server.host, server.port)
+            await self.recordings.stop()
             return 1
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(sig, self.stopping.set)
-        try:
-            await self.recordings.start(repaired)
-        except OSError as exc:
-            log.error("startup event=failed reason=%r http=%s", str(exc), config.http)
-            await self.transport.stop()
-            return 1
         if self.worker:
             self.worker.attach(self)
         self.banner()

@@ -22,6 +22,7 @@ from b2bua.config import Config
 from b2bua.dialog import Dialog, copy_record_route, dialog_forming
 from b2bua.identity import Identity
 from b2bua.message import Request, Response, make_response
+from b2bua.peer import Peer
 from b2bua.routing import quote
 from b2bua.transaction import TransactionError
 
@@ -97,9 +98,23 @@ class Signalling:
 
     # -- requests inside a leg's dialog
 
+    @staticmethod
+    def _hop(peer: Peer) -> Peer:
+        """Where a request inside a leg's dialog is sent: the hop the leg already uses (the
+        address its INVITE came from, or the one we sent ours to), with the dialog's route
+        set as Route headers (RFC 3261 §12.2.1.1, loose routing).
+
+        RFC 3261 §8.1.2 would send to the first route's URI; that is the same proxy in
+        every deployment we serve (the proxy that handed us the INVITE, or the one the
+        phone registered through, is the one whose Record-Route comes first), and the
+        observed address also reaches a proxy behind NAT, and lets a cluster worker's
+        edge link name the real destination (b2bua/cluster/edge_link.py).
+        """
+        return peer
+
     def _send_ack(self, leg: Leg, dialog: Dialog, response: Response) -> None:
         """ACK a 2xx to an INVITE on `leg` (RFC 3261 §13.2.2.4), kept for its retransmissions."""
-        hop = dialog.next_hop(leg.peer)
+        hop = self._hop(leg.peer)
         ack = dialog.ack(response.cseq[0], self.identity.via(hop.transport))
         leg.acks[response.cseq[0]] = (ack, hop)
         self.txn.send_stateless(ack, hop)
@@ -110,8 +125,8 @@ class Signalling:
             self.txn.send_stateless(*sent)
         return sent is not None
 
-    def _send_bye(self, call: CallState, dialog: Dialog, peer: Any, now: float) -> None:
-        hop = dialog.next_hop(peer)
+    def _send_bye(self, call: CallState, dialog: Dialog, peer: Peer, now: float) -> None:
+        hop = self._hop(peer)
         bye = dialog.create_request("BYE", self.identity.via(hop.transport))
         try:
             self.txn.send_request(bye, hop, now)

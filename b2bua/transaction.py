@@ -61,6 +61,11 @@ DEFAULT_T4 = 5.0
 #: RFC 3261 §17.1.1.2: Timer D waits for final-response retransmissions over UDP; "at
 #: least 32 seconds" regardless of T1 (it covers the server's Timer G/H life).
 TIMER_D_UDP = 32.0
+#: Transactions held at once before a finished non-INVITE server transaction is forgotten as
+#: soon as it is answered (issue 16). Completed ones are held 64*T1 = 32 s only to answer
+#: retransmitted requests (§17.2.2), ~3.9 KB each: a flood at 4,000/s from a trusted
+#: address would otherwise hold 500 MB. 20,000 is ~80 MB, far above a real load's need.
+MAX_HELD_TRANSACTIONS = 20_000
 #: RFC 3261 §8.1.1.6: Max-Forwards for requests the layer builds (ACK, CANCEL).
 MAX_FORWARDS = 70
 #: RFC 3261 §8.1.1.7: branches created by RFC 3261 elements start with this cookie; a
@@ -291,8 +296,10 @@ class TransactionLayer:
         t4: float = DEFAULT_T4,
         *,
         strangers: StrangerPolicy | None = None,
+        max_held: int = MAX_HELD_TRANSACTIONS,
     ) -> None:
         self.t1 = t1
+        self.max_held = max_held
         #: Who is a stranger and how often one is answered; None: everyone is a peer.
         self.strangers = strangers
         self.t2 = t2
@@ -345,6 +352,8 @@ class TransactionLayer:
             self._answer_stranger(txn, response, now)
             return
         self._step(txn, inp, response, now)
+        if txn.kind is Kind.NON_INVITE_SERVER and txn.state is S.COMPLETED and len(self._txns) > self.max_held:
+            self._forget(txn)  # answered; a retransmitted request is then a new one
 
     def cancel(self, txn_id: str, now: float) -> None:
         """Cancel the INVITE client transaction `txn_id` (RFC 3261 §9.1).

@@ -4,6 +4,7 @@
     python bench/load.py --calls 500 --seconds 20 --record off
     python bench/load.py --calls 500 --seconds 20 --peer rtpengine --record off|on
     python bench/load.py --table --seconds 20                      # the issue-6 table, one run
+    python bench/load.py --calls 500 --seconds 20 --http-poll 20   # + the page/API polled at 20 requests/s
     python bench/load.py --calls 200 --workers 2 --cpu-quota 0.5   # through b2bua cluster (bench/cluster_load.py)
 
 For the B2BUA: N users register (digest auth), a trunk calls N numbers, each rings one
@@ -16,8 +17,13 @@ For rtpengine (Debian rtpengine-daemon, userspace forwarding): the same streams 
 calls set up over its ng control protocol (offer/answer/delete, bencode over UDP), with
 recording off or on (pcap recording to a directory).
 
+With --http-poll R (issue 18), the B2BUA also serves [http] with 1,000 earlier recordings
+in its index, and a client on the load core requests, R times a second in turn: a page of
+50 recordings, /metrics, the page itself and 64 KiB of a WAV (a Range request), while the
+calls stream. Compare a run with and without it for the media cost of the HTTP side.
+
 Loopback only, bounded in time and count. The last line is one JSON object with keys
-calls, loss, cpu_percent, rss_mb, wav_ok.
+calls, loss, cpu_percent, rss_mb, wav_ok (and http when polled).
 """
 
 from __future__ import annotations
@@ -364,7 +370,7 @@ class SipLoad:
 
 
 def b2bua_config(n: int, sip_port: int, trunk_port: int, rtp: tuple[int, int], record: bool, recordings: Path,
-                 media_sockets: str = "default") -> str:
+                 media_sockets: str = "default", http_port: int = 0) -> str:
     sockets = "" if media_sockets == "default" else f'media_sockets = "{media_sockets}"\n'  # default: as users get it
     lines = [f'''[server]
 listen = "{LOCAL}:{sip_port}"
@@ -383,6 +389,9 @@ name = "load"
 sources = ["{LOCAL}:{trunk_port}"]
 uri = "sip:{LOCAL}:{trunk_port}"
 ''']
+    if http_port:
+        lines.append(f'[http]\nlisten = "{LOCAL}:{http_port}"\n[[api_tokens]]\nname = "load"\n'
+                     f'token_sha256 = "{hashlib.sha256(HTTP_TOKEN.encode()).hexdigest()}"\nscope = "read"\n')
     rec = "yes" if record else "no"
     for i in range(n):
         lines.append(f'[[numbers]]\nddi = "{4400000000 + i}"\nrecord = "{rec}"\nto = "user:u{i}"\n'
@@ -431,7 +440,64 @@ def read_lateness(log_path: Path, start: int, end: int) -> dict:
             "reads": total.total}
 
 
-def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_sockets: str = "default") -> dict:
+HTTP_TOKEN = "load-bench-token"
+
+
+def seed_recordings(recordings: Path, count: int = 1000) -> list[str]:
+    """`count` finished recordings of a past day (one second of silence each), indexed at start."""
+    folder = recordings / "2026" / "01" / "01"
+    folder.mkdir(parents=True, exist_ok=True)
+    wav = (b"RIFF" + struct.pack("<I", 36 + 32000) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 2, 8000, 32000, 4, 16)
+           + b"data" + struct.pack("<I", 32000) + bytes(32000))
+    ids = []
+    for i in range(count):
+        call_id = f"20260101T0000{i:06d}-seed"
+        (folder / f"{call_id}.wav").write_bytes(wav)
+        (folder / f"{call_id}.json").write_text(json.dumps({
+            "call_id": call_id, "direction": "inbound", "from": "sip:+447700900000@load", "to": "sip:4400000000@load",
+            "ddi": "4400000000", "user": "u0", "started": f"2026-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}.000Z",
+            "ended": f"2026-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}.999Z", "sample_rate": 8000, "channels": 2,
+            "pause": "silence", "segments": [[0.0, 1.0]], "events": []}))
+        ids.append(call_id)
+    return ids
+
+
+def http_poller(port: int, rate: float, stop, out) -> None:
+    """R requests a second in turn (listing, /metrics, page, a WAV range) on one keep-alive
+    connection; sends back (requests, errors, median ms, p95 ms)."""
+    import http.client
+
+    conn = http.client.HTTPConnection(LOCAL, port, timeout=10)
+    auth = {"Authorization": f"Bearer {HTTP_TOKEN}"}
+    paths = [("/api/recordings?limit=50", auth), ("/metrics", {}), ("/", {}),
+             ("/api/recordings/20260101T0000000007-seed.wav", {**auth, "Range": "bytes=0-65535"})]
+    done = errors = 0
+    times = []
+    t0 = time.monotonic()
+    while not stop.is_set():
+        path, headers = paths[done % len(paths)]
+        t = time.monotonic()
+        try:
+            conn.request("GET", path, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            if response.status >= 400:
+                errors += 1
+        except (OSError, http.client.HTTPException):
+            errors += 1
+            conn.close()
+            conn = http.client.HTTPConnection(LOCAL, port, timeout=10)
+        times.append((time.monotonic() - t) * 1000)
+        done += 1
+        delay = t0 + done / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    times.sort()
+    out.send((done, errors, times[len(times) // 2] if times else 0.0, times[int(0.95 * (len(times) - 1))] if times else 0.0))
+
+
+def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_sockets: str = "default",
+              http_poll: float = 0.0) -> dict:
     sip_port = free_port()
     trunk, phone = udp(), udp()
     trunk_media, phone_media = udp(host="0.0.0.0"), udp(host="0.0.0.0")  # every 127.x.y.z: see leg_ip
@@ -439,7 +505,11 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
     rtp = (low, low + calls * 4 + 200)
     recordings = workdir / "recordings"
     config = workdir / "flows.toml"
-    config.write_text(b2bua_config(calls, sip_port, trunk.getsockname()[1], rtp, record, recordings, media_sockets))
+    http_port = free_port(socket.SOCK_STREAM) if http_poll else 0
+    if http_port:
+        seed_recordings(recordings)
+    config.write_text(b2bua_config(calls, sip_port, trunk.getsockname()[1], rtp, record, recordings, media_sockets,
+                                   http_port))
     log = open(workdir / "b2bua.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "b2bua", "run", "--config", str(config)], stdout=log, stderr=log,
                             preexec_fn=lambda: os.sched_setaffinity(0, {B2BUA_CORE}))
@@ -456,12 +526,24 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
         answered = len(a_ports)
         targets = [[(LOCAL, p) for _, p in a_ports], [(LOCAL, p) for p in b_ports]]
         sources = [[leg_ip(1, i) for i, _ in a_ports], [leg_ip(2, j) for j in range(len(b_ports))]]
+        poller = None
+        if http_port:
+            poll_stop, (poll_out, poll_in) = multiprocessing.Event(), multiprocessing.Pipe(duplex=False)
+            poller = multiprocessing.Process(target=http_poller, args=(http_port, http_poll, poll_stop, poll_in))
+            poller.start()
         (user0, sys0), wall0 = cpu_split(proc.pid), time.monotonic()
         log_start = os.path.getsize(workdir / "b2bua.log")
         gen, pipe = run_generator([trunk_media, phone_media], targets, sources, seconds)
         stats = pipe.recv()
         gen.join()
         user1, sys1 = cpu_split(proc.pid)
+        http_stats = None
+        if poller is not None:
+            poll_stop.set()
+            requests, errors, median_ms, p95_ms = poll_out.recv()
+            poller.join()
+            http_stats = {"rate": http_poll, "requests": requests, "errors": errors,
+                          "median_ms": round(median_ms, 2), "p95_ms": round(p95_ms, 2)}
         user, system = user1 - user0, sys1 - sys0
         cpu = user + system
         wall = time.monotonic() - wall0
@@ -469,7 +551,7 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
         lateness = read_lateness(workdir / "b2bua.log", log_start, os.path.getsize(workdir / "b2bua.log"))
         ended = load.hangup(dialogs, time.monotonic() + 30)
         time.sleep(2.0)
-        wavs = sorted(recordings.rglob("*.wav"))
+        wavs = sorted(w for w in recordings.rglob("*.wav") if not w.stem.endswith("-seed"))  # not --http-poll's
         wav_ok, lengths, audio = check_wavs(wavs, load, calls if record else 0, seconds)
         recorded_packets = int(sum(lengths) * 50 * 2)
     finally:
@@ -491,6 +573,7 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
         "wavs": len(wavs), "wav_audio": audio, "register_s": round(reg_s, 2), "setup_s": round(setup_s, 2),
         "generator_capacity_pps": round(offered / stats["busy_s"]) if stats["busy_s"] else 0,
         "offered_pps": round(offered / stats["wall_s"]),
+        "http": http_stats,
         **lateness,
     }
 
@@ -613,10 +696,10 @@ def run_rtpengine(calls: int, seconds: float, record: bool, workdir: Path) -> di
     }
 
 
-def one(peer: str, calls: int, seconds: float, record: bool, media_sockets: str = "default") -> dict:
+def one(peer: str, calls: int, seconds: float, record: bool, media_sockets: str = "default", http_poll: float = 0.0) -> dict:
     with tempfile.TemporaryDirectory(prefix="load-") as tmp:
         if peer == "b2bua":
-            return run_b2bua(calls, seconds, record, Path(tmp), media_sockets)
+            return run_b2bua(calls, seconds, record, Path(tmp), media_sockets, http_poll)
         return run_rtpengine(calls, seconds, record, Path(tmp))
 
 
@@ -642,6 +725,8 @@ def main() -> None:
                          "so the highest with zero loss comes from the same run)")
     ap.add_argument("--media-sockets", choices=["default", "shared", "per_call"], default="default",
                     help="the B2BUA's [server] media_sockets (default: the key left out, as a user gets it: shared)")
+    ap.add_argument("--http-poll", type=float, default=0.0, metavar="R",
+                    help="also poll the recordings page/API/metrics at R requests/s (issue 18; b2bua only)")
     ap.add_argument("--workers", type=int, default=0,
                     help="run `b2bua cluster` with N workers behind Kamailio instead of `b2bua run`")
     ap.add_argument("--cpu-quota", type=float, default=None,
@@ -656,10 +741,12 @@ def main() -> None:
         print(json.dumps(r))
         return
     if not args.table:
-        r = one(args.peer, args.calls, args.seconds, args.record == "on", args.media_sockets)
+        r = one(args.peer, args.calls, args.seconds, args.record == "on", args.media_sockets, args.http_poll)
         print(line(r))
+        if r.get("http"):
+            print(f"http: {r['http']}")
         keys = ("calls", "loss", "cpu_percent", "rss_mb", "wav_ok", "read_p50_ms", "read_p99_ms", "read_max_ms")
-        print(json.dumps({k: r[k] for k in keys if k in r} | {"peer": r["peer"]}))
+        print(json.dumps({k: r[k] for k in keys if k in r} | {"peer": r["peer"], "http": r.get("http")}))
         return
     rows = []
     for calls in sorted({int(c) for c in args.table_calls.split(",") if c.strip()}):

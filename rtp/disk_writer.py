@@ -7,13 +7,16 @@ hold up every call's packets. A recorder only turns audio into commands on its
 an object and a deque append. The thread performs them in order per file: the WAV created with
 its sidecar, frames appended with `pwrite` at the file's end and the header patched after each
 (rtp.wavfile: a kill -9 leaves a playable file of everything written), the sidecar replaced
-atomically, and at the end the WAV and the final sidecar made durable before `on_finalised`
-is called on the recording's event loop.
+atomically, and at the end the final sidecar. A second thread then makes the finished
+recording durable (fsync of the WAV, the sidecar and their directory; one `sync()` for a
+batch, as at shutdown) and posts `on_finalised(sidecar_path)` to the recording's event loop.
 
-Why one thread and not a pool: appends land in the page cache (a memcpy), so under the GIL
-more threads add switching, not throughput, and a disk that hangs stalls every file either
-way. When the thread falls behind, what waited for one file goes out in one `pwritev` and one
-header patch, so it catches up in fewer system calls.
+Why one writer thread and not a pool: appends land in the page cache (a memcpy), so under the
+GIL more threads add switching, not throughput, and a disk that hangs stalls every file either
+way; only the fsyncs, which wait on the device, have a thread of their own. When the writer
+falls behind, what waited for one file goes out in one `pwritev` and one header patch, so it
+catches up in fewer system calls. It gets the GIL while the loop waits for packets; a loop
+that never waits (a saturated core) starves it, and audio then waits in memory (bounded).
 
 A full disk (ENOSPC; EDQUOT, EIO and any other OSError alike): the command that failed stays
 first in its file's queue and everything behind it waits in memory, retried every
@@ -21,10 +24,11 @@ first in its file's queue and everything behind it waits in memory, retried ever
 it, the oldest waiting audio becomes silence of the same length (a hole in the file, which
 needs no disk space), so the timeline never shifts; one log line says so, and one more how
 much was dropped when writing works again. The first failure releases a reserve file
-(`RESERVE_NAME` under the recordings directory, made at start) so recordings whose call has
+(`reserve_path`, made at start) so recordings whose call has
 ended can be finalised: those go first at every retry, and one whose audio still cannot be
 written gets its sidecar with `ended` set (and `unwritten_s`) as soon as that fits; the audio
-follows when space returns and the sidecar is written again. A new recording's WAV is created
+follows when space returns and the sidecar is written again. Live recordings are tried again
+only once the disk has twice the reserve free, so their audio never eats that room. A new recording's WAV is created
 together with its sidecar or not at all, so a full disk never leaves a header-only WAV
 nobody can find. `stats()` says how much audio is waiting (for /metrics and the log line
 written every `REPORT_SECONDS` while the disk refuses).
@@ -49,7 +53,7 @@ import numpy as np
 from rtp.sidecar import write_sidecar
 from rtp.wavfile import SAMPLE_WIDTH, WavWriter
 
-#: The reserve file under the recordings directory, released when the disk fills.
+#: The reserve file, released when the disk fills (where it lives: `reserve_path`).
 RESERVE_NAME = ".disk-reserve"
 #: Its size: a sidecar (a page or two) for each of a few thousand recordings ending while full;
 #: never more than 1/32 of the filesystem (nor less than a page), so small disks stay usable.
@@ -157,6 +161,21 @@ class RecordingFiles:
     def finish(self, data: dict[str, Any]) -> None:
         """The last command: the final sidecar (`ended` set), then durable, then on_finalised."""
         self.writer._submit(self, _FINISH, data)
+
+
+def reserve_path(directory: Path) -> Path:
+    """Where the reserve for `directory` lives: it must be on the recordings' filesystem to
+    free room there, and it stays out of the recordings tree wherever it can, so the tree
+    holds recordings only (contract: a call never recorded leaves no file at all). Beside
+    the tree when its parent is on the same filesystem; inside it, hidden, only when the
+    recordings directory is a filesystem of its own (a mount point)."""
+    try:
+        own_filesystem = os.stat(directory).st_dev != os.stat(directory.parent).st_dev
+    except OSError:
+        own_filesystem = False
+    if own_filesystem:
+        return directory / RESERVE_NAME
+    return directory.parent / f".{directory.name}{RESERVE_NAME}"
 
 
 class DiskWriter:
@@ -472,15 +491,22 @@ class DiskWriter:
             return
         for files in list(self._ready):
             self._beat = time.monotonic()  # a long round (a burst of new files) is not a stuck writer
-            try:
-                self._run_files(files)
-            except OSError as exc:
-                self.write_errors += 1
-                self._note_failure(files, exc, now)
-                self._release_reserve(exc)
+            if not self._attempt(files, now):
                 self._retry(now)  # at once: the reserve's room is for ended recordings
                 return
-            self._settle(files)
+
+    def _attempt(self, files: RecordingFiles, now: float) -> bool:
+        """Run `files`' commands; False if the disk refused one (noted, the reserve released)."""
+        try:
+            self._run_files(files)
+        except OSError as exc:
+            self.write_errors += 1
+            self._note_failure(files, exc, now)
+            self._release_reserve(exc)
+            return False
+        if not files.pending:
+            self._ready.pop(files, None)
+        return True
 
     def _retry(self, now: float) -> None:
         """The disk refused a write. Ended recordings first: each gets its final sidecar
@@ -488,33 +514,21 @@ class DiskWriter:
         Live recordings are tried only once there is more room than the reserve held, so
         their audio never eats the room the next ended recordings need."""
         ready = self._ready
-        failed = False
         closing = [files for files in ready if files.closing]
         for files in closing:
             if not files.ended_ahead and len(files.pending) > 1:
                 self._end_ahead(files)
+        failed = False
         for files in closing:
-            try:
-                self._run_files(files)
-            except OSError as exc:
-                self.write_errors += 1
-                self._note_failure(files, exc, now)
-                failed = True
-                continue  # other ended recordings may still fit
-            self._settle(files)
-        if len(closing) < len(ready):
-            if not self._room():
-                failed = True
-            else:
-                for files in [f for f in ready if not f.closing]:
-                    try:
-                        self._run_files(files)
-                    except OSError as exc:
-                        self.write_errors += 1
-                        self._note_failure(files, exc, now)
-                        failed = True
-                        break  # a live recording's audio refused: the disk refuses everyone's
-                    self._settle(files)
+            failed = not self._attempt(files, now) or failed  # each ended recording may still fit
+        live = [files for files in ready if not files.closing]
+        if live and not self._room():
+            failed = True
+        elif live:
+            for files in live:
+                if not self._attempt(files, now):
+                    failed = True
+                    break  # a live recording's audio refused: the disk refuses everyone's
         if failed:
             self._next_retry = now + self.retry_seconds
         elif self._failing:
@@ -529,10 +543,6 @@ class DiskWriter:
             return st.f_bavail * st.f_frsize >= 2 * self._reserve_size()
         except OSError:
             return True  # no answer: let a write attempt tell
-
-    def _settle(self, files: RecordingFiles) -> None:
-        if not files.pending:
-            self._ready.pop(files, None)
 
     def _run_files(self, files: RecordingFiles) -> None:
         """Perform `files`' commands in order; a command leaves the queue only once done.
@@ -761,7 +771,7 @@ class DiskWriter:
     # -- the reserve ------------------------------------------------------------------------
 
     def _reserve_path(self) -> Path | None:
-        return self.directory / RESERVE_NAME if self.directory is not None else None
+        return reserve_path(self.directory) if self.directory is not None else None
 
     def _reserve_size(self) -> int:
         if self._reserve_bytes is not None:
@@ -798,18 +808,21 @@ class DiskWriter:
         self._reserve_held = True
 
     def _release_reserve(self, exc: OSError) -> bool:
-        """On a full disk, free the reserve once (True: worth trying again at once)."""
+        """On a full disk, free the reserve once (True: it was there and is gone now).
+
+        Cluster workers on one host share the recordings directory and so the reserve: the
+        first to find the disk full frees it for all, and each one makes it again later."""
         if not self._reserve_held or exc.errno not in _FULL:
             return False
         path = self._reserve_path()
         assert path is not None
+        self._reserve_held = False
+        self._next_reserve_check = time.monotonic() + REPORT_SECONDS
         try:
             size = path.stat().st_size
             path.unlink()
         except OSError:
-            return False
-        self._reserve_held = False
-        self._next_reserve_check = time.monotonic() + REPORT_SECONDS
+            return False  # already gone (another worker released it)
         self.log.error("recordings event=disk-full-reserve-released bytes=%d path=%s: finalising ended "
                        "recordings first", size, path)
         return True

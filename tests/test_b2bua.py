@@ -127,8 +127,8 @@ class FakeMedia:
 class Harness:
     """The core with a fake clock; `send` delivers bytes, `out` collects what it sent."""
 
-    def __init__(self, tmp_path: Path):
-        (tmp_path / "flows.toml").write_text(CONFIG)
+    def __init__(self, tmp_path: Path, extra_config: str = ""):
+        (tmp_path / "flows.toml").write_text(CONFIG + extra_config)
         self.config = load_file(tmp_path / "flows.toml")
         self.now = 1000.0
         self.txn = TransactionLayer()
@@ -596,13 +596,15 @@ def test_cancelled_branch_is_forgotten_after_its_487_or_the_cancel_timeout(h):
     assert len(h.core.index) == 0
 
 
-# -- Record-Route: a record-routing edge (Kamailio) in front of us -----------------------------
+# -- Record-Route: record-routing proxies (Kamailio at the edge) on both sides -------------------
+# The INVITE reaches us from TRUNK through two proxies; bob's 200 comes back through two more.
+# Every in-dialog request carries the route set as Route headers and goes to the hop the leg
+# already uses (where its INVITE came from / went to: signalling.Signalling._hop).
 
-EDGE_NEAR = "<sip:192.0.2.50:5070;lr;r2=on;ftag=tr1>"  # the proxy that hands us the INVITE
+EDGE_NEAR = "<sip:198.51.100.7:5060;lr;r2=on;ftag=tr1>"  # the proxy that hands us the INVITE
 EDGE_FAR = "<sip:198.51.100.60;lr>"
-EDGE = Peer("udp", "192.0.2.50", 5070)
-PHONE_EDGE_FAR = "<sip:192.0.2.61:5080;lr>"  # the proxy nearest the phone
-PHONE_EDGE = Peer("udp", "192.0.2.61", 5080)
+PHONE_EDGE_NEAR = "<sip:203.0.113.20:5060;lr>"  # the proxy bob's 200 reaches us through
+PHONE_EDGE_FAR = "<sip:192.0.2.60;lr>"
 
 
 def record_routed_call(h) -> tuple[Request, Response]:
@@ -612,14 +614,14 @@ def record_routed_call(h) -> tuple[Request, Response]:
         "Max-Forwards: 70\n", f"Record-Route: {EDGE_NEAR}\nRecord-Route: {EDGE_FAR}\nMax-Forwards: 70\n")
     h.send(invite, TRUNK)
     bob = h.one(BOB, "INVITE")
-    assert not bob.headers.get_all("Route")  # the initial INVITE goes where bob registered from
+    assert not bob.headers.get_all("Route")  # a new dialog: no route set yet
     ringing = respond(bob, 180, "Ringing", "b1", "sip:bob@203.0.113.20")
     h.send(ringing, BOB)
     early = h.one(TRUNK, 180)
     # RFC 3261 §12.1.1: a 1xx that creates an early dialog copies Record-Route, in order.
     assert early.headers.get_all("Record-Route") == [EDGE_NEAR, EDGE_FAR]
-    answer = respond(bob, 200, "OK", "b1", "sip:bob@203.0.113.20", answer_sdp("203.0.113.20", 7000))
-    answer = answer.replace("Contact:", f"Record-Route: <sip:192.0.2.60;lr>, {PHONE_EDGE_FAR}\nContact:", 1)
+    answer = respond(bob, 200, "OK", "b1", "sip:bob@10.0.0.9:5062", answer_sdp("203.0.113.20", 7000))
+    answer = answer.replace("Contact:", f"Record-Route: {PHONE_EDGE_FAR}, {PHONE_EDGE_NEAR}\nContact:", 1)
     h.send(answer, BOB)
     ok = h.one(TRUNK, 200)
     return bob, ok
@@ -634,38 +636,36 @@ def test_our_200_and_180_copy_the_invites_record_route_in_order(h):
 def test_callee_2xx_record_route_is_reversed_for_our_ack_and_bye(h):
     bob, ok = record_routed_call(h)
     # RFC 3261 §12.1.2: the UAC's route set is the 2xx's Record-Route reversed; the ACK and
-    # every later request go to the first route with the set as Route (loose routing).
-    ack = h.one(PHONE_EDGE, "ACK")
-    assert ack.uri == "sip:bob@203.0.113.20"
-    assert ack.headers.get_all("Route") == [PHONE_EDGE_FAR, "<sip:192.0.2.60;lr>"]
-    assert not h.take(BOB, "ACK")
+    # every later request carry it as Route, to the remote target (the 200's Contact).
+    ack = h.one(BOB, "ACK")
+    assert ack.uri == "sip:bob@10.0.0.9:5062"
+    assert ack.headers.get_all("Route") == [PHONE_EDGE_NEAR, PHONE_EDGE_FAR]
     h.send(trunk_bye(ok), TRUNK)
     assert h.one(TRUNK, 200)
-    bye = h.one(PHONE_EDGE, "BYE")
-    assert bye.uri == "sip:bob@203.0.113.20" and bye.call_id == bob.call_id
-    assert bye.headers.get_all("Route") == [PHONE_EDGE_FAR, "<sip:192.0.2.60;lr>"]
+    bye = h.one(BOB, "BYE")
+    assert bye.uri == "sip:bob@10.0.0.9:5062" and bye.call_id == bob.call_id
+    assert bye.headers.get_all("Route") == [PHONE_EDGE_NEAR, PHONE_EDGE_FAR]
 
 
 def test_caller_side_requests_follow_the_invites_record_route(h):
     bob, ok = record_routed_call(h)
     h.take()
-    # bob puts the call on hold: the re-INVITE reaches the trunk through its edge (RFC 3261
-    # §12.1.1: the UAS's route set is the Record-Route in order; the first is the next hop).
+    # bob puts the call on hold: the re-INVITE reaches the trunk back through its proxies
+    # (RFC 3261 §12.1.1: the UAS's route set is the Record-Route in order).
     h.send(bob_holds(bob), BOB)
-    reinvite = h.one(EDGE, "INVITE")
+    reinvite = h.one(TRUNK, "INVITE")
     assert reinvite.uri == "sip:447700900123@198.51.100.7:5060"  # the trunk's Contact
     assert reinvite.headers.get_all("Route") == [EDGE_NEAR, EDGE_FAR]
     h.send(respond(reinvite, 200, "OK", "tr1", "sip:447700900123@198.51.100.7:5060", OFFER).replace(
-        f"To: {reinvite.headers.get('To')};tag=tr1", f"To: {reinvite.headers.get('To')}"), EDGE)
-    ack = h.one(EDGE, "ACK")
+        f"To: {reinvite.headers.get('To')};tag=tr1", f"To: {reinvite.headers.get('To')}"), TRUNK)
+    ack = h.one(TRUNK, "ACK")
     assert ack.headers.get_all("Route") == [EDGE_NEAR, EDGE_FAR]
     assert h.one(BOB, 200)
     # bob hangs up: the BYE to the trunk goes the same way
     h.send(bob_bye(bob, 3), BOB)
-    bye = h.one(EDGE, "BYE")
+    bye = h.one(TRUNK, "BYE")
     assert bye.uri == "sip:447700900123@198.51.100.7:5060"
     assert bye.headers.get_all("Route") == [EDGE_NEAR, EDGE_FAR]
-    assert not h.take(TRUNK, "BYE")
 
 
 def test_callee_reinvite_ack_is_resent_on_a_2xx_retransmission_and_forgotten_with_the_call(h):
@@ -800,3 +800,101 @@ def test_a_reinvite_is_answered_in_the_offerers_law(h):
     assert to_bob.formats == ["0", "101"] and to_bob.has_flag("recvonly")
     media = h.media.sessions[0].media
     assert media[0].codec == "PCMA" and media[1].codec == "PCMU"
+
+
+def test_the_codecs_we_offer_and_accept_follow_media_codecs(tmp_path):
+    h = Harness(tmp_path, '\n[media]\ncodecs = ["PCMA"]\n')
+    h.register("bob", "bob-pw", BOB, "sip:bob@203.0.113.20")
+    h.send(trunk_invite("441632960000"), TRUNK)  # offers PCMU and PCMA
+    invite = h.one(BOB, "INVITE")
+    assert SessionDescription.parse(invite.body).first_audio().formats == ["8", "101"]
+    pcmu_only = OFFER.replace("RTP/AVP 0 8 101", "RTP/AVP 0 101")
+    h.send(pcma_trunk_invite(pcmu_only).replace("trunk-call-1", "trunk-call-2").replace("z9hG4bKtrunk1", "z9hG4bKt2"),
+           TRUNK)
+    assert h.one(TRUNK, 488)
+
+
+def test_late_offer_each_side_keeps_the_law_it_answered(h):
+    """The caller sent no SDP; bob answers our offer PCMU; the caller answers ours (in its
+    ACK, RFC 3261 §13.2.1) with PCMA: media uses each side's own law and transcodes."""
+    h.register("bob", "bob-pw", BOB, "sip:bob@203.0.113.20")
+    invite = trunk_invite("441632960000").replace("Content-Type: application/sdp\n", "")
+    h.send(invite[: invite.index("Content-Length")] + "Content-Length: 0\n\n", TRUNK)
+    bob = h.one(BOB, "INVITE")
+    h.send(respond(bob, 200, "OK", "b1", "sip:bob@203.0.113.20", PCMU_ONLY_ANSWER), BOB)
+    ok = h.one(TRUNK, 200)
+    assert SessionDescription.parse(ok.body).first_audio().formats == ["0", "8", "101"]
+    pcma_answer = PCMA_OFFER.replace("a=ptime:20", "a=sendrecv")
+    h.send(
+        f"ACK sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKack9\n"
+        f"From: \"Caller\" <sip:447700900123@198.51.100.7>;tag=tr1\nTo: {ok.headers.get('To')}\n"
+        f"Call-ID: trunk-call-1\nCSeq: 10 ACK\nContent-Type: application/sdp\n"
+        f"Content-Length: {len(pcma_answer)}\n\n{pcma_answer}",
+        TRUNK,
+    )
+    media = h.media.sessions[0].media
+    assert (media[0].codec, media[0].payload_type, media[0].dtmf_payload_type) == ("PCMA", 8, 96)
+    assert (media[1].codec, media[1].payload_type) == ("PCMU", 0)
+
+
+# -- any order of events: the lifecycle tables hold, nothing is left behind ---------------------
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+STEPS = ["desk_180", "desk_183", "desk_200", "desk_486", "bob_180", "bob_200", "bob_486", "caller_cancel",
+         "caller_ack", "caller_bye", "bob_bye", "desk_bye", "bob_200_again", "wait_5", "wait_40"]
+
+
+def _phone_bye(invite: Request, tag: str, user: str, peer: Peer, cseq: int) -> str:
+    return (
+        f"BYE sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP {peer.host}:{peer.port};branch=z9hG4bKpb{tag}{cseq}\n"
+        f"From: <sip:{user}@pbx.test>;tag={tag}\nTo: {invite.headers.get('From')}\nCall-ID: {invite.call_id}\n"
+        f"CSeq: {cseq} BYE\nContent-Length: 0\n\n"
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.sampled_from(STEPS), max_size=12))
+def test_any_order_of_answers_cancels_byes_and_timeouts_keeps_the_tables_and_leaves_nothing(tmp_path_factory, steps):
+    h = Harness(tmp_path_factory.mktemp("trace"))
+    h.register("alice", "alice-pw", ALICE_DESK, "sip:alice@203.0.113.10:5062")
+    h.register("bob", "bob-pw", BOB, "sip:bob@203.0.113.20")
+    h.send(trunk_invite("441632960000"), TRUNK)
+    desk, bob = h.one(ALICE_DESK, "INVITE"), h.one(BOB, "INVITE")
+    ok: Response | None = None
+    for n, step in enumerate(steps):
+        if step.startswith("desk_") and step[5:].isdigit():
+            status = int(step[5:])
+            body = answer_sdp("203.0.113.10", 7002) if status in (183, 200) else ""
+            h.send(respond(desk, status, "X", "d1", "sip:alice@203.0.113.10:5062", body), ALICE_DESK)
+        elif step.startswith("bob_") and step[4:].isdigit():
+            status = int(step[4:])
+            body = answer_sdp("203.0.113.20", 7000) if status == 200 else ""
+            h.send(respond(bob, status, "X", "b1", "sip:bob@203.0.113.20", body), BOB)
+        elif step == "bob_200_again":
+            h.send(respond(bob, 200, "OK", "b1", "sip:bob@203.0.113.20", answer_sdp("203.0.113.20", 7000)), BOB)
+        elif step == "caller_cancel":
+            h.send("CANCEL sip:+441632960000@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7:5060;"
+                   "branch=z9hG4bKtrunk1\nFrom: \"Caller\" <sip:447700900123@198.51.100.7>;tag=tr1\n"
+                   "To: <sip:441632960000@192.0.2.1>\nCall-ID: trunk-call-1\nCSeq: 10 CANCEL\nContent-Length: 0\n\n",
+                   TRUNK)
+        elif step in ("caller_ack", "caller_bye"):
+            oks = [m for m in h.take(TRUNK, 200) if m.cseq[1] == "INVITE"]
+            ok = oks[-1] if oks else ok
+            if ok is not None:
+                method = "ACK" if step == "caller_ack" else "BYE"
+                h.send(f"{method} sip:b2bua@192.0.2.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKs{n}\n"
+                       f"From: \"Caller\" <sip:447700900123@198.51.100.7>;tag=tr1\nTo: {ok.headers.get('To')}\n"
+                       f"Call-ID: trunk-call-1\nCSeq: {10 if method == 'ACK' else 11 + n} {method}\n"
+                       f"Content-Length: 0\n\n", TRUNK)
+        elif step == "bob_bye":
+            h.send(_phone_bye(bob, "b1", "bob", BOB, 2 + n), BOB)
+        elif step == "desk_bye":
+            h.send(_phone_bye(desk, "d1", "alice", ALICE_DESK, 2 + n), ALICE_DESK)
+        else:
+            h.advance(float(step[5:]))
+        for call in h.core.calls.values():  # the phases agree with what the legs say
+            assert (call.winner is not None) == (call.phase.value in ("answered", "confirmed"))
+    h.core.shutdown(h.now)  # whatever is still up is hung up or refused
+    h.advance(200.0)  # every transaction and late branch runs out
+    assert not h.core.calls and len(h.core.index) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from b2bua.codecs import CodecPolicy
 from b2bua.sdp import Format, SessionDescription, formats, with_formats
@@ -84,3 +85,32 @@ def test_with_formats_rewrites_m_rtpmap_and_fmtp_and_keeps_every_other_line():
     # a stream turned off (port 0) is left alone
     off = sdp(PCMU_PHONE_ANSWER.replace(b"m=audio 7000", b"m=audio 0"))
     assert with_formats(off, [Format(8, "PCMA", 8000)]) is off
+
+
+_LAWS = st.sampled_from([(0, "PCMU"), (8, "PCMA"), (18, "G729"), (9, "G722"), (3, "GSM")])
+
+
+@settings(max_examples=200, deadline=None)
+@given(offered=st.lists(_LAWS, min_size=1, max_size=5, unique=True), event=st.booleans(),
+       chosen=st.sampled_from(["PCMU", "PCMA", None]))
+def test_any_offer_is_answered_from_itself_or_refused_only_without_our_codecs(offered, event, chosen):
+    """RFC 3264 §6.1 for any offer: our answer's formats are the offer's own; a codec of ours
+    is picked whenever the offer has one (so 488 only without), the other leg's when offered."""
+    pts = [str(pt) for pt, _ in offered] + (["101"] if event else [])
+    maps = "".join(f"a=rtpmap:{pt} {name}/8000\r\n" for pt, name in offered)
+    maps += "a=rtpmap:101 telephone-event/8000\r\n" if event else ""
+    offer = sdp(f"v=0\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP {' '.join(pts)}\r\n{maps}".encode())
+    policy = CodecPolicy()
+    answer = policy.answer_for_offerer(offer, chosen)
+    ours = [name for _, name in offered if name in ("PCMU", "PCMA")]
+    if not ours:
+        assert answer is None and not policy.usable(offer)
+        return
+    assert answer is not None and policy.usable(offer)
+    offered_formats = set(formats(offer.first_audio()))
+    assert set(answer) <= offered_formats
+    assert answer[0].name == (chosen if chosen in ours else ours[0])
+    assert [f.name for f in answer[1:]] == (["TELEPHONE-EVENT"] if event else [])
+    # and what we pass on to the other leg always has both laws, once each
+    passed = [f.name for f in policy.offer_for_other_leg(offer)]
+    assert sorted(passed) == sorted(["PCMU", "PCMA", "TELEPHONE-EVENT"])

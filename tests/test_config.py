@@ -72,6 +72,12 @@ def test_good_file_parses_with_defaults(tmp_path):
     assert capped.server.max_calls == 400
 
 
+def test_media_codecs_default_to_both_laws_and_follow_the_file(tmp_path):
+    assert load_file(write(tmp_path, GOOD)).media.codecs == ("PCMU", "PCMA")
+    alaw_first = GOOD.replace("[organisation]", '[media]\ncodecs = ["pcma", "PCMU"]\n[organisation]')
+    assert load_file(write(tmp_path, alaw_first)).media.codecs == ("PCMA", "PCMU")
+
+
 def test_trunk_sources_match_ip_port_cidr(tmp_path):
     trunk = load_file(write(tmp_path, GOOD)).trunks[0]
     assert trunk.matches("127.0.0.1", 5080)
@@ -103,6 +109,11 @@ def test_trunk_sources_match_ip_port_cidr(tmp_path):
         (('media_ip = "127.0.0.1"', 'media_ip = "::1"\nmedia_sockets = "shared"'), "server.media_sockets", "IPv4"),
         (('realm = "test"', 'realm = "test"\nmedia_poll_ms = 50'), "server.media_poll_ms", "0 to 20"),
         (('realm = "test"', 'realm = "test"\nmedia_poll_ms = "fast"'), "server.media_poll_ms", ""),
+        (('[organisation]', '[media]\ncodecs = ["G722", "PCMU"]\n[organisation]'), "media.codecs[0]", "G.722 is planned"),
+        (('[organisation]', '[media]\ncodecs = ["PCMU", "GSM"]\n[organisation]'), "media.codecs[1]", "PCMU, PCMA"),
+        (('[organisation]', '[media]\ncodecs = ["PCMA", "pcma"]\n[organisation]'), "media.codecs[1]", "twice"),
+        (('[organisation]', '[media]\ncodecs = []\n[organisation]'), "media.codecs", "empty"),
+        (('[organisation]', '[media]\ncodecs = "PCMU"\n[organisation]'), "media.codecs", "a list"),
     ],
 )
 def test_bad_file_names_key_and_reason(tmp_path, change, key, words):

@@ -6,7 +6,6 @@ import pytest
 
 from b2bua.dialog import CONFIRMED, EARLY, Dialog, copy_record_route, dialog_forming
 from b2bua.message import Request, Response, make_response, parse_message
-from b2bua.peer import Peer
 
 VIA = "SIP/2.0/UDP 198.51.100.1:5060;branch=z9hG4bKdlg0001;rport"
 
@@ -176,43 +175,6 @@ def test_strict_routing_puts_first_route_in_request_uri():
     # target, become the Route header fields.
     assert bye.uri == "sip:p1.example.com"
     assert bye.headers.get_all("Route") == ["<sip:p2.example.com;lr>", "<sip:bob@198.51.100.20:5062>"]
-
-
-# ---------------------------------------------------------------- next hop (§8.1.2, RFC 3263)
-
-SOURCE = Peer("udp", "203.0.113.5", 40000)  # where the peer's signalling came from (NAT)
-
-
-def test_without_route_set_the_request_goes_where_the_peer_signals_from():
-    d = Dialog.from_uas(msg(INVITE_IN.replace(b"Record-Route", b"X-Not-Route")), "t", None)
-    assert d.next_hop(SOURCE) == SOURCE
-
-
-def test_loose_route_set_sends_to_the_first_route():
-    edge = OK_OUT.replace(b"<sip:p1.example.com;lr>", b"<sip:192.0.2.50:5070;transport=TCP;lr>")
-    d = Dialog.from_uac(msg(INVITE_OUT), msg(edge))
-    # the UAC reversed the Record-Route: the proxy nearest to us comes first
-    assert d.next_hop(SOURCE) == Peer("tcp", "192.0.2.50", 5070)
-
-
-def test_first_route_without_port_or_transport_is_udp_5060_and_sips_is_tls_5061():
-    d = uas()
-    assert d.next_hop(SOURCE) == Peer("udp", "p2.example.com", 5060)
-    d.route_set = ["<sips:[2001:db8::1];lr>"]
-    assert d.next_hop(SOURCE) == Peer("tls", "2001:db8::1", 5061)
-
-
-def test_strict_router_is_the_next_hop_too():
-    strict = OK_OUT.replace(b"<sip:p1.example.com;lr>", b"<sip:192.0.2.51>")
-    d = Dialog.from_uac(msg(INVITE_OUT), msg(strict))
-    assert d.create_request("BYE", VIA).uri == "sip:192.0.2.51"
-    assert d.next_hop(SOURCE) == Peer("udp", "192.0.2.51", 5060)
-
-
-def test_unreadable_first_route_falls_back_to_the_source():
-    d = uas()
-    d.route_set = ["<tel:+441632960000>"]
-    assert d.next_hop(SOURCE) == SOURCE
 
 
 # ---------------------------------------------------------------- Record-Route in responses (§12.1.1)

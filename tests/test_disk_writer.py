@@ -25,7 +25,7 @@ import soundfile
 
 from rtp import disk_writer as disk_writer_module
 from rtp.call import Call
-from rtp.disk_writer import RESERVE_NAME, DiskWriter
+from rtp.disk_writer import RESERVE_NAME, DiskWriter, reserve_path
 from rtp.recorder import JITTER_WINDOW_SECONDS, Recorder, repair
 from rtp.wavfile import WavWriter
 
@@ -71,6 +71,14 @@ def read(path: Path) -> np.ndarray:
 
 def meta(rec: Recorder) -> dict:
     return json.loads(rec.json_path.read_text())
+
+
+def ended(rec: Recorder) -> bool:
+    """The recording's sidecar has `ended` set (the writer got that far)."""
+    try:
+        return meta(rec)["ended"] is not None
+    except (OSError, ValueError):
+        return False
 
 
 # -- the loop's thread never touches the disk --------------------------------------------------
@@ -263,19 +271,20 @@ def test_a_call_that_ends_while_the_disk_is_full_gets_ended_then_all_its_audio(t
     with caplog.at_level(logging.WARNING):
         feed(rec, 2, 5)
         rec.close(T0 + 5)
-        assert not writer.drain(0.3)  # the audio waits ...
-        ended = meta(rec)
-        assert ended["ended"] == "2024-05-01T12:00:05.000Z"  # ... but the call is known to have ended
-        assert ended["unwritten_s"] == pytest.approx(5 - (2 - 0.2 - 0.02), abs=0.05)
+        assert wait_for(lambda: ended(rec))
+        assert not writer.drain(0.1)  # the audio waits ...
+        ended_meta = meta(rec)
+        assert ended_meta["ended"] == "2024-05-01T12:00:05.000Z"  # ... but the call is known to have ended
+        assert ended_meta["unwritten_s"] == pytest.approx(5 - (2 - 0.2 - 0.02), abs=0.05)
         assert len(read(rec.wav_path)) == round(1.78 * 8000)  # the WAV plays: what was written
         stats = writer.stats()
-        assert stats.failing and stats.backlog_seconds == pytest.approx(ended["unwritten_s"], abs=0.01)
+        assert stats.failing and stats.backlog_seconds == pytest.approx(ended_meta["unwritten_s"], abs=0.01)
         assert stats.write_errors > 0 and done == []
         disk.audio = False  # space returns
         assert writer.close(5)
     assert np.array_equal(read(rec.wav_path), expected(0, 5))
     final = meta(rec)
-    assert final["ended"] == ended["ended"] and "unwritten_s" not in final and "silenced_s" not in final
+    assert final["ended"] == ended_meta["ended"] and "unwritten_s" not in final and "silenced_s" not in final
     assert done == [rec.json_path]
     lines = [r.getMessage() for r in caplog.records]
     assert len([m for m in lines if m.startswith("recording disk1: cannot write")]) == 1
@@ -297,8 +306,9 @@ def test_a_call_made_while_the_disk_is_full_never_leaves_a_header_only_wav(tmp_p
     disk.everything = False
     disk.audio = True  # a few blocks free: the sidecar fits, the audio does not
     writer.retry_now()
-    assert not writer.drain(0.2)
-    assert meta(rec)["ended"] is not None and meta(rec)["unwritten_s"] == 3.0
+    assert wait_for(lambda: ended(rec) and rec.wav_path.exists())
+    assert not writer.drain(0.1)
+    assert meta(rec)["unwritten_s"] == 3.0
     assert len(read(rec.wav_path)) == 0  # a WAV with its sidecar, never without
     disk.audio = False
     assert writer.close(5)
@@ -339,6 +349,7 @@ def test_the_backlog_bound_drops_the_oldest_as_silence_with_one_line(tmp_path, m
         for second in range(1, 9):
             feed(rec, second, second + 1)
             writer.drain(0.03)
+        assert wait_for(lambda: writer.stats().dropped_seconds > 4.9)  # the writer took it all in
         stats = writer.stats()
         assert stats.backlog_bytes <= 3 * 8000 * 4 and stats.dropped_seconds == pytest.approx(5.0, abs=0.05)
         disk.audio = False
@@ -378,7 +389,7 @@ def test_the_reserve_is_made_at_start_released_on_enospc_and_made_again(tmp_path
     disk = FakeDisk(monkeypatch)
     writer = DiskWriter(tmp_path, retry_seconds=0.01, reserve_bytes=64 * 1024)
     writer.start()
-    reserve = tmp_path / RESERVE_NAME
+    reserve = reserve_path(tmp_path)
     assert wait_for(lambda: writer.stats().reserve_held)
     assert reserve.stat().st_blocks * 512 >= 64 * 1024  # real blocks, not a hole
     rec = Recorder(tmp_path, make_call(), "silence", T0, wall_t0=WALL_T0, writer=writer)
@@ -457,13 +468,14 @@ def test_a_real_full_disk_loses_nothing_and_finishes_every_sidecar(tiny_disk: Pa
     with caplog.at_level(logging.WARNING):
         filler = fill(tiny_disk)
         feed(before, 1, 4)  # refused: the reserve is released for ended recordings
-        assert wait_for(lambda: not (tiny_disk / RESERVE_NAME).exists())
+        assert wait_for(lambda: not reserve_path(tiny_disk).exists())
         during = Recorder(tiny_disk, make_call("while-full"), "silence", T0 + 2, wall_t0=WALL_T0, writer=writer,
                           on_finalised=done.append)
         feed(during, 2, 4)
         before.close(T0 + 4)
         during.close(T0 + 4)
-        assert not writer.drain(0.5)
+        assert wait_for(lambda: ended(before) and ended(during) and during.wav_path.exists())
+        assert not writer.drain(0.2)
         for rec in (before, during):  # ended is set for both, and each WAV has its sidecar
             assert meta(rec)["ended"] is not None and meta(rec)["unwritten_s"] > 0
             assert rec.wav_path.exists()
@@ -494,6 +506,7 @@ def test_metrics_read_the_writers_backlog_drops_and_errors(tmp_path, monkeypatch
     for second in range(4):
         feed(rec, second, second + 1)
         writer.drain(0.03)
+    assert wait_for(lambda: writer.stats().dropped_seconds > 1.7)
     media = SimpleNamespace(sessions=[], writer=writer, admission=None, lag=0.0, overloaded=False, stats=lambda: {})
     server = SimpleNamespace(media=media, core=SimpleNamespace(calls={}, counts={}), lockout=None)
     metrics = {m.name: m.samples[0].value for m in B2buaCollector(server, ServiceCounters(), tmp_path).collect()
@@ -504,3 +517,41 @@ def test_metrics_read_the_writers_backlog_drops_and_errors(tmp_path, monkeypatch
     disk.audio = False
     rec.close(T0 + 4)
     assert writer.close(5)
+
+
+def test_a_reserve_another_worker_released_is_made_again(tmp_path, monkeypatch) -> None:
+    """Cluster workers share the recordings directory: the reserve one of them released
+    does not stay counted as held by the others."""
+    monkeypatch.setattr(disk_writer_module, "REPORT_SECONDS", 0.0)
+    monkeypatch.setattr(disk_writer_module, "_IDLE_SECONDS", 0.02)
+    disk = FakeDisk(monkeypatch)
+    ours, theirs = (DiskWriter(tmp_path, retry_seconds=0.01, reserve_bytes=16384) for _ in range(2))
+    ours.start()
+    theirs.start()
+    assert wait_for(lambda: ours.stats().reserve_held and theirs.stats().reserve_held)
+    reserve_path(tmp_path).unlink()  # the other worker hit the full disk first
+    rec = Recorder(tmp_path, make_call(), "silence", T0, wall_t0=WALL_T0, writer=ours)
+    disk.audio = True
+    feed(rec, 0, 2)
+    assert wait_for(lambda: not ours.stats().reserve_held)
+    disk.audio = False
+    rec.close(T0 + 2)
+    assert ours.drain(5)
+    assert wait_for(lambda: ours.stats().reserve_held and reserve_path(tmp_path).exists())
+    assert ours.close(5) and theirs.close(5)
+
+
+def test_the_reserve_stays_out_of_the_recordings_tree_unless_that_tree_is_a_filesystem_of_its_own(tmp_path) -> None:
+    """The tree holds recordings only (a call never recorded leaves no file); a mount point
+    of its own must hold its reserve itself, since only room on that filesystem helps."""
+    recordings = tmp_path / "recordings"
+    writer = DiskWriter(recordings, reserve_bytes=16384)
+    writer.start()
+    try:
+        assert wait_for(lambda: writer.stats().reserve_held)
+        assert [p for p in recordings.rglob("*")] == []
+        assert reserve_path(recordings) == tmp_path / f".recordings{RESERVE_NAME}"
+        assert reserve_path(recordings).exists()
+    finally:
+        assert writer.close(5)
+    assert reserve_path(Path("/proc")) == Path("/proc") / RESERVE_NAME  # its own filesystem

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import struct
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -47,6 +48,16 @@ def disk_writer():
     yield writer
     WRITERS.remove(writer)
     assert writer.close(5.0)
+
+
+def eventually(condition, timeout: float = 5.0) -> bool:  # noqa: ANN001 - a callable
+    """`condition()` became true within `timeout` (the writer thread got round to it)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def settle() -> None:
@@ -510,7 +521,7 @@ def test_disk_full_for_long_keeps_alignment_and_bounded_memory(
             feed(rec, second, second + 1)
             rec.flush(T0 + second + 1)
             assert not writer.drain(0.05)  # the disk refuses: the audio waits ...
-            assert writer.stats().backlog_bytes <= bound  # ... within the bound
+            assert eventually(lambda: writer.stats().backlog_bytes <= bound)  # ... within the bound
     stats = writer.stats()
     assert stats.failing and stats.backlog_seconds == pytest.approx(2.0, abs=0.1) and stats.dropped_seconds > 3
     assert len([r for r in caplog.records if "event=backlog-full" in r.getMessage()]) == 1

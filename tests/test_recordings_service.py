@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import http.client
 import json
-import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -65,9 +64,26 @@ def put_recording(root: Path, data: dict, wav: bytes = b"RIFF....WAVE" + bytes(4
 T0 = datetime(2026, 11, 3, 9, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-def index():
-    idx = SqliteIndex(":memory:")
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    from tests.private_redis import private_redis
+
+    with private_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def index(request):
+    if request.param == "sqlite":
+        idx = SqliteIndex(":memory:")
+    else:
+        import redis
+
+        from b2bua.recordings_service.redis_index import RedisIndex
+
+        url = request.getfixturevalue("redis_url")
+        redis.Redis.from_url(url).flushall()
+        idx = RedisIndex(url)
     yield idx
     idx.close()
 
@@ -274,6 +290,8 @@ async def test_api_signed_links_play_without_the_header(api_client):
     assert (await api_client.get(tampered)).status == 401
     expired = api_client.api.link("call1.wav", now=0)
     assert (await api_client.get(expired)).status == 401
+    for query in ("sig=%C3%A9&expires=99999999999", "sig=&expires=1", "expires=-5&sig=00", "sig=00&expires=1e9"):
+        assert (await api_client.get(f"/api/recordings/call1.wav?{query}")).status == 401, query
 
 
 async def test_api_delete_is_admin_only_and_logged(api_client, caplog):
@@ -350,7 +368,7 @@ def test_backoff_doubles_to_a_cap():
 
 async def test_webhook_is_signed_and_retried_until_2xx(tmp_path, monkeypatch):
     monkeypatch.setattr("b2bua.recordings_service.webhooks.FIRST_RETRY", 0.05)
-    receiver = Receiver([500, 503, 200])
+    receiver = Receiver([500, 302, 200])  # a redirect is not a delivery either
     url = await receiver.start()
     sender = WebhookSender([Webhook(url, "s3cret")], Outbox(tmp_path / "o.sqlite3"),
                            lambda c: f"http://pbx/api/recordings/{c}.wav")
@@ -471,3 +489,197 @@ def test_config_bad_values_name_the_key(extra, key):
     with pytest.raises(ConfigError) as info:
         parse({**BASE, **extra}, Path("flows.toml"), Path("/tmp"))
     assert info.value.key == key and info.value.path == "flows.toml"
+
+
+async def test_a_receiver_that_never_answers_costs_bounded_connections_and_memory(tmp_path, monkeypatch):
+    """It accepts and says nothing: at most CONCURRENCY requests are ever in flight, the
+    receiver is retried once per backoff (not once per queued recording), and the queue
+    stays in the outbox file, not in memory."""
+    from b2bua.recordings_service import webhooks as hooks
+
+    monkeypatch.setattr(hooks, "REQUEST_TIMEOUT", 0.3)
+    monkeypatch.setattr(hooks, "FIRST_RETRY", 0.2)
+    open_now = peak = accepted = 0
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now, peak, accepted
+        open_now += 1
+        accepted += 1
+        peak = max(peak, open_now)
+        held.append(writer)
+        try:
+            await reader.read()  # until the client gives up and closes
+        finally:
+            open_now -= 1
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sender = WebhookSender([Webhook(f"http://127.0.0.1:{port}/hook", "k")], Outbox(tmp_path / "o.sqlite3"),
+                           lambda c: None)
+    sender.start()
+    for i in range(200):
+        sender.enqueue(sidecar(f"n{i}", T0))
+    await asyncio.sleep(2.0)
+    await sender.stop()
+    server.close()
+    for writer in held:
+        writer.close()
+    assert 1 <= peak <= hooks.CONCURRENCY
+    assert accepted <= 12  # ~2 s of backoff doubling from 0.2 s, not 200 attempts
+    assert sender.outbox.depth() == 200  # all still queued, on disk
+    assert len(sender._blocked) == 1
+
+
+def test_in_a_cluster_worker_n_serves_http_on_port_plus_n_with_its_own_outbox():
+    from types import SimpleNamespace
+
+    from b2bua.recordings_service.service import RecordingsService
+
+    config = parse({**BASE, "http": {"listen": "127.0.0.1:8080"},
+                    "webhooks": [{"url": "http://127.0.0.1:9000/r", "secret": "s"}]}, Path("flows.toml"), Path("/tmp"))
+    alone = RecordingsService(config, SimpleNamespace())
+    assert alone.worker_index is None and alone.http_port == 8080
+    assert alone.wav_url("c1") == "http://127.0.0.1:8080/api/recordings/c1.wav"
+    worker = RecordingsService(config, SimpleNamespace(worker=SimpleNamespace(index=2)))
+    assert worker.http_port == 8082 and worker.wav_url("c1") == "http://127.0.0.1:8082/api/recordings/c1.wav"
+
+
+def test_metrics_read_the_live_objects_at_scrape_time(tmp_path):
+    from types import SimpleNamespace
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from b2bua.lockout import Lockout
+    from b2bua.peer import Peer
+
+    lockout = Lockout(max_failures=2)
+    for t in (1.0, 2.0):
+        lockout.record_failure(Peer("udp", "192.0.2.9", 5060), "alice", t)
+    from rtp.disk_writer import WriterStats
+
+    writer_stats = WriterStats(queue_depth=3, backlog_bytes=16000, backlog_seconds=0.5, dropped_seconds=0.0,
+                               write_errors=2, failing=True, reserve_held=True, recordings=1)
+    media = SimpleNamespace(
+        admission=SimpleNamespace(ceiling=float("inf")), overloaded=False, lag=0.004,
+        writer=SimpleNamespace(stats=lambda: writer_stats),
+        stats=lambda: {"forwarded": 900, "malformed": 3, "unlatched": 2, "no_target": 5, "swallowed": 4,
+                       "send_errors": 1, "strangers": 7, "late_reads": 6, "recordings_active": 1})
+    core = SimpleNamespace(calls={"a": 1, "b": 2}, counts={"calls": 12, "refused:overload": 3})
+    counters = metricsmod.ServiceCounters()
+    counters.recordings_finalised = 9
+    registry = metricsmod.make_registry(metricsmod.B2buaCollector(
+        SimpleNamespace(core=core, media=media, lockout=lockout), counters, tmp_path))
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(metricsmod.render(registry).decode())
+               for s in family.samples}
+    assert samples[("b2bua_calls_active", ())] == 2
+    assert samples[("b2bua_calls_total", ())] == 12
+    assert samples[("b2bua_calls_refused_total", (("reason", "overload"),))] == 3
+    assert samples[("b2bua_recordings_active", ())] == 1
+    assert samples[("b2bua_recordings_total", ())] == 9
+    assert samples[("b2bua_recorder_backlog_seconds", ())] == 0.5
+    assert samples[("b2bua_recorder_write_errors_total", ())] == 2
+    assert samples[("b2bua_recorder_disk_failing", ())] == 1
+    assert samples[("b2bua_rtp_packets_total", ())] == 900 + 3 + 2 + 5 + 4 + 7
+    assert samples[("b2bua_media_late_reads", ())] == 6
+    assert samples[("b2bua_rtp_dropped_total", (("reason", "malformed"),))] == 3
+    assert samples[("b2bua_rtp_dropped_total", (("reason", "send_error"),))] == 1
+    assert samples[("b2bua_rtp_dropped_total", (("reason", "stranger"),))] == 7
+    assert samples[("b2bua_media_lag_seconds", ())] == 0.004
+    assert samples[("b2bua_admission_ceiling_calls", ())] == float("inf")
+    assert samples[("b2bua_lockouts_total", (("scope", "ip"),))] == 1
+    assert samples[("b2bua_recordings_disk_free_bytes", ())] > 0
+
+
+def test_index_pages_recordings_started_at_the_same_instant(index):
+    for i in range(7):
+        data = sidecar(f"same{i}", T0)
+        index.add(data, f"x/same{i}.json")
+    seen, page = [], index.search(Query(limit=3))
+    seen += [e.call_id for e in page.entries]
+    while page.next:
+        page = index.search(Query(limit=3, after=decode_cursor(page.next)))
+        seen += [e.call_id for e in page.entries]
+    assert seen == [f"same{i}" for i in range(6, -1, -1)]
+
+
+def test_redis_index_remembers_it_was_built_and_is_shared(redis_url):
+    import redis
+
+    from b2bua.recordings_service.redis_index import RedisIndex
+
+    redis.Redis.from_url(redis_url).flushall()
+    first = RedisIndex(redis_url)
+    assert first.created
+    first.add(sidecar("shared1", T0), "2026/11/03/shared1.json")
+    first.built()
+    other = RedisIndex(redis_url)  # another worker
+    assert not other.created and other.get("shared1").json_path == "2026/11/03/shared1.json"
+    assert [e.call_id for e in other.search(Query(number="441632960000")).entries] == ["shared1"]
+    assert [e.call_id for e in other.started_before((T0 + timedelta(seconds=1)).timestamp())] == ["shared1"]
+    first.close()
+    other.close()
+
+
+async def test_api_answers_503_when_the_index_store_is_down(tmp_path, redis_url):
+    from b2bua.recordings_service.redis_index import RedisIndex, client
+
+    down = RedisIndex(redis_url)
+    down.r = client("redis://127.0.0.1:1/0", 0.2)  # Redis goes away after the start
+    counters = metricsmod.ServiceCounters()
+    api = RecordingsApi(tmp_path, down, TokenBook(TOKENS), metricsmod.make_registry(
+        metricsmod.B2buaCollector(object(), counters, tmp_path)), counters)
+    client = TestClient(TestServer(api.app()))
+    await client.start_server()
+    try:
+        r = await client.get("/api/recordings", headers=auth())
+        assert r.status == 503 and r.headers["Retry-After"] == "5"
+        assert "unavailable" in (await r.json())["error"]
+    finally:
+        await client.close()
+
+
+async def test_hostile_paths_and_queries_never_get_a_5xx(api_client):
+    import random
+    from urllib.parse import quote
+
+    rng = random.Random(18)
+    alphabet = "aZ09./\\%:;?#&=+-_~ \x00\x7féü漢\U0001f600"
+    names = ["", ".", "..", "...", "%00", "call1%00.wav", "call1.wav.wav", "call1.WAV", "a" * 5000, "call1.json.wav",
+             "/etc/passwd", "call1;rm", "call1.wav?x", "CON", "call1\\..\\..\\x"]
+    names += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(60)]
+    for name in names:
+        for method in ("GET", "DELETE"):
+            r = await api_client.request(method, "/api/recordings/" + quote(name, safe=""), headers=auth(ADMIN_TOKEN))
+            assert r.status < 500, (method, name, r.status)
+    params = ["from", "to", "number", "user", "direction", "limit", "cursor"]
+    for _ in range(80):
+        query = "&".join(f"{rng.choice(params)}={quote(''.join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))))}"
+                         for _ in range(rng.randint(1, 4)))
+        r = await api_client.get("/api/recordings?" + query, headers=auth())
+        assert r.status in (200, 400), (query, r.status)
+        assert "error" in await r.json() if r.status == 400 else "recordings" in await r.json()
+
+
+async def test_refused_tokens_go_to_the_hostile_summary_by_source(tmp_path):
+    from b2bua.hostile_summary import HostileSummary
+
+    lines: list[str] = []
+    summary = HostileSummary(lines.append)
+    counters = metricsmod.ServiceCounters()
+    api = RecordingsApi(tmp_path, SqliteIndex(":memory:"), TokenBook(TOKENS), metricsmod.make_registry(
+        metricsmod.B2buaCollector(object(), counters, tmp_path)), counters,
+        on_unauthorised=lambda ip: summary.count(ip, "http-unauthorised", 0.0))
+    client = TestClient(TestServer(api.app()))
+    await client.start_server()
+    try:
+        for _ in range(25):
+            assert (await client.get("/api/recordings", headers=auth("guess"))).status == 401
+        assert (await client.get("/api/recordings", headers=auth())).status == 200
+    finally:
+        await client.close()
+    assert lines == []  # nothing per request
+    summary.flush(120.0, force=True)
+    assert len(lines) == 1 and "ip=127.0.0.1" in lines[0] and "http-unauthorised=25" in lines[0]
+    assert counters.http_unauthorised == 25

@@ -102,3 +102,15 @@ def test_a_new_phone_still_registers_and_a_registered_one_gets_rfc_treatment(h) 
     # A trunk is no stranger either: its INVITE gets 100 Trying at once.
     h.send(SCANNER_INVITE.format(n="a5").replace("192.0.2.99", "198.51.100.7"), TRUNK)
     assert 100 in [m.status for m in h.take(TRUNK)]  # type: ignore[union-attr]
+
+
+def test_finished_transactions_held_are_bounded_even_from_a_trusted_address(h) -> None:
+    """A flood from a registered phone's address (a guesser behind an office NAT) is answered
+    as a peer's, but what the layer holds for retransmissions stays bounded."""
+    h.txn.max_held = 100
+    h.register("alice", "alice-pw", ALICE_DESK, "sip:alice@203.0.113.10:5062;transport=udp;ob")
+    h.take()
+    for n in range(1000):
+        h.send(options(n, host=ALICE_DESK.host).replace(":5060;", f":{ALICE_DESK.port};"), ALICE_DESK)
+    assert len(h.take(ALICE_DESK, 200)) == 1000  # every one answered
+    assert len(h.txn) <= 101

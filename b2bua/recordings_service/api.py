@@ -56,14 +56,19 @@ def error(status: int, message: str, **headers: str) -> web.Response:
 class RecordingsApi:
     def __init__(self, recordings_dir: Path, index: RecordingsIndex, tokens: TokenBook,
                  registry: Any, counters: metricsmod.ServiceCounters,
-                 on_deleted: Callable[[str], None] | None = None) -> None:
+                 on_deleted: Callable[[str], None] | None = None,
+                 on_unauthorised: Callable[[str], None] | None = None) -> None:
         self.recordings_dir = recordings_dir.resolve()
         self.index = index
         self.tokens = tokens
         self.registry = registry
         self.counters = counters
         self.on_deleted = on_deleted
+        # A refused token's source, for the server's hostile-traffic summary (one line per
+        # source per minute, never one per request).
+        self.on_unauthorised = on_unauthorised
         self._link_key = secrets.token_bytes(32)
+        self._store_errors = 0
         self._static = {name: resources.files("b2bua.recordings_service.static").joinpath(name).read_bytes()
                         for name in STATIC_FILES}
 
@@ -90,7 +95,12 @@ class RecordingsApi:
             if exc.status < 400:
                 raise
             return error(exc.status, exc.reason)
-        except Exception:
+        except Exception as exc:
+            if _store_unavailable(exc):  # Redis down, SQLite locked: 503; logged on the 1st and every 600th
+                self._store_errors += 1
+                if self._store_errors == 1 or self._store_errors % 600 == 0:
+                    log.error("http event=index-unavailable errors=%d reason=%r", self._store_errors, str(exc)[:200])
+                return error(503, "the recordings index is unavailable; try again shortly", **{"Retry-After": "5"})
             log.exception("http event=internal-error method=%s path=%s", request.method, request.path[:200])
             return error(500, "internal error")
 
@@ -98,6 +108,8 @@ class RecordingsApi:
         token = self.tokens.check(request.headers.get("Authorization"))
         if token is None:
             self.counters.http_unauthorised += 1
+            if self.on_unauthorised is not None:
+                self.on_unauthorised(request.remote or "unknown")
             return error(401, "a valid Authorization: Bearer <token> is needed",
                          **{"WWW-Authenticate": 'Bearer realm="recordings"'})
         if not self.tokens.allows(token, scope):
@@ -115,7 +127,7 @@ class RecordingsApi:
         sig, expires = request.query.get("sig"), request.query.get("expires", "")
         if not sig or not expires.isdigit() or int(expires) < time.time():
             return False
-        return hmac.compare_digest(sig, self.sign(name, int(expires)))
+        return hmac.compare_digest(sig.encode(), self.sign(name, int(expires)).encode())  # bytes: any sig text
 
     def _file(self, entry: Entry, relative: str) -> Path | None:
         """The file of an index entry, only if it is inside recordings_dir."""
@@ -159,13 +171,12 @@ class RecordingsApi:
             return error(400, str(exc))
         page = self.index.search(query)
         now = time.time()
-        body = {
-            "recordings": [_raw(e.sidecar) for e in page.entries],
-            "next": page.next,
-            "links": {e.call_id: {"wav": self.link(e.call_id + ".wav", now), "json": self.link(e.call_id + ".json", now)}
-                      for e in page.entries},
-        }
-        return web.Response(text=_json(body), content_type="application/json")
+        links = {e.call_id: {"wav": self.link(e.call_id + ".wav", now), "json": self.link(e.call_id + ".json", now)}
+                 for e in page.entries}
+        # The stored sidecars are spliced in as they are: no parse and re-encode per row.
+        text = (f'{{"recordings":[{",".join(e.sidecar for e in page.entries)}],'
+                f'"next":{json.dumps(page.next)},"links":{json.dumps(links, separators=(",", ":"))}}}')
+        return web.Response(text=text, content_type="application/json")
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -220,6 +231,12 @@ class RecordingsApi:
         return web.json_response({"deleted": call_id})
 
 
+def _store_unavailable(exc: Exception) -> bool:
+    import sqlite3
+
+    return type(exc).__module__.startswith("redis") or isinstance(exc, sqlite3.OperationalError)
+
+
 def _split(name: str) -> tuple[str | None, str]:
     """"<id>" -> sidecar, "<id>.wav" -> wav, "<id>.json" -> the sidecar as a download."""
     kind = "sidecar"
@@ -247,22 +264,3 @@ def query_from(params: Any) -> Query:
         raise QueryError(f"limit: expected 1 to {MAX_LIMIT}")
     after = decode_cursor(params["cursor"]) if params.get("cursor") else None
     return Query(start, end, number, params.get("user") or None, direction, int(limit_text), after)
-
-
-class _Raw(str):
-    """A JSON text to embed as is (the stored sidecar), not to re-encode."""
-
-
-def _raw(text: str) -> _Raw:
-    return _Raw(text)
-
-
-def _json(body: dict[str, Any]) -> str:
-    """`body` as JSON, the stored sidecars spliced in without parsing them again."""
-    parts = []
-    for key, value in body.items():
-        if key == "recordings":
-            parts.append(f'"recordings":[{",".join(value)}]')
-        else:
-            parts.append(f"{json.dumps(key)}:{json.dumps(value, separators=(',', ':'))}")
-    return "{" + ",".join(parts) + "}"

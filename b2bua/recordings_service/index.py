@@ -216,6 +216,10 @@ class RecordingsIndex(ABC):
     def close(self) -> None:
         """Release the store."""
 
+    def built(self) -> None:
+        """The index has been filled from the sidecars (a store that outlives the process
+        remembers it, so the next start does not rebuild)."""
+
     # -- shared by every store
 
     def add_file(self, recordings_dir: Path, json_path: Path) -> dict[str, Any] | None:

@@ -10,8 +10,7 @@ its own figures.
 from __future__ import annotations
 
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ DROP_REASONS = {
 }
 #: Packets that reached a relay: forwarded or any of its drops (shared-port strangers are
 #: counted in `received` there, not by a relay).
-RECEIVED_KEYS = ("forwarded", "malformed", "unlatched", "no_target", "swallowed")
+RECEIVED_KEYS = ("forwarded", "malformed", "unlatched", "no_target", "swallowed", "strangers", "ambiguous")
 
 
 class ServiceCounters:
@@ -46,13 +45,12 @@ class ServiceCounters:
 
 class B2buaCollector(Collector):
     def __init__(self, server: Any, counters: ServiceCounters, recordings_dir: Path,
-                 index: Any = None, webhooks: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 index: Any = None, webhooks: Any = None) -> None:
         self.server = server  # b2bua.server.Server: .core (B2BUA), .media (MediaCore), .lockout
         self.counters = counters
         self.recordings_dir = recordings_dir
         self.index = index
         self.webhooks = webhooks
-        self.clock = clock
 
     def collect(self) -> Iterator[Metric]:
         server = self.server
@@ -68,13 +66,9 @@ class B2buaCollector(Collector):
             refused.add_metric([reason], counts.get(f"refused:{reason}", 0))
         yield refused
 
-        sessions = list(getattr(media, "sessions", ()) or ())
-        recording = 0
-        for session in sessions:
-            recorder = getattr(session.relay, "recorder", None)
-            if recorder is not None and getattr(recorder, "recording", False):
-                recording += 1
-        yield GaugeMetricFamily("b2bua_recordings_active", "Calls being recorded now", value=recording)
+        stats = media.stats() if hasattr(media, "stats") else {}
+        yield GaugeMetricFamily("b2bua_recordings_active", "Calls being recorded now",
+                                value=stats.get("recordings_active", 0))
         yield CounterMetricFamily("b2bua_recordings", "Recordings finalised since start",
                                   value=self.counters.recordings_finalised)
         writer = getattr(media, "writer", None)  # rtp.disk_writer.DiskWriter: every recording's disk work
@@ -83,6 +77,10 @@ class B2buaCollector(Collector):
             yield GaugeMetricFamily("b2bua_recorder_backlog_seconds",
                                     "Audio held in memory waiting for the disk, over all recorders",
                                     value=disk.backlog_seconds)
+            yield GaugeMetricFamily("b2bua_recorder_queue_depth", "Disk commands submitted and not yet performed",
+                                    value=disk.queue_depth)
+            yield GaugeMetricFamily("b2bua_recorder_disk_failing", "1 while the disk refuses recording writes",
+                                    value=1.0 if disk.failing else 0.0)
             yield CounterMetricFamily("b2bua_recorder_dropped_seconds",
                                       "Audio kept as silence because the disk refused it too long",
                                       value=disk.dropped_seconds)
@@ -101,8 +99,7 @@ class B2buaCollector(Collector):
             yield GaugeMetricFamily("b2bua_media_lag_seconds",
                                     "Smoothed lateness of the 20 ms media tick (media reads run late)",
                                     value=float(getattr(media, "lag", 0.0)))
-            stats = media.stats() if hasattr(media, "stats") else {}
-            received = sum(stats.get(k, 0) for k in RECEIVED_KEYS) + stats.get("strangers", 0)
+            received = sum(stats.get(k, 0) for k in RECEIVED_KEYS)
             yield CounterMetricFamily("b2bua_rtp_packets", "RTP packets received on media ports since start",
                                       value=received)
             dropped = CounterMetricFamily("b2bua_rtp_dropped", "RTP packets dropped since start", labels=["reason"])
@@ -111,13 +108,18 @@ class B2buaCollector(Collector):
             yield dropped
             yield CounterMetricFamily("b2bua_rtp_forwarded", "RTP packets relayed to the other party since start",
                                       value=stats.get("forwarded", 0))
+            if "late_reads" in stats:
+                yield GaugeMetricFamily("b2bua_media_late_reads",
+                                        "Shared-port reads over 5 ms late in the current 5 s window",
+                                        value=stats["late_reads"])
 
-        lockout = getattr(server, "lockout", None)
-        locked = getattr(lockout, "_locked", None)
-        if isinstance(locked, dict):
-            now = self.clock()
-            yield GaugeMetricFamily("b2bua_lockouts_active", "IPs and users locked out after failed digest guesses",
-                                    value=sum(1 for until in locked.values() if until > now))
+        started = getattr(getattr(server, "lockout", None), "started", None)
+        if isinstance(started, dict):
+            lockouts = CounterMetricFamily("b2bua_lockouts", "Lockouts started after failed digest guesses, by scope",
+                                           labels=["scope"])
+            for scope in ("ip", "user", "addr"):
+                lockouts.add_metric([scope], started.get(scope, 0))
+            yield lockouts
 
         try:
             free = shutil.disk_usage(self.recordings_dir).free

@@ -41,17 +41,18 @@ def _day_folders(recordings_dir: Path) -> list[tuple[date, Path]]:
     return sorted(found)
 
 
-def apply_retention(recordings_dir: Path, days: int, index: Any = None, now: datetime | None = None) -> RetentionRun:
-    """Delete the day folders entirely older than `days` days; 0 deletes nothing."""
-    if days <= 0:
-        return RetentionRun(0, 0)
+def delete_old_days(recordings_dir: Path, days: int, now: datetime | None = None) -> tuple[RetentionRun, set[str], date]:
+    """Delete the day folders entirely older than `days` days (files only: for a thread).
+    Returns what was freed, the call ids whose files went, and the first day kept."""
     today = (now or datetime.now(UTC)).astimezone(UTC).date()
     cutoff = today - timedelta(days=days)  # folders of days before this go
-    recordings = freed = 0
+    freed = 0
+    gone: set[str] = set()
+    if days <= 0:
+        return RetentionRun(0, 0), gone, cutoff
     for day, folder in _day_folders(recordings_dir):
         if day >= cutoff:
             break
-        stems: set[str] = set()
         for path in folder.iterdir():
             if not path.is_file() or path.suffix not in (".wav", ".json", ".tmp"):
                 continue
@@ -62,28 +63,42 @@ def apply_retention(recordings_dir: Path, days: int, index: Any = None, now: dat
                 log.warning("retention event=delete-failed path=%s reason=%r", path, str(exc))
                 continue
             freed += size
-            stems.add(path.name.split(".", 1)[0])
-        recordings += len(stems)
-        if index is not None:
-            for stem in stems:
-                index.remove(stem)
+            gone.add(path.name.split(".", 1)[0])
         for empty in (folder, folder.parent, folder.parent.parent):
             try:
                 empty.rmdir()  # only when empty: anything else someone put there stays
             except OSError:
                 break
-    if index is not None:  # rows whose files were already gone
-        cutoff_ts = datetime(cutoff.year, cutoff.month, cutoff.day, tzinfo=UTC).timestamp()
-        for entry in index.started_before(cutoff_ts):
+    return RetentionRun(len(gone), freed), gone, cutoff
+
+
+def forget(index: Any, gone: set[str], cutoff: date) -> None:
+    """The index rows of deleted recordings, and of any started before `cutoff` whose files
+    were already gone."""
+    for call_id in gone:
+        index.remove(call_id)
+    cutoff_ts = datetime(cutoff.year, cutoff.month, cutoff.day, tzinfo=UTC).timestamp()
+    while batch := index.started_before(cutoff_ts):
+        for entry in batch:
             index.remove(entry.call_id)
-    return RetentionRun(recordings, freed)
+
+
+def apply_retention(recordings_dir: Path, days: int, index: Any = None, now: datetime | None = None) -> RetentionRun:
+    """Delete recordings older than `days` days and forget them; 0 deletes nothing."""
+    run, gone, cutoff = delete_old_days(recordings_dir, days, now)
+    if index is not None and days > 0:
+        forget(index, gone, cutoff)
+    return run
 
 
 async def run_daily(recordings_dir: Path, days: int, index: Any = None) -> None:
-    """At start, then every 24 h, until cancelled."""
+    """At start, then every 24 h, until cancelled. The files are deleted on a thread (the
+    loop carries the media); the index rows are removed on the loop, which owns the index."""
     while True:
         try:
-            run = apply_retention(recordings_dir, days, index)
+            run, gone, cutoff = await asyncio.to_thread(delete_old_days, recordings_dir, days)
+            if index is not None:
+                forget(index, gone, cutoff)
             log.info("retention event=run retention_days=%d deleted=%d bytes=%d", days, run.files, run.bytes)
         except Exception:  # a retention bug must not stop the server
             log.exception("retention event=failed")

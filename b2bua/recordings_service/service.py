@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,9 @@ OUTBOX_FILE = "webhooks.sqlite3"
 #: At start, sidecars of these last days not yet in the index are indexed (and announced):
 #: a recording finalised just before a crash, before its row was committed.
 RECONCILE_DAYS = 2
+#: An idle HTTP keep-alive connection is closed after this long (aiohttp's default is 75 s):
+#: idle connections hold file descriptors the media needs for its sockets.
+KEEPALIVE_TIMEOUT = 15.0
 
 
 class RecordingsService:
@@ -43,6 +47,10 @@ class RecordingsService:
         self._runner: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self.http_address: tuple[str, int] | None = None
+        # A cluster worker (b2bua.cluster.worker.WorkerRole) has an index: worker N serves
+        # HTTP on [http] port + N, keeps its own webhook outbox, and only worker 0 runs
+        # retention; the index is shared (one SQLite file per host, WAL, several writers).
+        self.worker_index: int | None = getattr(getattr(server, "worker", None), "index", None)
 
     # -- the hook ---------------------------------------------------------------------
 
@@ -70,7 +78,16 @@ class RecordingsService:
 
     def wav_url(self, call_id: str) -> str | None:
         http = self.config.http
-        return f"{http.base_url}/api/recordings/{call_id}.wav" if http is not None else None
+        if http is None:
+            return None
+        if not http.public_url and self.worker_index:
+            http = replace(http, port=self.http_port)
+        return f"{http.base_url}/api/recordings/{call_id}.wav"
+
+    @property
+    def http_port(self) -> int:
+        assert self.config.http is not None
+        return self.config.http.port + (self.worker_index or 0)
 
     # -- start and stop ---------------------------------------------------------------
 
@@ -81,14 +98,25 @@ class RecordingsService:
         config = self.config
         needs_index = config.http is not None or bool(config.webhooks)
         if needs_index and self.index is None:
-            self.index = SqliteIndex(self.recordings_dir / INDEX_FILE)
+            redis_url = getattr(config.cluster, "redis", None) if getattr(config, "cluster", None) else None
+            if redis_url:  # a cluster: one index for every worker, in the shared store
+                from b2bua.recordings_service.redis_index import RedisIndex
+
+                try:
+                    self.index = RedisIndex(redis_url)
+                except Exception as exc:  # redis-py's errors are not OSErrors: say which store, exit 1
+                    raise OSError(f"recordings index at {redis_url}: {exc}") from exc
+            else:
+                self.index = SqliteIndex(self.recordings_dir / INDEX_FILE)
         if config.webhooks:
-            self.webhooks = WebhookSender(config.webhooks, Outbox(self.recordings_dir / OUTBOX_FILE), self.wav_url)
+            outbox = OUTBOX_FILE if self.worker_index is None else f"webhooks-worker{self.worker_index}.sqlite3"
+            self.webhooks = WebhookSender(config.webhooks, Outbox(self.recordings_dir / outbox), self.wav_url)
         if self.index is not None:
             created = getattr(self.index, "created", False)
             days = None if created else _recent_days(RECONCILE_DAYS)
             added = self.index.rebuild(self.recordings_dir, days)
             if created:
+                self.index.built()
                 log.info("recordings event=index-built recordings=%d path=%s", len(added), self.recordings_dir)
             else:
                 # Recent sidecars the index missed (a crash between finalise and commit)
@@ -109,7 +137,7 @@ class RecordingsService:
             self.webhooks.start()
         if config.http is not None:
             await self._start_http()
-        if config.recordings.retention_days > 0:
+        if config.recordings.retention_days > 0 and not self.worker_index:
             self._tasks.append(asyncio.get_running_loop().create_task(
                 run_daily(self.recordings_dir, config.recordings.retention_days, self.index), name="retention"))
 
@@ -119,21 +147,24 @@ class RecordingsService:
         from b2bua.recordings_service.api import RecordingsApi
 
         assert self.index is not None and self.config.http is not None
-        loop = asyncio.get_running_loop()
-        lockout_clock: Callable[[], float] = loop.time
         collector = metricsmod.B2buaCollector(self.server, self.counters, self.recordings_dir, self.index,
-                                              self.webhooks, clock=lockout_clock)
+                                              self.webhooks)
+        summary = getattr(self.server, "summary", None)  # b2bua.hostile_summary.HostileSummary
+        loop = asyncio.get_running_loop()
         api = RecordingsApi(self.recordings_dir, self.index, TokenBook(self.config.api_tokens),
-                            metricsmod.make_registry(collector), self.counters)
+                            metricsmod.make_registry(collector), self.counters,
+                            on_unauthorised=(lambda ip: summary.count(ip, "http-unauthorised", loop.time()))
+                            if summary is not None else None)
         # access_log=None: one line per request would be hostile-traffic logging per
         # request (GUIDE: summarised, never per request); 401s are counted in /metrics.
-        self._runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(api.app(), access_log=None, handle_signals=False,
+                                     keepalive_timeout=KEEPALIVE_TIMEOUT)
         await self._runner.setup()
         http = self.config.http
-        site = web.TCPSite(self._runner, http.host, http.port, reuse_address=True)
+        site = web.TCPSite(self._runner, http.host, self.http_port, reuse_address=True)
         await site.start()
-        self.http_address = (http.host, http.port)
-        log.info("startup http=http://%s:%d/ tokens=%d webhooks=%d retention_days=%d", http.host, http.port,
+        self.http_address = (http.host, self.http_port)
+        log.info("startup http=http://%s:%d/ tokens=%d webhooks=%d retention_days=%d", http.host, self.http_port,
                  len(self.config.api_tokens), len(self.config.webhooks), self.config.recordings.retention_days)
 
     async def stop(self) -> None:
@@ -158,27 +189,3 @@ class RecordingsService:
 def _recent_days(n: int) -> list:
     today = datetime.now(UTC).date()
     return [today - timedelta(days=i) for i in range(n, -1, -1)]
-
-
-def notify_on_close(make_recorder: Callable[..., Any], on_finalised: Callable[[Path], None]) -> Callable[..., Any]:
-    """A recorder factory whose recorders call `on_finalised(sidecar path)` once closed
-    with a file (a call never recorded leaves none and calls nothing).
-
-    Stand-in for the recorder's own `on_finalised` hook while that is not on main: the
-    recorder here writes synchronously, so its sidecar is final when close() returns."""
-
-    def make(call: Any, t0: float) -> Any:
-        recorder = make_recorder(call, t0)
-        close = recorder.close
-
-        def close_and_notify(now: float) -> None:
-            was_closed = getattr(recorder, "_closed", False)
-            close(now)
-            json_path = getattr(recorder, "json_path", None)
-            if not was_closed and json_path is not None and json_path.exists():
-                on_finalised(json_path)
-
-        recorder.close = close_and_notify
-        return recorder
-
-    return make

@@ -200,13 +200,13 @@ class WebhookSender:
         if hook is None:
             self.outbox.delivered(row_id)
             return
-        now = self.clock()
-        if url in self._blocked and self._blocked[url][0] > now:
-            return  # an earlier row of this batch found the receiver failing
         async with limit:
+            if url in self._blocked and self._blocked[url][0] > self.clock():
+                return  # a row ahead of this one found the receiver failing: wait for its backoff
             error = None
             try:
-                async with self._session.post(url, data=body, headers={
+                # No redirects: a 3xx is not the receiver's 2xx (and a POST is never re-aimed).
+                async with self._session.post(url, data=body, allow_redirects=False, headers={
                     "Content-Type": "application/json",
                     SIGNATURE_HEADER: sign(hook.secret, body),
                     "User-Agent": "b2bua-webhooks",

@@ -26,11 +26,12 @@ WEBHOOK_SECRET = "e2e-webhook-secret"
 DDI = "441632960000"
 
 
-def flows(ports: Ports, pytrunk: str, http_port: int, webhook_url: str | None = None) -> str:
+def flows(ports: Ports, pytrunk: str, http_port: int, webhook_url: str | None = None, extra: str = "") -> str:
     text = f'''
 [server]
 listen = "{ports.listen}"
 rtp_ports = "{ports.rtp_ports}"
+{extra}
 [organisation]
 name = "Test"
 [[trunks]]
@@ -126,11 +127,13 @@ class Pbx:
         call.wait_ended(5)
 
 
-def start_pbx(tmp_path: Path, webhook_url: str | None = None) -> Pbx:
+def start_pbx(tmp_path: Path, webhook_url: str | None = None, *, server_extra: str = "", tail: str = "",
+              name: str = "b2bua") -> Pbx:
+    """`server_extra`: more [server] keys; `tail`: more sections at the end of flows.toml."""
     ports = Ports.allocate()
     trunk = PyTrunk(auto_answer=True)
     http_port = free_port("tcp")
-    proc = B2buaProcess(flows(ports, trunk.address, http_port, webhook_url), tmp_path)
+    proc = B2buaProcess(flows(ports, trunk.address, http_port, webhook_url, server_extra) + tail, tmp_path, name=name)
     proc.start()
     return Pbx(proc, ports, http_port, trunk, tmp_path)
 

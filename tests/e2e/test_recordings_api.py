@@ -150,7 +150,7 @@ def test_metrics_count_the_calls_and_recordings(recorded):
     assert value("b2bua_recordings_indexed") == 3
     assert value('b2bua_calls_refused_total{reason="overload"}') == 0
     assert "b2bua_media_lag_seconds" in text and "b2bua_admission_ceiling_calls" in text
-    assert "b2bua_lockouts_active" in text and "b2bua_recorder_backlog_seconds" in text
+    assert 'b2bua_lockouts_total{scope="ip"} 0.0' in text and "b2bua_recorder_backlog_seconds" in text
 
 
 def test_page_is_served_with_nothing_from_outside(recorded):
