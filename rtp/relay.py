@@ -722,9 +722,11 @@ class CallRelay:
             self.recorder.place_g711(channel, payload_type, np.array([pos]), np.array([n]),
                                      np.frombuffer(payload, np.uint8).reshape(1, n))
             return
-        table.wpos[g, count] = pos
-        table.wlen[g, count] = n
-        table.wbuf[g, count, :n] = np.frombuffer(payload, np.uint8)
+        flat = g * table.wait_rows + count
+        table.wpos_mv[flat] = pos
+        table.wlen_mv[flat] = n
+        at = flat * WAIT_WIDTH
+        table.wbuf_mv[at : at + n] = payload
         table.py_wpt[g] = payload_type
         table.py_wcount[g] = count + 1
 
