@@ -112,6 +112,24 @@ async def test_a_phone_behind_nat_is_learnt_from_its_signalling_ip(core: MediaCo
         s.close()
 
 
+async def each_hears_only_its_own_call(core, a, b, ext_a, ext_b, same, ssrcs) -> None:  # noqa: ANN001
+    """Two calls whose callees send from one address (`same`), each to its own port: three
+    packets each reach only their own call's other party, nothing is ambiguous; then both
+    calls and the sockets are closed."""
+    for k in range(3):
+        same.sendto(build(0, k, 160 * k, ssrcs[0], AUDIO), (HOST, a.ports[1]))
+        same.sendto(build(0, k, 160 * k, ssrcs[1], AUDIO), (HOST, b.ports[1]))
+        await asyncio.sleep(0.01)
+    to_a, to_b = await drain(ext_a, 0.1), await drain(ext_b, 0.05)
+    assert len(to_a) == 3 and {p.ssrc for p in to_a} == {a.relay.legs[0].out.ssrc}
+    assert len(to_b) == 3 and {p.ssrc for p in to_b} == {b.relay.legs[0].out.ssrc}
+    assert core._shared.stats["ambiguous"] == 0
+    a.close()
+    b.close()
+    for s in (ext_a, ext_b, same):
+        s.close()
+
+
 def call_for(call_id: str, user: str, trunk: str = "carrier"):  # noqa: ANN201 - a Call
     """A call between `trunk` and `user` (parties named apart: the port choice looks at them)."""
     call = make_call(call_id)
@@ -295,18 +313,7 @@ async def test_two_calls_whose_parties_share_one_address_get_their_own_ports(cor
     b.set_media(0, MediaEndpoint(ext_b.getsockname(), HOST))
     b.set_media(1, MediaEndpoint(same.getsockname(), HOST))  # the same address as call a's phone
     assert a.ports[1] != b.ports[1]
-    for k in range(3):
-        same.sendto(build(0, k, 160 * k, 0x2222, AUDIO), (HOST, a.ports[1]))
-        same.sendto(build(0, k, 160 * k, 0x3333, AUDIO), (HOST, b.ports[1]))
-        await asyncio.sleep(0.01)
-    to_a, to_b = await drain(ext_a, 0.1), await drain(ext_b, 0.05)
-    assert len(to_a) == 3 and {p.ssrc for p in to_a} == {a.relay.legs[0].out.ssrc}
-    assert len(to_b) == 3 and {p.ssrc for p in to_b} == {b.relay.legs[0].out.ssrc}
-    assert core._shared.stats["ambiguous"] == 0
-    a.close()
-    b.close()
-    for s in (ext_a, ext_b, same):
-        s.close()
+    await each_hears_only_its_own_call(core, a, b, ext_a, ext_b, same, (0x2222, 0x3333))
 
 
 async def test_a_shared_address_on_one_published_port_is_dropped_never_crossed(core: MediaCore) -> None:
@@ -376,18 +383,7 @@ async def test_one_user_called_twice_gets_a_port_per_call_before_its_address_is_
         session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
         session.set_media(1, MediaEndpoint(same.getsockname(), HOST))
         session.answered()
-    for k in range(3):
-        same.sendto(build(0, k, 160 * k, 0x2222, AUDIO), (HOST, a.ports[1]))
-        same.sendto(build(0, k, 160 * k, 0x2222, AUDIO), (HOST, b.ports[1]))  # even one SSRC for both
-        await asyncio.sleep(0.01)
-    to_a, to_b = await drain(ext_a, 0.1), await drain(ext_b, 0.05)
-    assert len(to_a) == 3 and {p.ssrc for p in to_a} == {a.relay.legs[0].out.ssrc}
-    assert len(to_b) == 3 and {p.ssrc for p in to_b} == {b.relay.legs[0].out.ssrc}
-    assert core._shared.stats["ambiguous"] == 0
-    a.close()
-    b.close()
-    for s in (ext_a, ext_b, same):
-        s.close()
+    await each_hears_only_its_own_call(core, a, b, ext_a, ext_b, same, (0x2222, 0x2222))  # even one SSRC for both
 
 
 async def test_many_shared_ports_are_read_through_epoll(tmp_path: Path) -> None:
