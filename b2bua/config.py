@@ -491,12 +491,14 @@ def _cluster(path: Path, server: Server, table: Any) -> Cluster:
             raise ConfigError(path, key, f'got "{host}", expected the address the edge reaches the workers at')
     if not hosts:
         raise ConfigError(path, "cluster.hosts", "is empty; expected at least one worker host")
+    if _is_wildcard(server.host):
+        raise ConfigError(path, "server.listen", f'"{server.host}" is a wildcard; the edge listens (and record-routes) '
+                          "with this address, so it must be the edge's own, e.g. its public IP")
     default_edge = f"[{server.host}]:{server.port}" if ":" in server.host else f"{server.host}:{server.port}"
     edge_text = r.get("edge_address", str, default_edge, what='"ip:port" where the workers reach the edge')
     edge_host, edge_port = _host_port(path, "cluster.edge_address", edge_text, DEFAULT_SIP_PORT)
     if _is_wildcard(edge_host):
-        what = "server.listen" if "edge_address" not in table else "cluster.edge_address"
-        raise ConfigError(path, what, f'"{edge_host}" is a wildcard; set cluster.edge_address to the edge\'s address as workers see it')
+        raise ConfigError(path, "cluster.edge_address", f'"{edge_host}" is a wildcard; expected the edge\'s address as workers see it')
     r.done()
     return Cluster(workers, edge, redis, (low, high), tuple(hosts), edge_host, edge_port or DEFAULT_SIP_PORT)
 

@@ -102,10 +102,14 @@ def wait_ready(log_path: Path, proc: subprocess.Popen, workers: int, timeout: fl
 
 def run(calls: int, seconds: float, record: bool, workdir: Path, workers: int, quota: float | None) -> dict:
     edge_port, redis_port = load.free_port(), load.free_port(load.socket.SOCK_STREAM)
-    worker_low = 30000 + (os.getpid() % 2000) * 8
     trunk, phone = load.udp(), load.udp()
     trunk_media, phone_media = load.udp(host="0.0.0.0"), load.udp(host="0.0.0.0")
-    rtp = (40000, 40000 + (calls * 4 + 200) * workers)
+    width = (calls * 4 + 200) * workers
+    taken = {edge_port, redis_port, *(s.getsockname()[1] for s in (trunk, phone, trunk_media, phone_media))}
+    low = next(p for p in range(40000, 65000 - width, 2) if not any(p <= t <= p + width for t in taken))
+    rtp = (low, low + width)  # the media range holds none of the ports the OS just gave us (config would refuse it)
+    worker_low = next(p for p in range(30000 + (os.getpid() % 1000) * 8, 39000)
+                      if not any(p <= t < p + workers for t in taken))  # below the media ports
     recordings = workdir / "recordings"
     config = workdir / "flows.toml"
     config.write_text(cluster_config(calls, edge_port, trunk.getsockname()[1], rtp, record, recordings, workers,
@@ -134,6 +138,7 @@ def run(calls: int, seconds: float, record: bool, workdir: Path, workers: int, q
         registered = sip.register(calls, "load", time.monotonic() + 60)
         reg_s = time.monotonic() - t
         edge_reg = session_cpu(edge_pid) - edge0
+        time.sleep(3.0)  # a new binding reaches the other workers a few ms after its 200, later on a starved CPU
         t, edge1 = time.monotonic(), session_cpu(edge_pid)
         a_ports, b_ports, dialogs = sip.call(calls, rate=250, deadline=time.monotonic() + 60 + calls / 100)
         setup_s = time.monotonic() - t

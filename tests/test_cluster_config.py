@@ -57,7 +57,7 @@ def test_odd_media_shares_stay_even(tmp_path):
 
 
 def test_several_hosts_are_all_in_the_dispatcher_list(tmp_path):
-    text = BASE.replace('listen = "127.0.0.1:5060"', 'listen = "0.0.0.0:5060"').replace(
+    text = BASE.replace('listen = "127.0.0.1:5060"', 'listen = "203.0.113.10:5060"').replace(
         'media_ip = "127.0.0.1"', 'media_ip = "10.0.0.2"') + CLUSTER + 'hosts = ["10.0.0.2", "10.0.0.3"]\nedge_address = "10.0.0.1:5060"\n'
     config = load_file(write(tmp_path, text))
     assert [(s.host, s.port) for s in all_slots(config)] == [
@@ -94,9 +94,9 @@ def test_too_many_workers_for_the_media_ports(tmp_path):
         load_file(path)
 
 
-def test_a_wildcard_listen_needs_an_edge_address(tmp_path):
-    path = write(tmp_path, BASE.replace("127.0.0.1:5060", "0.0.0.0:5060") + CLUSTER)
-    with pytest.raises(ConfigError, match=r"server.listen: .*set cluster.edge_address"):
+def test_a_cluster_edge_listens_on_its_own_address_not_a_wildcard(tmp_path):
+    path = write(tmp_path, BASE.replace("127.0.0.1:5060", "0.0.0.0:5060") + CLUSTER + 'edge_address = "10.0.0.1:5060"\n')
+    with pytest.raises(ConfigError, match=r"server.listen: .*wildcard.*the edge's own"):
         load_file(path)
 
 

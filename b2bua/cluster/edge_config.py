@@ -237,7 +237,8 @@ failure_route[NEXT_WORKER] {{
 
 # A worker's own request. A new one names its phone or trunk in X-B2BUA-Dst (the address
 # that phone or trunk sends from); one in a dialog follows the dialog's route through this
-# edge to the Request-URI, whose ;alias (set_contact_alias above and in REPLY) is that address.
+# edge to the Request-URI, whose ;alias (set_contact_alias in FROM_OUTSIDE and onreply_route)
+# is that address.
 route[FROM_WORKER] {{
     if (is_method("CANCEL")) {{
         if (t_check_trans()) {{
