@@ -35,6 +35,11 @@ MAX_READS_PER_WAKEUP = 64  # datagrams drained per readiness callback before yie
 PORTS_PER_SESSION = 2  # one RTP/RTCP pair facing each party
 LAG_SMOOTHING = 0.1  # weight of the newest tick in the moving average
 LATENESS_WINDOW = 5.0  # seconds per `media event=lateness` log line (rtp.lateness)
+# Sessions a tick drives between two reads of the shared ports. Why: at 2,000 calls a tick
+# flushes ~40 recorders (one a second each), ~150 us apiece (bench/recorder.py): 6 ms
+# without a read, the stall the lateness histogram showed; 8 keep a read within ~1.2 ms.
+SESSIONS_PER_READ = 8
+MIN_FLUSHES_PER_TICK = 16  # recorder flushes a tick may always do (see _tick_sessions)
 LATE_READ_BUCKET = 8  # stats()["late_reads"]: reads of this window later than EDGES_MS[7] (5 ms)
 _RELAY_COUNTERS = ("forwarded", "malformed", "oversize", "unlatched", "no_target", "swallowed", "injected", "rtcp")
 
@@ -390,15 +395,30 @@ class MediaCore:
         100,000 Python iterations a second to find the ~40 sessions a tick has work for."""
         due = set(self._busy)
         flushes, scheduled = self._flushes, self._scheduled
-        while flushes and flushes[0][0] <= now:
+        # At most twice the steady rate (a second of flushes over 50 ticks) per tick: after a
+        # stall every recorder is due at once, and flushing them all in one callback (while
+        # the reads between them keep filling the others) made a stall of seconds out of one
+        # of 100 ms. The rest wait in the heap for the next ticks, oldest first.
+        limit = max(MIN_FLUSHES_PER_TICK, 2 * len(self.sessions) // 50)
+        taken = 0
+        while flushes and flushes[0][0] <= now and taken < limit:
             at, _, session = heapq.heappop(flushes)
             if scheduled.get(session) == at:  # else stale: rescheduled or closed since
                 del scheduled[session]
                 due.add(session)
+                taken += 1
+        shared = self._shared
+        driven = 0
         for session in due:
             if session.closed:
                 self._busy.discard(session)
                 continue
+            driven += 1
+            if shared is not None and driven % SESSIONS_PER_READ == 0:
+                try:
+                    shared.read_waiting()  # between flushes, not after all of them
+                except Exception:
+                    self.log.exception("media read between flushes failed")
             relay = session.relay
             if relay.busy or now >= relay.next_flush:
                 try:

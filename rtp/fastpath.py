@@ -23,13 +23,13 @@ SSRC, in order or after a gap: `OutStream.map`'s offset case). Anything else (an
 new or jumping SSRC, a reordered or duplicate packet, CSRCs or an extension, another
 payload type) goes to `CallRelay.receive`, after which the owner calls `refresh`.
 
-Recording: where the recorder lends its clock (`Recorder.fast_clock`), the lane works out
-each packet's position itself, for the whole batch (`StreamClock.position`'s plain case),
-and copies the payload into per-leg rows here (`wpos`, `wlen`, `wbuf`): a few numpy
-operations a batch instead of Python work a packet. The recorder takes them when the clock
-is handed back (`fast_clock_absorb`: at its flush, or whenever anything else touches the
-call) and decodes and places them then, as `add_g711` would have. Any other packet goes
-to `add_g711` itself.
+Recording: each leg's recording clock (`rtp.relay.LegClock`: `StreamClock`'s rules, the
+current SSRC's anchor in the `ck_*` fields) and the packets it placed and the recorder has
+not taken yet (`wcount` rows of position, length and payload: `wpos`, `wlen`, `wbuf`) are
+here too. The relay hands the rows to the recorder (`Recorder.place_g711`) before its
+flush, a *1 and its close; the batch works out each packet's position itself for the
+whole batch where it is `StreamClock.position`'s plain case, and leaves anything else to
+the relay's per-packet `CallRelay.record` on the same rows.
 """
 
 from __future__ import annotations
@@ -62,17 +62,30 @@ STATE_FIELDS = (
     ("check_ts", "q"),  # 0/1: we generated audio, the next source packet must not go back in time
     ("source_at", "d"),  # when the other party's audio last reached this leg's party
     ("fwd", "q"),  # packets from this leg's party forwarded to the other
+    # The recording clock of this leg's party's audio (rtp.relay.LegClock): the anchor of
+    # SSRC `ck_ssrc` when `ck_has` (StreamClock's _Anchor fields).
+    ("ck_has", "q"),
+    ("ck_ssrc", "q"),
+    ("ck_pos", "q"),  # anchor_pos
+    ("ck_ats", "q"),  # anchor_ts
+    ("ck_nts", "q"),  # newest_ts
+    ("ck_nseq", "q"),  # newest_seq
+    ("ck_late", "q"),  # late_run
+    ("rbase", "q"),  # the recorder's timeline base (first position not final), kept by the relay
+    ("rt0", "d"),  # the recorder's t0 (the answer)
+    ("wcount", "q"),  # rows waiting for the recorder
+    ("wpt", "q"),  # their payload type
 )
 
 _I64 = np.int64
 _U64 = np.uint64
 _STAMP = np.dtype([("seq", ">u2"), ("ts", ">u4"), ("ssrc", ">u4")])  # RTP header bytes 2-11 (RFC 3550 §5.1)
 _STAMP_ITEM = np.dtype(f"V{_STAMP.itemsize}")
-#: Packets per leg the lane holds for the recorder between its flushes (one a second:
-#: 50 packets of 20 ms); a leg that fills up hands them over early (`_absorb_clock`).
+#: Packets per leg held for the recorder between its flushes (one a second: 50 packets of
+#: 20 ms); a leg that fills up hands them over early (`CallRelay.record`).
 WAIT_ROWS = 56
-#: The longest payload the lane holds for the recorder: 30 ms of G.711. A longer one is
-#: placed by the recorder itself (add_g711), as everything outside the lane is.
+#: The longest payload held in a row for the recorder: 30 ms of G.711. A longer one is
+#: handed to the recorder at once (`CallRelay.record`).
 WAIT_WIDTH = 240
 
 
@@ -139,6 +152,7 @@ class LegTable:
         self._free: list[int] = []
         self.ports: dict[int, SharedPort] = {}
         self._size = 0
+        self.wait_rows = WAIT_ROWS  # rows per leg (read once: tests shrink WAIT_ROWS)
         self._alloc(max(capacity, 2))
 
     def _alloc(self, legs: int) -> None:
@@ -163,26 +177,25 @@ class LegTable:
         for name in ("pt", "out_port"):
             grow(name, _I64)
         grow("dst", np.uint8, (16,))
-        # The recorder's clock for the leg's SSRC, when lent (Recorder.fast_clock).
-        grow("clock", np.bool_)
-        grow("placed", np.bool_)  # the lane placed packets since the clock was lent
-        for name in ("a_pos", "a_ts", "n_ts", "n_seq", "base", "late", "clock_ssrc"):
-            grow(name, _I64)
-        grow("t0", np.float64)
-        # Packets the lane placed and the recorder has not yet taken (see "Recording" above):
-        # per leg, `wcount` rows of position, payload length and payload bytes.
-        grow("wcount", _I64)
-        grow("wpos", _I64, (WAIT_ROWS,))
-        grow("wlen", _I64, (WAIT_ROWS,))
-        grow("wbuf", np.uint8, (WAIT_ROWS, WAIT_WIDTH))
+        # Packets placed and not yet taken by the recorder (see "Recording" above): per leg,
+        # `wcount` rows of position, payload length and payload bytes.
+        rows = self.wait_rows
+        grow("wpos", _I64, (rows,))
+        grow("wlen", _I64, (rows,))
+        grow("wbuf", np.uint8, (rows, WAIT_WIDTH))
         # The same memory as whole items (a 16-byte sockaddr, a 240-byte row) and flat rows:
         # a batch's gather or scatter of them is one copy per item, where indexing the 2-D
         # and 3-D arrays walks every byte (timeit, a batch of 400: 4.7 -> 0.5 us for the
         # addresses, 13 -> 8 us for the payloads).
         self.dst_items = self.dst.view(f"V{self.dst.shape[1]}").reshape(legs)
-        self.wbuf_items = self.wbuf.view(f"V{WAIT_WIDTH}").reshape(legs * WAIT_ROWS)
-        self.wpos_flat = self.wpos.reshape(legs * WAIT_ROWS)
-        self.wlen_flat = self.wlen.reshape(legs * WAIT_ROWS)
+        self.wbuf_items = self.wbuf.view(f"V{WAIT_WIDTH}").reshape(legs * rows)
+        self.wpos_flat = self.wpos.reshape(legs * rows)
+        self.wlen_flat = self.wlen.reshape(legs * rows)
+        # The same rows for the per-packet path (CallRelay.record): a memoryview's item and
+        # slice assignment costs a fraction of a numpy scalar write.
+        self.wpos_mv = memoryview(self.wpos_flat)
+        self.wlen_mv = memoryview(self.wlen_flat)
+        self.wbuf_mv = memoryview(self.wbuf.reshape(legs * rows * WAIT_WIDTH))
         if old:
             self.keys += [None] * (legs - old)
             self.sources += [None] * (legs - old)
@@ -213,10 +226,9 @@ class LegTable:
         self.sessions[session.relay.slot] = session
 
     def remove(self, slot: int) -> None:
-        """The call is over: its slot may be reused (after the recorder took its rows)."""
+        """The call is over (its relay closed, rows handed over): the slot may be reused."""
         relay = self.relays[slot]
         if relay is not None:
-            self.store_clocks(slot)
             relay.stats.freeze()
         for g in (2 * slot, 2 * slot + 1):
             self._deactivate(g)
@@ -226,8 +238,6 @@ class LegTable:
 
     def _deactivate(self, g: int) -> None:
         self.active[g] = False
-        self.clock[g] = False
-        self.wcount[g] = 0
         route = self.keys[g]
         if route is not None:
             key, port = route
@@ -235,68 +245,11 @@ class LegTable:
                 del port.fast_routes[key]
             self.keys[g] = None
 
-    def store(self, session: SharedSession) -> None:
-        """Hand the recorders' lent clocks back: before anything else touches the call."""
-        self.store_clocks(session.relay.slot)
-
-    def _absorb_clock(self, g: int, relay) -> None:  # noqa: ANN001 - a CallRelay
-        """The recorder takes back its clock's state and the packets the lane placed."""
-        self.placed[g] = False
-        count = int(self.wcount[g])
-        self.wcount[g] = 0
-        recorder = relay.recorder
-        if recorder is not None:
-            recorder.fast_clock_absorb(g & 1, int(self.clock_ssrc[g]), int(self.n_seq[g]), int(self.n_ts[g]),
-                                       int(self.late[g]), self.wpos[g, :count], self.wlen[g, :count],
-                                       self.wbuf[g, :count])
-
-    def store_clocks(self, slot: int) -> None:
-        """Hand back the recorders' clocks: before a flush or anything else touching the recorder."""
-        relay = self.relays[slot]
-        for g in (2 * slot, 2 * slot + 1):
-            if self.placed[g]:
-                self._absorb_clock(g, relay)
-
-    def load_clocks(self, slot: int) -> None:
-        """Lend the recorders' clocks again after a flush (their timeline moved on).
-
-        A flush moves only the timeline's base: the anchors, the payload type and the
-        newest packet (handed back just before) stay as lent, so a clock still lent needs
-        only its base; one not lent is asked for again (the flush emptied the recorder's
-        waiting list, which may have been what kept it). A closed recorder is gone from
-        the relay, and a disabled one never lends."""
-        relay = self.relays[slot]
-        recorder = relay.recorder
-        for g in (2 * slot, 2 * slot + 1):
-            if self.active[g] and self.record[g]:
-                if self.clock[g] and recorder is not None:
-                    self.base[g] = recorder.timeline_base
-                else:
-                    self._lend_clock(g, relay, int(self.py_src_ssrc[g ^ 1]), int(self.pt[g]))
-
-    def _lend_clock(self, g: int, relay, src_ssrc: int, payload_type: int) -> None:  # noqa: ANN001
-        lend = getattr(relay.recorder, "fast_clock", None)
-        clock = lend(g & 1, src_ssrc, payload_type) if lend is not None else None
-        if clock is None:
-            self.clock[g] = False
-            return
-        self.clock[g] = True
-        self.placed[g] = False
-        self.clock_ssrc[g] = src_ssrc
-        self.a_pos[g] = clock.anchor_pos
-        self.a_ts[g] = clock.anchor_ts
-        self.n_ts[g] = clock.newest_ts
-        self.n_seq[g] = clock.newest_seq
-        self.late[g] = clock.late_run
-        self.base[g] = clock.base
-        self.t0[g] = clock.t0
-
     def refresh(self, session: SharedSession, now: float) -> None:
         """What the lane may take of this call's packets now (after anything touched it):
-        each leg's route, destination and payload type while `CallRelay.batchable`, and
-        the recorder's clock lent again. No stream state is copied: it lives here."""
+        each leg's route, destination and payload type while `CallRelay.batchable`. No
+        stream or clock state is copied: it lives here."""
         relay = session.relay
-        self.store_clocks(relay.slot)  # rows the lane placed go to the recorder before its clock is lent again
         g0 = 2 * relay.slot
         for channel in (0, 1):
             g = g0 + channel
@@ -309,7 +262,7 @@ class LegTable:
             route = self.keys[g]
             key = route[0] if route is not None and self.sources[g] == source else port.key_of(source)
             self.sources[g] = source
-            if key in port.conflicts:  # an address two calls share: told apart by SSRC in rtp.mux
+            if key in port.conflicts:  # an address two calls share on this port: dropped (rtp.mux)
                 self._deactivate(g)
                 continue
             if route != (key, port):
@@ -322,14 +275,6 @@ class LegTable:
             out_port = session.port_of(1 - channel)
             self.out_port[g] = out_port.ident
             self.dst[g] = np.frombuffer(out_port.mux.sockaddr(target), np.uint8)
-            if record:
-                self._lend_clock(g, relay, int(self.py_src_ssrc[g ^ 1]), payload_type)
-            else:
-                self.clock[g] = False
-
-    def load(self, session: SharedSession, now: float) -> None:
-        """`refresh` (the name the owner used when state was lent)."""
-        self.refresh(session, now)
 
     # -- the batch ----------------------------------------------------------------------------
 
@@ -432,10 +377,10 @@ class LegTable:
             for a, b in zip(cuts, cuts[1:]):
                 self.ports[int(by_port[a])].mux.send_rows(rows, picked[a:b], sizes[a:b], dst[a:b])
         # The recorder takes lane packets as receive() gives them: position now, decode at
-        # flush. Where its clock is lent and the packet is the plain case (newer, in place,
+        # flush. Where the leg's recording clock has the plain case (newer, in place,
         # not late: StreamClock.position's arithmetic), the position is computed here for
-        # the whole batch and the payload copied into the leg's rows (`_absorb_clock` hands
-        # them over).
+        # the whole batch and the payload copied into the leg's rows (the relay hands them
+        # to the recorder: CallRelay.deliver_audio).
         rec = self.record[gf]
         if rec.any():
             r = np.flatnonzero(rec)
@@ -443,64 +388,54 @@ class LegTable:
             kr = fast[r]
             seq_r = seq[kr]
             ts_r = ts[kr]
+            ssrc_r = ssrc[kr]
             n_r = size[kr] - 12
-            newest = self.n_ts[gr]
+            newest = self.ck_nts[gr]
             ts_ext = newest + (((ts_r - newest) + 0x80000000) & 0xFFFFFFFF) - 0x80000000
-            pos = self.a_pos[gr] + (ts_ext - self.a_ts[gr])
-            arrival = np.rint((now - self.t0[gr]) * SAMPLE_RATE).astype(_I64)
+            pos = self.ck_pos[gr] + (ts_ext - self.ck_ats[gr])
+            arrival = np.rint((now - self.rt0[gr]) * SAMPLE_RATE).astype(_I64)
             drift = pos - arrival
-            step = (seq_r - self.n_seq[gr]) & 0xFFFF
+            step = (seq_r - self.ck_nseq[gr]) & 0xFFFF
+            base = self.rbase[gr]
             # A newer packet too late to place (we or the network fell behind) is the clock's
             # `late_run` case: placed (the timeline drops and counts it) unless this makes a
-            # whole LATE_RUN of them, which re-anchors: that one goes to add_g711.
-            late = pos < self.base[gr]
-            late_run = np.where(late, self.late[gr] + n_r, 0)
+            # whole LATE_RUN of them, which re-anchors: that one goes to CallRelay.record.
+            late = pos < base
+            late_run = np.where(late, self.ck_late[gr] + n_r, 0)
+            count = self.wcount[gr]
             placed = (
-                self.clock[gr]
+                (self.ck_has[gr] != 0)
+                & (self.ck_ssrc[gr] == ssrc_r)
                 & (step >= 1)
                 & (step < SEQ_NEWER_WINDOW)
                 & (drift <= RESYNC_SAMPLES)
                 & (drift >= -RESYNC_SAMPLES)
                 & (late_run < LATE_RUN_SAMPLES)
-                & (pos + n_r - self.base[gr] <= MAX_PENDING_FRAMES)
+                & (pos + n_r - base <= MAX_PENDING_FRAMES)
+                & (n_r <= WAIT_WIDTH)
+                & (count < self.wait_rows)
+                & ((count == 0) | (self.wpt[gr] == pt[kr]))
             )
-            placed &= n_r <= WAIT_WIDTH
-            full = self.wcount[gr] >= WAIT_ROWS
-            if full.any():  # a late flush: the recorder takes these legs' packets now
-                for leg in gr[full & placed].tolist():
-                    relay = self.relays[leg >> 1]
-                    if relay is not None:
-                        self._absorb_clock(leg, relay)
             gp = gr[placed]
             kp = kr[placed]
-            self.n_seq[gp] = seq_r[placed]
-            self.n_ts[gp] = ts_ext[placed]
-            self.late[gp] = late_run[placed]
-            self.placed[gp] = True
-            at = self.wcount[gp]
-            flat = gp * WAIT_ROWS + at
+            self.ck_nseq[gp] = seq_r[placed]
+            self.ck_nts[gp] = ts_ext[placed]
+            self.ck_late[gp] = late_run[placed]
+            self.wpt[gp] = pt[kp]
+            at = count[placed]
+            flat = gp * self.wait_rows + at
             self.wpos_flat[flat] = pos[placed]
             self.wlen_flat[flat] = n_r[placed]
             if kp.size:  # whole rows: the payload and what follows it in the slot
                 self.wbuf_items[flat] = rows[:, 12 : 12 + WAIT_WIDTH].view(self.wbuf_items.dtype)[kp, 0]
             self.wcount[gp] = at + 1
-            if not placed.all():  # the clock's own rules (a resync, a late packet, no clock lent)
+            if not placed.all():  # the clock's own rules (a resync, a late run, a new SSRC, full rows)
                 for j in np.flatnonzero(~placed).tolist():
                     k = int(kr[j])
-                    self._record_one(int(gr[j]), k, rows[k, 12 : int(size[k])].tobytes(), int(ssrc[k]),
-                                     int(seq[k]), int(ts[k]), int(pt[k]), now)
-
-    def _record_one(self, leg: int, k: int, payload: bytes, ssrc: int, seq: int, ts: int, pt: int, now: float) -> None:
-        """A lane packet the recorder must place by its own rules: its clock handed back first."""
-        relay = self.relays[leg >> 1]
-        assert relay is not None
-        recorder = relay.recorder
-        if recorder is None:
-            return
-        self.store_clocks(leg >> 1)
-        recorder.add_g711(leg & 1, ssrc, seq, ts, payload, pt, now)
-        # the clock moved (and an SSRC's first packet made its anchor): lent again
-        self._lend_clock(leg, relay, ssrc, pt)
-
+                    leg = int(gr[j])
+                    relay = self.relays[leg >> 1]
+                    if relay is not None:
+                        relay.record(leg & 1, int(ssrc[k]), int(seq[k]), int(ts[k]), rows[k, 12 : int(size[k])].tobytes(),
+                                     int(pt[k]), now)
 
 FastTable = LegTable  # the name rtp.mux and its tests knew

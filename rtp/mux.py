@@ -16,11 +16,18 @@ What it costs: the port no longer names the call, so a datagram is routed by its
    `strangers` (nobody waiting from that IP) or `ambiguous` (several).
  - Two calls whose parties send from one address (SIPp's rtp_stream, an SBC with one media
    port, phones behind one NAT) are kept apart by port: a leg's port stays provisional
-   until signalling reads it for an SDP (`SharedSession.ports`), and `set_media` moves a
-   leg whose party would be ambiguous on its port to one where it is not (opening another
-   shared port if need be, up to MAX_SHARED_PORTS). A leg whose port was already published
-   (a callee: our offer goes out before its answer) and whose address another leg on that
-   port expects is told apart by SSRC instead (`SharedPort._conflict`), never guessed.
+   until signalling reads it for an SDP (`SharedSession.ports`). `set_media` moves a leg
+   whose party would be ambiguous on its port to one where it is not (opening another
+   shared port if need be, up to MAX_SHARED_PORTS; past EPOLL_FROM_PORTS a read asks epoll
+   which ports have datagrams). A callee's port goes into our offer before its answer names
+   its address: a user's leg is put where no other leg of that user is (its calls likely
+   answer from one address), and on a call whose caller needed a port of its own (a test
+   tool or SBC sending every call from one address) the callee's leg gets one too, as its
+   far side is likely the same kind of peer. Phones behind one NAT (SDP naming an RFC
+   1918/6598 address) waiting to be learnt from one IP are kept on different ports too.
+   Two legs on one published port that expect one address cannot be told apart (an SSRC
+   would not do: a sender may use one for every call): their packets are dropped and
+   counted (`ambiguous`) until one call ends, never heard in the wrong call.
 Shared sockets are IPv4 only; `[server] media_sockets = "per_call"` gives every leg its own.
 
 RTCP rides on each shared port + 1, routed the same way (by the legs' known hosts, the
@@ -30,7 +37,9 @@ RTP port + 1 first), with plain recvfrom/sendto: it is a few packets a second pe
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import select
 import socket
 from typing import Protocol
 
@@ -40,7 +49,7 @@ from rtp.call import Call, MediaEndpoint
 from rtp.batch_io import BatchMux, ReceiveArea, key_address, source_key
 from rtp.fastpath import LegTable, RouteMap
 from rtp.lateness import Lateness
-from rtp.ports import PortRange, read_datagrams
+from rtp.ports import PortRange, PortsExhausted, read_datagrams
 from rtp.prompts import Prompts
 from rtp.relay import CallRelay, Datagram, RecorderFactory
 
@@ -68,8 +77,12 @@ class MediaHost(Protocol):
 LEGS_PER_SOCKET = 1024  # legs sharing one port: ~51,200 packets/s, ~100 ms of them in its receive buffer
 MUX_BATCH = 256  # datagrams per sendmmsg
 #: Shared ports opened to keep apart calls whose parties send from one address (each needs
-#: its own port); past this many, such legs share a port and are told apart by SSRC.
-MAX_SHARED_PORTS = 256
+#: its own port: a socket pair and ~0.25 MB each, about what per-call ports cost; the RTP
+#: port range bounds them first); past this many, such legs share a port (an address two of them expect there is dropped).
+MAX_SHARED_PORTS = 4096
+#: Past this many shared ports a read asks epoll which have datagrams waiting (one system
+#: call) instead of trying each: calls kept apart by port (above) may open many.
+EPOLL_FROM_PORTS = 4
 #: Datagrams one read of every shared port gathers for one pass of the batch lane: numpy's
 #: per-call cost spread over every port's packets (2,000 calls: ~400 per 2 ms read).
 READ_BATCH = 1024
@@ -102,8 +115,7 @@ class SharedPort:
         self.fast_routes = RouteMap()  # source key -> batch-lane leg (rtp.fastpath)
         # source keys two live calls' legs share -> those legs: dropped (see _conflict)
         self.conflicts: dict[int, set[tuple[SharedSession, int]]] = {}
-        self.by_ssrc: dict[tuple[int, int], tuple[SharedSession, int]] = {}  # (key, SSRC) -> leg, in conflicts
-        self.ssrc_of: dict[tuple[SharedSession, int], tuple[int, int]] = {}  # the reverse
+        self.parties: dict[tuple[str, str], int] = {}  # (role, name) -> legs here of that party
 
     # -- routing tables ---------------------------------------------------------------
 
@@ -129,7 +141,7 @@ class SharedPort:
             owner = self.routes.get(key)
             if owner is not None and not owner[0].closed:
                 return True
-        if remote is None or remote[0] != endpoint.signalling_ip:
+        if remote is not None and remote[0] != endpoint.signalling_ip and _behind_nat(remote[0]):
             ip = endpoint.signalling_ip
             for session, channel in self.waiting.get(ip, ()):
                 leg = session.relay.legs[channel]
@@ -141,20 +153,15 @@ class SharedPort:
     def _conflict(self, key: int, session: SharedSession, channel: int, addr: tuple[str, int]) -> None:
         """Two calls' parties send from one address to this one port: the leg's port was
         already in an SDP before its party's address was known (a callee), or no other
-        shared port could be opened. Packets from that address are told apart by SSRC:
-        each leg takes the first new SSRC while it is the only one of them without one
-        (`_by_ssrc`); a new SSRC while several wait is dropped (`ambiguous`), never
-        guessed, so audio never crosses into the wrong call."""
+        shared port could be opened. Nothing tells their packets apart (an SSRC would not:
+        a sender may use one SSRC for every call, SIPp's rtp_stream does), so packets from
+        that address are dropped for both (`ambiguous`) until one of the calls ends, rather
+        than ever crossing into the wrong call."""
         legs = self.conflicts.setdefault(key, set())
         legs.add((session, channel))
         owner = self.routes.pop(key, None)
         if owner is not None:
             legs.add((owner[0], owner[1]))
-            # The leg that had the address keeps the stream it is already relaying.
-            ssrc = owner[0].relay.legs[1 - owner[1]].out.src_ssrc
-            if ssrc >= 0 and (key, ssrc) not in self.by_ssrc:
-                self.by_ssrc[(key, ssrc)] = (owner[0], owner[1])
-                self.ssrc_of[(owner[0], owner[1])] = (key, ssrc)
             owner[0].keys[owner[1]].discard(key)
             table = self.pool.table
             g = owner[0].slot * 2 + owner[1]
@@ -164,7 +171,8 @@ class SharedPort:
                 table.active[g] = False
         self.pool.core.log.warning(
             "media event=address_conflict call=%s addr=%s:%d port=%d: two calls' parties send from one "
-            "address to one port; told apart by SSRC", session.call.call_id, addr[0], addr[1], self.port,
+            "address to one port, which cannot tell them apart: their packets are dropped until one ends",
+            session.call.call_id, addr[0], addr[1], self.port,
         )
 
     def route(self, key: int, session: SharedSession, channel: int, addr: tuple[str, int]) -> None:
@@ -179,9 +187,6 @@ class SharedPort:
             if owner is not None and owner[0] is session and owner[1] == channel:
                 del routes[key]
         session.keys[channel].clear()
-        bound = self.ssrc_of.pop((session, channel), None)
-        if bound is not None:
-            self.by_ssrc.pop(bound, None)
         if endpoint.remote is not None and self.conflicts:
             key = source_key(endpoint.remote)
             sharing = self.conflicts.get(key)
@@ -190,12 +195,9 @@ class SharedPort:
                 if len(sharing) <= 1:  # one call left on the address: an exact route again
                     del self.conflicts[key]
                     for other, other_channel in sharing:
-                        bound = self.ssrc_of.pop((other, other_channel), None)
-                        if bound is not None:
-                            self.by_ssrc.pop(bound, None)
                         if not other.closed:
                             self.route(key, other, other_channel, endpoint.remote)
-                            other.relend()
+                            other.rerouted()
         legs = self.waiting.get(endpoint.signalling_ip)
         if legs:
             legs[:] = [(s, c) for s, c in legs if not (s is session and c == channel)]
@@ -204,33 +206,11 @@ class SharedPort:
         for addr in [a for a, (s, c) in self.rtcp_routes.items() if s is session and c == channel]:
             del self.rtcp_routes[addr]
 
-    def _by_ssrc(self, key: int, data: bytes) -> tuple[SharedSession, int, tuple[str, int]] | None:
-        """A datagram from an address several legs here expect (see _conflict): its SSRC's leg."""
-        if len(data) < 12:
-            self.ambiguous += 1
-            return None
-        ssrc = int.from_bytes(data[8:12], "big")
-        leg = self.by_ssrc.get((key, ssrc))
-        if leg is None:
-            free = [
-                (s, c) for s, c in self.conflicts[key]
-                if not s.closed and (s, c) not in self.ssrc_of
-            ]
-            if len(free) != 1:
-                self.ambiguous += 1
-                return None
-            leg = free[0]
-            old = self.ssrc_of.pop(leg, None)
-            if old is not None:
-                self.by_ssrc.pop(old, None)
-            self.by_ssrc[(key, ssrc)] = leg
-            self.ssrc_of[leg] = (key, ssrc)
-        return leg[0], leg[1], key_address(key)
-
     def _claim(self, key: int, now: float, data: bytes = b"") -> tuple[SharedSession, int, tuple[str, int]] | None:
         """Who a datagram from an unknown source belongs to, if anyone (see module doc)."""
         if key in self.conflicts:
-            return self._by_ssrc(key, data)
+            self.ambiguous += 1
+            return None
         addr = key_address(key)
         legs = self.waiting.get(addr[0])
         if not legs:
@@ -279,7 +259,6 @@ class SharedPort:
                 return
         session, channel, addr = route
         table = self.pool.table
-        table.store(session)
         try:
             out = session.relay.receive(channel, data, addr, now)
         except Exception:  # a relay bug must cost one packet, not every call's reader
@@ -337,21 +316,38 @@ class SharedPorts:
         self._rotor = 0
         self._idents = 0
         self._poller: asyncio.TimerHandle | None = None
-        self._due = 0.0  # when the next read is due (its lateness: MediaHost.read_lateness)
+        self._due = 0.0  # when the next poll is due
+        self._last_read = 0.0  # when the ports were last read (the lateness of the next read)
+        self._epoll = select.epoll() if hasattr(select, "epoll") else None  # which ports have datagrams
+        self._by_fd: dict[int, SharedPort] = {}
         self._closed_counts = {"strangers": 0, "ambiguous": 0, "send_dropped": 0, "received": 0, "sent": 0}  # of ports already closed
 
     def _poll(self) -> None:
         """Drain every shared RTP port (see POLL_INTERVAL), then come back."""
         self._poller = None
         loop = self.core.loop
-        self.core.read_lateness.add(loop.time() - self._due)
         try:
-            self.read(self.ports)
+            self.read_waiting()
         except Exception:  # a failure must not stop the ports' clock
             self.core.log.exception("media poll failed on the shared ports")
         if self.ports:
             self._due = loop.time() + self.poll_interval
             self._poller = loop.call_at(self._due, self._poll)
+
+    def read_waiting(self) -> None:
+        """Read the ports with datagrams waiting (all of them, or those epoll names). Its
+        lateness (MediaHost.read_lateness) is how much longer than `poll_interval` the
+        ports went unread, whether this read is the poll's or one between a tick's flushes."""
+        now = self.core.now()
+        if self._last_read:
+            self.core.read_lateness.add(now - self._last_read - self.poll_interval)
+        self._last_read = now
+        ports = self.ports
+        if self._epoll is not None and len(ports) > EPOLL_FROM_PORTS:
+            by_fd = self._by_fd
+            ports = [by_fd[fd] for fd, _ in self._epoll.poll(0) if fd in by_fd]
+        if ports:
+            self.read(ports)
 
     def read(self, ports: list[SharedPort]) -> None:
         """Read every port's waiting datagrams into the one receive area, one after another,
@@ -411,23 +407,33 @@ class SharedPorts:
         self._idents += 1
         return self._idents
 
-    def assign(self, endpoint: MediaEndpoint | None = None, now: float = 0.0) -> SharedPort:
+    def assign(self, endpoint: MediaEndpoint | None = None, now: float = 0.0, party: tuple[str, str] = ("", ""),
+               apart: bool = False) -> SharedPort:
         """A port with room for one more leg, on which `endpoint`'s party (when known) can
-        be told apart from every other live leg's; opens one when none fits. Past
-        MAX_SHARED_PORTS the least-filled port is shared anyway (SSRC tells them apart)."""
+        be told apart from every other live leg's, and (`apart`) where no other leg is
+        `party`'s (its address unknown yet, likely the one its other calls send from);
+        opens one when none fits. Past MAX_SHARED_PORTS the least-filled port is shared
+        anyway (rtp.mux module doc)."""
         for port in self.ports:
-            if port.legs < LEGS_PER_SOCKET and (endpoint is None or not port.taken(endpoint, now)):
-                port.legs += 1
-                return port
-        if endpoint is not None and len(self.ports) >= MAX_SHARED_PORTS:
-            port = min(self.ports, key=lambda p: p.legs)
+            if (port.legs < LEGS_PER_SOCKET and (endpoint is None or not port.taken(endpoint, now))
+                    and not (apart and port.parties.get(party))):
+                break
         else:
-            port = self._open()
+            if (endpoint is not None or apart) and len(self.ports) >= MAX_SHARED_PORTS:
+                port = min(self.ports, key=lambda p: p.legs)
+            else:
+                port = self._open()
         port.legs += 1
+        port.parties[party] = port.parties.get(party, 0) + 1
         return port
 
-    def release(self, port: SharedPort) -> None:
+    def release(self, port: SharedPort, party: tuple[str, str] = ("", "")) -> None:
         port.legs -= 1
+        left = port.parties.get(party, 0) - 1
+        if left > 0:
+            port.parties[party] = left
+        else:
+            port.parties.pop(party, None)
         if port.legs <= 0 and len(self.ports) > 1:
             self.ports.remove(port)
             self._close(port)
@@ -438,6 +444,9 @@ class SharedPorts:
         port = SharedPort(self, base, rtp, rtcp)
         self.table.ports[port.ident] = port
         core.loop.add_reader(rtcp.fileno(), port.on_rtcp)
+        if self._epoll is not None:
+            self._epoll.register(rtp.fileno(), select.EPOLLIN)
+            self._by_fd[rtp.fileno()] = port
         if not self.poll_interval:
             core.loop.add_reader(rtp.fileno(), port.on_rtp)
         elif self._poller is None:
@@ -457,6 +466,11 @@ class SharedPorts:
         counts["sent"] += port.mux.sent
         self.core.log.info("media event=shared_port_closed port=%d received=%d sent=%d", port.port, port.received, port.mux.sent)
         loop = self.core.loop
+        if self._epoll is not None and self._by_fd.pop(port.rtp.fileno(), None) is not None:
+            try:
+                self._epoll.unregister(port.rtp.fileno())
+            except (OSError, ValueError):
+                pass
         for sock in (port.rtp, port.rtcp):
             try:
                 loop.remove_reader(sock.fileno())
@@ -482,6 +496,10 @@ class SharedPorts:
         if self._poller is not None:
             self._poller.cancel()
             self._poller = None
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
+            self._by_fd.clear()
         stats = self.stats
         self.core.log.info("media event=shared_ports_closed %s", " ".join(f"{k}={v}" for k, v in stats.items()))
         for port in self.ports:
@@ -513,17 +531,19 @@ class SharedSession:
         self.closed = False
         self.send_errors = 0
         self._ports: list[SharedPort] = []
+        self._party = [(p.role, p.name) for p in call.parties]
         try:
-            for _ in (0, 1):
-                self._ports.append(pool.assign())
+            for channel in (0, 1):
+                self._ports.append(pool.assign(party=self._party[channel]))
         except BaseException:
-            for port in self._ports:
-                pool.release(port)
+            for channel, port in enumerate(self._ports):
+                pool.release(port, self._party[channel])
             pool.table.remove(self.relay.slot)
             raise
         # A leg's port is provisional until signalling reads it for an SDP (`ports`): until
         # then set_media may move the leg to a port on which its party's address is free.
         self._published = [False, False]
+        self._apart = False  # a leg needed a port of its own: the other leg's unknown party may too
         self._endpoints: list[MediaEndpoint | None] = [None, None]
         self.keys: tuple[set[int], set[int]] = (set(), set())  # route keys each leg owns
         self.slot = self.relay.slot  # legs 2*slot and 2*slot + 1 of the leg table
@@ -533,20 +553,43 @@ class SharedSession:
             if party.media is not None:
                 self.set_media(channel, party.media, now)
 
-    def relend(self) -> None:
-        """Routes changed under this call (an address conflict ended): lend the lane again."""
-        table = self.pool.table
-        table.store(self)
-        table.refresh(self, self.core.now())
+    def rerouted(self) -> None:
+        """Routes changed under this call (an address conflict ended): the lane may take it again."""
+        self.pool.table.refresh(self, self.core.now())
 
     def port_of(self, channel: int) -> SharedPort:
         return self._ports[channel]
 
     @property
     def ports(self) -> tuple[int, int]:
-        """Our port facing each party; once read (for an SDP) a leg's port is fixed."""
-        self._published[0] = self._published[1] = True
+        """Our port facing each party; once read (for an SDP) a leg's port is fixed. A leg
+        whose party's address is not known yet (a callee: our offer goes first) and is a
+        user (named, or unnamed on a call whose caller needed a port of its own) is first
+        moved off a port where another leg of that user is: its calls likely answer from one
+        address (a phone, SIPp's UAS). Not trunks: a carrier's many calls come from many
+        addresses, and a port each would cost a read each."""
+        for channel in (0, 1):
+            if not self._published[channel]:
+                party = self._party[channel]
+                if self._endpoints[channel] is None and party[0] == "user" and (party[1] or self._apart):
+                    self._spread(channel)
+                self._published[channel] = True
         return self._ports[0].port, self._ports[1].port
+
+    def _spread(self, channel: int) -> None:
+        party = self._party[channel]
+        current = self._ports[channel]
+        if current.parties.get(party, 0) <= 1:
+            return
+        try:
+            better = self.pool.assign(party=party, apart=True)
+        except (OSError, PortsExhausted):  # no port for another shared socket: stay
+            return
+        if better is current:
+            self.pool.release(current, party)  # nowhere better: keep it (counted once)
+            return
+        self._ports[channel] = better
+        self.pool.release(current, party)
 
     def _place(self, channel: int, endpoint: MediaEndpoint, now: float) -> None:
         """Before its port is published, move a leg off a port where its party's address
@@ -555,17 +598,21 @@ class SharedSession:
         current = self._ports[channel]
         if self._published[channel] or not current.taken(endpoint, now):
             return
+        party = self._party[channel]
         try:
-            better = self.pool.assign(endpoint, now)
-        except OSError:  # no port free for another shared socket: stay (told apart by SSRC)
+            better = self.pool.assign(endpoint, now, party)
+        except (OSError, PortsExhausted):  # no port for another shared socket: stay
+            return
+        if better is current:
+            self.pool.release(current, party)
             return
         self._ports[channel] = better
-        self.pool.release(current)
+        self.pool.release(current, party)
+        self._apart = True
 
     def set_media(self, channel: int, endpoint: MediaEndpoint, now: float | None = None) -> None:
         now = self.core.now() if now is None else now
         table = self.pool.table
-        table.store(self)
         old = self._endpoints[channel]
         if old is not None:
             self._ports[channel].detach(self, channel, old)
@@ -581,7 +628,6 @@ class SharedSession:
     def answered(self, now: float | None = None) -> None:
         now = self.core.now() if now is None else now
         table = self.pool.table
-        table.store(self)
         self.relay.answered(now)
         table.refresh(self, now)
         self.core.wake(self)
@@ -589,7 +635,6 @@ class SharedSession:
     def dtmf(self, channel: int, digit: str, now: float | None = None) -> None:
         now = self.core.now() if now is None else now
         table = self.pool.table
-        table.store(self)
         out = self.relay.dtmf(channel, digit, now)
         table.refresh(self, now)
         self.core.wake(self)
@@ -614,14 +659,9 @@ class SharedSession:
         relay = self.relay
         if not relay.busy:
             # Nothing playing or pending (CallRelay.busy): the tick only flushes the
-            # recorder, so only the recorders' clocks need handing back and lending again.
-            table.store_clocks(self.slot)
-            try:
-                out = relay.tick(now)
-            finally:
-                table.load_clocks(self.slot)
+            # recorder, which changes nothing the lane decides on.
+            out = relay.tick(now)
         else:
-            table.store(self)
             try:
                 out = relay.tick(now)
             finally:
@@ -633,7 +673,6 @@ class SharedSession:
         if self.closed:
             return
         self.closed = True
-        self.pool.table.store_clocks(self.slot)  # the recorder takes the lane's rows before it closes
         for channel, port in enumerate(self._ports):
             endpoint = self._endpoints[channel]
             if endpoint is not None:
@@ -642,9 +681,22 @@ class SharedSession:
             self.relay.close(self.core.now())
         finally:
             self.pool.table.remove(self.slot)
-            for port in self._ports:
-                self.pool.release(port)
+            for channel, port in enumerate(self._ports):
+                self.pool.release(port, self._party[channel])
             self.core.release(self)
+
+
+_NAT_NETWORKS = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"))
+
+
+def _behind_nat(ip: str) -> bool:
+    """An SDP address a NAT hides (RFC 1918, RFC 6598 shared space): such a party is found
+    by its signalling IP, so two of them waiting on one port could not be told apart."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in network for network in _NAT_NETWORKS)
 
 
 def ipv4(ip: str) -> bool:

@@ -1,8 +1,10 @@
 """One call's recording: a two-channel WAV and its JSON sidecar (contract: "Recordings").
 
-The relay feeds each G.711 packet's payload with `add_g711()` (or decoded samples with
-`add()`); `set_recording()` follows the policy at answer and each *1; `flush(now)`, called
-about every `FLUSH_INTERVAL_SECONDS`, writes every position older than the jitter window;
+The media engine hands over G.711 packets it already placed on the call timeline with
+`place_g711()` (its leg clocks follow `StreamClock`'s rules against `timeline_base`); a
+caller without its own clocks feeds each packet with `add_g711()` (or decoded samples with
+`add()`), placed by the recorder's own `StreamClock`s. `set_recording()` follows the
+policy at answer and each *1; `flush(now)`, called about every `FLUSH_INTERVAL_SECONDS`, writes every position older than the jitter window;
 `close(now)` finalises. No clock is read except once, at construction, for the wall-clock
 time of `t0` (`wall_t0`), which dates the sidecar.
 
@@ -37,7 +39,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -63,18 +65,6 @@ PAUSE_MODES = ("silence", "skip")  # contract: [server] pause
 MAX_WAITING_PACKETS = 256
 
 _default_log = logging.getLogger(__name__)
-
-
-class FastClock(NamedTuple):
-    """A channel's clock, lent to the batch lane (`Recorder.fast_clock`)."""
-
-    anchor_pos: int
-    anchor_ts: int
-    newest_ts: int
-    newest_seq: int
-    late_run: int  # samples of newer packets in a row too late to place
-    base: int  # the timeline's first position not yet final: older is late
-    t0: float
 
 
 class Recorder:
@@ -194,46 +184,25 @@ class Recorder:
         if len(positions) >= MAX_WAITING_PACKETS:
             self._place_waiting(channel)
 
-    def fast_clock(self, channel: int, ssrc: int, payload_type: int) -> FastClock | None:
-        """Lend `channel`'s clock for `ssrc` to the batch lane (rtp.fastpath), or None while
-        its packets need `add_g711`: not recording to a file, no anchor for that SSRC yet,
-        another payload type waiting, or a full waiting list. The lane places a packet
-        itself only where `StreamClock.position` would give the same position with no
-        side effect but advancing `newest_seq`/`newest_ts` and counting `late_run` (a newer
-        packet, in place or too late, short of a re-anchoring); `fast_clock_absorb` hands
-        those back before anything else touches us."""
-        if self._closed or not self._enabled:
-            return None
-        anchor = self._clocks[channel].anchor(ssrc)
-        positions = self._waiting_pos[channel]
-        if anchor is None or self._waiting_pt[channel] != payload_type or len(positions) >= MAX_WAITING_PACKETS // 2:
-            return None
-        return FastClock(anchor.anchor_pos, anchor.anchor_ts, anchor.newest_ts, anchor.newest_seq, anchor.late_run,
-                         self._timeline.base, self._t0)
-
     @property
     def timeline_base(self) -> int:
-        """The timeline's first position not yet final (what `FastClock.base` was lent as)."""
+        """The timeline's first position not yet final: the media engine places a packet
+        before it as late (its `StreamClock` horizon). Moves only in `flush` and `close`."""
         return self._timeline.base
 
-    def fast_clock_absorb(self, channel: int, ssrc: int, newest_seq: int, newest_ts: int, late_run: int,
-                          positions: np.ndarray | None = None, lengths: np.ndarray | None = None,
-                          payloads: np.ndarray | None = None) -> None:
-        """The lane placed packets up to (`newest_seq`, `newest_ts`), the last `late_run`
-        samples of them too late (StreamClock's count of late newer packets).
-
-        `positions`, `lengths` and `payloads` (one row each, the payload in the first
-        `lengths[i]` bytes of row i) are those packets, in arrival order, all of them
-        after anything waiting here: they are decoded and placed now, in one lookup and
-        one scatter. The timeline's base has not moved since the lane computed their
-        positions (it moves only in flush and close, and those take the clock back first)."""
-        anchor = self._clocks[channel].anchor(ssrc)
-        if anchor is not None:
-            anchor.newest_seq = newest_seq
-            anchor.newest_ts = newest_ts
-            anchor.late_run = late_run
-        if positions is None or not len(positions) or self._closed or not self._enabled:
+    def place_g711(self, channel: int, payload_type: int, positions: np.ndarray, lengths: np.ndarray,
+                   payloads: np.ndarray) -> None:
+        """G.711 packets the media engine already placed on the call timeline (rtp.relay's
+        leg clocks, `StreamClock` rules against `timeline_base`), in arrival order: row i of
+        `payloads` holds packet i's payload in its first `lengths[i]` bytes. Decoded and
+        placed now, in one lookup and one scatter, after anything waiting from `add_g711`;
+        the arrays are the caller's and reused after this returns."""
+        if not len(positions) or self._closed or not self._enabled:
             return
+        if channel != 0 and channel != 1:
+            raise ValueError(f"channel must be 0 or 1, not {channel!r}")
+        if payload_type != self._waiting_pt[channel]:
+            self._switch_payload_type(channel, payload_type)
         if self._waiting_pos[channel]:
             self._place_waiting(channel)  # earlier packets first: a later one must win an overlap
         sizes = lengths.tolist()  # list operations: cheaper than numpy calls on ~50 numbers

@@ -40,12 +40,13 @@ import numpy as np
 from rtp.call import Call, MediaEndpoint, Party
 from rtp import g711
 from rtp.events import EventDetector, digit_train
-from rtp.fastpath import LegTable
+from rtp.fastpath import WAIT_WIDTH, LegTable
 from rtp.feature import FEATURE_TIMEOUT, FeatureMachine, Forward, Release, State, Toggle
 from rtp.inband import InbandDetector
 from rtp.packet import MAX_PACKET_SIZE, RtpPacket
 from rtp.prompts import Prompts
 from rtp.sequence import MAX_DROPOUT, MAX_MISORDER
+from rtp.timeline import StreamClock, _Anchor
 
 if TYPE_CHECKING:
     from rtp.disk_writer import DiskWriter
@@ -68,14 +69,13 @@ _unpack_header = _HEADER.unpack_from
 
 
 class RecorderLike(Protocol):
-    """What the relay needs of rtp.recorder.Recorder."""
+    """What the relay needs of rtp.recorder.Recorder (its upper interface)."""
 
     recording: bool
+    timeline_base: int  # the first timeline position not yet final: an older one is late
 
-    def add(self, channel: int, ssrc: int, seq: int, timestamp: int, samples: np.ndarray, arrival: float) -> None: ...
-
-    def add_g711(self, channel: int, ssrc: int, seq: int, timestamp: int, payload: bytes, payload_type: int,
-                 arrival: float) -> None: ...
+    def place_g711(self, channel: int, payload_type: int, positions: np.ndarray, lengths: np.ndarray,
+                   payloads: np.ndarray) -> None: ...
 
     def set_recording(self, on: bool, now: float, by: str | None) -> None: ...
 
@@ -292,6 +292,67 @@ class TableStream(OutStream):
         super().__init__(ssrc, seq, ts)
 
 
+class TableAnchor(_Anchor):
+    """`StreamClock`'s anchor for a leg's current SSRC, stored in the leg table's `ck_*`
+    fields (the batch lane advances the same numbers)."""
+
+    anchor_pos = _table_field("ck_pos")
+    anchor_ts = _table_field("ck_ats")
+    newest_ts = _table_field("ck_nts")
+    newest_seq = _table_field("ck_nseq")
+    late_run = _table_field("ck_late")
+
+    def __init__(self, table: LegTable, index: int) -> None:  # noqa: D107 - no dataclass init: the row is the state
+        self._t = table
+        self._i = index
+
+
+class LegClock(StreamClock):
+    """The recording clock of one leg's audio: `StreamClock`'s rules, with the anchor of the
+    SSRC it placed last in the leg table (so the batch lane places that SSRC's plain
+    packets itself) and older SSRCs' anchors as plain objects (moved, never copied twice)."""
+
+    def __init__(self, table: LegTable, index: int) -> None:
+        super().__init__()
+        self._row = TableAnchor(table, index)
+        self._t = table
+        self._i = index
+
+    def position(self, ssrc: int, seq: int, timestamp: int, length: int, arrival_pos: int, horizon: int) -> int:
+        t, i = self._t, self._i
+        if not t.py_ck_has[i] or t.py_ck_ssrc[i] != ssrc:
+            self._switch(ssrc)
+        pos = super().position(ssrc, seq, timestamp, length, arrival_pos, horizon)
+        if not t.py_ck_has[i]:  # the SSRC's first packet made its anchor: into the row
+            self._adopt(ssrc)
+        return pos
+
+    def _switch(self, ssrc: int) -> None:
+        """Make `ssrc` the row's SSRC: the current one's anchor out to a plain object, `ssrc`'s
+        (if it has one) into the row; the anchors' order (oldest first) is kept."""
+        t, i, row, anchors = self._t, self._i, self._row, self._anchors
+        if t.py_ck_has[i]:
+            old = t.py_ck_ssrc[i]
+            if anchors.get(old) is row:
+                anchors[old] = _Anchor(row.anchor_pos, row.anchor_ts, row.newest_ts, row.newest_seq, row.late_run)
+        t.py_ck_has[i] = 0
+        t.py_ck_ssrc[i] = ssrc
+        if ssrc in anchors:
+            self._adopt(ssrc)
+
+    def _adopt(self, ssrc: int) -> None:
+        t, i, row, anchors = self._t, self._i, self._row, self._anchors
+        anchor = anchors.get(ssrc)
+        if anchor is None:
+            return
+        if anchor is not row:
+            row.anchor_pos, row.anchor_ts, row.newest_ts = anchor.anchor_pos, anchor.anchor_ts, anchor.newest_ts
+            row.newest_seq, row.late_run = anchor.newest_seq, anchor.late_run
+            anchors[ssrc] = row
+        t.py_ck_ssrc[i] = ssrc
+        t.py_ck_has[i] = 1
+
+
 class Leg:
     """One party: where its media comes from and goes to, and its key-press state."""
 
@@ -384,6 +445,7 @@ class CallRelay:
         "legs",
         "table",
         "slot",
+        "clocks",
     )
 
     def __init__(
@@ -428,6 +490,8 @@ class CallRelay:
             )
             for i in (0, 1)
         )
+        # Each leg's recording clock (its audio's positions on the call timeline).
+        self.clocks = (LegClock(self.table, g0), LegClock(self.table, g0 + 1))
 
     # -- signalling side -------------------------------------------------------------
 
@@ -458,12 +522,17 @@ class CallRelay:
         if call.recording_enabled and self.make_recorder is not None:
             self.recorder = self.make_recorder(call, now)
             self.next_flush = now + FLUSH_INTERVAL
+            table, g0 = self.table, 2 * self.slot
+            table.py_rt0[g0] = table.py_rt0[g0 + 1] = now
+            self._note_base()
             if call.record_at_answer and not self.recorder.recording:
                 self.recorder.set_recording(True, now, None)
         self._arm_features()
 
     def close(self, now: float) -> None:
         """The call ended: finalise the recording."""
+        if self.recorder is not None:
+            self.deliver_audio()
         recorder, self.recorder = self.recorder, None
         self.next_flush = float("inf")
         if recorder is not None:
@@ -521,7 +590,7 @@ class CallRelay:
         samples = None
         recorder = self.recorder
         if recorder is not None and (recorder.recording or now < self.record_grace_until):
-            recorder.add_g711(channel, ssrc, seq, ts, payload, pt, now)  # decoded at its flush, in one go
+            self.record(channel, ssrc, seq, ts, payload, pt, now)  # decoded at the recorder's flush, in one go
         if leg.inband is not None:
             self._inband(leg, samples if samples is not None else g711.decode(payload, pt), now)
         if other.remote is None:  # hold, or no SDP yet: nothing is sent (RFC 3264 §8.4)
@@ -630,6 +699,61 @@ class CallRelay:
         )
         return out
 
+    # -- recording feed (one path: the batch lane places into the same rows) ---------------
+
+    def record(self, channel: int, ssrc: int, seq: int, ts: int, payload: bytes, payload_type: int, now: float) -> None:
+        """One G.711 packet of `channel`'s party for the recorder: placed on the call timeline
+        by the leg's clock now (`StreamClock.position`), held in the leg table's rows, and
+        handed to the recorder with the others before its flush (`deliver_audio`)."""
+        n = len(payload)
+        if n == 0:
+            return
+        table = self.table
+        g = 2 * self.slot + channel
+        pos = self.clocks[channel].position(
+            ssrc, seq & 0xFFFF, ts & 0xFFFFFFFF, n, round((now - table.py_rt0[g]) * SAMPLE_RATE), table.py_rbase[g]
+        )
+        count = table.py_wcount[g]
+        if count and (count >= table.wait_rows or table.py_wpt[g] != payload_type or n > WAIT_WIDTH):
+            self._deliver(channel)  # full, another payload type, or a payload longer than a row
+            count = 0
+        if n > WAIT_WIDTH:
+            assert self.recorder is not None
+            self.recorder.place_g711(channel, payload_type, np.array([pos]), np.array([n]),
+                                     np.frombuffer(payload, np.uint8).reshape(1, n))
+            return
+        flat = g * table.wait_rows + count
+        table.wpos_mv[flat] = pos
+        table.wlen_mv[flat] = n
+        at = flat * WAIT_WIDTH
+        table.wbuf_mv[at : at + n] = payload
+        table.py_wpt[g] = payload_type
+        table.py_wcount[g] = count + 1
+
+    def deliver_audio(self) -> None:
+        """Hand the recorder every packet placed for it and not yet taken (before its flush,
+        a *1 and its close, so it sees them in order)."""
+        self._deliver(0)
+        self._deliver(1)
+
+    def _deliver(self, channel: int) -> None:
+        table = self.table
+        g = 2 * self.slot + channel
+        count = table.py_wcount[g]
+        if not count:
+            return
+        table.py_wcount[g] = 0
+        recorder = self.recorder
+        if recorder is not None:
+            recorder.place_g711(channel, table.py_wpt[g], table.wpos[g, :count], table.wlen[g, :count],
+                                table.wbuf[g, :count])
+
+    def _note_base(self) -> None:
+        """The recorder's timeline base moved (answer, flush): a position before it is late."""
+        table, g0 = self.table, 2 * self.slot
+        base = self.recorder.timeline_base if self.recorder is not None else 0
+        table.py_rbase[g0] = table.py_rbase[g0 + 1] = base
+
     # -- the batch lane (rtp.fastpath) ---------------------------------------------------
 
     def batchable(self, channel: int, now: float) -> Lane | None:
@@ -733,7 +857,9 @@ class CallRelay:
             self.next_flush += FLUSH_INTERVAL
             if self.next_flush <= now:
                 self.next_flush = now + FLUSH_INTERVAL
+            self.deliver_audio()
             self.recorder.flush(now)
+            self._note_base()
         return out
 
     # -- what the relay makes itself ---------------------------------------------------
@@ -744,6 +870,7 @@ class CallRelay:
         if recorder is None:
             return
         on = not recorder.recording
+        self.deliver_audio()  # what arrived before the change is the recorder's first
         recorder.set_recording(on, now, leg.party.name)
         if not on:
             self.record_grace_until = now + PAUSE_GRACE

@@ -19,6 +19,7 @@ import pytest
 from rtp.call import MediaEndpoint
 from rtp import g711, mux
 from rtp.batch_io import BatchMux, available, key_address, source_key
+from rtp.call import Party
 from rtp.core import MediaCore
 from rtp.packet import MAX_PACKET_SIZE, build
 from tests.conftest import make_call
@@ -111,6 +112,31 @@ async def test_a_phone_behind_nat_is_learnt_from_its_signalling_ip(core: MediaCo
         s.close()
 
 
+async def each_hears_only_its_own_call(core, a, b, ext_a, ext_b, same, ssrcs) -> None:  # noqa: ANN001
+    """Two calls whose callees send from one address (`same`), each to its own port: three
+    packets each reach only their own call's other party, nothing is ambiguous; then both
+    calls and the sockets are closed."""
+    for k in range(3):
+        same.sendto(build(0, k, 160 * k, ssrcs[0], AUDIO), (HOST, a.ports[1]))
+        same.sendto(build(0, k, 160 * k, ssrcs[1], AUDIO), (HOST, b.ports[1]))
+        await asyncio.sleep(0.01)
+    to_a, to_b = await drain(ext_a, 0.1), await drain(ext_b, 0.05)
+    assert len(to_a) == 3 and {p.ssrc for p in to_a} == {a.relay.legs[0].out.ssrc}
+    assert len(to_b) == 3 and {p.ssrc for p in to_b} == {b.relay.legs[0].out.ssrc}
+    assert core._shared.stats["ambiguous"] == 0
+    a.close()
+    b.close()
+    for s in (ext_a, ext_b, same):
+        s.close()
+
+
+def call_for(call_id: str, user: str, trunk: str = "carrier"):  # noqa: ANN201 - a Call
+    """A call between `trunk` and `user` (parties named apart: the port choice looks at them)."""
+    call = make_call(call_id)
+    call.parties = (Party("external", trunk), Party("user", user))
+    return call
+
+
 async def test_two_phones_behind_one_nat_get_their_own_ports(core: MediaCore) -> None:
     """Two calls to phones behind one NAT, both waiting to latch from its IP: each leg is
     given its own port before the port goes into an SDP, so each phone is learnt."""
@@ -135,8 +161,8 @@ async def test_two_phones_behind_one_nat_on_one_published_port_are_ambiguous_not
     """Ports already in SDPs (callees) cannot move: from one NAT IP, two waiting legs on one
     port are ambiguous, dropped and counted, never guessed."""
     ext_a, ext_b, src = phone(), phone(), phone()
-    a = core.open_session(make_call("a"))
-    b = core.open_session(make_call("b"))
+    a = core.open_session(call_for("a", "alice", "carrier-a"))
+    b = core.open_session(call_for("b", "bob", "carrier-b"))  # two users: nothing says they share an address
     assert a.ports == b.ports  # published before any SDP
     for session, ext, private in ((a, ext_a, ("192.168.1.20", 4000)), (b, ext_b, ("192.168.1.21", 4000))):
         session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
@@ -183,7 +209,7 @@ async def test_a_new_sdp_address_replaces_the_old_route(core: MediaCore) -> None
 
 async def test_ports_open_as_legs_grow_and_close_when_empty(core: MediaCore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mux, "LEGS_PER_SOCKET", 4)
-    sessions = [core.open_session(make_call(f"g{i}")) for i in range(5)]  # 10 legs: 3 ports
+    sessions = [core.open_session(call_for(f"g{i}", f"user{i}", f"trunk{i}")) for i in range(5)]  # 10 legs: 3 ports
     assert len(core._shared.ports) == 3
     assert len({p for s in sessions for p in s.ports}) == 3
     for s in sessions[:4]:
@@ -287,27 +313,17 @@ async def test_two_calls_whose_parties_share_one_address_get_their_own_ports(cor
     b.set_media(0, MediaEndpoint(ext_b.getsockname(), HOST))
     b.set_media(1, MediaEndpoint(same.getsockname(), HOST))  # the same address as call a's phone
     assert a.ports[1] != b.ports[1]
-    for k in range(3):
-        same.sendto(build(0, k, 160 * k, 0x2222, AUDIO), (HOST, a.ports[1]))
-        same.sendto(build(0, k, 160 * k, 0x3333, AUDIO), (HOST, b.ports[1]))
-        await asyncio.sleep(0.01)
-    to_a, to_b = await drain(ext_a, 0.1), await drain(ext_b, 0.05)
-    assert len(to_a) == 3 and {p.ssrc for p in to_a} == {a.relay.legs[0].out.ssrc}
-    assert len(to_b) == 3 and {p.ssrc for p in to_b} == {b.relay.legs[0].out.ssrc}
-    assert core._shared.stats["ambiguous"] == 0
-    a.close()
-    b.close()
-    for s in (ext_a, ext_b, same):
-        s.close()
+    await each_hears_only_its_own_call(core, a, b, ext_a, ext_b, same, (0x2222, 0x3333))
 
 
-async def test_a_shared_address_on_one_published_port_is_told_apart_by_ssrc(core: MediaCore) -> None:
-    """Callees' ports are in the offer before their address is known: two calls' phones that
-    answer from one address on one port are told apart by SSRC (each leg takes the first
-    new SSRC while it is the only one without one), never crossed; a third SSRC is dropped."""
+async def test_a_shared_address_on_one_published_port_is_dropped_never_crossed(core: MediaCore) -> None:
+    """Two users' callee legs published on one port before their answers, which then name
+    one address (an SBC): nothing tells their packets apart (an SSRC would not: a sender may
+    use one for every call), so they are dropped and counted, never heard in the wrong call;
+    when one call ends, the other is routed exactly again."""
     ext_a, ext_b, same = phone(), phone(), phone()
-    a = core.open_session(make_call("first"))
-    b = core.open_session(make_call("second"))
+    a = core.open_session(call_for("first", "alice", "carrier-a"))
+    b = core.open_session(call_for("second", "bob", "carrier-b"))
     assert a.ports[1] == b.ports[1]  # published: fixed
     port = a.ports[1]
     a.set_media(0, MediaEndpoint(ext_a.getsockname(), HOST))
@@ -316,16 +332,103 @@ async def test_a_shared_address_on_one_published_port_is_told_apart_by_ssrc(core
     assert len(await drain(ext_a, 0.1)) == 1
     b.set_media(0, MediaEndpoint(ext_b.getsockname(), HOST))
     b.set_media(1, MediaEndpoint(same.getsockname(), HOST))  # the same address, the same port
-    same.sendto(build(0, 2, 320, 0x2222, AUDIO), (HOST, port))  # call a's stream stays call a's
-    assert len(await drain(ext_a, 0.1)) == 1 and await drain(ext_b, 0.01) == []
-    same.sendto(build(0, 1, 160, 0x3333, AUDIO), (HOST, port))  # a new SSRC: call b, the only one waiting
-    assert len(await drain(ext_b, 0.1)) == 1 and await drain(ext_a, 0.01) == []
-    same.sendto(build(0, 1, 160, 0x4444, AUDIO), (HOST, port))  # nobody waits: dropped, not guessed
-    assert await drain(ext_a, 0.05) == [] and await drain(ext_b, 0.01) == []
-    assert core._shared.stats["ambiguous"] == 1
+    for seq, ssrc in ((2, 0x2222), (1, 0x3333)):
+        same.sendto(build(0, seq, 160 * seq, ssrc, AUDIO), (HOST, port))
+    assert await drain(ext_a, 0.1) == [] and await drain(ext_b, 0.01) == []
+    assert core._shared.stats["ambiguous"] == 2
     a.close()  # one call left on the address: routed exactly again
     same.sendto(build(0, 2, 320, 0x3333, AUDIO), (HOST, port))
     assert len(await drain(ext_b, 0.1)) == 1
     b.close()
     for s in (ext_a, ext_b, same):
         s.close()
+
+
+async def test_a_callers_own_port_gives_its_unnamed_callee_one_too(core: MediaCore) -> None:
+    """SIPp calling in: every call's RTP from one address, so each caller leg gets its own
+    port; the callee (not known by name yet: a ring group) probably answers the same way
+    (SIPp's UAS), so its leg gets a port of its own before it is published too."""
+    trunk, callee = phone(), phone()
+    sessions = []
+    for i in range(3):
+        session = core.open_session(call_for(f"sipp{i}", "", "sipp"))
+        session.set_media(0, MediaEndpoint(trunk.getsockname(), HOST))  # one address for every call
+        sessions.append(session)
+    callee_ports = [s.ports[1] for s in sessions]
+    assert len({s.ports[0] for s in sessions}) == 3 and len(set(callee_ports)) == 3
+    for session in sessions:
+        session.set_media(1, MediaEndpoint(callee.getsockname(), HOST))
+        session.answered()
+    assert core._shared.stats["ambiguous"] == 0
+    for i, session in enumerate(sessions):
+        callee.sendto(build(0, 1, 160, 0x5555, AUDIO), (HOST, callee_ports[i]))  # one SSRC for all, as SIPp
+    got = await drain(trunk, 0.2)
+    assert sorted(p.ssrc for p in got) == sorted(s.relay.legs[0].out.ssrc for s in sessions)
+    for session in sessions:
+        session.close()
+    for s in (trunk, callee):
+        s.close()
+
+
+
+async def test_one_user_called_twice_gets_a_port_per_call_before_its_address_is_known(core: MediaCore) -> None:
+    """A callee's port goes into our offer before its answer names its address. Calls to the
+    same user (SIPp's UAS, a trunk behind an SBC) probably answer from one address, so each
+    such leg is given a port no other leg of that user is on: both calls flow, on the lane."""
+    ext_a, ext_b, same = phone(), phone(), phone()
+    a = core.open_session(call_for("first", "alice"))
+    b = core.open_session(call_for("second", "alice"))
+    assert a.ports[1] != b.ports[1]  # published apart, though nothing was known yet
+    for session, ext in ((a, ext_a), (b, ext_b)):
+        session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
+        session.set_media(1, MediaEndpoint(same.getsockname(), HOST))
+        session.answered()
+    await each_hears_only_its_own_call(core, a, b, ext_a, ext_b, same, (0x2222, 0x2222))  # even one SSRC for both
+
+
+async def test_many_shared_ports_are_read_through_epoll(tmp_path: Path) -> None:
+    """Past EPOLL_FROM_PORTS a read asks epoll which ports have datagrams: calls kept apart
+    by port (one user called many times) still flow on every port."""
+    media = MediaCore(HOST, free_range(40), tmp_path, prompts=PROMPTS, shared=True)
+    calls = []
+    for i in range(mux.EPOLL_FROM_PORTS + 3):
+        ext, user = phone(), phone()
+        session = media.open_session(call_for(f"e{i}", "alice"))
+        session.ports  # published before the callee's SDP: each on its own port
+        session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
+        session.set_media(1, MediaEndpoint(user.getsockname(), HOST))
+        session.answered()
+        calls.append((session, ext, user))
+    assert len(media._shared.ports) > mux.EPOLL_FROM_PORTS
+    for session, ext, user in calls:
+        ext.sendto(build(0, 1, 160, 0x1111, AUDIO), (HOST, session.ports[0]))
+    for session, ext, user in calls:
+        assert len(await drain(user, 0.1)) == 1
+    for session, ext, user in calls:
+        session.close()
+        ext.close()
+        user.close()
+    await media.close()
+
+
+async def test_a_tick_with_many_flushes_reads_the_shared_ports_between_them(tmp_path: Path) -> None:
+    """A tick that flushes many recorders (2,000 calls: ~40 a tick) reads the shared ports
+    every SESSIONS_PER_READ of them, and after a stall (every flush due at once) it does at
+    most twice the steady share, leaving the rest for the next ticks."""
+    import rtp.core
+
+    media = MediaCore(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=True)
+    sessions = [media.open_session(call_for(f"f{i}", f"user{i}", f"trunk{i}")) for i in range(3 * rtp.core.MIN_FLUSHES_PER_TICK // 2)]
+    now = media.now()
+    for session in sessions:
+        session.answered(now)
+    reads = []
+    media._shared.read_waiting = lambda: reads.append(1)  # type: ignore[method-assign]
+    media._tick_sessions(now + 1.5)  # every recorder's flush is due: at most MIN_FLUSHES_PER_TICK now
+    flushed = sum(s.relay.next_flush > now + 1.5 for s in sessions)
+    assert flushed == rtp.core.MIN_FLUSHES_PER_TICK and len(reads) == flushed // rtp.core.SESSIONS_PER_READ
+    media._tick_sessions(now + 1.52)  # the rest at the next tick, not all in one callback
+    assert all(s.relay.next_flush > now + 1.5 for s in sessions)
+    for session in sessions:
+        session.close()
+    await media.close()

@@ -16,6 +16,7 @@ from rtp.events import EventDetector, event_payload, parse_event
 from rtp.packet import RtpPacket, build
 from rtp.prompts import Prompts
 from rtp.relay import LATCH_WINDOW, CallRelay, recorder_factory
+from rtp.timeline import StreamClock
 from tests.conftest import make_call
 
 EXT_ADDR = ("198.51.100.7", 40000)
@@ -31,23 +32,31 @@ PROMPTS = Prompts(
 
 
 class FakeRecorder:
-    """Records what the relay asks of the recorder."""
+    """Records what the relay hands the recorder: (channel, timeline position, samples)."""
+
+    timeline_base = 0  # nothing is ever final here
 
     def __init__(self, call: Call, t0: float) -> None:
         self.t0 = t0
         self.recording = call.record_at_answer
-        self.added: list[tuple[int, int, int, int, np.ndarray, float]] = []
+        self.added: list[tuple[int, int, np.ndarray]] = []
         self.changes: list[tuple[bool, float, str | None]] = []
         self.flushes: list[float] = []
         self.closed_at: float | None = None
+        self._clocks = (StreamClock(), StreamClock())
 
-    def add(self, channel: int, ssrc: int, seq: int, timestamp: int, samples: np.ndarray, arrival: float) -> None:
-        self.added.append((channel, ssrc, seq, timestamp, samples.copy(), arrival))
+    def place_g711(self, channel: int, payload_type: int, positions: np.ndarray, lengths: np.ndarray,
+                   payloads: np.ndarray) -> None:
+        """The media engine's packets, already placed (rows reused after: copied here)."""
+        for pos, n, row in zip(positions.tolist(), lengths.tolist(), payloads):
+            self.added.append((channel, pos, g711.decode(bytes(row[:n]), payload_type)))
 
     def add_g711(self, channel: int, ssrc: int, seq: int, timestamp: int, payload: bytes, payload_type: int,
                  arrival: float) -> None:
-        """The relay hands over raw G.711 (the real recorder decodes at its flush)."""
-        self.add(channel, ssrc, seq, timestamp, g711.decode(payload, payload_type), arrival)
+        """The recorder's own per-packet placing (the oracle tests/test_fastpath.py compares with)."""
+        pos = self._clocks[channel].position(ssrc, seq & 0xFFFF, timestamp & 0xFFFFFFFF, len(payload),
+                                             round((arrival - self.t0) * 8000), self.timeline_base)
+        self.added.append((channel, pos, g711.decode(payload, payload_type)))
 
     def set_recording(self, on: bool, now: float, by: str | None) -> None:
         self.changes.append((on, now, by))
@@ -62,7 +71,7 @@ class FakeRecorder:
 
 class Harness:
     def __init__(self, record: bool = True, enabled: bool = True, answer: bool = True, user_pt: int = 0,
-                 table=None) -> None:  # noqa: ANN001 - a LegTable: the relay's state goes in it
+                 table=None, relay_class=CallRelay) -> None:  # noqa: ANN001 - a LegTable: the relay's state goes in it
         self.recorders: list[FakeRecorder] = []
 
         def factory(call: Call, t0: float) -> FakeRecorder:
@@ -70,8 +79,8 @@ class Harness:
             self.recorders.append(recorder)
             return recorder
 
-        self.relay = CallRelay(make_call(record=record, enabled=enabled), PROMPTS, factory, feature_timeout=2.0,
-                               ssrcs=(0xAAAA0000, 0xBBBB0000), table=table)
+        self.relay = relay_class(make_call(record=record, enabled=enabled), PROMPTS, factory, feature_timeout=2.0,
+                                 ssrcs=(0xAAAA0000, 0xBBBB0000), table=table)
         self.relay.set_media(EXT, MediaEndpoint(EXT_ADDR, EXT_ADDR[0]), 0.0)
         self.relay.set_media(
             USER, MediaEndpoint(USER_SDP, USER_SIG_IP, payload_type=user_pt, codec="PCMU" if user_pt == 0 else "PCMA"), 0.0
@@ -83,6 +92,9 @@ class Harness:
 
     @property
     def recorder(self) -> FakeRecorder:
+        """The call's recorder, once the relay handed it what it holds (as before a flush)."""
+        if self.relay.recorder is not None:
+            self.relay.deliver_audio()
         return self.recorders[0]
 
     def audio(self, channel: int, now: float, value: int = 1000, addr: tuple[str, int] | None = None, pt: int = 0) -> list:
@@ -237,9 +249,8 @@ def test_recorder_gets_each_party_on_its_channel_with_rtp_timing() -> None:
     h = Harness()
     h.audio(EXT, 0.1, value=1000)
     h.audio(USER, 0.11, value=-2000)
-    (c0, ssrc0, seq0, ts0, s0, t0), (c1, ssrc1, _, _, s1, _) = h.recorder.added
-    assert (c0, ssrc0, seq0, ts0, t0) == (EXT, EXT_SSRC, 101, 16160, 0.1)
-    assert (c1, ssrc1) == (USER, USER_SSRC)
+    (c0, p0, s0), (c1, p1, s1) = h.recorder.added
+    assert (c0, p0) == (EXT, 800) and (c1, p1) == (USER, 880)  # each first packet anchored at its arrival (8 kHz since answer)
     assert abs(int(s0[0]) - 1000) < 40 and abs(int(s1[0]) + 2000) < 80
 
 
@@ -293,7 +304,7 @@ def test_user_star_one_pauses_and_only_the_presser_hears_it() -> None:
     heard = np.concatenate([g711.decode(p.payload, 0) for p in to_user])
     assert (np.abs(heard - 3000) < 200).sum() == 800  # the whole prompt, once
     # While paused, nothing is fed to the recorder; before, only the parties' own audio.
-    fed = [int(s[0]) for _, _, _, _, s, _ in h.recorder.added]
+    fed = [int(s[0]) for _, _, s in h.recorder.added]
     assert fed and all(abs(v) < 1100 for v in fed)  # never the prompt (3000)
 
 

@@ -283,7 +283,7 @@ CREATE INDEX IF NOT EXISTS recording_numbers_call ON recording_numbers (call_id)
 
 
 class SqliteIndex(RecordingsIndex):
-    """One process's index in one SQLite file (`<recordings_dir>/index.sqlite3`)."""
+    """One process's index in one SQLite file (`<recordings_dir>-index.sqlite3`, beside the tree)."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)

@@ -25,8 +25,13 @@ from b2bua.recordings_service.webhooks import Outbox, WebhookSender
 
 log = logging.getLogger("b2bua.recordings")
 
-INDEX_FILE = "index.sqlite3"
-OUTBOX_FILE = "webhooks.sqlite3"
+
+
+def state_path(recordings_dir: Path, what: str) -> Path:
+    """`<recordings_dir>-<what>.sqlite3`, beside the recordings tree and not in it, so the tree
+    holds recordings only (as the disk reserve does: rtp.disk_writer.reserve_path)."""
+    return recordings_dir.parent / f"{recordings_dir.name}-{what}.sqlite3"
+
 #: At start, sidecars of these last days not yet in the index are indexed (and announced):
 #: a recording finalised just before a crash, before its row was committed.
 RECONCILE_DAYS = 2
@@ -107,10 +112,10 @@ class RecordingsService:
                 except Exception as exc:  # redis-py's errors are not OSErrors: say which store, exit 1
                     raise OSError(f"recordings index at {redis_url}: {exc}") from exc
             else:
-                self.index = SqliteIndex(self.recordings_dir / INDEX_FILE)
+                self.index = SqliteIndex(state_path(self.recordings_dir, "index"))
         if config.webhooks:
-            outbox = OUTBOX_FILE if self.worker_index is None else f"webhooks-worker{self.worker_index}.sqlite3"
-            self.webhooks = WebhookSender(config.webhooks, Outbox(self.recordings_dir / outbox), self.wav_url)
+            what = "webhooks" if self.worker_index is None else f"webhooks-worker{self.worker_index}"
+            self.webhooks = WebhookSender(config.webhooks, Outbox(state_path(self.recordings_dir, what)), self.wav_url)
         if self.index is not None:
             created = getattr(self.index, "created", False)
             days = None if created else _recent_days(RECONCILE_DAYS)

@@ -1,7 +1,7 @@
 """Webhooks: one signed POST per finalised recording to each `[[webhooks]] url`.
 
 Delivery is at least once. Every POST is first written to a durable outbox (SQLite beside
-the recordings, `<recordings_dir>/webhooks.sqlite3`), and is deleted from it only when the
+the recordings, `<recordings_dir>-webhooks.sqlite3`), and is deleted from it only when the
 receiver answers 2xx; until then it is retried with exponential backoff (1 s doubling to
 at most an hour, with jitter), across restarts of the B2BUA. So a receiver may see the same
 recording twice (same `call_id`), never none.

@@ -47,6 +47,8 @@ def test_list_is_newest_first_and_matches_the_sidecars_on_disk(recorded):
     on_disk = {p.stem: json.loads(p.with_suffix(".json").read_text()) for p in pbx.proc.recordings()}
     assert {r["call_id"]: r for r in listed} == on_disk  # the listing is the sidecars, unchanged
     assert [r["direction"] for r in listed] == ["outbound", "inbound", "inbound"]
+    # The index lives beside the tree: the tree holds recordings only.
+    assert {p.suffix for p in Path(pbx.proc.recordings_dir).rglob("*") if p.is_file()} == {".wav", ".json"}
     paused = listed[1]
     assert [e["event"] for e in paused["events"]] == ["paused", "resumed"] and len(paused["segments"]) == 2
 
@@ -181,7 +183,9 @@ def test_z_index_is_rebuilt_from_the_sidecars_when_missing(recorded):
     pbx, _ = recorded
     before = [r["call_id"] for r in pbx.json("/api/recordings")["recordings"]]
     pbx.proc.stop()
-    index = Path(pbx.proc.recordings_dir) / "index.sqlite3"
+    recordings = Path(pbx.proc.recordings_dir)
+    index = recordings.parent / f"{recordings.name}-index.sqlite3"
+    assert index.exists()
     for suffix in ("", "-wal", "-shm"):
         Path(str(index) + suffix).unlink(missing_ok=True)
     pbx.proc.start()

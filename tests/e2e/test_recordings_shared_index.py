@@ -41,7 +41,7 @@ def test_two_processes_share_one_index_in_redis(tmp_path):
                 status, _, body = pbx.http(f"/api/recordings/{rec['call_id']}.wav")
                 assert status == 200 and body[:4] == b"RIFF"
             assert json.loads(one.http(f"/api/recordings/{from_two[0]['call_id']}")[2]) == from_two[0]
-            assert "index.sqlite3" not in {p.name for p in shared_dir.iterdir()}  # Redis, not SQLite
+            assert not list(tmp_path.glob("*index.sqlite3"))  # Redis, not SQLite
         finally:
             for phone in phones:
                 phone.stop()
