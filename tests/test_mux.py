@@ -432,3 +432,21 @@ async def test_a_tick_with_many_flushes_reads_the_shared_ports_between_them(tmp_
     for session in sessions:
         session.close()
     await media.close()
+
+
+async def test_ending_calls_leave_the_waiting_table_and_only_their_own_legs(core: MediaCore) -> None:
+    """Every leg signalled from one IP (a trunk, an office) waits under that IP until it
+    latches; a call that ends takes out exactly its two legs (in O(1): at 2,000 calls from
+    one trunk a scan per hangup was the setup's hot spot), the others keep their order."""
+    calls = open_calls(core, 30, "w")
+    port = core._shared.ports[0]
+    assert list(port.waiting[HOST]) == [(s, c) for s, _, _ in calls for c in (0, 1)]
+    for session, ext, user in calls[:29:2]:  # every other call ends
+        session.close()
+    left = [s for s, _, _ in calls[1::2]]
+    assert list(port.waiting[HOST]) == [(s, c) for s in left for c in (0, 1)]
+    close_calls([c for c in calls[1::2]])
+    assert HOST not in port.waiting
+    for _, ext, user in calls[:29:2]:
+        ext.close()
+        user.close()
