@@ -337,10 +337,11 @@ class SharedPorts:
             self._due = loop.time() + self.poll_interval
             self._poller = loop.call_at(self._due, self._poll)
 
-    def read_waiting(self) -> None:
-        """Read the ports with datagrams waiting (all of them, or those epoll names). Its
-        lateness (MediaHost.read_lateness) is how much longer than `poll_interval` the
-        ports went unread, whether this read is the poll's or one between a tick's flushes."""
+    def read_waiting(self, batches: int = MAX_BATCHES_PER_WAKEUP) -> None:
+        """Read the ports with datagrams waiting (all of them, or those epoll names), at most
+        `batches` full receive areas. Its lateness (MediaHost.read_lateness) is how much
+        longer than `poll_interval` the ports went unread, whether this read is the poll's
+        or one between a tick's flushes."""
         now = self.core.now()
         if self._last_read:
             self.core.read_lateness.add(now - self._last_read - self.poll_interval)
@@ -350,9 +351,9 @@ class SharedPorts:
             by_fd = self._by_fd
             ports = [by_fd[fd] for fd, _ in self._epoll.poll(0) if fd in by_fd]
         if ports:
-            self.read(ports)
+            self.read(ports, batches)
 
-    def read(self, ports: list[SharedPort]) -> None:
+    def read(self, ports: list[SharedPort], batches: int = MAX_BATCHES_PER_WAKEUP) -> None:
         """Read every port's waiting datagrams into the one receive area, one after another,
         and hand them to the batch lane together; then send what that produced.
 
@@ -362,7 +363,7 @@ class SharedPorts:
         rows = area.rows
         table = self.table
         now = self.core.now()
-        for _ in range(MAX_BATCHES_PER_WAKEUP):
+        for _ in range(batches):
             total = 0
             segments: list[tuple[SharedPort, int, int]] = []
             count = len(ports)
