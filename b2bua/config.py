@@ -140,6 +140,14 @@ class Http:
     #: The base of `wav_url` in webhook bodies; default "http://<listen>". Set it when the
     #: receiver reaches this server through another name (a proxy, a public address).
     public_url: str = ""
+    #: Open HTTP connections at once, and from one source address; past either bound a new
+    #: connection is closed at once (b2bua.recordings_service.conn_guard): idle or hostile
+    #: connections must not take the file descriptors the media sockets need.
+    max_connections: int = 256
+    max_connections_per_ip: int = 32
+    #: Seconds a connection may take to send a complete request (and stay idle between
+    #: requests) before it is closed: a slowloris client cannot hold one for ever.
+    header_timeout: float = 10.0
 
     @property
     def base_url(self) -> str:
@@ -641,8 +649,18 @@ def _http(path: Path, table: Any) -> Http | None:
     public_url = r.get("public_url", str, "")
     if public_url and not public_url.lower().startswith(("http://", "https://")):
         raise ConfigError(path, "http.public_url", f'got "{public_url}", expected a URL like "https://pbx.example:8443"')
+    max_connections = r.get("max_connections", int, Http.max_connections)
+    if not 1 <= max_connections <= 65536:
+        raise ConfigError(path, "http.max_connections", f"got {max_connections}, expected 1 to 65536")
+    per_ip = r.get("max_connections_per_ip", int, min(Http.max_connections_per_ip, max_connections))
+    if not 1 <= per_ip <= max_connections:
+        raise ConfigError(path, "http.max_connections_per_ip",
+                          f"got {per_ip}, expected 1 to max_connections ({max_connections})")
+    header_timeout = r.get("header_timeout", (int, float), Http.header_timeout)
+    if not 1 <= header_timeout <= 300:
+        raise ConfigError(path, "http.header_timeout", f"got {header_timeout}, expected 1 to 300 seconds")
     r.done()
-    return Http(host, port, public_url)
+    return Http(host, port, public_url, max_connections, per_ip, float(header_timeout))
 
 
 def _api_token(path: Path, i: int, table: Any) -> ApiToken:

@@ -468,12 +468,24 @@ def test_config_reads_the_new_sections():
     assert config.http.base_url == "http://127.0.0.1:8080"
     assert config.api_tokens[0].token_sha256 == bytes.fromhex(digest) and config.api_tokens[0].scope == "admin"
     assert config.webhooks[0].secret == "x" and config.recordings.retention_days == 90
+    # The connection bounds' defaults; a small max_connections caps the per-source default too.
+    assert (config.http.max_connections, config.http.max_connections_per_ip, config.http.header_timeout) == (256, 32, 10)
+    small = parse({**BASE, "http": {"listen": "127.0.0.1:8080", "max_connections": 8, "header_timeout": 2.5}},
+                  Path("flows.toml"), Path("/tmp")).http
+    assert (small.max_connections, small.max_connections_per_ip, small.header_timeout) == (8, 8, 2.5)
 
 
 @pytest.mark.parametrize("extra, key", [
     ({"http": {"listen": "127.0.0.1"}}, "http.listen"),
     ({"http": {"listen": "nowhere:80"}}, "http.listen"),
     ({"http": {"port": 1}}, "http.port"),
+    ({"http": {"max_connections": 0}}, "http.max_connections"),
+    ({"http": {"max_connections": "many"}}, "http.max_connections"),
+    ({"http": {"max_connections": True}}, "http.max_connections"),
+    ({"http": {"max_connections": 10, "max_connections_per_ip": 11}}, "http.max_connections_per_ip"),
+    ({"http": {"max_connections_per_ip": 0}}, "http.max_connections_per_ip"),
+    ({"http": {"header_timeout": 0}}, "http.header_timeout"),
+    ({"http": {"header_timeout": 3600}}, "http.header_timeout"),
     ({"api_tokens": [{"name": "a", "token_sha256": "abc"}]}, "api_tokens[0].token_sha256"),
     ({"api_tokens": [{"name": "a", "token_sha256": "0" * 64, "scope": "root"}]}, "api_tokens[0].scope"),
     ({"api_tokens": [{"name": "a", "token_sha256": "0" * 64}, {"name": "a", "token_sha256": "1" * 64}]},

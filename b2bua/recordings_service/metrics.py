@@ -45,12 +45,13 @@ class ServiceCounters:
 
 class B2buaCollector(Collector):
     def __init__(self, server: Any, counters: ServiceCounters, recordings_dir: Path,
-                 index: Any = None, webhooks: Any = None) -> None:
+                 index: Any = None, webhooks: Any = None, guard: Any = None) -> None:
         self.server = server  # b2bua.server.Server: .core (B2BUA), .media (MediaCore), .lockout
         self.counters = counters
         self.recordings_dir = recordings_dir
         self.index = index
         self.webhooks = webhooks
+        self.guard = guard  # conn_guard.ConnectionGuard: HTTP connections open and refused
 
     def collect(self) -> Iterator[Metric]:
         server = self.server
@@ -138,6 +139,14 @@ class B2buaCollector(Collector):
             yield deliveries
         yield CounterMetricFamily("b2bua_http_unauthorised", "API requests refused with 401 since start",
                                   value=self.counters.http_unauthorised)
+        if self.guard is not None:
+            yield GaugeMetricFamily("b2bua_http_connections", "HTTP connections open now", value=self.guard.open)
+            http_refused = CounterMetricFamily("b2bua_http_refused",
+                                               "HTTP connections closed unread at accept, by bound broken",
+                                               labels=["reason"])
+            for reason, n in self.guard.refused.items():
+                http_refused.add_metric([reason], n)
+            yield http_refused
 
 
 def _overloaded(media: Any) -> bool:

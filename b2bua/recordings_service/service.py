@@ -18,6 +18,7 @@ from typing import Any
 
 from b2bua.config import Config
 from b2bua.recordings_service import metrics as metricsmod
+from b2bua.recordings_service.conn_guard import ConnectionGuard
 from b2bua.recordings_service.index import RecordingsIndex, SqliteIndex, sidecar_relpath
 from b2bua.recordings_service.retention import run_daily
 from b2bua.recordings_service.tokens import TokenBook
@@ -35,9 +36,6 @@ def state_path(recordings_dir: Path, what: str) -> Path:
 #: At start, sidecars of these last days not yet in the index are indexed (and announced):
 #: a recording finalised just before a crash, before its row was committed.
 RECONCILE_DAYS = 2
-#: An idle HTTP keep-alive connection is closed after this long (aiohttp's default is 75 s):
-#: idle connections hold file descriptors the media needs for its sockets.
-KEEPALIVE_TIMEOUT = 15.0
 
 
 class RecordingsService:
@@ -50,6 +48,8 @@ class RecordingsService:
         self.index: RecordingsIndex | None = index
         self.webhooks: WebhookSender | None = None
         self._runner: Any = None
+        self._http_server: asyncio.Server | None = None
+        self.guard: ConnectionGuard | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.http_address: tuple[str, int] | None = None
         # A cluster worker (b2bua.cluster.worker.WorkerRole) has an index: worker N serves
@@ -152,25 +152,36 @@ class RecordingsService:
         from b2bua.recordings_service.api import RecordingsApi
 
         assert self.index is not None and self.config.http is not None
-        collector = metricsmod.B2buaCollector(self.server, self.counters, self.recordings_dir, self.index,
-                                              self.webhooks)
+        http = self.config.http
         summary = getattr(self.server, "summary", None)  # b2bua.hostile_summary.HostileSummary
         loop = asyncio.get_running_loop()
+        self.guard = ConnectionGuard(http.max_connections, http.max_connections_per_ip,
+                                     (lambda ip, reason: summary.count(
+                                         ip, f"http-refused-{reason}", loop.time(),
+                                         line=f"http event=connection-refused reason={reason} from={ip}"))
+                                     if summary is not None else None)
+        collector = metricsmod.B2buaCollector(self.server, self.counters, self.recordings_dir, self.index,
+                                              self.webhooks, self.guard)
         api = RecordingsApi(self.recordings_dir, self.index, TokenBook(self.config.api_tokens),
                             metricsmod.make_registry(collector), self.counters,
                             on_unauthorised=(lambda ip: summary.count(ip, "http-unauthorised", loop.time()))
                             if summary is not None else None)
         # access_log=None: one line per request would be hostile-traffic logging per
         # request (GUIDE: summarised, never per request); 401s are counted in /metrics.
+        # keepalive_timeout: aiohttp closes a connection that has not completed a request this
+        # long after it opened or after its last response (slowloris, idle keep-alives), and
+        # idle connections hold file descriptors the media needs for its sockets.
         self._runner = web.AppRunner(api.app(), access_log=None, handle_signals=False,
-                                     keepalive_timeout=KEEPALIVE_TIMEOUT)
+                                     keepalive_timeout=http.header_timeout)
         await self._runner.setup()
-        http = self.config.http
-        site = web.TCPSite(self._runner, http.host, self.http_port, reuse_address=True)
-        await site.start()
+        # Not web.TCPSite: the same listening socket, with aiohttp's protocol factory wrapped
+        # by the connection bounds (conn_guard), which aiohttp has no option for.
+        self._http_server = await loop.create_server(self.guard.factory(self._runner.server), http.host,
+                                                     self.http_port, reuse_address=True)
         self.http_address = (http.host, self.http_port)
-        log.info("startup http=http://%s:%d/ tokens=%d webhooks=%d retention_days=%d", http.host, self.http_port,
-                 len(self.config.api_tokens), len(self.config.webhooks), self.config.recordings.retention_days)
+        log.info("startup http=http://%s:%d/ tokens=%d webhooks=%d retention_days=%d max_connections=%d",
+                 http.host, self.http_port, len(self.config.api_tokens), len(self.config.webhooks),
+                 self.config.recordings.retention_days, http.max_connections)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -181,6 +192,9 @@ class RecordingsService:
             except asyncio.CancelledError:
                 pass
         self._tasks.clear()
+        if self._http_server is not None:
+            self._http_server.close()  # stop accepting; the runner closes the open connections
+            self._http_server = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

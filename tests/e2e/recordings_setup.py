@@ -26,7 +26,8 @@ WEBHOOK_SECRET = "e2e-webhook-secret"
 DDI = "441632960000"
 
 
-def flows(ports: Ports, pytrunk: str, http_port: int, webhook_url: str | None = None, extra: str = "") -> str:
+def flows(ports: Ports, pytrunk: str, http_port: int, webhook_url: str | None = None, extra: str = "",
+          http_extra: str = "") -> str:
     text = f'''
 [server]
 listen = "{ports.listen}"
@@ -49,6 +50,7 @@ password = "alice-secret"
 record_outbound = "yes"
 [http]
 listen = "127.0.0.1:{http_port}"
+{http_extra}
 [[api_tokens]]
 name = "viewer"
 token_sha256 = "{hashlib.sha256(READ_TOKEN.encode()).hexdigest()}"
@@ -128,12 +130,14 @@ class Pbx:
 
 
 def start_pbx(tmp_path: Path, webhook_url: str | None = None, *, server_extra: str = "", tail: str = "",
-              name: str = "b2bua") -> Pbx:
-    """`server_extra`: more [server] keys; `tail`: more sections at the end of flows.toml."""
+              name: str = "b2bua", http_extra: str = "") -> Pbx:
+    """`server_extra`: more [server] keys; `http_extra`: more [http] keys; `tail`: more
+    sections at the end of flows.toml."""
     ports = Ports.allocate()
     trunk = PyTrunk(auto_answer=True)
     http_port = free_port("tcp")
-    proc = B2buaProcess(flows(ports, trunk.address, http_port, webhook_url, server_extra) + tail, tmp_path, name=name)
+    proc = B2buaProcess(flows(ports, trunk.address, http_port, webhook_url, server_extra, http_extra) + tail,
+                        tmp_path, name=name)
     proc.start()
     return Pbx(proc, ports, http_port, trunk, tmp_path)
 
