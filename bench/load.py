@@ -88,6 +88,19 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_split(pid))
 
 
+def run_delay(pid: int) -> float:
+    """Seconds the process's threads spent runnable but not running (waiting for a CPU:
+    /proc/<pid>/task/*/schedstat, second field). On a shared machine this is what tells a
+    B2BUA starved of its pinned core (loss at a low cpu_percent) from one that is slow."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(stat.read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / 1e9
+
+
 def rss_peak_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -147,6 +160,7 @@ def generate(socks: list[socket.socket], targets: list[list[tuple[str, int]]], s
     seq = 0
     offered = received = 0
     busy = 0.0
+    waited0 = run_delay(os.getpid())
     start = time.perf_counter()
     next_tick = start
     end = start + seconds
@@ -186,7 +200,8 @@ def generate(socks: list[socket.socket], targets: list[list[tuple[str, int]]], s
     while time.perf_counter() < drain_until:
         received += drain()
         time.sleep(0.01)
-    conn.send({"offered": offered, "received": received, "busy_s": busy, "wall_s": time.perf_counter() - start})
+    conn.send({"offered": offered, "received": received, "busy_s": busy, "wall_s": time.perf_counter() - start,
+               "waited_s": run_delay(os.getpid()) - waited0})
 
 
 def run_generator(socks, targets, sources, seconds):
@@ -531,12 +546,13 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
             poll_stop, (poll_out, poll_in) = multiprocessing.Event(), multiprocessing.Pipe(duplex=False)
             poller = multiprocessing.Process(target=http_poller, args=(http_port, http_poll, poll_stop, poll_in))
             poller.start()
-        (user0, sys0), wall0 = cpu_split(proc.pid), time.monotonic()
+        (user0, sys0), wall0, delay0 = cpu_split(proc.pid), time.monotonic(), run_delay(proc.pid)
         log_start = os.path.getsize(workdir / "b2bua.log")
         gen, pipe = run_generator([trunk_media, phone_media], targets, sources, seconds)
         stats = pipe.recv()
         gen.join()
         user1, sys1 = cpu_split(proc.pid)
+        delay = run_delay(proc.pid) - delay0
         http_stats = None
         if poller is not None:
             poll_stop.set()
@@ -570,6 +586,8 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
         "loss": round(1 - received / offered, 5) if offered else 1.0,
         "cpu_percent": round(100 * cpu / wall, 1), "rss_mb": round(rss, 1), "wav_ok": wav_ok,
         "user_percent": round(100 * user / wall, 1), "sys_percent": round(100 * system / wall, 1),
+        "runqueue_wait_percent": round(100 * delay / wall, 1),
+        "generator_wait_percent": round(100 * stats["waited_s"] / stats["wall_s"], 1),
         "wavs": len(wavs), "wav_audio": audio, "register_s": round(reg_s, 2), "setup_s": round(setup_s, 2),
         "generator_capacity_pps": round(offered / stats["busy_s"]) if stats["busy_s"] else 0,
         "offered_pps": round(offered / stats["wall_s"]),
@@ -706,6 +724,8 @@ def one(peer: str, calls: int, seconds: float, record: bool, media_sockets: str 
 def line(r: dict) -> str:
     answered = f" answered={r['answered']} refused_503={r['refused_503']}" if "answered" in r else ""
     split = f" (user {r['user_percent']}% sys {r['sys_percent']}%)" if "user_percent" in r else ""
+    if "runqueue_wait_percent" in r:  # waiting for its core: other processes had it (a shared machine)
+        split += f" waited_for_cpu={r['runqueue_wait_percent']}% (generator {r['generator_wait_percent']}%)"
     late = (f" read_late p50<={r['read_p50_ms']}ms p99<={r['read_p99_ms']}ms max={r['read_max_ms']}ms"
             if "read_p50_ms" in r else "")
     return (f"{r['peer']:<10} record={'on ' if r['record'] else 'off'} calls={r['calls']:<5}{answered} loss={r['loss']:.4%} "
@@ -745,7 +765,7 @@ def main() -> None:
         print(line(r))
         if r.get("http"):
             print(f"http: {r['http']}")
-        keys = ("calls", "loss", "cpu_percent", "rss_mb", "wav_ok", "read_p50_ms", "read_p99_ms", "read_max_ms")
+        keys = ("calls", "loss", "cpu_percent", "runqueue_wait_percent", "rss_mb", "wav_ok", "read_p50_ms", "read_p99_ms", "read_max_ms")
         print(json.dumps({k: r[k] for k in keys if k in r} | {"peer": r["peer"], "http": r.get("http")}))
         return
     rows = []

@@ -39,6 +39,13 @@ LATENESS_WINDOW = 5.0  # seconds per `media event=lateness` log line (rtp.latene
 # flushes ~40 recorders (one a second each), ~150 us apiece (bench/recorder.py): 6 ms
 # without a read, the stall the lateness histogram showed; 8 keep a read within ~1.2 ms.
 SESSIONS_PER_READ = 8
+# Receive areas (rtp.mux.READ_BATCH datagrams each) such a read between flushes may take.
+# Why one: behind (a core shared with other work, a burst), every read finds full areas, and
+# a read that caught all of them up (up to 16 areas, ~50-100 ms at 2,000 calls) every 8
+# flushes made a tick of 80 flushes last a second: 4 ticks ran in 5 s, the recorders'
+# flushes fell behind, their timelines held the audio (RSS 0.3 -> 1 GB) and each flush grew
+# dearer. The poll (rtp.mux.POLL_INTERVAL) catches up; the tick keeps its flushes on time.
+AREAS_PER_READ_BETWEEN_FLUSHES = 1
 MIN_FLUSHES_PER_TICK = 16  # recorder flushes a tick may always do (see _tick_sessions)
 LATE_READ_BUCKET = 8  # stats()["late_reads"]: reads of this window later than EDGES_MS[7] (5 ms)
 _RELAY_COUNTERS = ("forwarded", "malformed", "oversize", "unlatched", "no_target", "swallowed", "injected", "rtcp")
@@ -416,7 +423,7 @@ class MediaCore:
             driven += 1
             if shared is not None and driven % SESSIONS_PER_READ == 0:
                 try:
-                    shared.read_waiting()  # between flushes, not after all of them
+                    shared.read_waiting(AREAS_PER_READ_BETWEEN_FLUSHES)  # between flushes, not after all
                 except Exception:
                     self.log.exception("media read between flushes failed")
             relay = session.relay

@@ -106,7 +106,9 @@ class SharedPort:
         self.mux = BatchMux(rtp, MUX_BATCH, pool.area)
         self.legs = 0
         self.routes: dict[int, tuple[SharedSession, int, tuple[str, int]]] = {}  # source key -> leg
-        self.waiting: dict[str, list[tuple[SharedSession, int]]] = {}  # signalling IP -> legs that may latch
+        # signalling IP -> legs that may latch, in arrival order (a dict: a trunk's or an office's
+        # IP may have thousands waiting, and a leg leaves in O(1), not by a scan of them all)
+        self.waiting: dict[str, dict[tuple[SharedSession, int], None]] = {}
         self.rtcp_routes: dict[tuple[str, int], tuple[SharedSession, int]] = {}
         self.strangers = 0
         self.ambiguous = 0
@@ -128,7 +130,7 @@ class SharedPort:
                 self._conflict(key, session, channel, endpoint.remote)
             else:
                 self.route(key, session, channel, endpoint.remote)
-        self.waiting.setdefault(endpoint.signalling_ip, []).append((session, channel))
+        self.waiting.setdefault(endpoint.signalling_ip, {})[(session, channel)] = None
 
     def taken(self, endpoint: MediaEndpoint, now: float) -> bool:
         """Would a leg for `endpoint` be ambiguous here: another live leg expects its SDP
@@ -200,7 +202,7 @@ class SharedPort:
                             other.rerouted()
         legs = self.waiting.get(endpoint.signalling_ip)
         if legs:
-            legs[:] = [(s, c) for s, c in legs if not (s is session and c == channel)]
+            legs.pop((session, channel), None)
             if not legs:
                 del self.waiting[endpoint.signalling_ip]
         for addr in [a for a, (s, c) in self.rtcp_routes.items() if s is session and c == channel]:
@@ -228,8 +230,9 @@ class SharedPort:
                 if leg.remote is None or leg.remote[0] != addr[0]:
                     claimants.append((session, channel))
         if len(live) != len(legs):
-            legs[:] = live
-            if not live:
+            if live:
+                self.waiting[addr[0]] = dict.fromkeys(live)
+            else:
                 del self.waiting[addr[0]]
         if len(claimants) != 1:
             if claimants:
@@ -334,10 +337,11 @@ class SharedPorts:
             self._due = loop.time() + self.poll_interval
             self._poller = loop.call_at(self._due, self._poll)
 
-    def read_waiting(self) -> None:
-        """Read the ports with datagrams waiting (all of them, or those epoll names). Its
-        lateness (MediaHost.read_lateness) is how much longer than `poll_interval` the
-        ports went unread, whether this read is the poll's or one between a tick's flushes."""
+    def read_waiting(self, batches: int = MAX_BATCHES_PER_WAKEUP) -> None:
+        """Read the ports with datagrams waiting (all of them, or those epoll names), at most
+        `batches` full receive areas. Its lateness (MediaHost.read_lateness) is how much
+        longer than `poll_interval` the ports went unread, whether this read is the poll's
+        or one between a tick's flushes."""
         now = self.core.now()
         if self._last_read:
             self.core.read_lateness.add(now - self._last_read - self.poll_interval)
@@ -347,9 +351,9 @@ class SharedPorts:
             by_fd = self._by_fd
             ports = [by_fd[fd] for fd, _ in self._epoll.poll(0) if fd in by_fd]
         if ports:
-            self.read(ports)
+            self.read(ports, batches)
 
-    def read(self, ports: list[SharedPort]) -> None:
+    def read(self, ports: list[SharedPort], batches: int = MAX_BATCHES_PER_WAKEUP) -> None:
         """Read every port's waiting datagrams into the one receive area, one after another,
         and hand them to the batch lane together; then send what that produced.
 
@@ -359,7 +363,7 @@ class SharedPorts:
         rows = area.rows
         table = self.table
         now = self.core.now()
-        for _ in range(MAX_BATCHES_PER_WAKEUP):
+        for _ in range(batches):
             total = 0
             segments: list[tuple[SharedPort, int, int]] = []
             count = len(ports)

@@ -400,6 +400,16 @@ def test_ring_timeout_gives_480_and_cancels(h):
     assert h.one(TRUNK, 480)
 
 
+
+def test_an_answered_call_leaves_no_ring_deadline_and_never_times_out(h):
+    """The ring timeout is a heap entry made when the call forks; answering makes it stale:
+    the next deadline is no longer it, and nothing is sent when it would have fired."""
+    ringing_at = h.now
+    bob, ok = answered_call(h)
+    assert h.core.next_deadline() != ringing_at + 30.0
+    h.advance(31.0)
+    assert h.take() == [] and len(h.core.calls) == 1
+
 def test_caller_cancel_cancels_every_branch(h):
     h.register("alice", "alice-pw", ALICE_DESK, "sip:alice@203.0.113.10:5062")
     h.register("bob", "bob-pw", BOB, "sip:bob@203.0.113.20")

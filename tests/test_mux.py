@@ -423,7 +423,7 @@ async def test_a_tick_with_many_flushes_reads_the_shared_ports_between_them(tmp_
     for session in sessions:
         session.answered(now)
     reads = []
-    media._shared.read_waiting = lambda: reads.append(1)  # type: ignore[method-assign]
+    media._shared.read_waiting = lambda *_: reads.append(1)  # type: ignore[method-assign]
     media._tick_sessions(now + 1.5)  # every recorder's flush is due: at most MIN_FLUSHES_PER_TICK now
     flushed = sum(s.relay.next_flush > now + 1.5 for s in sessions)
     assert flushed == rtp.core.MIN_FLUSHES_PER_TICK and len(reads) == flushed // rtp.core.SESSIONS_PER_READ
@@ -431,4 +431,49 @@ async def test_a_tick_with_many_flushes_reads_the_shared_ports_between_them(tmp_
     assert all(s.relay.next_flush > now + 1.5 for s in sessions)
     for session in sessions:
         session.close()
+    await media.close()
+
+
+async def test_ending_calls_leave_the_waiting_table_and_only_their_own_legs(core: MediaCore) -> None:
+    """Every leg signalled from one IP (a trunk, an office) waits under that IP until it
+    latches; a call that ends takes out exactly its two legs (in O(1): at 2,000 calls from
+    one trunk a scan per hangup was the setup's hot spot), the others keep their order."""
+    calls = open_calls(core, 30, "w")
+    port = core._shared.ports[0]
+    assert list(port.waiting[HOST]) == [(s, c) for s, _, _ in calls for c in (0, 1)]
+    for session, ext, user in calls[:29:2]:  # every other call ends
+        session.close()
+    left = [s for s, _, _ in calls[1::2]]
+    assert list(port.waiting[HOST]) == [(s, c) for s in left for c in (0, 1)]
+    close_calls([c for c in calls[1::2]])
+    assert HOST not in port.waiting
+    for _, ext, user in calls[:29:2]:
+        ext.close()
+        user.close()
+
+
+async def test_a_read_between_flushes_takes_one_receive_area_and_the_poll_the_rest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behind, every read finds full areas: the one a tick makes between its flushes takes
+    one area (so the tick's flushes stay on time), the poll's takes up to
+    MAX_BATCHES_PER_WAKEUP of them; nothing is lost either way."""
+    import rtp.core
+
+    monkeypatch.setattr(mux, "READ_BATCH", 5)
+    media = MediaCore(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=True)
+    media._shared.area = mux.ReceiveArea(5)
+    [(session, ext, user)] = open_calls(media, 1, "r")
+    await asyncio.sleep(0.01)
+    media._shared._poller.cancel()  # this test makes the reads itself
+    for seq in range(20):
+        ext.sendto(build(0, seq, seq * 160, 0x1111, AUDIO), (HOST, session.ports[0]))
+    await asyncio.sleep(0.01)
+    port = media._shared.ports[0]
+    received = port.received
+    media._shared.read_waiting(rtp.core.AREAS_PER_READ_BETWEEN_FLUSHES)
+    assert port.received - received == 5
+    media._shared.read_waiting()
+    assert port.received - received == 20
+    assert len(await drain(user, 0.05)) == 20
+    close_calls([(session, ext, user)])
     await media.close()
