@@ -43,3 +43,46 @@ def test_a_dead_worker_is_logged_and_restarted_with_a_growing_pause(tmp_path, ca
     assert f"worker=0 pid={first_pid} port=5100 event=exited status=3" in lines
     assert sum("event=started" in line for line in lines) == 4
     assert pauses[:3] == [0.5, 1.0, 2.0] and max(pauses) <= MAX_BACKOFF, pauses
+
+
+def test_what_a_dead_child_left_in_its_session_is_reaped_with_it(tmp_path):
+    """Kamailio's forked processes outlive a main process killed with SIGKILL; left alone
+    they hold the edge's ports and a restarted edge cannot bind."""
+    import os
+    import signal as _signal
+
+    pid_file = tmp_path / "orphan.pid"
+    script = (f"import os, subprocess, sys, time\n"
+              f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+              f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+              f"time.sleep(60)\n")
+    child = Child("edge", [sys.executable, "-c", script], port=0)
+    child.start()
+    deadline = time.monotonic() + 10
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    orphan = int(pid_file.read_text())
+    os.kill(child.proc.pid, _signal.SIGKILL)  # type: ignore[union-attr]
+    child.proc.wait()  # type: ignore[union-attr]
+    os.kill(orphan, 0)  # still there: the main process's death did not take it
+    child.log_exit()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.waitpid(orphan, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        try:
+            os.kill(orphan, 0)
+        except ProcessLookupError:
+            break
+        # a zombie reparented to init counts as gone once init reaps it
+        try:
+            with open(f"/proc/{orphan}/stat") as f:
+                if f.read().split(")")[1].split()[0] == "Z":
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"pid {orphan} outlived its session's leader")

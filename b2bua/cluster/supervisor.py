@@ -85,6 +85,18 @@ class Child:
         else:
             log.info("%s pid=%d port=%d event=started", self.name, self.proc.pid, self.port)
 
+    def reap_group(self) -> None:
+        """Once the child itself has exited, whatever is left of its session is an orphan:
+        Kamailio's forked workers outlive a main process killed with SIGKILL (they hold its
+        ports, so a restarted edge could not bind). The child led its own session
+        (start_new_session), so its process group is exactly what it started."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -98,6 +110,7 @@ class Child:
 
     def log_exit(self) -> None:
         assert self.proc is not None
+        self.reap_group()
         code = self.proc.returncode
         how = f"signal={signal.Signals(-code).name}" if code < 0 else f"status={code}"
         if self.index is not None:
