@@ -159,11 +159,7 @@ def run(calls: int, seconds: float, record: bool, workdir: Path, workers: int, q
         wavs = sorted(recordings.rglob("*.wav"))
         wav_ok, lengths, audio = load.check_wavs(wavs, sip, calls if record else 0, seconds)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(30)
-        if proc.poll() is None:
-            proc.kill()
+        load.stop(proc, 30)
         log.close()
         for s in (trunk, phone, trunk_media, phone_media):
             s.close()

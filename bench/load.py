@@ -64,6 +64,16 @@ B2BUA_CORE, LOAD_CORE = 0, 1
 
 # -- small helpers ------------------------------------------------------------------------
 
+
+def stop(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM (calls get BYE, recordings are finalised), SIGKILL past `grace` seconds."""
+    proc.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(grace)
+    if proc.poll() is None:
+        proc.kill()
+
+
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind((LOCAL, 0))
@@ -571,11 +581,7 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
         wav_ok, lengths, audio = check_wavs(wavs, load, calls if record else 0, seconds)
         recorded_packets = int(sum(lengths) * 50 * 2)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(20)
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc, 20)
         log.close()
         for s in (trunk, phone, trunk_media, phone_media):
             s.close()
@@ -696,11 +702,7 @@ def run_rtpengine(calls: int, seconds: float, record: bool, workdir: Path) -> di
             ng(ctl, (LOCAL, ng_port), {"command": "delete", "call-id": f"c{i}", "from-tag": f"f{i}"})
         ctl.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc, 10)
         log.close()
         trunk_media.close()
         phone_media.close()

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .peers import LOCALHOST, REPO_ROOT, _Process, free_port, free_port_range, sip_options_ping, wait_until
+from .peers import LOCALHOST, REPO_ROOT, _Process, free_port, free_port_range, sip_options_ping, wait_until, alice_line
 
 START_TIMEOUT_S = 20.0
 
@@ -67,19 +67,7 @@ name = "Cluster test"
 max_auth_failures = 5
 failure_window = 60
 lockout_seconds = 60
-[[trunks]]
-name = "carrier"
-sources = ["{trunk}"]
-uri = "sip:{trunk}"
-[[numbers]]
-ddi = "441632960000"
-record = "yes"
-to = "user:alice"
-[[users]]
-name = "alice"
-extension = "201"
-password = "alice-secret"
-[cluster]
+{alice_line(trunk)}[cluster]
 workers = {ports.workers}
 worker_ports = "{ports.worker_low}-{ports.worker_low + ports.workers - 1}"
 redis = "redis://127.0.0.1:{ports.redis}/0"

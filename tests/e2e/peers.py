@@ -201,6 +201,25 @@ class Ports:
         return f"{self.rtp_low}-{self.rtp_high}"
 
 
+def alice_line(trunk: str) -> str:
+    """The organisation most e2e tests share, as flows.toml tables: the trunk `trunk`
+    ("ip:port") whose number 441632960000 (record = "yes") rings alice (extension 201,
+    password alice-secret)."""
+    return f'''[[trunks]]
+name = "carrier"
+sources = ["{trunk}"]
+uri = "sip:{trunk}"
+[[numbers]]
+ddi = "441632960000"
+record = "yes"
+to = "user:alice"
+[[users]]
+name = "alice"
+extension = "201"
+password = "alice-secret"
+'''
+
+
 def split_hostport(address: str, default_port: int = 5060) -> tuple[str, int]:
     """"127.0.0.1:5070" -> ("127.0.0.1", 5070)."""
     host, _, port = address.rpartition(":")

@@ -9,7 +9,7 @@ recording has both, one per channel (contract: channel 1 external, channel 2 use
 
 from tests.e2e.audio import channel, has_tone, load_wav
 from tests.e2e.pcap import PT_PCMA, PT_PCMU, Tone, build_stream
-from tests.e2e.peers import Ports, RtpEndpoint, Sipp
+from tests.e2e.peers import Ports, RtpEndpoint, Sipp, alice_line
 
 RATE = 8000
 
@@ -22,19 +22,7 @@ listen = "{ports.listen}"
 rtp_ports = "{ports.rtp_ports}"
 [organisation]
 name = "Test"
-[[trunks]]
-name = "carrier"
-sources = ["{ports.trunk}"]
-uri = "sip:{ports.trunk}"
-[[numbers]]
-ddi = "441632960000"
-record = "yes"
-to = "user:alice"
-[[users]]
-name = "alice"
-extension = "201"
-password = "alice-secret"
-''')
+{alice_line(ports.trunk)}''')
     alice = baresip("alice", "alice-secret", pbx.sip_address, tone_hz=1000)
     trunk_media = RtpEndpoint()
     try:

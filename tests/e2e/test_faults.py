@@ -21,7 +21,7 @@ import pytest
 import soundfile
 
 from tests.e2e.audio import dominant_frequencies, load_wav
-from tests.e2e.peers import B2buaProcess, Ports, PyTrunk
+from tests.e2e.peers import B2buaProcess, Ports, PyTrunk, alice_line
 
 pytestmark = pytest.mark.e2e
 
@@ -42,19 +42,7 @@ name = "Test"
 max_auth_failures = 3
 failure_window = 60
 lockout_seconds = 60
-[[trunks]]
-name = "carrier"
-sources = ["{trunk}"]
-uri = "sip:{trunk}"
-[[numbers]]
-ddi = "441632960000"
-record = "yes"
-to = "user:alice"
-[[users]]
-name = "alice"
-extension = "201"
-password = "alice-secret"
-{extra}'''
+{alice_line(trunk)}{extra}'''
 
 
 @pytest.fixture

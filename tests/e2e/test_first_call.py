@@ -2,7 +2,7 @@
 
 from tests.e2e.audio import channel, has_tone, load_wav
 from tests.e2e.pcap import Tone, write_pcap
-from tests.e2e.peers import Ports, Sipp
+from tests.e2e.peers import Ports, Sipp, alice_line
 
 
 def test_inbound_call_is_recorded(tmp_path, b2bua, baresip):
@@ -13,19 +13,7 @@ listen = "{ports.listen}"
 rtp_ports = "{ports.rtp_ports}"
 [organisation]
 name = "Test"
-[[trunks]]
-name = "carrier"
-sources = ["{ports.trunk}"]
-uri = "sip:{ports.trunk}"
-[[numbers]]
-ddi = "441632960000"
-record = "yes"
-to = "user:alice"
-[[users]]
-name = "alice"
-extension = "201"
-password = "alice-secret"
-''')
+{alice_line(ports.trunk)}''')
     alice = baresip("alice", "alice-secret", pbx.sip_address, tone_hz=1000)
     Sipp("uac_call.xml", tmp_path, remote=pbx.sip_address, port=ports.trunk_port,
          service="441632960000",
