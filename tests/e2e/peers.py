@@ -29,18 +29,7 @@ A typical scenario test (``tests/e2e/test_harness.py`` has working uses of each 
             rtp_ports = "{ports.rtp_ports}"
             [organisation]
             name = "Test"
-            [[trunks]]
-            name = "carrier"
-            sources = ["{ports.trunk}"]
-            uri = "sip:{ports.trunk}"
-            [[numbers]]
-            ddi = "441632960000"
-            record = "yes"
-            to = "user:alice"
-            [[users]]
-            name = "alice"
-            extension = "201"
-            password = "alice-secret"
+            {alice_line(ports.trunk)}
         ''')
         alice = baresip("alice", "alice-secret", pbx.sip_address, tone_hz=1000)  # registered
         Sipp("uac_call.xml", tmp_path, remote=pbx.sip_address, port=ports.trunk_port,

@@ -20,7 +20,7 @@ import pytest
 
 from tests.e2e.audio import has_tone, load_wav
 from tests.e2e.netns import TwoHosts
-from tests.e2e.peers import REPO_ROOT, _Process, wait_until
+from tests.e2e.peers import REPO_ROOT, _Process, alice_line, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -36,18 +36,7 @@ rtp_ports = "20000-20099"
 recordings_dir = "{recordings}"
 [organisation]
 name = "Two hosts"
-[[trunks]]
-name = "carrier"
-sources = ["{hosts.edge_ip}:{TRUNK_PORT}"]
-uri = "sip:{hosts.edge_ip}:{TRUNK_PORT}"
-[[numbers]]
-ddi = "441632960000"
-record = "yes"
-to = "user:alice"
-[[users]]
-name = "alice"
-password = "alice-secret"
-[cluster]
+{alice_line(f"{hosts.edge_ip}:{TRUNK_PORT}")}[cluster]
 workers = 1
 worker_ports = "{WORKER_PORT}-{WORKER_PORT}"
 hosts = ["{hosts.worker_ip}"]
