@@ -20,7 +20,7 @@ the WAV wants them.
 
 Memory: between its flushes a recorder's timeline holds only the jitter window (the audio
 of the second waits undecoded, G.711, in the media engine's rows), so the block is small
-(`RETAINED_CAPACITY_FRAMES`) and grows to the second only while a flush places it. `take`
+(what the window holds) and grows to the second only while a flush places it. `take`
 hands the caller the block's head itself (no copy) and keeps the rest in a fresh small
 block: a big block lives until the disk writer has written it, not for the call's length.
 (Issue 17: a block kept at its high-water mark was ~40 KB resident per call, a third of
@@ -46,9 +46,11 @@ MAX_SSRCS_PER_CHANNEL = 4  # old SSRCs kept so stragglers after a switch still l
 SEQ_NEWER_WINDOW = 0x8000  # RFC 3550 A.1 style: a seq ahead by less than half the space is newer
 MAX_PENDING_SECONDS = 60.0  # audio held before finalising; a packet further ahead is bogus
 MAX_PENDING_FRAMES = int(MAX_PENDING_SECONDS * SAMPLE_RATE)
-#: Frames a timeline keeps between flushes: the recorder's jitter window (0.2 s) and a little.
+#: A block larger than this is not kept once finalised: what lies beyond moves to a fresh
+#: block of its own size (the recorder's jitter window, 0.2 s, and what came after it).
 RETAINED_CAPACITY_FRAMES = SAMPLE_RATE // 4
 INITIAL_CAPACITY_FRAMES = RETAINED_CAPACITY_FRAMES
+MIN_BLOCK_FRAMES = 160  # a fresh block for nothing at all: one packet's room
 
 
 @dataclass
@@ -304,7 +306,7 @@ class Timeline:
         buf, end = self._buf, self._end
         remaining = end - k
         if fresh or buf.shape[0] > RETAINED_CAPACITY_FRAMES:
-            block = np.zeros((max(remaining, RETAINED_CAPACITY_FRAMES), self.channels), dtype=np.int16)
+            block = np.zeros((max(remaining, MIN_BLOCK_FRAMES), self.channels), dtype=np.int16)
             if remaining > 0:
                 block[:remaining] = buf[k:end]
             self._buf = block
