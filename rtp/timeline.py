@@ -287,13 +287,19 @@ class Timeline:
         k = upto - self.base
         if k <= 0:
             return np.zeros((0, self.channels), dtype=np.int16)
-        if k <= self._buf.shape[0]:
-            out = self._buf[:k]  # past _end the block is zeros: silence, as it should be
-        else:
+        block = self._buf
+        if k > block.shape[0]:
             out = np.zeros((k, self.channels), dtype=np.int16)
-            out[: self._end] = self._buf[: self._end]
-        self._advance(k, fresh=True)
-        return out
+            out[: self._end] = block[: self._end]
+            self._advance(k, fresh=True)
+            return out
+        self._advance(k, fresh=True)  # what lies past upto is copied to a fresh block first
+        if k < block.shape[0]:
+            # Cut the block to its first k frames in place (realloc: no copy), so audio the
+            # writer holds (a slow disk's backlog) is its frames and nothing more. Safe: no
+            # view of the block outlives the timeline's own methods.
+            block.resize((k, self.channels), refcheck=False)
+        return block  # past _end the block is zeros: silence, as it should be
 
     def discard(self, upto: int) -> None:
         """Finalise [base, upto) without keeping it (nothing is being recorded there)."""
