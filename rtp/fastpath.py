@@ -25,11 +25,12 @@ payload type) goes to `CallRelay.receive`, after which the owner calls `refresh`
 
 Recording: each leg's recording clock (`rtp.relay.LegClock`: `StreamClock`'s rules, the
 current SSRC's anchor in the `ck_*` fields) and the packets it placed and the recorder has
-not taken yet (`wcount` rows of position and length, `wpos` and `wlen`, their payloads end to
-end in the leg's `wbuf` area, `wfill` bytes of it) are here too. The relay hands the rows to the recorder (`Recorder.place_g711`) before its
-flush, a *1 and its close; the batch works out each packet's position itself for the
-whole batch where it is `StreamClock.position`'s plain case, and leaves anything else to
-the relay's per-packet `CallRelay.record` on the same rows.
+not taken yet (`wcount` rows of position and length, `wpos` and `wlen`, their payloads end
+to end in the leg's `wbuf` area, `wfill` bytes of it) are here too. The relay hands the rows
+to the recorder (`Recorder.place_g711`) before its flush, a *1 and its close; the batch
+works out each packet's position itself for the whole batch where it is
+`StreamClock.position`'s plain case, and leaves anything else to the relay's per-packet
+`CallRelay.record` on the same rows.
 """
 
 from __future__ import annotations
