@@ -115,7 +115,10 @@ class Recorder:
         self._files: RecordingFiles | None = None  # created at the first start
 
         self._enabled = call.recording_enabled
-        self._clocks = tuple(StreamClock() for _ in range(CHANNELS))
+        # Clocks for callers that place nothing themselves (`add`, `add_g711`), made at their
+        # first packet: the media engine brings its own (place_g711), and a call need not
+        # carry two unused ones (issue 17: memory per call).
+        self._own_clocks: tuple[StreamClock, ...] | None = None
         self._timeline = Timeline(CHANNELS)
         # G.711 packets not yet decoded and placed, per channel: positions, payloads, and
         # the payload type they all share (-1: none yet).
@@ -152,7 +155,7 @@ class Recorder:
         if self._waiting_pos[channel]:
             self._place_waiting(channel)  # earlier packets first: a later one must win an overlap
         timeline = self._timeline
-        pos = self._clocks[channel].position(
+        pos = self._clocks()[channel].position(
             ssrc, seq & 0xFFFF, timestamp & 0xFFFFFFFF, samples.shape[0],
             round((arrival - self._t0) * SAMPLE_RATE), timeline.base,
         )
@@ -175,7 +178,7 @@ class Recorder:
         if payload.__class__ is not bytes:
             payload = bytes(payload)  # a view of a buffer the caller reuses would change under us
         timeline = self._timeline
-        pos = self._clocks[channel].position(
+        pos = self._clocks()[channel].position(
             ssrc, seq & 0xFFFF, timestamp & 0xFFFFFFFF, n, round((arrival - self._t0) * SAMPLE_RATE), timeline.base,
         )
         positions = self._waiting_pos[channel]
@@ -183,6 +186,12 @@ class Recorder:
         self._waiting_data[channel].append(payload)
         if len(positions) >= MAX_WAITING_PACKETS:
             self._place_waiting(channel)
+
+    def _clocks(self) -> tuple[StreamClock, ...]:
+        clocks = self._own_clocks
+        if clocks is None:
+            clocks = self._own_clocks = tuple(StreamClock() for _ in range(CHANNELS))
+        return clocks
 
     @property
     def timeline_base(self) -> int:

@@ -620,7 +620,7 @@ def assert_g711_path_matches(tmp_path: Path, events: list[Event], end: float, **
     assert new.json_path.read_bytes() == old.json_path.read_bytes()
     assert (new._timeline.dropped_late, new._timeline.dropped_ahead) == (
         old._timeline.dropped_late, old._timeline.dropped_ahead)
-    assert [c.resyncs for c in new._clocks] == [c.resyncs for c in old._clocks]
+    assert [c.resyncs for c in new._clocks()] == [c.resyncs for c in old._clocks()]
     return old.wav_path.read_bytes()
 
 
