@@ -561,6 +561,18 @@ def test_retransmitted_2xx_from_the_callee_is_acked_again_and_keeps_the_call(h):
     assert h.core.calls and not h.media.sessions[0].closed
 
 
+def test_an_answered_call_keeps_neither_invite_and_still_relays_a_reinvite(h):
+    """Once answered, the call lets go of both INVITEs (issue 17: memory per call; their
+    transactions keep them 64*T1): a re-INVITE and a 2xx retransmission still work."""
+    bob, _ = answered_call(h)
+    [call] = h.core.calls.values()
+    assert call.a.request is None and call.winner.request is None
+    h.send(respond(bob, 200, "OK", "b1", "sip:bob@203.0.113.20", answer_sdp("203.0.113.20", 7000)), BOB)
+    assert h.one(BOB, "ACK")
+    h.send(bob_holds(bob), BOB)
+    assert "a=sendonly" in h.one(TRUNK, "INVITE").body.decode()
+
+
 def caller_cancels_carol_ringing(h) -> Request:
     h.register("carol", "carol-pw", CAROL, "sip:carol@203.0.113.30")
     h.send(trunk_invite("441632960001"), TRUNK)
