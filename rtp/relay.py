@@ -347,26 +347,6 @@ class LegClock(StreamClock):
 
     def position(self, ssrc: int, seq: int, timestamp: int, length: int, arrival_pos: int, horizon: int) -> int:
         t, i = self._t, self._i
-        if t.py_ck_has[i] and t.py_ck_ssrc[i] == ssrc:
-            # `StreamClock.position` for the row's SSRC, written out on the row's arrays but
-            # for a resync (below): every packet of a stream but its first pays ~60 ns per
-            # `TableAnchor` property otherwise (tests/test_fastpath.py compares the result
-            # with the recorder's own `StreamClock`s).
-            newest = t.py_ck_nts[i]
-            ts = newest + (((timestamp - newest) + 0x80000000) & 0xFFFFFFFF) - 0x80000000
-            pos = t.py_ck_pos[i] + (ts - t.py_ck_ats[i])
-            step = (seq - t.py_ck_nseq[i]) & 0xFFFF
-            if step == 0 or step >= SEQ_NEWER_WINDOW:
-                return pos  # a duplicate or a reordered packet: its timestamp decides
-            drift = pos - arrival_pos
-            if -RESYNC_SAMPLES <= drift <= RESYNC_SAMPLES:
-                late_run = 0 if pos >= horizon else t.py_ck_late[i] + length
-                if late_run < LATE_RUN_SAMPLES:
-                    t.py_ck_nseq[i] = seq
-                    t.py_ck_late[i] = late_run
-                    t.py_ck_nts[i] = ts
-                    return pos
-            return super().position(ssrc, seq, timestamp, length, arrival_pos, horizon)  # a resync
         if not t.py_ck_has[i] or t.py_ck_ssrc[i] != ssrc:
             self._switch(ssrc)
         pos = super().position(ssrc, seq, timestamp, length, arrival_pos, horizon)
@@ -757,9 +737,30 @@ class CallRelay:
             return
         table = self.table
         g = 2 * self.slot + channel
-        pos = self.clocks[channel].position(
-            ssrc, seq & 0xFFFF, ts & 0xFFFFFFFF, n, round((now - table.py_rt0[g]) * SAMPLE_RATE), table.py_rbase[g]
-        )
+        arrival = round((now - table.py_rt0[g]) * SAMPLE_RATE)
+        horizon = table.py_rbase[g]
+        pos = None
+        if table.py_ck_ssrc[g] == ssrc and table.py_ck_has[g]:
+            # The leg clock's (`LegClock`) common case, the SSRC whose anchor is the row's,
+            # written out on the row's arrays: `StreamClock.position`'s arithmetic, as the
+            # batch lane's (rtp.fastpath). Through the clock's `TableAnchor` properties it
+            # cost ~60 ns a field and a call (tests/test_fastpath.py compares the positions
+            # and the WAV with the recorder's own `StreamClock`s).
+            newest = table.py_ck_nts[g]
+            ext_ts = newest + (((ts - newest) + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+            at_ts = table.py_ck_pos[g] + (ext_ts - table.py_ck_ats[g])
+            step = (seq - table.py_ck_nseq[g]) & 0xFFFF
+            if step == 0 or step >= SEQ_NEWER_WINDOW:
+                pos = at_ts  # a duplicate or a reordered packet: its timestamp decides
+            elif -RESYNC_SAMPLES <= at_ts - arrival <= RESYNC_SAMPLES:
+                late_run = 0 if at_ts >= horizon else table.py_ck_late[g] + n
+                if late_run < LATE_RUN_SAMPLES:  # else a late run's resync: the clock's own code
+                    table.py_ck_nseq[g] = seq & 0xFFFF
+                    table.py_ck_late[g] = late_run
+                    table.py_ck_nts[g] = ext_ts
+                    pos = at_ts
+        if pos is None:  # a new SSRC, a resync: the clock's rules in full
+            pos = self.clocks[channel].position(ssrc, seq & 0xFFFF, ts & 0xFFFFFFFF, n, arrival, horizon)
         count = table.py_wcount[g]
         if count and (count >= table.wait_rows or table.py_wpt[g] != payload_type or n > WAIT_WIDTH):
             self._deliver(channel)  # full, another payload type, or a payload longer than a row
@@ -774,7 +775,8 @@ class CallRelay:
         table.wlen_mv[flat] = n
         at = flat * WAIT_WIDTH
         table.wbuf_mv[at : at + n] = payload
-        table.py_wpt[g] = payload_type
+        if not count:
+            table.py_wpt[g] = payload_type  # (the rows' one payload type: see above)
         table.py_wcount[g] = count + 1
 
     def deliver_audio(self) -> None:
