@@ -604,7 +604,7 @@ class CallRelay:
             b1 = data[1]
             seq, ts, ssrc, payload = packet.sequence, packet.timestamp, packet.ssrc, packet.payload
             rest = data[12:]  # CSRCs, extension and padding are forwarded as they came
-        if ssrc == leg.out.ssrc:
+        if ssrc == self.table.py_ssrc[leg.row]:  # leg.out.ssrc, read on the row (a property costs ~4x)
             # RFC 3550 §8.2 collision: the party uses the SSRC we send it. We are the one
             # to move (a new random SSRC), so the phone never sees its own SSRC coming back.
             leg.out.ssrc = (ssrc + 1 + secrets.randbelow(0xFFFFFFFF)) & 0xFFFFFFFF

@@ -91,6 +91,11 @@ class OracleRelay(CallRelay):
     def record(self, channel: int, ssrc: int, seq: int, ts: int, payload: bytes, payload_type: int, now: float) -> None:
         self.recorder.add_g711(channel, ssrc, seq, ts, payload, payload_type, now)
 
+    def receive(self, channel: int, data: bytes, addr: tuple[str, int], now: float) -> list:
+        for leg in self.legs:  # receive's collision check reads our SSRC on the leg's row
+            self.table.py_ssrc[leg.row] = leg.out.ssrc
+        return super().receive(channel, data, addr, now)
+
 
 def harness(recordings: Path | None = None, table: LegTable | None = None) -> Harness:
     """A relay whose streams start where the other's do (they start at random numbers);
