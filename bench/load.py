@@ -74,6 +74,26 @@ def stop(proc: subprocess.Popen, grace: float) -> None:
         proc.kill()
 
 
+def media_range(width: int, taken: set[int] = frozenset()) -> tuple[int, int]:
+    """A range of `width` UDP ports nobody holds now (another engineer's bench or test may run
+    beside this one: a fixed range made two runs refuse each other's calls), from a place
+    that depends on our pid, holding none of `taken`."""
+    span = 60000 - 20000 - width
+    start = 20000 + (os.getpid() * 7919) % max(span, 1) // 2 * 2
+    for k in range(0, span, 2000):
+        low = 20000 + (start - 20000 + k) % max(span, 1) // 2 * 2
+        if any(low <= t <= low + width for t in taken):
+            continue
+        try:
+            for port in range(low, low + width + 1):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.bind(("0.0.0.0", port))
+        except OSError:
+            continue
+        return low, low + width
+    raise RuntimeError(f"no {width} free UDP ports in 20000-60000")
+
+
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind((LOCAL, 0))
@@ -431,7 +451,9 @@ def check_wavs(wavs: list[Path], load: SipLoad, expected: int, seconds: float) -
     the non-silent samples as a fraction of the generator's `seconds`."""
     import soundfile
 
-    lengths, present, ok = [], [], len(wavs) == expected
+    lengths, present, ok, bad = [], [], len(wavs) == expected, []
+    if not ok:
+        print(f"check_wavs: {len(wavs)} WAVs, expected {expected}", file=sys.stderr)
     for wav in wavs:
         side = json.loads(wav.with_suffix(".json").read_text())
         i = int(side["ddi"]) - 4400000000
@@ -441,8 +463,12 @@ def check_wavs(wavs: list[Path], load: SipLoad, expected: int, seconds: float) -
         answered = load.answered_at.get(i, 0.0)
         shortest = load.bye_at.get(i, 0.0) - answered - 0.5
         longest = load.bye_ok_at.get(i, load.bye_at.get(i, 0.0)) - answered + 0.5
-        ok = ok and shortest <= length <= longest
+        if not shortest <= length <= longest:
+            ok = False
+            bad.append(f"{wav.name}: {length:.2f} s, expected {shortest:.2f}-{longest:.2f} s")
         present += [float(np.count_nonzero(samples[:, ch])) / (seconds * 8000 * TONE_NONZERO) for ch in (0, 1)]
+    if bad:
+        print(f"check_wavs: {len(bad)} WAVs of the wrong length, e.g. " + "; ".join(bad[:3]), file=sys.stderr)
     return ok, lengths, round(float(np.mean(present)), 4) if present else 0.0
 
 
@@ -526,8 +552,8 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
     sip_port = free_port()
     trunk, phone = udp(), udp()
     trunk_media, phone_media = udp(host="0.0.0.0"), udp(host="0.0.0.0")  # every 127.x.y.z: see leg_ip
-    low = 20000
-    rtp = (low, low + calls * 4 + 200)
+    taken = {sip_port, *(s.getsockname()[1] for s in (trunk, phone, trunk_media, phone_media))}
+    rtp = media_range(calls * 4 + 200, taken)
     recordings = workdir / "recordings"
     config = workdir / "flows.toml"
     http_port = free_port(socket.SOCK_STREAM) if http_poll else 0
