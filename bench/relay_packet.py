@@ -7,9 +7,11 @@ is the CPU time of this thread over each second's 50 `receive` calls (the tick a
 recorder's writer thread left out), best of `--repeat` relays. Prints microseconds per
 packet; the last line is one JSON object.
 
-Runs on older trees too (before `rtp.call`), to compare one tree with another:
-
     python bench/relay_packet.py [--repeat 15]
+
+It runs on older trees too (before `rtp.call`), to compare one with another: copy it out
+of the tree (it puts its own tree first on the path) and run it with the other tree's
+path, e.g. `cp bench/relay_packet.py /tmp/ && PYTHONPATH=/path/to/other python /tmp/relay_packet.py`.
 """
 
 from __future__ import annotations
