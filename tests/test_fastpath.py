@@ -492,3 +492,25 @@ def test_a_batch_lookup_finds_exactly_what_the_dict_holds(ops: list[tuple[str, i
         known = list(routes)
         batch = np.array(probes + known[:5], dtype=np.uint64)
         assert routes.lookup(batch).tolist() == [routes.get(int(k), -1) for k in batch.tolist()]
+
+
+def test_a_relays_rows_survive_the_table_growing() -> None:
+    """The leg table reallocates its columns when calls join (doubling): a call's stream,
+    clock and waiting rows carry over, so it goes on exactly as on a table that had room."""
+    small, roomy = LegTable(capacity=2), LegTable(capacity=64)
+    grown, alone = Harness(table=small), Harness(table=roomy)
+    for h in (grown, alone):
+        for leg in h.relay.legs:
+            leg.out.seq, leg.out.ts = 100 + leg.index, 5000 + leg.index
+    sent: dict[int, list] = {0: [], 1: []}
+    for k in range(30):
+        if k == 12:  # other calls arrive: 2 legs -> 16
+            others = [Harness(table=small) for _ in range(6)]
+            assert small.seq.shape[0] >= 14 and others
+        for i, h in enumerate((grown, alone)):
+            now = 0.02 * (k + 1)
+            sent[i] += h.audio(EXT, now, value=100 * k) + h.audio(USER, now, value=-50 * k)
+            sent[i] += h.relay.tick(now)
+    assert sent[0] == sent[1] and len(sent[0]) >= 50
+    assert [x[:2] for x in grown.recorder.added] == [x[:2] for x in alone.recorder.added]
+    assert grown.relay.stats == alone.relay.stats
