@@ -234,6 +234,14 @@ failure_route[NEXT_WORKER] {{
     }}
     if (ds_next_dst()) {{
         route(TO_WORKER);
+        exit;
+    }}
+    if (t_check_status("503")) {{
+        # Every worker refused the call as overloaded (rtp.admission). A proxy relays a 503
+        # as 500 (RFC 3261 §16.7 step 6), which tells a trunk nothing; the workers are the
+        # service here, so the trunk hears that it is full and when to try again.
+        append_to_reply("Retry-After: 10\r\n");
+        t_reply("503", "Service Unavailable (overloaded)");
     }}
 }}
 

@@ -232,3 +232,27 @@ def test_the_edge_socket_holds_a_burst_of_requests(cluster):
 
     allowed = 2 * int(Path("/proc/sys/net/core/rmem_max").read_text())  # the kernel doubles what it grants
     assert udp_receive_buffer(cluster.ports.edge) >= min(1 << 20, allowed)
+
+
+def test_when_every_worker_is_full_the_trunk_hears_503_with_retry_after(tmp_path, trunk, baresip):
+    # Each worker carries one call (`max_calls = 1`: its admission ceiling). The third call is
+    # refused by both workers with 503; a proxy would relay that as 500 (RFC 3261 §16.7), which
+    # a carrier does not read as "full, try later"; the edge says 503 with Retry-After.
+    ports = ClusterPorts.allocate(workers=2)
+    text = cluster_config(ports, trunk.address).replace('recordings_dir = "recordings"\n',
+                                                        'recordings_dir = "recordings"\nmax_calls = 1\n')
+    cluster = ClusterProcess(text, tmp_path)
+    cluster.ports = ports
+    cluster.edge = f"127.0.0.1:{ports.edge}"
+    cluster.start(cluster.edge, workers=2)
+    try:
+        baresip("alice", "alice-secret", cluster.edge, tone_hz=1000)
+        up = [answered_call(trunk, cluster, 0.5) for _ in range(2)]
+        assert {worker for _, worker in up} == {0, 1}
+        refused = trunk.call(cluster.edge, "441632960000")
+        assert refused.wait_answered(10) == 503
+        assert refused.final_response.header("Retry-After") == "10"
+        for call, _ in up:
+            assert call.bye() == 200
+    finally:
+        cluster.stop()
