@@ -3,6 +3,8 @@
     python bench/soak.py                                   # issue 5: 50 calls/s, 10 min, 30 s hold
     python bench/soak.py --rate 5 --minutes 1 --hold 10    # a short run, about 2 minutes
     python bench/soak.py --rate 5 --minutes 2 --users 3    # the number rings a group of 3
+    python bench/soak.py --rate 5 --minutes 1 --hold 10 --workers 2                      # through `b2bua cluster`
+    python bench/soak.py --rate 5 --minutes 1 --hold 10 --workers 2 --kill-worker-at 30  # kill -9 worker 0 at 30 s
 
 What runs (loopback only, every process bounded in time):
 
@@ -28,6 +30,23 @@ What runs (loopback only, every process bounded in time):
 5. After the run: SIPp's own statistics (-trace_stat) give calls attempted, succeeded and
    failed; every WAV in the recordings directory is checked with soundfile.
 
+With --workers N, `b2bua cluster` (tests/e2e/cluster.py starts it, as the e2e tests do)
+runs instead of `b2bua run`, pinned to core 0 with its edge (Kamailio) and Redis: SIPp
+registers, calls and is called through the edge only; media goes straight to the workers.
+RSS and CPU are the workers' (summed); the edge's CPU is printed apart. With
+--kill-worker-at S, worker --kill-worker (0) is killed with SIGKILL S seconds after the
+first call; the supervisor restarts it. Then the calls up on it at that moment may fail
+(the trunk's BYE has nowhere to go, the phone never gets one) and nothing else may:
+
+- the killed process's calls up at the kill are read from the cluster's log (`call=X
+  event=invite ... sip-call-id=Y` lines of worker N between its start and its restart,
+  without `event=ended`); SIPp's UAC writes the Call-ID of every call it aborts
+  (-trace_calldebug). Every aborted Call-ID must be one of those, no call may be left
+  unfinished, and the phone side may fail at most once for each of those calls;
+- every other call completed and its WAV is checked exactly as below;
+- each of the killed worker's WAVs was repaired by its successor at start (sidecar
+  `recovered: true`, `ended` null), is readable, 8 kHz stereo, no longer than a call.
+
 The last line printed is one JSON object: calls, failed, rss_start_mb, rss_peak_mb,
 rss_after_mb, cpu_seconds, wav_ok, wavs (and a few more keys after those).
 
@@ -35,7 +54,7 @@ What is checked, and the bounds:
 
 - failed calls: SIPp UAC FailedCall + calls it created that never finished, and the UAS's
   failed calls (unexpected or missing messages on the phone side).
-- memory flat: rss_after <= rss_start + --rss-bound (16 MB) + --rss-per-call (0.15 MB) x
+- memory flat: rss_after <= rss_start + --rss-bound (16 MB, each worker's) + --rss-per-call (0.15 MB) x
   the peak number of concurrent calls (SIPp's CurrentCall). CPython does not give freed
   memory back: pymalloc arenas are returned only when completely empty and glibc trims the
   heap only from the top, so an idle B2BUA stays near the high-water mark of its busiest
@@ -893,7 +912,7 @@ def run(a: argparse.Namespace, workdir: Path, deadline: float) -> dict:
         for t, r, c, n in sampler.samples:
             f.write(f"{t - (t_load - sampler.t0):.1f},{r:.1f},{c - cpu_start:.2f},{n}\n")
     peak_calls = max([stat_int(r, "CurrentCall") for r in read_stat_rows(workdir / "uac-stat.csv")] + [0])
-    rss_bound = a.rss_bound + a.rss_per_call * peak_calls
+    rss_bound = a.rss_bound * max(1, a.workers) + a.rss_per_call * peak_calls  # --rss-bound is each process's
     slope = steady_slope(sampler.samples, t_load - sampler.t0, t_end - sampler.t0, a.hold)
     cpu_steady = steady_cpu(sampler.samples, t_load - sampler.t0, a.hold, load_s)
     log_text = b2bua.log_path.read_text(errors="replace")
@@ -1007,7 +1026,8 @@ def main() -> int:
     ap.add_argument("--tolerance", type=float, default=1.0,
                     help="a WAV may be this much longer than --hold (s, default 1.0)")
     ap.add_argument("--rss-bound", type=float, default=16.0,
-                    help="flat: rss_after <= rss_start + this + --rss-per-call x peak concurrent calls (MB, default 16)")
+                    help="flat: rss_after <= rss_start + this (for each worker of a cluster) + --rss-per-call x peak "
+                         "concurrent calls (MB, default 16)")
     ap.add_argument("--rss-per-call", type=float, default=0.15,
                     help="MB of retained heap allowed per peak concurrent call (default 0.15; measured ~0.11)")
     ap.add_argument("--rss-cap", type=float, default=4096,
