@@ -116,6 +116,7 @@ TRUNK_HZ, PHONE_HZ = 440, 1000  # a tone on each side, so silence in a WAV is a 
 B2BUA_CORE, LOAD_CORE = 0, 1
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TRACE_MSG = False  # --sipp-trace: every SIP message SIPp sends and receives, to <name>-messages.log
+PIN = True  # --no-pin: the B2BUA (or cluster) and SIPp share every core
 
 
 # -- small helpers -----------------------------------------------------------------------
@@ -227,8 +228,9 @@ def sip_ping(port: int, timeout: float = 0.3) -> bool:
 
 
 def pinned(argv: list[str], core: int) -> list[str]:
-    """`taskset -c CORE argv` when there is a second core to keep the load off the B2BUA's."""
-    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+    """`taskset -c CORE argv` when there is a second core to keep the load off the B2BUA's
+    (and --no-pin was not given)."""
+    if PIN and shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
         return ["taskset", "-c", str(core), *argv]
     return argv
 
@@ -989,7 +991,7 @@ def run(a: argparse.Namespace, workdir: Path, deadline: float) -> dict:
         "b2bua_alive_at_end": alive, "b2bua_exit": b2bua_rc,
         "b2bua_end_causes": causes, "b2bua_errors": b2b["errors"],
         "rate": a.rate, "minutes": a.minutes, "hold": a.hold, "users": a.users,
-        "workers": a.workers, "edge_cpu_seconds": round(edge_cpu, 1) if edge_cpu is not None else None,
+        "pinned": a.pin, "workers": a.workers, "edge_cpu_seconds": round(edge_cpu, 1) if edge_cpu is not None else None,
         "edge_cpu_ms_per_call": round(1000 * edge_cpu / max(created, 1), 2) if edge_cpu is not None else None,
         "kill": killed or None, "recovered": recovered or None,
     }
@@ -1052,9 +1054,12 @@ def main() -> int:
                     help="with --workers: kill -9 one worker this many seconds after the first call; then only the "
                          "calls up on it may fail, and its WAVs must be repaired at its restart")
     ap.add_argument("--kill-worker", type=int, default=0, metavar="N", help="which worker --kill-worker-at kills (default 0)")
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="do not pin the B2BUA (or the cluster) to core 0 and SIPp to core 1: all share every core")
     a = ap.parse_args()
-    global TRACE_MSG
+    global TRACE_MSG, PIN
     TRACE_MSG = a.sipp_trace
+    PIN = a.pin
     if a.users < 1 or a.rate <= 0 or a.minutes <= 0 or a.hold <= 0:
         ap.error("--users, --rate, --minutes and --hold must be positive")
     if a.workers < 0 or (a.kill_worker_at is not None and not 0 <= a.kill_worker < a.workers):
