@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -224,19 +225,42 @@ class Config:
     cluster: Cluster | None = None  # None: `b2bua run`, one process, nothing else needed
     media: MediaSettings = field(default_factory=MediaSettings)
 
+    # Lookups by key, built once per Config (it is frozen): a scan per INVITE grew with the
+    # organisation (thousands of numbers and users) on every call's setup.
+    @cached_property
+    def _by_ddi(self) -> dict[str, Number]:
+        out: dict[str, Number] = {}
+        for n in self.numbers:
+            out.setdefault(n.ddi, n)
+        return out
+
+    @cached_property
+    def _by_name(self) -> dict[str, User]:
+        out: dict[str, User] = {}
+        for u in self.users:
+            out.setdefault(u.name, u)
+        return out
+
+    @cached_property
+    def _by_extension(self) -> dict[str, User]:
+        out: dict[str, User] = {}
+        for u in self.users:
+            if u.extension is not None:
+                out.setdefault(u.extension, u)
+        return out
+
     def user(self, name: str) -> User | None:
-        return next((u for u in self.users if u.name == name), None)
+        return self._by_name.get(name)
 
     def ring_group(self, name: str) -> RingGroup | None:
         return next((g for g in self.ring_groups if g.name == name), None)
 
     def number(self, dialled: str) -> Number | None:
         """The number a Request-URI user part dials; a leading + is ignored."""
-        wanted = dialled.lstrip("+")
-        return next((n for n in self.numbers if n.ddi == wanted), None)
+        return self._by_ddi.get(dialled.lstrip("+"))
 
     def user_by_extension(self, extension: str) -> User | None:
-        return next((u for u in self.users if u.extension == extension), None)
+        return self._by_extension.get(extension)
 
     def trunk_for(self, host: str, port: int) -> Trunk | None:
         return next((t for t in self.trunks if t.matches(host, port)), None)
