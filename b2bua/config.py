@@ -229,25 +229,15 @@ class Config:
     # organisation (thousands of numbers and users) on every call's setup.
     @cached_property
     def _by_ddi(self) -> dict[str, Number]:
-        out: dict[str, Number] = {}
-        for n in self.numbers:
-            out.setdefault(n.ddi, n)
-        return out
+        return _first_by(self.numbers, lambda n: n.ddi)
 
     @cached_property
     def _by_name(self) -> dict[str, User]:
-        out: dict[str, User] = {}
-        for u in self.users:
-            out.setdefault(u.name, u)
-        return out
+        return _first_by(self.users, lambda u: u.name)
 
     @cached_property
     def _by_extension(self) -> dict[str, User]:
-        out: dict[str, User] = {}
-        for u in self.users:
-            if u.extension is not None:
-                out.setdefault(u.extension, u)
-        return out
+        return _first_by(self.users, lambda u: u.extension)
 
     def user(self, name: str) -> User | None:
         return self._by_name.get(name)
@@ -264,6 +254,16 @@ class Config:
 
     def trunk_for(self, host: str, port: int) -> Trunk | None:
         return next((t for t in self.trunks if t.matches(host, port)), None)
+
+
+def _first_by(items: tuple, key) -> dict:  # noqa: ANN001 - any item type, any key function
+    """Each key's first item (as a scan would find it); items whose key is None are left out."""
+    out: dict = {}
+    for item in items:
+        k = key(item)
+        if k is not None:
+            out.setdefault(k, item)
+    return out
 
 
 def load(path: Path | str | None = None) -> Config:
