@@ -844,7 +844,7 @@ def main() -> None:
                     help="run `b2bua cluster` with N workers behind Kamailio instead of `b2bua run`")
     ap.add_argument("--cpu-quota", type=float, default=None,
                     help="with --workers: each worker in its own cgroup with this share of a core (0.5: half)")
-    ap.add_argument("--b2bua-core", type=int, choices=[0, 1], default=B2BUA_CORE,
+    ap.add_argument("--b2bua-core", type=int, choices=[0, 1], default=0,
                     help="the core the B2BUA is pinned to (the generator gets the other): on a shared machine, "
                          "the one other engineers' benchmarks leave free")
     ap.add_argument("--memory", action="store_true",
