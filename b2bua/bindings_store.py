@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 from b2bua.peer import Peer
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Binding:
     """One registered contact of one user (RFC 3261 §10.3).
 

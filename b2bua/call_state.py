@@ -115,7 +115,7 @@ LEG_TRANSITIONS: dict[tuple[LegState, LegEvent], LegState] = {
 LEG_OVER = frozenset({L.FAILED, L.CANCELLED, L.LATE, L.ENDED})
 
 
-@dataclass
+@dataclass(slots=True)
 class Leg:
     """One side of a call from our point of view."""
 
@@ -152,7 +152,7 @@ class Leg:
         return self.user.name if self.user else "trunk"
 
 
-@dataclass
+@dataclass(slots=True)
 class CallState:
     """Everything we keep about one call."""
 
@@ -191,7 +191,7 @@ class CallState:
         return self.winner if leg is self.a else self.a
 
 
-@dataclass
+@dataclass(slots=True)
 class RelayedRequest:
     """An in-dialog request (re-INVITE, UPDATE) we passed to the other leg: answered on
     `server_txn` when `client` transaction's response comes back."""

@@ -35,7 +35,7 @@ EARLY = "early"
 CONFIRMED = "confirmed"
 
 
-@dataclass
+@dataclass(slots=True)
 class Dialog:
     """Dialog state, field for field as RFC 3261 §12 lists it.
 

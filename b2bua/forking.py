@@ -172,6 +172,10 @@ class Forking(Signalling):
         self._reply(call.a.txn, call.a.request, 200, now, "OK", to_tag=call.a.local_tag, body=body,
                     headers=[("Allow", ALLOW)])
         call.a.dialog = Dialog.from_uas(call.a.request, call.a.local_tag, self.identity.contact(call.a.peer.transport))
+        # Both INVITEs have done their work (their dialogs hold what in-dialog requests
+        # need; a retransmitted 2xx is answered from `acks`): the call does not keep them
+        # for its whole length, only their transactions do, for 64*T1 (issue 17: memory per call).
+        call.a.request = leg.request = None
         call.a.move(LegEvent.ANSWERED)
         call.a.final_status = 200
         self.index.add_dialog(call, call.a)

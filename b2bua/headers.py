@@ -71,7 +71,7 @@ def _format_params(params: dict[str, str | None]) -> str:
     return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
 
 
-@dataclass
+@dataclass(slots=True)
 class SipUri:
     """sip:/sips:/tel: URI (RFC 3261 §19.1.1); other schemes keep their text in `host`."""
 
@@ -159,7 +159,7 @@ def _port(text: str, whole: str) -> int:
     return int(text)
 
 
-@dataclass
+@dataclass(slots=True)
 class NameAddr:
     """`"Display" <uri>;params` or a bare addr-spec (RFC 3261 §20.10, §20.20)."""
 
@@ -210,7 +210,7 @@ def parse_name_addr(text: str) -> NameAddr:
     return NameAddr(None, parse_uri(value), params)
 
 
-@dataclass
+@dataclass(slots=True)
 class Via:
     """One Via value (RFC 3261 §20.42, RFC 3581 rport)."""
 

@@ -172,6 +172,8 @@ class Headers:
 class _Common:
     """What requests and responses share: the fields transactions and dialogs key on."""
 
+    __slots__ = ()  # Request and Response are slotted: transactions hold thousands for 64*T1
+
     headers: Headers
     body: bytes
 
@@ -223,7 +225,7 @@ class _Common:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + self.body
 
 
-@dataclass
+@dataclass(slots=True)
 class Request(_Common):
     method: str
     uri: str
@@ -235,7 +237,7 @@ class Request(_Common):
         return self._head_and_body(f"{self.method} {self.uri} {self.version}")
 
 
-@dataclass
+@dataclass(slots=True)
 class Response(_Common):
     status: int
     reason: str

@@ -19,7 +19,7 @@ TCP = "tcp"
 RELIABLE_TRANSPORTS = frozenset({"tcp", "tls", "sctp", "ws", "wss"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Peer:
     """One far end: `transport` ("udp" or "tcp"), `host` (an IP literal, no brackets) and `port`.
 

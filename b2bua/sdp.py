@@ -31,7 +31,7 @@ class SdpError(ValueError):
     """An SDP body we cannot read; the B2BUA answers 488 Not Acceptable Here (RFC 3261 §21.4.26)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Media:
     """One m= section: its line parts and its own lines (c=, b=, a=...) in order."""
 
@@ -66,7 +66,7 @@ class Media:
         return None
 
 
-@dataclass
+@dataclass(slots=True)
 class SessionDescription:
     session: list[tuple[str, str]]  # lines before the first m=, in order
     media: list[Media]

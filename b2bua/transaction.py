@@ -256,7 +256,7 @@ _RESPONSE_INPUTS = {1: In.PROVISIONAL, 2: In.SUCCESS}
 _SEND_INPUTS = {1: In.SEND_PROVISIONAL, 2: In.SEND_SUCCESS}
 
 
-@dataclass
+@dataclass(slots=True)
 class _Transaction:
     """One transaction's mutable state; owned by a `TransactionLayer`, never shared."""
 

@@ -79,10 +79,10 @@ def run(calls: int, seconds: float, record: bool, workdir: Path, workers: int, q
     trunk_media, phone_media = load.udp(host="0.0.0.0"), load.udp(host="0.0.0.0")
     width = (calls * 4 + 200) * workers
     taken = {edge_port, redis_port, *(s.getsockname()[1] for s in (trunk, phone, trunk_media, phone_media))}
-    low = next(p for p in range(40000, 65000 - width, 2) if not any(p <= t <= p + width for t in taken))
-    rtp = (low, low + width)  # the media range holds none of the ports the OS just gave us (config would refuse it)
-    worker_low = next(p for p in range(30000 + (os.getpid() % 1000) * 8, 39000)
-                      if not any(p <= t < p + workers for t in taken))  # below the media ports
+    worker_low = next(p for p in range(60000 + (os.getpid() % 500) * 8, 65000)
+                      if not any(p <= t < p + workers for t in taken))  # above the media ports
+    taken |= set(range(worker_low, worker_low + workers))
+    rtp = load.media_range(width, taken)  # none of the ports the OS just gave us (config would refuse it)
     recordings = workdir / "recordings"
     cluster = ClusterProcess(cluster_config(calls, edge_port, trunk.getsockname()[1], rtp, record, recordings, workers,
                                             worker_low, redis_port), workdir,

@@ -6,6 +6,7 @@
     python bench/load.py --table --seconds 20                      # the issue-6 table, one run
     python bench/load.py --calls 500 --seconds 20 --http-poll 20   # + the page/API polled at 20 requests/s
     python bench/load.py --calls 200 --workers 2 --cpu-quota 0.5   # through b2bua cluster (bench/cluster_load.py)
+    python bench/load.py --calls 300 --seconds 10 --memory         # where each call's memory goes (traced: slow)
 
 For the B2BUA: N users register (digest auth), a trunk calls N numbers, each rings one
 user who answers; then every leg streams G.711 at 20 ms pacing (2 x 50 packets/s per call)
@@ -21,6 +22,12 @@ With --http-poll R (issue 18), the B2BUA also serves [http] with 1,000 earlier r
 in its index, and a client on the load core requests, R times a second in turn: a page of
 50 recordings, /metrics, the page itself and 64 KiB of a WAV (a Range request), while the
 calls stream. Compare a run with and without it for the media cost of the HTTP side.
+
+With --memory (issue 17), the B2BUA runs under tracemalloc (bench/traced_b2bua.py): a
+snapshot once it listens and one while the calls stream; printed: the bytes per call each
+owner (SIP transactions, dialogs, registrar, media leg table, timelines, ...) added between
+them, and the allocation sites that grew most. Tracing slows the B2BUA several times: loss,
+CPU and RSS of such a run mean nothing; run it with a few hundred calls.
 
 Loopback only, bounded in time and count. The last line is one JSON object with keys
 calls, loss, cpu_percent, rss_mb, wav_ok (and http when polled).
@@ -72,6 +79,26 @@ def stop(proc: subprocess.Popen, grace: float) -> None:
         proc.wait(grace)
     if proc.poll() is None:
         proc.kill()
+
+
+def media_range(width: int, taken: set[int] = frozenset()) -> tuple[int, int]:
+    """A range of `width` UDP ports nobody holds now (another engineer's bench or test may run
+    beside this one: a fixed range made two runs refuse each other's calls), from a place
+    that depends on our pid, holding none of `taken`."""
+    span = 60000 - 20000 - width
+    start = 20000 + (os.getpid() * 7919) % max(span, 1) // 2 * 2
+    for k in range(0, span, 2000):
+        low = 20000 + (start - 20000 + k) % max(span, 1) // 2 * 2
+        if any(low <= t <= low + width for t in taken):
+            continue
+        try:
+            for port in range(low, low + width + 1):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.bind(("0.0.0.0", port))
+        except OSError:
+            continue
+        return low, low + width
+    raise RuntimeError(f"no {width} free UDP ports in 20000-60000")
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
@@ -431,7 +458,9 @@ def check_wavs(wavs: list[Path], load: SipLoad, expected: int, seconds: float) -
     the non-silent samples as a fraction of the generator's `seconds`."""
     import soundfile
 
-    lengths, present, ok = [], [], len(wavs) == expected
+    lengths, present, ok, bad = [], [], len(wavs) == expected, []
+    if not ok:
+        print(f"check_wavs: {len(wavs)} WAVs, expected {expected}", file=sys.stderr)
     for wav in wavs:
         side = json.loads(wav.with_suffix(".json").read_text())
         i = int(side["ddi"]) - 4400000000
@@ -441,8 +470,12 @@ def check_wavs(wavs: list[Path], load: SipLoad, expected: int, seconds: float) -
         answered = load.answered_at.get(i, 0.0)
         shortest = load.bye_at.get(i, 0.0) - answered - 0.5
         longest = load.bye_ok_at.get(i, load.bye_at.get(i, 0.0)) - answered + 0.5
-        ok = ok and shortest <= length <= longest
+        if not shortest <= length <= longest:
+            ok = False
+            bad.append(f"{wav.name}: {length:.2f} s, expected {shortest:.2f}-{longest:.2f} s")
         present += [float(np.count_nonzero(samples[:, ch])) / (seconds * 8000 * TONE_NONZERO) for ch in (0, 1)]
+    if bad:
+        print(f"check_wavs: {len(bad)} WAVs of the wrong length, e.g. " + "; ".join(bad[:3]), file=sys.stderr)
     return ok, lengths, round(float(np.mean(present)), 4) if present else 0.0
 
 
@@ -522,12 +555,12 @@ def http_poller(port: int, rate: float, stop, out) -> None:
 
 
 def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_sockets: str = "default",
-              http_poll: float = 0.0) -> dict:
+              http_poll: float = 0.0, memory: bool = False) -> dict:
     sip_port = free_port()
     trunk, phone = udp(), udp()
     trunk_media, phone_media = udp(host="0.0.0.0"), udp(host="0.0.0.0")  # every 127.x.y.z: see leg_ip
-    low = 20000
-    rtp = (low, low + calls * 4 + 200)
+    taken = {sip_port, *(s.getsockname()[1] for s in (trunk, phone, trunk_media, phone_media))}
+    rtp = media_range(calls * 4 + 200, taken)
     recordings = workdir / "recordings"
     config = workdir / "flows.toml"
     http_port = free_port(socket.SOCK_STREAM) if http_poll else 0
@@ -536,11 +569,20 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
     config.write_text(b2bua_config(calls, sip_port, trunk.getsockname()[1], rtp, record, recordings, media_sockets,
                                    http_port))
     log = open(workdir / "b2bua.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "b2bua", "run", "--config", str(config)], stdout=log, stderr=log,
+    command = [sys.executable, "-m", "b2bua", "run", "--config", str(config)]
+    env = None
+    snapshot = workdir / "memory"
+    if memory:  # --memory: traced, snapshots on SIGUSR1/SIGUSR2 (bench/traced_b2bua.py)
+        command[1:3] = [str(Path(__file__).with_name("traced_b2bua.py"))]
+        env = dict(os.environ, B2BUA_SNAPSHOT=str(snapshot))
+    proc = subprocess.Popen(command, stdout=log, stderr=log, env=env,
                             preexec_fn=lambda: os.sched_setaffinity(0, {B2BUA_CORE}))
+    memory_report = None
     try:
         os.sched_setaffinity(0, {LOAD_CORE})
         wait_listening(sip_port, proc)
+        if memory:
+            take_snapshot(proc, snapshot, 1)
         load = SipLoad(sip_port, trunk, phone, trunk_media.getsockname()[1], phone_media.getsockname()[1])
         t = time.monotonic()
         registered = load.register(calls, "load", time.monotonic() + 60)
@@ -559,6 +601,10 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
         (user0, sys0), wall0, delay0 = cpu_split(proc.pid), time.monotonic(), run_delay(proc.pid)
         log_start = os.path.getsize(workdir / "b2bua.log")
         gen, pipe = run_generator([trunk_media, phone_media], targets, sources, seconds)
+        if memory:  # in steady state: the middle of the streaming window
+            time.sleep(seconds / 2)
+            take_snapshot(proc, snapshot, 2)
+            memory_report = memory_breakdown(snapshot, answered)
         stats = pipe.recv()
         gen.join()
         user1, sys1 = cpu_split(proc.pid)
@@ -598,8 +644,40 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
         "generator_capacity_pps": round(offered / stats["busy_s"]) if stats["busy_s"] else 0,
         "offered_pps": round(offered / stats["wall_s"]),
         "http": http_stats,
+        "memory": memory_report,
         **lateness,
     }
+
+
+def take_snapshot(proc: subprocess.Popen, snapshot: Path, which: int, timeout: float = 300) -> None:
+    """Ask the traced B2BUA for snapshot `which` (1: SIGUSR1, 2: SIGUSR2) and wait for it."""
+    done = Path(f"{snapshot}.{which}.done")
+    proc.send_signal(signal.SIGUSR1 if which == 1 else signal.SIGUSR2)
+    deadline = time.monotonic() + timeout
+    while not done.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the traced B2BUA wrote no snapshot {which}")
+        time.sleep(0.2)
+
+
+def memory_breakdown(snapshot: Path, calls: int) -> str:
+    """What the calls added between the two snapshots, per call, by owner and by line."""
+    import tracemalloc
+
+    import traced_b2bua
+
+    before = tracemalloc.Snapshot.load(f"{snapshot}.1")
+    after = tracemalloc.Snapshot.load(f"{snapshot}.2")
+    calls = max(calls, 1)
+    lines = [f"traced memory the {calls} calls added (after listening -> streaming), bytes per call by owner:"]
+    total = 0
+    for owner, size in traced_b2bua.by_owner(before, after).items():
+        lines.append(f"  {size / calls / 1024:8.1f} KB  {owner}")
+        total += size
+    lines.append(f"  {total / calls / 1024:8.1f} KB  total (allocated; untouched pages of a buffer are not resident)")
+    lines.append("allocation sites that grew most (whole process):")
+    lines += [f"  {entry}" for entry in traced_b2bua.top_lines(before, after)]
+    return "\n".join(lines)
 
 
 def wait_listening(sip_port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -716,10 +794,11 @@ def run_rtpengine(calls: int, seconds: float, record: bool, workdir: Path) -> di
     }
 
 
-def one(peer: str, calls: int, seconds: float, record: bool, media_sockets: str = "default", http_poll: float = 0.0) -> dict:
+def one(peer: str, calls: int, seconds: float, record: bool, media_sockets: str = "default", http_poll: float = 0.0,
+        memory: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="load-") as tmp:
         if peer == "b2bua":
-            return run_b2bua(calls, seconds, record, Path(tmp), media_sockets, http_poll)
+            return run_b2bua(calls, seconds, record, Path(tmp), media_sockets, http_poll, memory)
         return run_rtpengine(calls, seconds, record, Path(tmp))
 
 
@@ -753,6 +832,8 @@ def main() -> None:
                     help="run `b2bua cluster` with N workers behind Kamailio instead of `b2bua run`")
     ap.add_argument("--cpu-quota", type=float, default=None,
                     help="with --workers: each worker in its own cgroup with this share of a core (0.5: half)")
+    ap.add_argument("--memory", action="store_true",
+                    help="trace the B2BUA's allocations: bytes per call by owner (slow: figures of loss/CPU void)")
     args = ap.parse_args()
     if args.workers:
         import cluster_load
@@ -763,8 +844,11 @@ def main() -> None:
         print(json.dumps(r))
         return
     if not args.table:
-        r = one(args.peer, args.calls, args.seconds, args.record == "on", args.media_sockets, args.http_poll)
+        r = one(args.peer, args.calls, args.seconds, args.record == "on", args.media_sockets, args.http_poll,
+                args.memory)
         print(line(r))
+        if r.get("memory"):
+            print(r["memory"])
         if r.get("http"):
             print(f"http: {r['http']}")
         keys = ("calls", "loss", "cpu_percent", "runqueue_wait_percent", "rss_mb", "wav_ok", "read_p50_ms", "read_p99_ms", "read_max_ms")

@@ -19,7 +19,7 @@ Direction = Literal["inbound", "outbound", "internal"]
 Role = Literal["external", "user"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MediaEndpoint:
     """One party's negotiated audio stream, as its own SDP described it.
 
@@ -38,7 +38,7 @@ class MediaEndpoint:
     direction: str = "sendrecv"  # SDP direction attribute: sendrecv, sendonly, recvonly, inactive
 
 
-@dataclass
+@dataclass(slots=True)
 class Party:
     """One side of the call: who it is and where its media goes."""
 
@@ -47,7 +47,7 @@ class Party:
     media: MediaEndpoint | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """An answered (or answering) call as media sees it."""
 

@@ -25,8 +25,8 @@ payload type) goes to `CallRelay.receive`, after which the owner calls `refresh`
 
 Recording: each leg's recording clock (`rtp.relay.LegClock`: `StreamClock`'s rules, the
 current SSRC's anchor in the `ck_*` fields) and the packets it placed and the recorder has
-not taken yet (`wcount` rows of position, length and payload: `wpos`, `wlen`, `wbuf`) are
-here too. The relay hands the rows to the recorder (`Recorder.place_g711`) before its
+not taken yet (`wcount` rows of position and length, `wpos` and `wlen`, their payloads end to
+end in the leg's `wbuf` area, `wfill` bytes of it) are here too. The relay hands the rows to the recorder (`Recorder.place_g711`) before its
 flush, a *1 and its close; the batch works out each packet's position itself for the
 whole batch where it is `StreamClock.position`'s plain case, and leaves anything else to
 the relay's per-packet `CallRelay.record` on the same rows.
@@ -74,6 +74,7 @@ STATE_FIELDS = (
     ("rbase", "q"),  # the recorder's timeline base (first position not final), kept by the relay
     ("rt0", "d"),  # the recorder's t0 (the answer)
     ("wcount", "q"),  # rows waiting for the recorder
+    ("wfill", "q"),  # bytes of the leg's wbuf area their payloads use
     ("wpt", "q"),  # their payload type
 )
 
@@ -84,9 +85,14 @@ _STAMP_ITEM = np.dtype(f"V{_STAMP.itemsize}")
 #: Packets per leg held for the recorder between its flushes (one a second: 50 packets of
 #: 20 ms); a leg that fills up hands them over early (`CallRelay.record`).
 WAIT_ROWS = 56
-#: The longest payload held in a row for the recorder: 30 ms of G.711. A longer one is
-#: handed to the recorder at once (`CallRelay.record`).
+#: The longest payload held for the recorder: 30 ms of G.711. A longer one is handed to the
+#: recorder at once (`CallRelay.record`).
 WAIT_WIDTH = 240
+#: Payload bytes per leg area a row stands for: 20 ms of G.711. The payloads of a leg's rows
+#: lie end to end in one area of WAIT_ROWS x this, so 10, 20 and 30 ms packets all fit
+#: about a second. Why not a WAIT_WIDTH row each: a third of every 20 ms row was unused,
+#: 9 KB a call (issue 17: memory per call).
+WAIT_ROW_BYTES = 160
 
 
 class RouteMap(dict):
@@ -153,6 +159,7 @@ class LegTable:
         self.ports: dict[int, SharedPort] = {}
         self._size = 0
         self.wait_rows = WAIT_ROWS  # rows per leg (read once: tests shrink WAIT_ROWS)
+        self.wait_bytes = WAIT_ROWS * WAIT_ROW_BYTES  # bytes of each leg's payload area
         self._alloc(max(capacity, 2))
 
     def _alloc(self, legs: int) -> None:
@@ -178,24 +185,27 @@ class LegTable:
             grow(name, _I64)
         grow("dst", np.uint8, (16,))
         # Packets placed and not yet taken by the recorder (see "Recording" above): per leg,
-        # `wcount` rows of position, payload length and payload bytes.
-        rows = self.wait_rows
+        # `wcount` rows of position and payload length, and the payloads end to end.
+        rows, area = self.wait_rows, self.wait_bytes
         grow("wpos", _I64, (rows,))
         grow("wlen", _I64, (rows,))
-        grow("wbuf", np.uint8, (rows, WAIT_WIDTH))
-        # The same memory as whole items (a 16-byte sockaddr, a 240-byte row) and flat rows:
-        # a batch's gather or scatter of them is one copy per item, where indexing the 2-D
-        # and 3-D arrays walks every byte (timeit, a batch of 400: 4.7 -> 0.5 us for the
-        # addresses, 13 -> 8 us for the payloads).
+        grow("wbuf", np.uint8, (area,))
+        # The same memory as whole items (a 16-byte sockaddr; WAIT_WIDTH bytes starting at
+        # any byte of the payload areas, so items overlap) and flat rows: a batch's gather or
+        # scatter of them is one copy per item, where indexing the 2-D and 3-D arrays walks
+        # every byte (timeit, a batch of 400: 4.7 -> 0.5 us for the addresses, 13 -> 8 us for
+        # the payloads). A payload is copied as a whole item, what follows it in its receive
+        # slot included: that tail lands past the leg's `wfill`, where the next one goes.
         self.dst_items = self.dst.view(f"V{self.dst.shape[1]}").reshape(legs)
-        self.wbuf_items = self.wbuf.view(f"V{WAIT_WIDTH}").reshape(legs * rows)
+        self.wbuf_items = np.ndarray(shape=(legs * area - WAIT_WIDTH + 1,), dtype=f"V{WAIT_WIDTH}",
+                                     buffer=self.wbuf, strides=(1,))
         self.wpos_flat = self.wpos.reshape(legs * rows)
         self.wlen_flat = self.wlen.reshape(legs * rows)
         # The same rows for the per-packet path (CallRelay.record): a memoryview's item and
         # slice assignment costs a fraction of a numpy scalar write.
         self.wpos_mv = memoryview(self.wpos_flat)
         self.wlen_mv = memoryview(self.wlen_flat)
-        self.wbuf_mv = memoryview(self.wbuf.reshape(legs * rows * WAIT_WIDTH))
+        self.wbuf_mv = memoryview(self.wbuf.reshape(legs * area))
         if old:
             self.keys += [None] * (legs - old)
             self.sources += [None] * (legs - old)
@@ -285,7 +295,7 @@ class LegTable:
 
         `rows` is the receive buffer as (n, slot) bytes (C-contiguous: packets are re-stamped
         and sent from it; slot at least 12 + WAIT_WIDTH: a recorded payload is copied as
-        a whole WAIT_WIDTH row), `lens` the datagrams' lengths, `legs` the lane's leg for
+        a whole WAIT_WIDTH item), `lens` the datagrams' lengths, `legs` the lane's leg for
         each packet's source (-1: none). A leg with several packets in the batch (we fell
         behind, or the network bunched them) is taken in rounds, its k-th packet in round
         k, so each round sees the state the previous one left; once one of a leg's packets
@@ -379,7 +389,7 @@ class LegTable:
         # The recorder takes lane packets as receive() gives them: position now, decode at
         # flush. Where the leg's recording clock has the plain case (newer, in place,
         # not late: StreamClock.position's arithmetic), the position is computed here for
-        # the whole batch and the payload copied into the leg's rows (the relay hands them
+        # the whole batch and the payload copied into the leg's area (the relay hands them
         # to the recorder: CallRelay.deliver_audio).
         rec = self.record[gf]
         if rec.any():
@@ -403,6 +413,7 @@ class LegTable:
             late = pos < base
             late_run = np.where(late, self.ck_late[gr] + n_r, 0)
             count = self.wcount[gr]
+            fill = self.wfill[gr]
             placed = (
                 (self.ck_has[gr] != 0)
                 & (self.ck_ssrc[gr] == ssrc_r)
@@ -414,6 +425,7 @@ class LegTable:
                 & (pos + n_r - base <= MAX_PENDING_FRAMES)
                 & (n_r <= WAIT_WIDTH)
                 & (count < self.wait_rows)
+                & (fill + WAIT_WIDTH <= self.wait_bytes)  # the whole item fits in the leg's area
                 & ((count == 0) | (self.wpt[gr] == pt[kr]))
             )
             gp = gr[placed]
@@ -426,8 +438,11 @@ class LegTable:
             flat = gp * self.wait_rows + at
             self.wpos_flat[flat] = pos[placed]
             self.wlen_flat[flat] = n_r[placed]
-            if kp.size:  # whole rows: the payload and what follows it in the slot
-                self.wbuf_items[flat] = rows[:, 12 : 12 + WAIT_WIDTH].view(self.wbuf_items.dtype)[kp, 0]
+            if kp.size:  # whole items: the payload and what follows it in the slot
+                fill_p = fill[placed]
+                self.wbuf_items[gp * self.wait_bytes + fill_p] = rows[:, 12 : 12 + WAIT_WIDTH].view(
+                    self.wbuf_items.dtype)[kp, 0]
+                self.wfill[gp] = fill_p + n_r[placed]
             self.wcount[gp] = at + 1
             if not placed.all():  # the clock's own rules (a resync, a late run, a new SSRC, full rows)
                 for j in np.flatnonzero(~placed).tolist():

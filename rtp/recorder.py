@@ -193,10 +193,10 @@ class Recorder:
     def place_g711(self, channel: int, payload_type: int, positions: np.ndarray, lengths: np.ndarray,
                    payloads: np.ndarray) -> None:
         """G.711 packets the media engine already placed on the call timeline (rtp.relay's
-        leg clocks, `StreamClock` rules against `timeline_base`), in arrival order: row i of
-        `payloads` holds packet i's payload in its first `lengths[i]` bytes. Decoded and
-        placed now, in one lookup and one scatter, after anything waiting from `add_g711`;
-        the arrays are the caller's and reused after this returns."""
+        leg clocks, `StreamClock` rules against `timeline_base`), in arrival order:
+        `payloads` holds their payloads end to end (uint8, `lengths[i]` bytes for packet i).
+        Decoded and placed now, in one lookup and one scatter, after anything waiting from
+        `add_g711`; the arrays are the caller's and reused after this returns."""
         if not len(positions) or self._closed or not self._enabled:
             return
         if channel != 0 and channel != 1:
@@ -205,13 +205,7 @@ class Recorder:
             self._switch_payload_type(channel, payload_type)
         if self._waiting_pos[channel]:
             self._place_waiting(channel)  # earlier packets first: a later one must win an overlap
-        sizes = lengths.tolist()  # list operations: cheaper than numpy calls on ~50 numbers
-        first = sizes[0]
-        if sizes.count(first) == len(sizes):  # one packet time, the usual stream
-            codes = payloads[:, :first]
-        else:
-            codes = payloads[np.arange(payloads.shape[1]) < lengths[:, None]]
-        self._place_codes(channel, positions.tolist(), sizes, codes)
+        self._place_codes(channel, positions.tolist(), lengths.tolist(), payloads)  # lists: cheaper than numpy on ~50
 
     def _switch_payload_type(self, channel: int, payload_type: int) -> None:
         if payload_type not in g711.PAYLOAD_TYPES:

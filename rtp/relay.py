@@ -714,20 +714,23 @@ class CallRelay:
             ssrc, seq & 0xFFFF, ts & 0xFFFFFFFF, n, round((now - table.py_rt0[g]) * SAMPLE_RATE), table.py_rbase[g]
         )
         count = table.py_wcount[g]
-        if count and (count >= table.wait_rows or table.py_wpt[g] != payload_type or n > WAIT_WIDTH):
-            self._deliver(channel)  # full, another payload type, or a payload longer than a row
-            count = 0
+        fill = table.py_wfill[g]
+        if count and (count >= table.wait_rows or table.py_wpt[g] != payload_type or n > WAIT_WIDTH
+                      or fill + n > table.wait_bytes):
+            self._deliver(channel)  # full (rows or area), another payload type, or a payload longer than a row
+            count = fill = 0
         if n > WAIT_WIDTH:
             assert self.recorder is not None
             self.recorder.place_g711(channel, payload_type, np.array([pos]), np.array([n]),
-                                     np.frombuffer(payload, np.uint8).reshape(1, n))
+                                     np.frombuffer(payload, np.uint8))
             return
         flat = g * table.wait_rows + count
         table.wpos_mv[flat] = pos
         table.wlen_mv[flat] = n
-        at = flat * WAIT_WIDTH
+        at = g * table.wait_bytes + fill
         table.wbuf_mv[at : at + n] = payload
         table.py_wpt[g] = payload_type
+        table.py_wfill[g] = fill + n
         table.py_wcount[g] = count + 1
 
     def deliver_audio(self) -> None:
@@ -742,11 +745,12 @@ class CallRelay:
         count = table.py_wcount[g]
         if not count:
             return
-        table.py_wcount[g] = 0
+        fill = table.py_wfill[g]
+        table.py_wcount[g] = table.py_wfill[g] = 0
         recorder = self.recorder
         if recorder is not None:
             recorder.place_g711(channel, table.py_wpt[g], table.wpos[g, :count], table.wlen[g, :count],
-                                table.wbuf[g, :count])
+                                table.wbuf[g, :fill])
 
     def _note_base(self) -> None:
         """The recorder's timeline base moved (answer, flush): a position before it is late."""

@@ -17,6 +17,14 @@ Writing a packet is one numpy slice assignment, so a duplicate overwrites itself
 doubling; `place_many` writes a whole batch of packets (the recorder's second of G.711) in one
 scatter with the same result; `take(upto)` hands back finished frames already interleaved as
 the WAV wants them.
+
+Memory: between its flushes a recorder's timeline holds only the jitter window (the audio
+of the second waits undecoded, G.711, in the media engine's rows), so the block is small
+(what the window holds) and grows to the second only while a flush places it. `take`
+hands the caller the block's head itself (no copy) and keeps the rest in a fresh small
+block: a big block lives until the disk writer has written it, not for the call's length.
+(Issue 17: a block kept at its high-water mark was ~40 KB resident per call, a third of
+the RSS each recorded call cost.)
 """
 
 from __future__ import annotations
@@ -38,7 +46,11 @@ MAX_SSRCS_PER_CHANNEL = 4  # old SSRCs kept so stragglers after a switch still l
 SEQ_NEWER_WINDOW = 0x8000  # RFC 3550 A.1 style: a seq ahead by less than half the space is newer
 MAX_PENDING_SECONDS = 60.0  # audio held before finalising; a packet further ahead is bogus
 MAX_PENDING_FRAMES = int(MAX_PENDING_SECONDS * SAMPLE_RATE)
-INITIAL_CAPACITY_FRAMES = 2 * SAMPLE_RATE  # one flush interval plus the jitter window, rounded up
+#: A block larger than this is not kept once finalised: what lies beyond moves to a fresh
+#: block of its own size (the recorder's jitter window, 0.2 s, and what came after it).
+RETAINED_CAPACITY_FRAMES = SAMPLE_RATE // 4
+INITIAL_CAPACITY_FRAMES = RETAINED_CAPACITY_FRAMES
+MIN_BLOCK_FRAMES = 160  # a fresh block for nothing at all: one packet's room
 
 
 @dataclass
@@ -262,40 +274,52 @@ class Timeline:
             self._end = end
 
     def _grow(self, needed: int) -> None:
-        capacity = self._buf.shape[0]
-        while capacity < needed:
-            capacity *= 2
-        capacity = min(capacity, MAX_PENDING_FRAMES)
+        # Doubling for packets placed one by one (`place`); a flush's second (`place_many`)
+        # gets what it needs in one step, so no block is bigger than its audio needs.
+        capacity = min(max(needed, 2 * self._buf.shape[0]), MAX_PENDING_FRAMES)
         grown = np.zeros((capacity, self.channels), dtype=np.int16)
         grown[: self._end] = self._buf[: self._end]
         self._buf = grown
 
     def take(self, upto: int) -> np.ndarray:
-        """Finalise [base, upto): return those frames (a new (n, channels) array)."""
+        """Finalise [base, upto): return those frames, an (n, channels) array the caller
+        owns (the timeline never writes it again: it moves on to a fresh block)."""
         k = upto - self.base
         if k <= 0:
             return np.zeros((0, self.channels), dtype=np.int16)
-        have = min(k, self._end)
-        if have == k:
-            out = self._buf[:k].copy()
-        else:
+        block = self._buf
+        if k > block.shape[0]:
             out = np.zeros((k, self.channels), dtype=np.int16)
-            out[:have] = self._buf[:have]
-        self._advance(k)
-        return out
+            out[: self._end] = block[: self._end]
+            self._advance(k, fresh=True)
+            return out
+        self._advance(k, fresh=True)  # what lies past upto is copied to a fresh block first
+        if k < block.shape[0]:
+            # Cut the block to its first k frames in place (realloc: no copy), so audio the
+            # writer holds (a slow disk's backlog) is its frames and nothing more. Safe: no
+            # view of the block outlives the timeline's own methods.
+            block.resize((k, self.channels), refcheck=False)
+        return block  # past _end the block is zeros: silence, as it should be
 
     def discard(self, upto: int) -> None:
         """Finalise [base, upto) without keeping it (nothing is being recorded there)."""
         if upto > self.base:
             self._advance(upto - self.base)
 
-    def _advance(self, k: int) -> None:
-        remaining = self._end - k
-        if remaining > 0:
-            self._buf[:remaining] = self._buf[k : self._end]
-            self._buf[remaining : self._end] = 0
-            self._end = remaining
+    def _advance(self, k: int, fresh: bool = False) -> None:
+        """Move `base` on by `k`: what lies beyond moves to the block's start, in a fresh
+        small block when the old one was handed out (`take`) or grew past the retained size."""
+        buf, end = self._buf, self._end
+        remaining = end - k
+        if fresh or buf.shape[0] > RETAINED_CAPACITY_FRAMES:
+            block = np.zeros((max(remaining, MIN_BLOCK_FRAMES), self.channels), dtype=np.int16)
+            if remaining > 0:
+                block[:remaining] = buf[k:end]
+            self._buf = block
+        elif remaining > 0:
+            buf[:remaining] = buf[k:end]
+            buf[remaining:end] = 0
         else:
-            self._buf[: self._end] = 0
-            self._end = 0
+            buf[:end] = 0
+        self._end = max(remaining, 0)
         self.base += k

@@ -47,9 +47,12 @@ class FakeRecorder:
 
     def place_g711(self, channel: int, payload_type: int, positions: np.ndarray, lengths: np.ndarray,
                    payloads: np.ndarray) -> None:
-        """The media engine's packets, already placed (rows reused after: copied here)."""
-        for pos, n, row in zip(positions.tolist(), lengths.tolist(), payloads):
-            self.added.append((channel, pos, g711.decode(bytes(row[:n]), payload_type)))
+        """The media engine's packets, already placed, payloads end to end (reused after: copied here)."""
+        at = 0
+        for pos, n in zip(positions.tolist(), lengths.tolist()):
+            self.added.append((channel, pos, g711.decode(bytes(payloads[at : at + n]), payload_type)))
+            at += n
+        assert at == len(payloads)
 
     def add_g711(self, channel: int, ssrc: int, seq: int, timestamp: int, payload: bytes, payload_type: int,
                  arrival: float) -> None:

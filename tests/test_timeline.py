@@ -182,6 +182,25 @@ def test_pending_audio_survives_take_and_grows() -> None:
     assert rest[:, 0].sum() == 0
 
 
+def test_taken_frames_are_the_callers_and_only_the_window_stays_behind() -> None:
+    """A flush's second (1.2 s placed, 1.0 s taken, as the recorder does): the frames handed
+    out are exactly the second (the writer's to keep while a disk is slow), later placing
+    and taking never changes them, and the timeline keeps only the 0.2 s past the cut."""
+    line = Timeline()
+    second = np.arange(at(1.2), dtype=np.int16)
+    line.place_many(0, [0], [second.size], second)
+    frames = line.take(at(1.0))
+    assert frames.shape == (at(1.0), 2) and frames.flags.owndata and frames.nbytes == at(1.0) * 4
+    assert np.array_equal(frames[:, 0], second[: at(1.0)])
+    assert line._buf.shape[0] <= at(0.25)  # noqa: SLF001 - the memory a call holds between flushes (issue 17)
+    line.place(0, at(1.0), np.full(N, -1, np.int16))  # overwrites the kept window's start
+    line.place_many(1, [at(1.1)], [at(1.0)], np.ones(at(1.0), np.int16))  # grows it again
+    rest = line.take(at(2.0))
+    assert np.array_equal(frames[:, 0], second[: at(1.0)]) and not frames[:, 1].any()
+    assert rest[:N, 0].tolist() == [-1] * N and np.array_equal(rest[N : at(0.2), 0], second[at(1.0) + N :])
+    assert rest[at(0.1) :, 1].tolist() == [1] * at(0.9)
+
+
 def test_gap_longer_than_buffer_is_silence() -> None:
     line = Timeline()
     line.place(0, 0, np.ones(N, np.int16))

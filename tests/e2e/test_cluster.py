@@ -211,3 +211,48 @@ def test_a_phone_on_tcp_is_rung_through_the_connection_it_holds_to_the_edge(clus
         assert call.bye() == 200
         alice.wait_for("closed", 5)
     assert len(cluster.recordings()) == 2
+
+
+def udp_receive_buffer(port: int) -> int:
+    """The kernel's receive buffer of the UDP socket bound to 127.0.0.1:`port` (ss's skmem rb)."""
+    import subprocess
+
+    out = subprocess.run(["ss", "-uamnH", "src", f"127.0.0.1:{port}"], capture_output=True, text=True, check=True).stdout
+    m = re.search(r"\brb(\d+)", out)
+    assert m, out
+    return int(m.group(1))
+
+
+def test_the_edge_socket_holds_a_burst_of_requests(cluster):
+    # A trunk that hangs up 500 calls at once sends 500 BYEs in a few milliseconds; with
+    # Kamailio's default ~208 KB buffer the edge dropped 45 of them (bench/cluster_load.py at
+    # 500 calls), and those calls stayed up until the BYE was retransmitted, or for ever
+    # with a peer that does not retransmit. The edge asks for up to 8 MB (net.core.rmem_max caps it).
+    from pathlib import Path
+
+    allowed = 2 * int(Path("/proc/sys/net/core/rmem_max").read_text())  # the kernel doubles what it grants
+    assert udp_receive_buffer(cluster.ports.edge) >= min(1 << 20, allowed)
+
+
+def test_when_every_worker_is_full_the_trunk_hears_503_with_retry_after(tmp_path, trunk, baresip):
+    # Each worker carries one call (`max_calls = 1`: its admission ceiling). The third call is
+    # refused by both workers with 503; a proxy would relay that as 500 (RFC 3261 §16.7), which
+    # a carrier does not read as "full, try later"; the edge says 503 with Retry-After.
+    ports = ClusterPorts.allocate(workers=2)
+    text = cluster_config(ports, trunk.address).replace('recordings_dir = "recordings"\n',
+                                                        'recordings_dir = "recordings"\nmax_calls = 1\n')
+    cluster = ClusterProcess(text, tmp_path)
+    cluster.ports = ports
+    cluster.edge = f"127.0.0.1:{ports.edge}"
+    cluster.start(cluster.edge, workers=2)
+    try:
+        baresip("alice", "alice-secret", cluster.edge, tone_hz=1000)
+        up = [answered_call(trunk, cluster, 0.5) for _ in range(2)]
+        assert {worker for _, worker in up} == {0, 1}
+        refused = trunk.call(cluster.edge, "441632960000")
+        assert refused.wait_answered(10) == 503
+        assert refused.final_response.header("Retry-After") == "10"
+        for call, _ in up:
+            assert call.bye() == 200
+    finally:
+        cluster.stop()
