@@ -697,10 +697,10 @@ def failed_call_ids(calldebug: Path) -> list[str]:
     return list(dict.fromkeys(re.findall(r"^Call debugging information for call (\S+?):?$", text, re.M)))
 
 
-def check_recovered(directory: Path, call_ids: set[str], hold: float, tolerance: float) -> dict:
+def check_recovered(directory: Path, call_ids: set[str], longest: float) -> dict:
     """The killed worker's recordings: each repaired at its successor's start (sidecar
     `recovered`, `ended` null) and playable (soundfile reads it, 8 kHz stereo, no longer
-    than the call could have been)."""
+    than `longest`: the time from the first call to the kill, + tolerance)."""
     import soundfile as sf
 
     wavs = [w for w in directory.rglob("*.wav") if w.stem in call_ids]
@@ -718,7 +718,7 @@ def check_recovered(directory: Path, call_ids: set[str], hold: float, tolerance:
         if not side.get("recovered") or side.get("ended") is not None:
             problems.setdefault("not repaired", []).append(
                 f"{wav.name}: recovered={side.get('recovered')} ended={side.get('ended')}")
-        if info.samplerate != SAMPLE_RATE or info.channels != 2 or length > hold + tolerance:
+        if info.samplerate != SAMPLE_RATE or info.channels != 2 or length > longest:
             problems.setdefault("format or length", []).append(f"{wav.name}: {info.samplerate} Hz x {info.channels}, {length:.2f} s")
     return {
         "wavs": len(wavs), "ok": not problems,
@@ -750,7 +750,7 @@ def kill_verdict(kill: dict, log_text: str, calldebug: Path, uac: dict, uas_fail
         # set up on the killed process but answered by another after the edge's failover
         "killed_calls_failed_over": len(up_sip & elsewhere),
         "failed_ids": len(failed_ids),
-        "failed_not_on_killed_worker": strangers[:5],
+        "failed_not_on_killed_worker": len(strangers), "e.g.": strangers[:5],
         "only_killed_worker_failed": identified and not strangers and uac["unfinished"] == 0 and uas_failed <= len(up),
         "other_calls_completed": uac["created"] - uac["ok"] - len(failed_ids) == 0 and not strangers,
         "up_call_ids": sorted(up),
@@ -937,11 +937,11 @@ def run(a: argparse.Namespace, workdir: Path, deadline: float) -> dict:
     if kill:
         killed = kill_verdict(kill, log_text, workdir / "uac-calldebug.log",
                               {"created": created, "ok": ok, "failed": failed, "unfinished": unfinished}, uas_failed)
-        recovered = check_recovered(recordings, set(killed["up_call_ids"]), a.hold, tolerance)
+        recovered = check_recovered(recordings, set(killed["up_call_ids"]), kill["at_s"] + tolerance)
         log(f"killed worker {kill['index']} (pid {kill['pid']}) at t={kill['at_s']}s: {killed['killed_calls_up']} of its "
             f"{killed['killed_calls_total']} calls were up ({killed['killed_calls_up_answered']} answered, "
             f"{killed['killed_calls_failed_over']} failed over); SIPp failed {failed} (+{unfinished} unfinished), "
-            f"{killed['failed_ids']} identified, {len(killed['failed_not_on_killed_worker'])} not the killed worker's; "
+            f"{killed['failed_ids']} identified, {killed['failed_not_on_killed_worker']} not the killed worker's; "
             f"{recovered['wavs']} of its WAVs, repaired: {recovered['ok']}")
     log(f"checking WAVs: length in [{a.hold - 0.1:.2f}, {a.hold + tolerance:.2f}] s and equal to their call's span"
         + (" (but the killed worker's)" if kill else ""))

@@ -295,7 +295,7 @@ def test_the_edge_stamps_each_copy_it_sends_a_worker_and_drops_senders_stamps(tm
     assert f'remove_hf("{SENT_HEADER}")' in outside
     to_worker = text[text.index("route[TO_WORKER]"):]
     assert 't_on_branch("STAMP")' in to_worker  # per branch: the retry at the next worker has its own
-    assert f'append_hf("{SENT_HEADER}: $TV(Sn)' in text[text.index("branch_route[STAMP]"):]
+    assert f'append_hf("{SENT_HEADER}: $TV(Sn)\\r\\n");' in text[text.index("branch_route[STAMP]"):]
     # In-dialog requests to the worker that holds the call get RFC 3261's timers, not failover's.
     in_dialog = outside[outside.index("if (has_totag())"):outside.index("if (is_method(\"ACK\"))")]
     assert in_dialog.index(f"t_set_fr({edge_config.FAR_INVITE_MS}, {edge_config.FAR_ANSWER_MS})") < in_dialog.index("t_relay()")

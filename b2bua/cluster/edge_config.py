@@ -235,7 +235,7 @@ route[TO_WORKER] {{
 
 # Each copy sent to a worker (the first, and each retry at the next) says when it left.
 branch_route[STAMP] {{
-    append_hf("{SENT_HEADER}: $TV(Sn)\r\n");
+    append_hf("{SENT_HEADER}: $TV(Sn)\\r\\n");
 }}
 
 # A worker did not answer in time, or is full or draining (503): try the next one.
