@@ -45,7 +45,7 @@ from b2bua.events import (
     ResponseReceived,
     TransactionTimedOut,
 )
-from b2bua.headers import Via, parse_via
+from b2bua.headers import Via, parse_name_addr, parse_via
 from b2bua.message import Headers, Request, Response, make_response, parse_message
 from b2bua.peer import Peer
 
@@ -262,12 +262,15 @@ class _Transaction:
 
     id: str
     kind: Kind
-    request: Request
+    request: Request | None  # None: a completed non-INVITE server transaction's (see _enter)
     peer: Peer  # client: where the request goes; server: where it came from
     state: State
     reply_to: Peer | None = None  # server: where responses go (RFC 3261 §18.2.2)
     top_via: str = ""  # the top Via as sent (client) or as received before rport (server)
-    last_response: Response | None = None
+    # Server: the last response as sent, and its To (for its tag): bytes are all a
+    # retransmission needs, held for 64*T1 at a fraction of a parsed Response's memory.
+    sent: bytes | None = None
+    sent_to: str | None = None
     timers: dict[Input, float] = field(default_factory=dict)
     interval: float = 0.0  # the running retransmission interval (Timers A, E, G, 2xx)
     ack: Request | None = None  # client INVITE: our ACK for its non-2xx (§17.1.1.3)
@@ -450,6 +453,11 @@ class TransactionLayer:
             key = (txn.request.call_id, txn.request.cseq[0])
             self._accepted[key] = txn.id
             txn.keys.append((self._accepted, key))
+        elif txn.kind is Kind.NON_INVITE_SERVER and state is S.COMPLETED and not _rfc2543(txn):
+            # Completed only answers retransmissions (§17.2.2), matched by the key and
+            # answered from `sent`: the request (a REGISTER with its credentials, ~3 KB
+            # parsed) is not kept 64*T1 (issue 17: memory). RFC 2543 matching needs its To.
+            txn.request = None
         immediate = []
         for timer in ENTRY_TIMERS.get((txn.kind, state), ()):
             delay = self._duration(timer, txn.reliable)
@@ -532,7 +540,8 @@ class TransactionLayer:
             return [TransactionTimedOut(txn.id, txn.request)]
         if action is Do.SEND_RESPONSE:
             assert isinstance(msg, Response)
-            txn.last_response = msg
+            txn.sent = msg.to_bytes()
+            txn.sent_to = msg.headers.get("To")
             self._send_last_response(txn)
             return []
         if action is Do.RESEND_RESPONSE:
@@ -553,8 +562,8 @@ class TransactionLayer:
         raise AssertionError(action)  # pragma: no cover - every Action is handled above
 
     def _send_last_response(self, txn: _Transaction) -> None:
-        if txn.last_response is not None and txn.reply_to is not None:
-            self._out.append((txn.last_response.to_bytes(), txn.reply_to))
+        if txn.sent is not None and txn.reply_to is not None:
+            self._out.append((txn.sent, txn.reply_to))
 
     def _forget(self, txn: _Transaction) -> None:
         """Terminated: drop the transaction and every map entry that leads to it."""
@@ -693,8 +702,7 @@ class TransactionLayer:
             return None
         if key[0] == "2543":
             if request.method == "ACK":
-                sent = txn.last_response
-                if sent is None or (request.to_tag or None) != (sent.to_tag or None):
+                if txn.sent is None or (request.to_tag or None) != (_tag_of(txn.sent_to) or None):
                     return None
             elif request.method != "CANCEL" and (request.to_tag or None) != (txn.request.to_tag or None):
                 return None
@@ -753,8 +761,7 @@ class TransactionLayer:
         cancel_txn = self._start_server(request, peer, via, original_top, own_key, now)
         invite = self._match_server(invite_key, request)
         if invite is not None and invite.kind is Kind.INVITE_SERVER and invite.state is S.PROCEEDING:
-            sent = invite.last_response
-            tag = sent.to_tag if sent is not None else None
+            tag = _tag_of(invite.sent_to)
             self._step(cancel_txn, In.SEND_SUCCESS, make_response(request, 200, "OK", to_tag=tag or None), now)
             return [CancelReceived(invite.id, request)]
         reply = make_response(request, 481, "Call/Transaction Does Not Exist")
@@ -783,6 +790,21 @@ class TransactionLayer:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _tag_of(to: str | None) -> str | None:
+    """The tag of a To header value (None: no header, no tag, or unparsable)."""
+    if to is None:
+        return None
+    try:
+        return parse_name_addr(to).tag
+    except ValueError:
+        return None
+
+
+def _rfc2543(txn: _Transaction) -> bool:
+    """Was the transaction matched by RFC 2543's key (its request's To is then needed)?"""
+    return any(isinstance(key, tuple) and key and key[0] == "2543" for _, key in txn.keys)
 
 
 def _new_branch() -> str:

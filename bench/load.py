@@ -30,7 +30,9 @@ them, and the allocation sites that grew most. Tracing slows the B2BUA several t
 CPU and RSS of such a run mean nothing; run it with a few hundred calls.
 
 Loopback only, bounded in time and count. The last line is one JSON object with keys
-calls, loss, cpu_percent, rss_mb, wav_ok (and http when polled).
+calls, loss, cpu_percent, rss_mb (peak), rss_up_mb (every call up, before the audio
+starts: unlike the peak, not inflated by audio a starved B2BUA holds), wav_ok (and http
+when polled).
 """
 
 from __future__ import annotations
@@ -136,6 +138,13 @@ def run_delay(pid: int) -> float:
         except (OSError, IndexError, ValueError):
             pass
     return total / 1e9
+
+
+def rss_now_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def rss_peak_mb(pid: int) -> float:
@@ -590,6 +599,7 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
         t = time.monotonic()
         a_ports, b_ports, dialogs = load.call(calls, rate=250, deadline=time.monotonic() + 60 + calls / 100)
         setup_s = time.monotonic() - t
+        rss_up = rss_now_mb(proc.pid)  # every call up, no audio yet: robust to a starved stream
         answered = len(a_ports)
         targets = [[(LOCAL, p) for _, p in a_ports], [(LOCAL, p) for p in b_ports]]
         sources = [[leg_ip(1, i) for i, _ in a_ports], [leg_ip(2, j) for j in range(len(b_ports))]]
@@ -636,7 +646,8 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
         "peer": "b2bua" if media_sockets != "per_call" else "b2bua/pc", "record": record, "calls": calls, "registered": registered, "answered": answered, "refused_503": load.refused,
         "ended": ended, "offered": offered, "relayed": received, "recorded": recorded_packets,
         "loss": round(1 - received / offered, 5) if offered else 1.0,
-        "cpu_percent": round(100 * cpu / wall, 1), "rss_mb": round(rss, 1), "wav_ok": wav_ok,
+        "cpu_percent": round(100 * cpu / wall, 1), "rss_mb": round(rss, 1), "rss_up_mb": round(rss_up, 1),
+        "wav_ok": wav_ok,
         "user_percent": round(100 * user / wall, 1), "sys_percent": round(100 * system / wall, 1),
         "runqueue_wait_percent": round(100 * delay / wall, 1),
         "generator_wait_percent": round(100 * stats["waited_s"] / stats["wall_s"], 1),
@@ -807,10 +818,11 @@ def line(r: dict) -> str:
     split = f" (user {r['user_percent']}% sys {r['sys_percent']}%)" if "user_percent" in r else ""
     if "runqueue_wait_percent" in r:  # waiting for its core: other processes had it (a shared machine)
         split += f" waited_for_cpu={r['runqueue_wait_percent']}% (generator {r['generator_wait_percent']}%)"
+    up = f" (calls up, before audio: {r['rss_up_mb']} MB)" if "rss_up_mb" in r else ""
     late = (f" read_late p50<={r['read_p50_ms']}ms p99<={r['read_p99_ms']}ms max={r['read_max_ms']}ms"
             if "read_p50_ms" in r else "")
     return (f"{r['peer']:<10} record={'on ' if r['record'] else 'off'} calls={r['calls']:<5}{answered} loss={r['loss']:.4%} "
-            f"cpu={r['cpu_percent']:>5}%{split} rss={r['rss_mb']:>6} MB offered={r['offered_pps']}/s "
+            f"cpu={r['cpu_percent']:>5}%{split} rss={r['rss_mb']:>6} MB{up} offered={r['offered_pps']}/s "
             f"generator_capacity={r['generator_capacity_pps']}/s wav_ok={r.get('wav_ok')} wav_audio={r.get('wav_audio')}{late}")
 
 
@@ -832,9 +844,14 @@ def main() -> None:
                     help="run `b2bua cluster` with N workers behind Kamailio instead of `b2bua run`")
     ap.add_argument("--cpu-quota", type=float, default=None,
                     help="with --workers: each worker in its own cgroup with this share of a core (0.5: half)")
+    ap.add_argument("--b2bua-core", type=int, choices=[0, 1], default=0,
+                    help="the core the B2BUA is pinned to (the generator gets the other): on a shared machine, "
+                         "the one other engineers' benchmarks leave free")
     ap.add_argument("--memory", action="store_true",
                     help="trace the B2BUA's allocations: bytes per call by owner (slow: figures of loss/CPU void)")
     args = ap.parse_args()
+    global B2BUA_CORE, LOAD_CORE
+    B2BUA_CORE, LOAD_CORE = args.b2bua_core, 1 - args.b2bua_core
     if args.workers:
         import cluster_load
 
@@ -851,7 +868,7 @@ def main() -> None:
             print(r["memory"])
         if r.get("http"):
             print(f"http: {r['http']}")
-        keys = ("calls", "loss", "cpu_percent", "runqueue_wait_percent", "rss_mb", "wav_ok", "read_p50_ms", "read_p99_ms", "read_max_ms")
+        keys = ("calls", "loss", "cpu_percent", "runqueue_wait_percent", "rss_mb", "rss_up_mb", "wav_ok", "read_p50_ms", "read_p99_ms", "read_max_ms")
         print(json.dumps({k: r[k] for k in keys if k in r} | {"peer": r["peer"], "http": r.get("http")}))
         return
     rows = []

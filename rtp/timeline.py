@@ -49,8 +49,10 @@ MAX_PENDING_FRAMES = int(MAX_PENDING_SECONDS * SAMPLE_RATE)
 #: A block larger than this is not kept once finalised: what lies beyond moves to a fresh
 #: block of its own size (the recorder's jitter window, 0.2 s, and what came after it).
 RETAINED_CAPACITY_FRAMES = SAMPLE_RATE // 4
-INITIAL_CAPACITY_FRAMES = RETAINED_CAPACITY_FRAMES
 MIN_BLOCK_FRAMES = 160  # a fresh block for nothing at all: one packet's room
+#: A new timeline's block: nothing is placed before the recorder's first flush, which
+#: gives the block the size its second needs.
+INITIAL_CAPACITY_FRAMES = MIN_BLOCK_FRAMES
 
 
 @dataclass

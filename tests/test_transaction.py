@@ -796,6 +796,20 @@ def test_non_invite_server_resends_final_then_timer_j():
     assert layer.state(event.txn_id) is State.TERMINATED
 
 
+def test_completed_non_invite_server_holds_the_response_bytes_not_the_messages():
+    """For its 64*T1 in Completed a transaction answers retransmissions byte for byte
+    from what it sent, without the parsed request or response (issue 17: a registration
+    storm held ~3 KB a REGISTER for 32 s)."""
+    layer = TransactionLayer()
+    [event] = layer.receive(OPTIONS_IN, ALICE, 0.0)
+    layer.send_response(event.txn_id, make_response(event.request, 200, "OK", to_tag="x"), 0.1)
+    [(first, _)] = layer.outgoing()
+    txn = layer._txns[event.txn_id]  # noqa: SLF001 - what the layer holds is the point
+    assert txn.request is None and txn.sent == first
+    layer.receive(OPTIONS_IN, ALICE, 1.0)
+    assert layer.outgoing() == [(first, ALICE)]
+
+
 def test_non_invite_server_proceeding_resends_provisional():
     layer = TransactionLayer()
     [event] = layer.receive(OPTIONS_IN, ALICE, 0.0)
