@@ -63,8 +63,13 @@ class CodecPolicy:
         self.codecs = tuple(KNOWN[n.upper()] for n in names)
 
     def ours(self, f: Format) -> bool:
-        """Is `f` one of our codecs (by name and rate, whatever payload type it came as)?"""
-        return any(c.name == f.name and c.clock_rate == f.clock_rate for c in self.codecs)
+        """Is `f` one of our codecs, under its static payload type? The media core knows G.711
+        by types 0 and 8 (RFC 3551 §6) and relays the payload type byte as it came; a party
+        that names PCMU `96` would get a call we answered and never heard (silence both ways,
+        an empty recording), so such a format is not ours: another law in the offer is picked,
+        or the call gets 488 with its Warning."""
+        return any(c.name == f.name and c.clock_rate == f.clock_rate and c.payload_type == f.payload_type
+                   for c in self.codecs)
 
     def usable(self, description: SessionDescription | None) -> bool:
         """Does an offer list at least one codec we take? (else 488, RFC 3261 §21.4.26)"""

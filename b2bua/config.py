@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -224,22 +225,45 @@ class Config:
     cluster: Cluster | None = None  # None: `b2bua run`, one process, nothing else needed
     media: MediaSettings = field(default_factory=MediaSettings)
 
+    # Lookups by key, built once per Config (it is frozen): a scan per INVITE grew with the
+    # organisation (thousands of numbers and users) on every call's setup.
+    @cached_property
+    def _by_ddi(self) -> dict[str, Number]:
+        return _first_by(self.numbers, lambda n: n.ddi)
+
+    @cached_property
+    def _by_name(self) -> dict[str, User]:
+        return _first_by(self.users, lambda u: u.name)
+
+    @cached_property
+    def _by_extension(self) -> dict[str, User]:
+        return _first_by(self.users, lambda u: u.extension)
+
     def user(self, name: str) -> User | None:
-        return next((u for u in self.users if u.name == name), None)
+        return self._by_name.get(name)
 
     def ring_group(self, name: str) -> RingGroup | None:
         return next((g for g in self.ring_groups if g.name == name), None)
 
     def number(self, dialled: str) -> Number | None:
         """The number a Request-URI user part dials; a leading + is ignored."""
-        wanted = dialled.lstrip("+")
-        return next((n for n in self.numbers if n.ddi == wanted), None)
+        return self._by_ddi.get(dialled.lstrip("+"))
 
     def user_by_extension(self, extension: str) -> User | None:
-        return next((u for u in self.users if u.extension == extension), None)
+        return self._by_extension.get(extension)
 
     def trunk_for(self, host: str, port: int) -> Trunk | None:
         return next((t for t in self.trunks if t.matches(host, port)), None)
+
+
+def _first_by(items: tuple, key) -> dict:  # noqa: ANN001 - any item type, any key function
+    """Each key's first item (as a scan would find it); items whose key is None are left out."""
+    out: dict = {}
+    for item in items:
+        k = key(item)
+        if k is not None:
+            out.setdefault(k, item)
+    return out
 
 
 def load(path: Path | str | None = None) -> Config:

@@ -179,6 +179,12 @@ class Lockout:
                 s.delete(f"f3600:user:{name}", now)
                 self._log(f"security: user-guard user={name} failures={count} window=3600s strike={strike} "
                           f"until={self._until(now, seconds)} (only addresses known for the user are evaluated)")
+        if not tripped:
+            # In a cluster another worker may have locked this source (or guarded this user)
+            # a moment ago, resetting the count, before its flag reached this worker's copy:
+            # the guess must still be refused, not answered with a fresh challenge.
+            tripped = bool(s.read_through(f"lock:ip:{peer.host}", now)) or bool(
+                name and user_exists and s.read_through(f"lock:user:{name}", now))
         return tripped
 
     def record_success(self, peer: Peer, user: str | None, now: float) -> None:
@@ -203,7 +209,7 @@ class Lockout:
         key = f"{name}|{_address(peer)}"
         count = s.incr(f"f{self.window:.0f}:addr:{key}", self.window, now)
         if count < self.max_failures or s.ttl(f"lock:addr:{key}", now) is not None:
-            return False
+            return bool(s.read_through(f"lock:addr:{key}", now))  # locked by another worker a moment ago
         seconds, _ = self._lock(f"addr:{key}", now)
         s.delete(f"f{self.window:.0f}:addr:{key}", now)
         self._log(f"security: phone-lockout user={name} address={peer.transport}:{_clean(peer.host)}:{peer.port} "

@@ -53,6 +53,12 @@ class LockoutStore(Protocol):
 
     def delete(self, key: str, now: float) -> None: ...
 
+    def read_through(self, key: str, now: float) -> int:
+        """`get`, past any local copy: what the shared backend holds this instant. A store
+        that replicates flags to read them locally (redis_lockout) asks its backend; others
+        are their backend. For the wrong-password path only, never per request."""
+        ...
+
 
 #: Keys the in-memory store holds at most. A flood from spoofed sources would otherwise
 #: grow it without bound; each key is ~200 bytes, so 100,000 keys are ~20 MB.
@@ -86,6 +92,9 @@ class MemoryLockoutStore:
     def get(self, key: str, now: float) -> int:
         item = self._live(key, now)
         return item[0] if item is not None else 0
+
+    def read_through(self, key: str, now: float) -> int:
+        return self.get(key, now)
 
     def put(self, key: str, value: int, ttl: float, now: float) -> None:
         self._write(key, value, now + ttl, now)

@@ -114,6 +114,14 @@ class RedisLockoutStore:
             return int((self._flags if _is_flag(key) else self._fallback).get(key, self._clock() if _is_flag(key) else now))
         return int(value) if value is not None else 0
 
+    def read_through(self, key: str, now: float) -> int:
+        """The flag as Redis holds it now: another worker may have set it a moment ago and
+        its publication not have reached this one yet."""
+        ok, value = self._call(self._client.get, self._prefix + key)
+        if not ok:
+            return self.get(key, now)
+        return int(value) if value is not None else 0
+
     def put(self, key: str, value: int, ttl: float, now: float) -> None:
         if _is_flag(key):
             self._flags.put(key, int(value), ttl, self._clock())

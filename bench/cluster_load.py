@@ -17,12 +17,14 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import load  # bench/load.py: SipLoad, the generator, the checks
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.e2e.cluster import ClusterProcess, cluster_section, session_cpu  # noqa: E402  one way to configure and start a cluster
 
 CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
 CGROUP_V2 = Path("/sys/fs/cgroup")
@@ -67,37 +69,8 @@ class CpuQuota:
 
 def cluster_config(calls: int, edge_port: int, trunk_port: int, rtp: tuple[int, int], record: bool, recordings: Path,
                    workers: int, worker_low: int, redis_port: int) -> str:
-    return load.b2bua_config(calls, edge_port, trunk_port, rtp, record, recordings) + f'''
-[cluster]
-workers = {workers}
-worker_ports = "{worker_low}-{worker_low + workers - 1}"
-redis = "redis://127.0.0.1:{redis_port}/0"
-'''
-
-
-def session_cpu(leader: int) -> float:
-    """CPU seconds of every process in `leader`'s session (Kamailio forks its children)."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.getsid(int(entry.name)) == leader:
-                total += load.cpu_seconds(int(entry.name))
-        except (OSError, ValueError):
-            continue
-    return total
-
-
-def wait_ready(log_path: Path, proc: subprocess.Popen, workers: int, timeout: float = 60) -> None:
-    """Every worker listening, then two probe intervals: the edge has them all in its set
-    (an OPTIONS sent to the edge before then could find none and mark one down)."""
-    deadline = time.monotonic() + timeout
-    while len(set(re.findall(r"worker=(\d+) event=ready", log_path.read_text()))) < workers:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the cluster did not start:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.1)
-    time.sleep(2.0)
+    return load.b2bua_config(calls, edge_port, trunk_port, rtp, record, recordings) + "\n" + \
+        cluster_section(workers, worker_low, redis_port)
 
 
 def run(calls: int, seconds: float, record: bool, workdir: Path, workers: int, quota: float | None) -> dict:
@@ -111,22 +84,17 @@ def run(calls: int, seconds: float, record: bool, workdir: Path, workers: int, q
     taken |= set(range(worker_low, worker_low + workers))
     rtp = load.media_range(width, taken)  # none of the ports the OS just gave us (config would refuse it)
     recordings = workdir / "recordings"
-    config = workdir / "flows.toml"
-    config.write_text(cluster_config(calls, edge_port, trunk.getsockname()[1], rtp, record, recordings, workers,
-                                     worker_low, redis_port))
-    log_path = workdir / "cluster.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "b2bua", "cluster", "--config", str(config)], stdout=log, stderr=log,
-                            preexec_fn=lambda: os.sched_setaffinity(0, {load.B2BUA_CORE}), start_new_session=True)
+    cluster = ClusterProcess(cluster_config(calls, edge_port, trunk.getsockname()[1], rtp, record, recordings, workers,
+                                            worker_low, redis_port), workdir,
+                             argv_prefix=["taskset", "-c", str(load.B2BUA_CORE)], sip_trace=False)
     groups: list[CpuQuota] = []
     # A SIGTERM (timeout, Ctrl-C's cousin) still stops the cluster and removes the cgroups.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         os.sched_setaffinity(0, {load.LOAD_CORE})
-        wait_ready(log_path, proc, workers)
-        text = log_path.read_text()
-        pids = {int(i): int(p) for i, p in re.findall(r"worker=(\d+) pid=(\d+) port=\d+ event=started", text)}
-        edge_pid = int(re.search(r"edge pid=(\d+)", text).group(1))
+        cluster.start(f"{load.LOCAL}:{edge_port}", workers, timeout=60, settle=2.0)
+        pids = cluster.worker_pids()
+        edge_pid = cluster.edge_pid()
         if quota:
             for i, pid in sorted(pids.items()):
                 group = CpuQuota(f"b2bua-bench-{os.getpid()}-w{i}", quota)
@@ -159,8 +127,7 @@ def run(calls: int, seconds: float, record: bool, workdir: Path, workers: int, q
         wavs = sorted(recordings.rglob("*.wav"))
         wav_ok, lengths, audio = load.check_wavs(wavs, sip, calls if record else 0, seconds)
     finally:
-        load.stop(proc, 30)
-        log.close()
+        cluster.stop(30)
         for s in (trunk, phone, trunk_media, phone_media):
             s.close()
         for group in groups:

@@ -3,6 +3,8 @@
     python bench/soak.py                                   # issue 5: 50 calls/s, 10 min, 30 s hold
     python bench/soak.py --rate 5 --minutes 1 --hold 10    # a short run, about 2 minutes
     python bench/soak.py --rate 5 --minutes 2 --users 3    # the number rings a group of 3
+    python bench/soak.py --rate 5 --minutes 1 --hold 10 --workers 2                      # through `b2bua cluster`
+    python bench/soak.py --rate 5 --minutes 1 --hold 10 --workers 2 --kill-worker-at 30  # kill -9 worker 0 at 30 s
 
 What runs (loopback only, every process bounded in time):
 
@@ -28,6 +30,23 @@ What runs (loopback only, every process bounded in time):
 5. After the run: SIPp's own statistics (-trace_stat) give calls attempted, succeeded and
    failed; every WAV in the recordings directory is checked with soundfile.
 
+With --workers N, `b2bua cluster` (tests/e2e/cluster.py starts it, as the e2e tests do)
+runs instead of `b2bua run`, pinned to core 0 with its edge (Kamailio) and Redis: SIPp
+registers, calls and is called through the edge only; media goes straight to the workers.
+RSS and CPU are the workers' (summed); the edge's CPU is printed apart. With
+--kill-worker-at S, worker --kill-worker (0) is killed with SIGKILL S seconds after the
+first call; the supervisor restarts it. Then the calls up on it at that moment may fail
+(the trunk's BYE has nowhere to go, the phone never gets one) and nothing else may:
+
+- the killed process's calls up at the kill are read from the cluster's log (`call=X
+  event=invite ... sip-call-id=Y` lines of worker N between its start and its restart,
+  without `event=ended`); SIPp's UAC writes the Call-ID of every call it aborts
+  (-trace_calldebug). Every aborted Call-ID must be one of those, no call may be left
+  unfinished, and the phone side may fail at most once for each of those calls;
+- every other call completed and its WAV is checked exactly as below;
+- each of the killed worker's WAVs was repaired by its successor at start (sidecar
+  `recovered: true`, `ended` null), is readable, 8 kHz stereo, no longer than a call.
+
 The last line printed is one JSON object: calls, failed, rss_start_mb, rss_peak_mb,
 rss_after_mb, cpu_seconds, wav_ok, wavs (and a few more keys after those).
 
@@ -35,7 +54,7 @@ What is checked, and the bounds:
 
 - failed calls: SIPp UAC FailedCall + calls it created that never finished, and the UAS's
   failed calls (unexpected or missing messages on the phone side).
-- memory flat: rss_after <= rss_start + --rss-bound (16 MB) + --rss-per-call (0.15 MB) x
+- memory flat: rss_after <= rss_start + --rss-bound (16 MB, each worker's) + --rss-per-call (0.15 MB) x
   the peak number of concurrent calls (SIPp's CurrentCall). CPython does not give freed
   memory back: pymalloc arenas are returned only when completely empty and glibc trims the
   heap only from the top, so an idle B2BUA stays near the high-water mark of its busiest
@@ -86,6 +105,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.e2e.cluster import ClusterProcess, cluster_section, session_cpu  # noqa: E402
 from tests.e2e.pcap import SAMPLE_RATE, Tone, tone_samples, ulaw_encode  # noqa: E402
 
 LOCAL = "127.0.0.1"
@@ -96,6 +116,7 @@ TRUNK_HZ, PHONE_HZ = 440, 1000  # a tone on each side, so silence in a WAV is a 
 B2BUA_CORE, LOAD_CORE = 0, 1
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TRACE_MSG = False  # --sipp-trace: every SIP message SIPp sends and receives, to <name>-messages.log
+PIN = True  # --no-pin: the B2BUA (or cluster) and SIPp share every core
 
 
 # -- small helpers -----------------------------------------------------------------------
@@ -121,6 +142,17 @@ def free_sip_port(taken: set[int]) -> int:
             taken.add(p)
             return p
     raise RuntimeError("no free SIP port in 10000-19999")
+
+
+def free_sip_ports(taken: set[int], count: int) -> int:
+    """The first of `count` consecutive free SIP ports (a cluster's workers), as free_sip_port."""
+    for _ in range(500):
+        p = random.randint(10000, 19999 - count)
+        span = set(range(p, p + count))
+        if not span & taken and all(can_bind(q) and can_bind(q, socket.SOCK_STREAM) for q in span):
+            taken.update(span)
+            return p
+    raise RuntimeError(f"no {count} consecutive free SIP ports in 10000-19999")
 
 
 def free_media_port(taken: set[int]) -> int:
@@ -196,8 +228,9 @@ def sip_ping(port: int, timeout: float = 0.3) -> bool:
 
 
 def pinned(argv: list[str], core: int) -> list[str]:
-    """`taskset -c CORE argv` when there is a second core to keep the load off the B2BUA's."""
-    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+    """`taskset -c CORE argv` when there is a second core to keep the load off the B2BUA's
+    (and --no-pin was not given)."""
+    if PIN and shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
         return ["taskset", "-c", str(core), *argv]
     return argv
 
@@ -401,29 +434,53 @@ def stat_int(stat: dict[str, str], key: str) -> int:
 # -- the sampler -------------------------------------------------------------------------
 
 class Sampler(threading.Thread):
-    """RSS and CPU of one pid every `interval` seconds: [(t, rss_mb, cpu_s, fds)].
+    """RSS and CPU of the B2BUA's process(es) every `interval` seconds: [(t, rss_mb, cpu_s, fds)].
 
-    With `cap_mb`, SIGKILLs the pid (our own child, the B2BUA) the moment its RSS passes the
-    cap: an overloaded B2BUA must not take a shared machine's memory with it."""
+    `pids()` names the processes now (one for `b2bua run`; a cluster's workers, whose pids
+    change when one is restarted): RSS and descriptors are summed over the live ones, CPU
+    over every process ever seen (a dead worker's last reading stays in the total).
+    With `cap_mb`, SIGKILLs a pid (our own child) the moment its RSS passes the cap: an
+    overloaded B2BUA must not take a shared machine's memory with it."""
 
-    def __init__(self, pid: int, interval: float, cap_mb: float = 0.0):
+    def __init__(self, pids, interval: float, cap_mb: float = 0.0):
         super().__init__(daemon=True)
-        self.pid, self.interval, self.cap_mb = pid, interval, cap_mb
+        self.pids, self.interval, self.cap_mb = pids, interval, cap_mb
         self.capped: float | None = None
         self.samples: list[tuple[float, float, float, int]] = []
+        self.cpu_by_pid: dict[int, float] = {}
         self._halt = threading.Event()
         self.t0 = time.monotonic()
 
+    def cpu(self) -> float:
+        """CPU seconds of every process so far (reads the live ones now)."""
+        for pid in self.pids():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                self.cpu_by_pid[pid] = cpu_seconds(pid)
+        return sum(self.cpu_by_pid.values())
+
+    def hwm(self) -> float:
+        return sum(hwm_mb(pid) for pid in self.pids() if Path(f"/proc/{pid}").exists())
+
     def sample(self) -> tuple[float, float, float, int] | None:
-        try:
-            s = (time.monotonic() - self.t0, rss_mb(self.pid), cpu_seconds(self.pid), open_fds(self.pid))
-        except OSError:
+        rss = fds = 0.0
+        seen = 0
+        for pid in self.pids():
+            try:
+                one = rss_mb(pid)
+                self.cpu_by_pid[pid] = cpu_seconds(pid)
+                fds += open_fds(pid)
+            except (OSError, IndexError, ValueError):
+                continue
+            seen += 1
+            rss += one
+            if self.cap_mb and one > self.cap_mb and self.capped is None:
+                self.capped = one
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if not seen:
             return None
+        s = (time.monotonic() - self.t0, rss, sum(self.cpu_by_pid.values()), int(fds))
         self.samples.append(s)
-        if self.cap_mb and s[1] > self.cap_mb and self.capped is None:
-            self.capped = s[1]
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
         return s
 
     def run(self) -> None:
@@ -435,17 +492,102 @@ class Sampler(threading.Thread):
         self.join(5)
 
 
+# -- the B2BUA under load: one process, or a cluster --------------------------------------
+
+class OneProcess:
+    """`b2bua run`, pinned to the B2BUA's core."""
+
+    def __init__(self, a: argparse.Namespace, config: Path, workdir: Path, sip_port: int, remaining):
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        self.proc = Proc("b2bua", pinned([a.python, "-m", "b2bua", "run", "--config", str(config)], B2BUA_CORE),
+                         workdir, env)
+        self.log_path = self.proc.out_path
+        t_start = time.monotonic()
+        while not sip_ping(sip_port):
+            if not self.proc.alive():
+                raise RuntimeError(f"the B2BUA exited at start:\n{self.proc.tail()}")
+            if time.monotonic() - t_start > 30:
+                raise RuntimeError(f"the B2BUA did not answer OPTIONS within 30 s:\n{self.proc.tail()}")
+            time.sleep(min(0.2, remaining()))
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid]
+
+    def alive(self) -> bool:
+        return self.proc.alive()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.p.returncode
+
+    def tail(self) -> str:
+        return self.proc.tail()
+
+    def stop(self, grace: float) -> int | None:
+        return self.proc.stop(signal.SIGTERM, grace=grace)
+
+
+class Cluster:
+    """`b2bua cluster` (tests/e2e/cluster.py starts and stops it), pinned to the B2BUA's
+    core: the edge at the soak's SIP port, `--workers` workers behind it. Its pids are the
+    workers' (the edge's CPU is measured apart); the log is read as it grows."""
+
+    def __init__(self, a: argparse.Namespace, config_text: str, workdir: Path, sip_port: int):
+        self.process = ClusterProcess(config_text, workdir, argv_prefix=pinned([], B2BUA_CORE), name="b2bua",
+                                      sip_trace=False, python=a.python)
+        self.log_path = workdir / "b2bua.log"
+        self.process.start(f"{LOCAL}:{sip_port}", a.workers, timeout=60, settle=2.5)
+        self.workers: dict[int, int] = {}
+        self._read = 0
+        self._lock = threading.Lock()
+        self.edge_pid = self.process.edge_pid()
+        Proc.live.append(self)  # type: ignore[arg-type]  stopped with the rest on any exit
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            with contextlib.suppress(OSError):
+                with self.log_path.open("rb") as f:
+                    f.seek(self._read)
+                    chunk = f.read()
+                end = chunk.rfind(b"\n") + 1
+                self._read += end
+                for i, pid in re.findall(rb"worker=(\d+) pid=(\d+) port=\d+ event=started", chunk[:end]):
+                    self.workers[int(i)] = int(pid)
+            return list(self.workers.values())
+
+    def alive(self) -> bool:
+        return self.process.alive()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process._proc.proc.returncode if self.process._proc else None
+
+    def tail(self) -> str:
+        return self.process.logs()[-2000:]
+
+    def kill9(self, index: int) -> int:
+        return self.process.kill9_worker(index)
+
+    def stop(self, sig: int = signal.SIGTERM, grace: float = 20.0) -> int | None:
+        """SIGTERM (the workers end their calls and finalise their recordings, then the edge
+        and Redis stop), SIGKILL past the grace; `sig` is ignored: a cluster is always drained."""
+        if self in Proc.live:
+            Proc.live.remove(self)  # type: ignore[arg-type]
+        return self.process.stop(max(grace, 10.0))
+
+
 # -- recordings --------------------------------------------------------------------------
 
 def check_recordings(directory: Path, expected: int, hold: float, tolerance: float, audio: bool,
-                     deadline: float) -> dict:
+                     deadline: float, exclude: set[str] = frozenset()) -> dict:
     """Every WAV: format, sidecar `ended`, length == the sidecar's started..ended span (the
     recording covers the whole call as the B2BUA saw it), length in [hold - 0.1, hold +
-    tolerance]; with `audio`, the share of silent 20 ms frames (a tone is sent both ways)."""
+    tolerance]; with `audio`, the share of silent 20 ms frames (a tone is sent both ways).
+    WAVs named in `exclude` (a killed worker's calls: check_recovered) are left out."""
     import numpy as np
     import soundfile as sf
 
-    wavs = sorted(directory.rglob("*.wav"))
+    wavs = sorted(w for w in directory.rglob("*.wav") if w.stem not in exclude)
     lengths: list[float] = []
     problems: dict[str, list[str]] = {}
     gaps: list[float] = []  # per WAV: share of 20 ms frames silent on either channel
@@ -512,6 +654,110 @@ def iso(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+# -- a cluster's calls, by worker process ------------------------------------------------
+
+def calls_by_process(log_text: str) -> dict[int, dict]:
+    """Each worker process's calls, from `b2bua cluster`'s log: {pid: {"index", "calls":
+    {call id: trunk Call-ID}, "answered": {call id}, "ended": {call id}}}.
+
+    Workers share the supervisor's stderr and every worker line says `worker=N`; a line of
+    worker N belongs to the process of N's latest `worker=N pid=P ... event=started` line
+    before it (a killed process writes nothing after the supervisor sees it exit, and its
+    replacement nothing before the supervisor starts it)."""
+    owner: dict[int, int] = {}
+    procs: dict[int, dict] = {}
+    started = re.compile(r"b2bua\.cluster: worker=(\d+) pid=(\d+) port=\d+ event=started")
+    event = re.compile(r" worker=(\d+) [\w.]+: call=(\S+) event=(invite|answered|ended)\b(.*)")
+    for line in log_text.splitlines():
+        m = started.search(line)
+        if m:
+            index, pid = int(m.group(1)), int(m.group(2))
+            owner[index] = pid
+            procs[pid] = {"index": index, "calls": {}, "answered": set(), "ended": set()}
+            continue
+        m = event.search(line)
+        if not m or int(m.group(1)) not in owner:
+            continue
+        proc = procs[owner[int(m.group(1))]]
+        call, kind = m.group(2), m.group(3)
+        if kind == "invite":
+            sip = re.search(r"sip-call-id=(\S+)", m.group(4))
+            proc["calls"][call] = sip.group(1).strip('"') if sip else ""
+        else:
+            proc[kind].add(call)
+    return procs
+
+
+def failed_call_ids(calldebug: Path) -> list[str]:
+    """The Call-IDs of the calls SIPp aborted (-trace_calldebug writes one block per call)."""
+    try:
+        text = calldebug.read_text(errors="replace")
+    except OSError:
+        return []
+    return list(dict.fromkeys(re.findall(r"^Call debugging information for call (\S+?):?$", text, re.M)))
+
+
+def check_recovered(directory: Path, call_ids: set[str], longest: float) -> dict:
+    """The killed worker's recordings: each repaired at its successor's start (sidecar
+    `recovered`, `ended` null) and playable (soundfile reads it, 8 kHz stereo, no longer
+    than `longest`: the time from the first call to the kill, + tolerance)."""
+    import soundfile as sf
+
+    wavs = [w for w in directory.rglob("*.wav") if w.stem in call_ids]
+    problems: dict[str, list[str]] = {}
+    lengths: list[float] = []
+    for wav in wavs:
+        try:
+            side = json.loads(wav.with_suffix(".json").read_text())
+            info = sf.info(str(wav))
+        except Exception as exc:  # noqa: BLE001 - a finding
+            problems.setdefault("unreadable", []).append(f"{wav.name}: {exc}")
+            continue
+        length = info.frames / info.samplerate if info.samplerate else 0.0
+        lengths.append(length)
+        if not side.get("recovered") or side.get("ended") is not None:
+            problems.setdefault("not repaired", []).append(
+                f"{wav.name}: recovered={side.get('recovered')} ended={side.get('ended')}")
+        if info.samplerate != SAMPLE_RATE or info.channels != 2 or length > longest:
+            problems.setdefault("format or length", []).append(f"{wav.name}: {info.samplerate} Hz x {info.channels}, {length:.2f} s")
+    return {
+        "wavs": len(wavs), "ok": not problems,
+        "problems": {k: {"count": len(v), "e.g.": v[:3]} for k, v in problems.items()},
+        "length_min": round(min(lengths), 2) if lengths else None,
+        "length_max": round(max(lengths), 2) if lengths else None,
+    }
+
+
+def kill_verdict(kill: dict, log_text: str, calldebug: Path, uac: dict, uas_failed: int) -> dict:
+    """Only the killed worker's calls failed, nothing else.
+
+    The killed process's calls still up at the kill (logged `invite`, never `ended`) may
+    fail; every call SIPp counts as failed must be one of them (by its Call-ID), none may
+    be left unfinished, and the phone side may fail at most once for each of them."""
+    procs = calls_by_process(log_text)
+    mine = procs.get(kill["pid"], {"calls": {}, "answered": set(), "ended": set()})
+    up = {call: sip for call, sip in mine["calls"].items() if call not in mine["ended"]}
+    elsewhere = {sip for pid, p in procs.items() if pid != kill["pid"] for sip in p["calls"].values()}
+    up_sip = set(up.values())
+    failed_ids = failed_call_ids(calldebug)
+    strangers = [c for c in failed_ids if c not in up_sip]
+    identified = len(failed_ids) == uac["failed"]
+    return {
+        "killed_worker": kill["index"], "killed_pid": kill["pid"], "killed_at_s": kill["at_s"],
+        "killed_calls_total": len(mine["calls"]),
+        "killed_calls_up": len(up),
+        "killed_calls_up_answered": len(set(up) & mine["answered"]),
+        # set up on the killed process but answered by another after the edge's failover
+        "killed_calls_failed_over": len(up_sip & elsewhere),
+        "failed_ids": len(failed_ids),
+        "failed_not_on_killed_worker": len(strangers), "e.g.": strangers[:5],
+        "only_killed_worker_failed": identified and not strangers and uac["unfinished"] == 0 and uas_failed <= len(up),
+        "other_calls_completed": uac["created"] - uac["ok"] - len(failed_ids) == 0 and not strangers,
+        "up_call_ids": sorted(up),
+        "workers_started": len(procs),
+    }
+
+
 # -- the run -----------------------------------------------------------------------------
 
 def run(a: argparse.Namespace, workdir: Path, deadline: float) -> dict:
@@ -528,30 +774,30 @@ def run(a: argparse.Namespace, workdir: Path, deadline: float) -> dict:
     ports = {"sip": free_sip_port(taken), "trunk": free_sip_port(taken), "phone": free_sip_port(taken)}
     # Media: the B2BUA takes 4 ports a call (RTP+RTCP facing each side) from its range and
     # skips ports another process holds; SIPp 3.6.1's rtp_stream sends every call from its
-    # one -mp socket, above the B2BUA's range.
+    # one -mp socket, above the B2BUA's range. A cluster's workers split the range evenly.
     rtp_low = 20000
-    rtp_high = min(32767, rtp_low + 4 * max_calls + 400)
+    rtp_high = min(32767, rtp_low + max(1, a.workers) * (4 * max_calls + 400))
     uac_media, uas_media = free_media_port(taken), free_media_port(taken)
     recordings = workdir / "recordings"
     config = workdir / "flows.toml"
-    config.write_text(flows_toml(a, ports, (rtp_low, rtp_high), recordings))
+    config_text = flows_toml(a, ports, (rtp_low, rtp_high), recordings)
+    if a.workers:
+        ports["workers"] = free_sip_ports(taken, a.workers)
+        ports["redis"] = free_sip_port(taken)
+        config_text += "\n" + cluster_section(a.workers, ports["workers"], ports["redis"])
     trunk_audio = write_audio(workdir / "trunk.ulaw", TRUNK_HZ)
     phone_audio = write_audio(workdir / "phone.ulaw", PHONE_HZ)
     (workdir / "users.csv").write_text("SEQUENTIAL\n" + "".join(
         f"u{i};[authentication username=u{i} password=pw-u{i}]\n" for i in range(a.users)))
-    log(f"workdir {workdir}; SIP b2bua={ports['sip']} trunk={ports['trunk']} phone={ports['phone']}; "
-        f"b2bua rtp {rtp_low}-{rtp_high}; {total_calls} calls at {a.rate}/s, hold {a.hold}s, "
-        f"~{int(a.rate * a.hold)} concurrent")
+    log(f"workdir {workdir}; SIP {'edge' if a.workers else 'b2bua'}={ports['sip']} trunk={ports['trunk']} "
+        f"phone={ports['phone']}; b2bua rtp {rtp_low}-{rtp_high}; {total_calls} calls at {a.rate}/s, hold {a.hold}s, "
+        f"~{int(a.rate * a.hold)} concurrent" + (f"; {a.workers} workers from port {ports['workers']}" if a.workers else ""))
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    b2bua = Proc("b2bua", pinned([a.python, "-m", "b2bua", "run", "--config", str(config)], B2BUA_CORE), workdir, env)
-    t_start = time.monotonic()
-    while not sip_ping(ports["sip"]):
-        if not b2bua.alive():
-            raise RuntimeError(f"the B2BUA exited at start:\n{b2bua.tail()}")
-        if time.monotonic() - t_start > 30:
-            raise RuntimeError(f"the B2BUA did not answer OPTIONS within 30 s:\n{b2bua.tail()}")
-        time.sleep(min(0.2, remaining()))
+    if a.workers:
+        b2bua: OneProcess | Cluster = Cluster(a, config_text, workdir, ports["sip"])
+    else:
+        config.write_text(config_text)
+        b2bua = OneProcess(a, config, workdir, ports["sip"], remaining)
     remote = f"{LOCAL}:{ports['sip']}"
 
     # 1. register the phone(s), from the port the UAS listens on next
@@ -584,25 +830,34 @@ def run(a: argparse.Namespace, workdir: Path, deadline: float) -> dict:
         time.sleep(0.1)
 
     # 3. baseline, then the trunk's calls
-    sampler = Sampler(b2bua.pid, a.sample, a.rss_cap)
+    sampler = Sampler(b2bua.pids, a.sample, a.rss_cap)
     time.sleep(1.0)
     base = [sampler.sample() for _ in range(3) if not time.sleep(0.5)]
     rss_start = statistics.median(s[1] for s in base if s)
-    cpu_start = cpu_seconds(b2bua.pid)
+    cpu_start = sampler.cpu()
+    edge_cpu_start = session_cpu(b2bua.edge_pid) if isinstance(b2bua, Cluster) else 0.0
     sampler.start()
     uac_sf = render("soak_uac.xml", workdir, audio=trunk_audio, hold_ms=int(a.hold * 1000))
     t_load = time.monotonic()
     uac = Proc("sipp-uac", pinned(sipp_argv(remote, uac_sf, ports["trunk"], workdir, "uac", [
         "-s", DDI, "-mi", LOCAL, "-mp", str(uac_media), "-rtp_threadtasks", str(a.rtp_threadtasks),
         "-r", str(a.rate), "-m", str(total_calls), "-l", str(max_calls), "-recv_timeout", "30000",
-        "-timeout", f"{sipp_timeout}s", "-timeout_error"]), LOAD_CORE), workdir)
+        "-timeout", f"{sipp_timeout}s", "-timeout_error",
+        # the Call-IDs of failed calls, to tell whose they were (a killed worker's or not)
+        *(["-trace_calldebug", "-calldebug_file", str(workdir / "uac-calldebug.log")] if a.workers else [])]),
+        LOAD_CORE), workdir)
     core0_start = core_busy(B2BUA_CORE)
-    log(f"load started: sipp uac pid {uac.pid}, uas pid {uas.pid}, b2bua pid {b2bua.pid}, rss {rss_start:.1f} MB")
+    log(f"load started: sipp uac pid {uac.pid}, uas pid {uas.pid}, b2bua pid(s) {b2bua.pids()}, rss {rss_start:.1f} MB")
     last_report = 0.0
     stopped = ""
+    kill: dict = {}
     while uac.alive():
-        uac.wait(min(2.0, remaining()))
+        pending = a.kill_worker_at is not None and not kill
+        uac.wait(min(0.2 if pending else 2.0, remaining()))
         now = time.monotonic()
+        if pending and now - t_load >= a.kill_worker_at and isinstance(b2bua, Cluster):
+            kill = {"index": a.kill_worker, "pid": b2bua.kill9(a.kill_worker), "at_s": round(now - t_load, 1)}
+            log(f"kill -9 worker {kill['index']} (pid {kill['pid']}) at t={kill['at_s']}s")
         if now - last_report >= a.report and sampler.samples:
             last_report = now
             st = read_stat(workdir / "uac-stat.csv")
@@ -612,7 +867,7 @@ def run(a: argparse.Namespace, workdir: Path, deadline: float) -> dict:
                 f"failed={stat_int(st, 'FailedCall(C)')} b2bua rss={rss:.1f} MB cpu={cpu - cpu_start:.0f}s fds={fds}")
         if not b2bua.alive():
             stopped = f"the B2BUA was killed at {sampler.capped:.0f} MB RSS (--rss-cap)" if sampler.capped \
-                else f"the B2BUA exited ({b2bua.p.returncode}) during the run"
+                else f"the B2BUA exited ({b2bua.returncode}) during the run"
             log(stopped)
             break
         free_gb = shutil.disk_usage(workdir).free / 2**30
@@ -622,7 +877,7 @@ def run(a: argparse.Namespace, workdir: Path, deadline: float) -> dict:
             break
     sipp_cpu = proc_cpu(uac.pid) + proc_cpu(uas.pid)
     core0_busy = core_busy(B2BUA_CORE) - core0_start
-    b2bua_load_cpu = proc_cpu(b2bua.pid) - cpu_start
+    b2bua_load_cpu = sampler.cpu() - cpu_start
     # what else ran on the B2BUA's core while it was pinned there (others' benchmarks, SIPp
     # if there is one core): time the B2BUA could not have had.
     other_core0 = round(100 * max(0.0, core0_busy - b2bua_load_cpu) / max(1e-9, time.monotonic() - t_load), 1)
@@ -639,12 +894,13 @@ def run(a: argparse.Namespace, workdir: Path, deadline: float) -> dict:
     alive = b2bua.alive()
     rss_after = statistics.median(s[1] for s in after) if after and alive else None
     last = sampler.samples[-1] if sampler.samples else None
-    cpu_total = (cpu_seconds(b2bua.pid) if alive else (last[2] if last else cpu_start)) - cpu_start
+    cpu_total = (sampler.cpu() if alive else (last[2] if last else cpu_start)) - cpu_start
     rss_peak = max([s[1] for s in sampler.samples] + [rss_start])
-    vm_hwm = hwm_mb(b2bua.pid) if alive else None
+    vm_hwm = sampler.hwm() if alive else None
+    edge_cpu = session_cpu(b2bua.edge_pid) - edge_cpu_start if isinstance(b2bua, Cluster) and alive else None
     sipp_cpu += proc_cpu(uas.pid) - uas_cpu_at_end
     uas.stop(signal.SIGUSR1, grace=5)
-    b2bua_rc = b2bua.stop(signal.SIGTERM, grace=20)
+    b2bua_rc = b2bua.stop(grace=20)
 
     # 5. figures
     uac_stat, uas_stat = read_stat(workdir / "uac-stat.csv"), read_stat(workdir / "uas-stat.csv")
@@ -658,16 +914,16 @@ def run(a: argparse.Namespace, workdir: Path, deadline: float) -> dict:
         for t, r, c, n in sampler.samples:
             f.write(f"{t - (t_load - sampler.t0):.1f},{r:.1f},{c - cpu_start:.2f},{n}\n")
     peak_calls = max([stat_int(r, "CurrentCall") for r in read_stat_rows(workdir / "uac-stat.csv")] + [0])
-    rss_bound = a.rss_bound + a.rss_per_call * peak_calls
+    rss_bound = a.rss_bound * max(1, a.workers) + a.rss_per_call * peak_calls  # --rss-bound is each process's
     slope = steady_slope(sampler.samples, t_load - sampler.t0, t_end - sampler.t0, a.hold)
     cpu_steady = steady_cpu(sampler.samples, t_load - sampler.t0, a.hold, load_s)
-    log_text = (workdir / "b2bua.out").read_text(errors="replace")
+    log_text = b2bua.log_path.read_text(errors="replace")
     b2b = {
         "answered": len(re.findall(r"event=answered ", log_text)),
         "ended": len(re.findall(r"event=ended ", log_text)),
         "errors": len(re.findall(r" (ERROR|CRITICAL) ", log_text)),
         "media_failed": len(re.findall(r"event=media-failed", log_text)),
-        "os_limit_warnings": re.findall(r"startup os-limit: (.*)", log_text),
+        "os_limit_warnings": list(dict.fromkeys(re.findall(r"startup os-limit: (.*)", log_text))),
     }
     causes: dict[str, int] = {}
     for cause in re.findall(r"event=ended cause=(\S+)", log_text):
@@ -676,9 +932,22 @@ def run(a: argparse.Namespace, workdir: Path, deadline: float) -> dict:
     for w in b2b["os_limit_warnings"]:
         log(f"b2bua warned: {w}")
     tolerance = a.tolerance
-    log(f"checking WAVs: length in [{a.hold - 0.1:.2f}, {a.hold + tolerance:.2f}] s and equal to their call's span")
+    killed: dict = {}
+    recovered: dict = {}
+    if kill:
+        killed = kill_verdict(kill, log_text, workdir / "uac-calldebug.log",
+                              {"created": created, "ok": ok, "failed": failed, "unfinished": unfinished}, uas_failed)
+        recovered = check_recovered(recordings, set(killed["up_call_ids"]), kill["at_s"] + tolerance)
+        log(f"killed worker {kill['index']} (pid {kill['pid']}) at t={kill['at_s']}s: {killed['killed_calls_up']} of its "
+            f"{killed['killed_calls_total']} calls were up ({killed['killed_calls_up_answered']} answered, "
+            f"{killed['killed_calls_failed_over']} failed over); SIPp failed {failed} (+{unfinished} unfinished), "
+            f"{killed['failed_ids']} identified, {killed['failed_not_on_killed_worker']} not the killed worker's; "
+            f"{recovered['wavs']} of its WAVs, repaired: {recovered['ok']}")
+    log(f"checking WAVs: length in [{a.hold - 0.1:.2f}, {a.hold + tolerance:.2f}] s and equal to their call's span"
+        + (" (but the killed worker's)" if kill else ""))
     rec = check_recordings(recordings, ok, a.hold, tolerance, a.audio_check,
-                           deadline=deadline - 5)
+                           deadline=deadline - 5, exclude=set(killed.get("up_call_ids", ())))
+    killed.pop("up_call_ids", None)
     return {
         "calls": created,
         "failed": failed + unfinished + uas_failed,
@@ -722,6 +991,9 @@ def run(a: argparse.Namespace, workdir: Path, deadline: float) -> dict:
         "b2bua_alive_at_end": alive, "b2bua_exit": b2bua_rc,
         "b2bua_end_causes": causes, "b2bua_errors": b2b["errors"],
         "rate": a.rate, "minutes": a.minutes, "hold": a.hold, "users": a.users,
+        "pinned": a.pin, "workers": a.workers, "edge_cpu_seconds": round(edge_cpu, 1) if edge_cpu is not None else None,
+        "edge_cpu_ms_per_call": round(1000 * edge_cpu / max(created, 1), 2) if edge_cpu is not None else None,
+        "kill": killed or None, "recovered": recovered or None,
     }
 
 
@@ -756,7 +1028,8 @@ def main() -> int:
     ap.add_argument("--tolerance", type=float, default=1.0,
                     help="a WAV may be this much longer than --hold (s, default 1.0)")
     ap.add_argument("--rss-bound", type=float, default=16.0,
-                    help="flat: rss_after <= rss_start + this + --rss-per-call x peak concurrent calls (MB, default 16)")
+                    help="flat: rss_after <= rss_start + this (for each worker of a cluster) + --rss-per-call x peak "
+                         "concurrent calls (MB, default 16)")
     ap.add_argument("--rss-per-call", type=float, default=0.15,
                     help="MB of retained heap allowed per peak concurrent call (default 0.15; measured ~0.11)")
     ap.add_argument("--rss-cap", type=float, default=4096,
@@ -775,11 +1048,22 @@ def main() -> int:
     ap.add_argument("--python", default=str(ROOT / ".venv/bin/python") if (ROOT / ".venv/bin/python").exists()
                     else sys.executable, help="the Python that runs the B2BUA")
     ap.add_argument("--sipp-trace", action="store_true", help="SIPp -trace_msg logs (short runs only)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="run `b2bua cluster` with N workers behind Kamailio (SIPp talks to the edge) instead of `b2bua run`")
+    ap.add_argument("--kill-worker-at", type=float, metavar="SECONDS",
+                    help="with --workers: kill -9 one worker this many seconds after the first call; then only the "
+                         "calls up on it may fail, and its WAVs must be repaired at its restart")
+    ap.add_argument("--kill-worker", type=int, default=0, metavar="N", help="which worker --kill-worker-at kills (default 0)")
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="do not pin the B2BUA (or the cluster) to core 0 and SIPp to core 1: all share every core")
     a = ap.parse_args()
-    global TRACE_MSG
+    global TRACE_MSG, PIN
     TRACE_MSG = a.sipp_trace
+    PIN = a.pin
     if a.users < 1 or a.rate <= 0 or a.minutes <= 0 or a.hold <= 0:
         ap.error("--users, --rate, --minutes and --hold must be positive")
+    if a.workers < 0 or (a.kill_worker_at is not None and not 0 <= a.kill_worker < a.workers):
+        ap.error("--kill-worker-at needs --workers N and --kill-worker in 0..N-1")
     if not shutil.which("sipp"):
         ap.error("sipp is not installed (Debian: apt-get install sip-tester)")
     total_calls = a.rate * a.minutes * 60
@@ -822,11 +1106,28 @@ def main() -> int:
               f"others on core 0: {result['core0_other_percent']}%")
         if result.get("stopped"):
             print(f"  stopped early: {result['stopped']}")
+        if result.get("workers"):
+            print(f"  cluster: {result['workers']} workers behind Kamailio; edge cpu={result['edge_cpu_seconds']}s "
+                  f"({result['edge_cpu_ms_per_call']} ms a call)")
+        k, r = result.get("kill"), result.get("recovered")
+        if k:
+            print(f"  kill -9 worker {k['killed_worker']} at {k['killed_at_s']} s: {k['killed_calls_up']} of its calls up "
+                  f"({k['killed_calls_up_answered']} answered, {k['killed_calls_failed_over']} failed over to another); "
+                  f"failed calls {result['uac_failed']} (their phone side {result['uas_failed']}), all the killed worker's: "
+                  f"{k['only_killed_worker_failed']}; "
+                  f"every other call completed: {k['other_calls_completed']}; its {r['wavs']} WAVs repaired "
+                  f"(sidecar recovered, {r['length_min']}..{r['length_max']} s): {r['ok']}")
+            for kind, p in r["problems"].items():
+                print(f"  killed worker's wav problem: {kind}: {p['count']}, e.g. {'; '.join(p['e.g.'])}")
         for kind, p in result["wav_problems"].items():
             print(f"  wav problem: {kind}: {p['count']}, e.g. {'; '.join(p['e.g.'])}")
     out = {k: result.get(k) for k in keys} | {k: v for k, v in result.items() if k not in keys}
     print(json.dumps(out))
-    ok = "error" not in result and result["failed"] == 0 and result["wav_ok"] and result["rss_flat"]
+    if result.get("kill"):  # the killed worker's calls may fail; nothing else may
+        ok = ("error" not in result and result["kill"]["only_killed_worker_failed"] and result["kill"]["other_calls_completed"]
+              and result["wav_ok"] and result["recovered"]["ok"] and result["rss_flat"])
+    else:
+        ok = "error" not in result and result["failed"] == 0 and result["wav_ok"] and result["rss_flat"]
     return 0 if ok else 1
 
 

@@ -51,10 +51,11 @@ FRESH = 2.5 * SAMPLE_INTERVAL  # an overloaded sample older than this refuses no
 class Sample:
     """What one interval looked like (also kept for logs and tests)."""
 
-    utilisation: float  # CPU seconds used / wall seconds passed
+    utilisation: float  # CPU seconds used / wall seconds passed, as a share of `limit`
     lag: float
     calls: int
     signalling: float = 0.0  # the share of utilisation spent on SIP
+    limit: float = 1.0  # cores the process may use (its cgroup's CPU quota, at most one)
 
     @property
     def overloaded(self) -> bool:
@@ -81,13 +82,17 @@ class Admission:
         return self._at is None or now - self._at >= SAMPLE_INTERVAL
 
     def sample(self, now: float, cpu_seconds: float, lag: float, calls: int,
-               signalling_seconds: float = 0.0) -> Sample | None:
-        """Close the interval that began at the last sample; move the ceiling by it."""
+               signalling_seconds: float = 0.0, limit: float = 1.0) -> Sample | None:
+        """Close the interval that began at the last sample; move the ceiling by it.
+        `limit`: the cores this process may use (rtp.cpu_quota); a process held to half a
+        core is as loaded at 0.45 as a free one at 0.9, and is measured so."""
         if self._at is None or now <= self._at:
             self.restart(now, cpu_seconds, signalling_seconds)
             return None
         wall = now - self._at
-        sample = Sample((cpu_seconds - self._cpu) / wall, lag, calls, (signalling_seconds - self._sip) / wall)
+        share = min(max(limit, 0.01), 1.0) * wall
+        sample = Sample((cpu_seconds - self._cpu) / share, lag, calls, (signalling_seconds - self._sip) / share,
+                        min(limit, 1.0))
         self.restart(now, cpu_seconds, signalling_seconds)
         self.last, self._last_at = sample, now
         if self.max_calls:

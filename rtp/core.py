@@ -22,6 +22,7 @@ from pathlib import Path
 
 from rtp.call import Call, MediaEndpoint
 from rtp.admission import Admission
+from rtp.cpu_quota import cpu_quota
 from rtp.disk_writer import DiskWriter
 from rtp.fastpath import LegTable
 from rtp.feature import FEATURE_TIMEOUT
@@ -187,6 +188,7 @@ class MediaCore:
         shared: bool = False,
         max_calls: int = 0,
         cpu_clock: Callable[[], float] = time.process_time,
+        cpu_limit: Callable[[], float] = cpu_quota,
         poll_interval: float = POLL_INTERVAL,
         on_finalised: Callable[[Path], None] | None = None,
     ) -> None:
@@ -239,6 +241,7 @@ class MediaCore:
         # audio too late to record): new calls are refused instead (rtp.admission).
         self.admission = Admission(max_calls=max_calls)
         self._cpu_clock = cpu_clock
+        self._cpu_limit = cpu_limit  # cores this process may use (its cgroup's quota), read each sample
         self._overloaded = False  # as of the last admission sample (for the log line)
         # CPU seconds the SIP side has spent (b2bua.server adds to it): an overload that
         # signalling causes must not lower the ceiling on calls (rtp.admission).
@@ -379,16 +382,18 @@ class MediaCore:
 
     def _sample(self, now: float) -> None:
         """One admission sample a second; a log line when the core enters or leaves overload."""
-        sample = self.admission.sample(now, self._cpu_clock(), self.lag, len(self.sessions), self.signalling_seconds)
+        sample = self.admission.sample(now, self._cpu_clock(), self.lag, len(self.sessions), self.signalling_seconds,
+                                       self._cpu_limit())
         if sample is None or sample.overloaded == self._overloaded:
             return
         self._overloaded = sample.overloaded
         ceiling = self.admission.ceiling
         self.log.warning(
-            "media event=%s calls=%d ceiling=%s cpu_percent=%.0f sip_percent=%.0f lag_ms=%.0f",
+            "media event=%s calls=%d ceiling=%s cpu_percent=%.0f sip_percent=%.0f lag_ms=%.0f%s",
             "overloaded" if sample.overloaded else "recovered", sample.calls,
             int(ceiling) if ceiling != float("inf") else "none", 100 * sample.utilisation,
             100 * sample.signalling, 1000 * sample.lag,
+            f" of_cpu_quota={sample.limit:g}" if sample.limit < 1.0 else "",
         )
 
     def wake(self, session: MediaSession | SharedSession) -> None:

@@ -50,7 +50,8 @@ SharedPort = Any
 SharedSession = Any
 CallRelay = Any
 #: The per-leg fields that are the only copy of their state (see the module doc): name,
-#: array typecode. Each is `table.<name>` (numpy view) and `table.py_<name>` (the array.array).
+#: array typecode. Each is `table.<name>` (numpy view) and `table.py_<name>` (a memoryview of
+#: the same array.array, for scalar reads and writes).
 STATE_FIELDS = (
     ("ssrc", "q"),  # our SSRC towards the leg's party
     ("seq", "q"),  # the last sequence number sent to it
@@ -167,7 +168,10 @@ class LegTable:
         old = self._size
         self._size = legs
         for name, code in STATE_FIELDS:
-            fresh = array(code, bytes(8 * legs))
+            # A memoryview of an array.array: an item read or write costs ~18 ns, the
+            # array's own ~20 ns read and ~28 ns write (its write parses the value with a
+            # format string); the per-packet path makes ~30 of them a packet.
+            fresh = memoryview(array(code, bytes(8 * legs)))
             if old:
                 fresh[:old] = getattr(self, "py_" + name)
             setattr(self, "py_" + name, fresh)

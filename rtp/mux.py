@@ -46,7 +46,7 @@ from typing import Protocol
 import numpy as np
 
 from rtp.call import Call, MediaEndpoint
-from rtp.batch_io import BatchMux, ReceiveArea, key_address, source_key
+from rtp.batch_io import BatchMux, ReceiveArea, SendArea, key_address, source_key
 from rtp.fastpath import LegTable, RouteMap
 from rtp.lateness import Lateness
 from rtp.ports import PortRange, PortsExhausted, read_datagrams
@@ -103,7 +103,7 @@ class SharedPort:
         self.port = port
         self.rtp = rtp
         self.rtcp = rtcp
-        self.mux = BatchMux(rtp, MUX_BATCH, pool.area)
+        self.mux = BatchMux(rtp, MUX_BATCH, pool.area, pool.send_area)
         self.legs = 0
         self.routes: dict[int, tuple[SharedSession, int, tuple[str, int]]] = {}  # source key -> leg
         # signalling IP -> legs that may latch, in arrival order (a dict: a trunk's or an office's
@@ -316,6 +316,7 @@ class SharedPorts:
         self._dirty: set[SharedPort] = set()
         self.table = table if table is not None else LegTable()  # the media core's one leg table
         self.area = ReceiveArea(READ_BATCH)  # every port reads into it (see read)
+        self.send_area = SendArea(MUX_BATCH)  # and sends from it (batch_io.SendArea)
         self._rotor = 0
         self._idents = 0
         self._poller: asyncio.TimerHandle | None = None

@@ -60,6 +60,17 @@ def test_our_answer_picks_from_the_offer_only():
     assert policy.answer_for_offerer(sdp(G729_ONLY), "PCMU") is None
 
 
+def test_g711_under_a_dynamic_payload_type_is_not_taken():
+    # Answered, such a call was silent both ways (the relay knows G.711 as 0 and 8): another
+    # law the offer has is picked instead, and an offer with nothing else gets 488.
+    policy = CodecPolicy()
+    dynamic = sdp(PCMA_TRUNK.replace(b"RTP/AVP 8 96", b"RTP/AVP 97 96").replace(b"a=rtpmap:8 PCMA", b"a=rtpmap:97 PCMA"))
+    assert not policy.usable(dynamic) and policy.answer_for_offerer(dynamic, "PCMA") is None
+    both = sdp(PCMA_TRUNK.replace(b"RTP/AVP 8 96", b"RTP/AVP 97 8 96").replace(
+        b"a=rtpmap:8 PCMA/8000", b"a=rtpmap:97 PCMA/8000\r\na=rtpmap:8 PCMA/8000"))
+    assert names(policy.answer_for_offerer(both, "PCMA")) == [(8, "PCMA"), (96, "TELEPHONE-EVENT")]
+
+
 def test_usable_needs_one_of_our_codecs():
     policy = CodecPolicy()
     assert policy.usable(sdp(PCMA_TRUNK)) and not policy.usable(sdp(G729_ONLY)) and not policy.usable(None)
@@ -87,7 +98,7 @@ def test_with_formats_rewrites_m_rtpmap_and_fmtp_and_keeps_every_other_line():
     assert with_formats(off, [Format(8, "PCMA", 8000)]) is off
 
 
-_LAWS = st.sampled_from([(0, "PCMU"), (8, "PCMA"), (18, "G729"), (9, "G722"), (3, "GSM")])
+_LAWS = st.sampled_from([(0, "PCMU"), (8, "PCMA"), (18, "G729"), (9, "G722"), (3, "GSM"), (96, "PCMU"), (97, "PCMA")])
 
 
 @settings(max_examples=200, deadline=None)
@@ -102,7 +113,7 @@ def test_any_offer_is_answered_from_itself_or_refused_only_without_our_codecs(of
     offer = sdp(f"v=0\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP {' '.join(pts)}\r\n{maps}".encode())
     policy = CodecPolicy()
     answer = policy.answer_for_offerer(offer, chosen)
-    ours = [name for _, name in offered if name in ("PCMU", "PCMA")]
+    ours = [name for pt, name in offered if (pt, name) in ((0, "PCMU"), (8, "PCMA"))]  # static types only
     if not ours:
         assert answer is None and not policy.usable(offer)
         return

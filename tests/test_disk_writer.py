@@ -397,7 +397,9 @@ def test_the_reserve_is_made_at_start_released_on_enospc_and_made_again(tmp_path
     with caplog.at_level(logging.WARNING):
         feed(rec, 0, 2)
         assert wait_for(lambda: not reserve.exists())
-    assert any("event=disk-full-reserve-released bytes=65536" in r.getMessage() for r in caplog.records)
+        # the writer thread logs just after it removes the file: wait for the line too
+        assert wait_for(lambda: any("event=disk-full-reserve-released bytes=65536" in r.getMessage()
+                                    for r in caplog.records))
     disk.audio = False
     rec.close(T0 + 2)
     assert writer.drain(5)

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from b2bua.cluster.edge_link import DEST_HEADER, SOURCE_HEADER, EdgeLink, parse_source
-from b2bua.cluster.worker import WorkerRole
+from b2bua.cluster.edge_link import DEST_HEADER, SENT_HEADER, SOURCE_HEADER, EdgeLink, parse_source
+from b2bua.cluster.worker import STALE_INVITE_S, WorkerRole
 from b2bua.config import load_file
 from b2bua.message import Request, parse_message
 from b2bua.peer import Peer
@@ -213,3 +213,89 @@ def test_a_draining_worker_answers_probes_and_new_invites_503_but_not_calls_in_p
     assert [e.request.method for e in passed] == ["BYE"], "in-dialog requests still reach the calls"
     assert passed[0].peer == EDGE  # no source header: the edge's own word
     assert isinstance(passed[0].request, Request)
+
+
+# -- an INVITE the edge has already given to another worker ---------------------------
+
+WALL = 1_796_600_000.0  # the wall clock the tests pretend it is
+
+
+def stamped(text: str, sent: float) -> str:
+    """`text` with the edge's send stamp, as branch_route[STAMP] appends it."""
+    head, _, body = text.partition("\n\n")
+    return f"{head}\n{SENT_HEADER}: {sent:.6f}\n\n{body}"
+
+
+def role_for(tmp_path, h: EdgeHarness) -> WorkerRole:
+    (tmp_path / "flows.toml").write_text(CONFIG + '\n[cluster]\nworkers = 2\nworker_ports = "5100-5101"\n'
+                                                  'edge_address = "192.0.2.50:5060"\n')
+    role = WorkerRole(load_file(tmp_path / "flows.toml"), 0)
+    role._server = SimpleNamespace(transactions=h.txn, core=h.core)
+    return role
+
+
+def feed(h: EdgeHarness, role: WorkerRole, text: str, peer: Peer, wall: float) -> list:
+    passed = []
+    for event in h.txn.receive(parse_message(text.replace("\n", "\r\n").encode()), peer, h.now):
+        event = role.inbound(event, h.now, wall)
+        if event is not None:
+            passed.append(event)
+            h.core.handle(event, h.now)
+    h._drain()
+    return passed
+
+
+def trunk_invite_via_edge() -> str:
+    return trunk_invite_claiming("udp 198.51.100.7 5060", EDGE).replace(
+        "Via: SIP/2.0/UDP 192.0.2.50:5060", f"Via: SIP/2.0/UDP 192.0.2.50:5060;branch=z9hG4bKedge{secrets.token_hex(3)}\n"
+        "Via: SIP/2.0/UDP 198.51.100.7:5060", 1)
+
+
+def test_an_invite_read_after_the_edge_moved_on_is_refused_and_rings_no_one(tmp_path, h):
+    """The edge tried the next worker 1.5 s after sending this one its copy; a worker that
+    gets to it later must not ring the phone as well (the phone would ring twice and the
+    call be answered in two places). Its 503 is dropped by an edge that has moved on and
+    sends the call on from one that has not."""
+    role = role_for(tmp_path, h)
+    late = feed(h, role, stamped(trunk_invite_via_edge(), WALL - (STALE_INVITE_S + 0.2)), EDGE, WALL)
+    assert late == []
+    refused = h.one(EDGE, 503)
+    assert refused.headers.get("Retry-After")
+    assert not h.take(EDGE, "INVITE"), "the phone is not rung"
+    assert not h.media.sessions
+    assert role.stale_invites == 1
+
+
+def test_an_invite_in_time_is_a_call_and_a_stamp_from_anyone_but_the_edge_means_nothing(tmp_path, h):
+    role = role_for(tmp_path, h)
+    fresh = feed(h, role, stamped(trunk_invite_via_edge(), WALL - 0.05), EDGE, WALL)
+    assert [e.request.method for e in fresh] == ["INVITE"]
+    assert h.one(EDGE, "INVITE").uri == "sip:alice@10.0.0.5:5062", "the phone is rung"
+    # A stranger's old stamp neither refuses nor admits it: the call is judged as before (403).
+    stale_stranger = stamped(trunk_invite_claiming("udp 198.51.100.7 5060", STRANGER), WALL - 60)
+    assert [e.request.method for e in feed(h, role, stale_stranger, STRANGER, WALL)] == ["INVITE"]
+    assert h.one(STRANGER, 403)
+    assert role.stale_invites == 0
+
+
+@pytest.mark.parametrize("value", ["", "soon", "nan", "inf", "1e999"])
+def test_a_stamp_that_is_not_a_time_is_no_stamp(value):
+    link = EdgeLink(EDGE.host, EDGE.port)
+    request = parse_message(stamped(trunk_invite_via_edge(), 0).replace(
+        f"{SENT_HEADER}: 0.000000", f"{SENT_HEADER}: {value}").replace("\n", "\r\n").encode())
+    assert link.age(request, EDGE, WALL) is None
+
+
+def test_the_edge_stamps_each_copy_it_sends_a_worker_and_drops_senders_stamps(tmp_path):
+    from b2bua.cluster import edge_config
+
+    (tmp_path / "flows.toml").write_text(CONFIG + '\n[cluster]\nworkers = 2\nworker_ports = "5100-5101"\n')
+    text = edge_config.render(load_file(tmp_path / "flows.toml"), tmp_path / "list")
+    outside = text[text.index("route[FROM_OUTSIDE]"):text.index("route[TO_WORKER]")]
+    assert f'remove_hf("{SENT_HEADER}")' in outside
+    to_worker = text[text.index("route[TO_WORKER]"):]
+    assert 't_on_branch("STAMP")' in to_worker  # per branch: the retry at the next worker has its own
+    assert f'append_hf("{SENT_HEADER}: $TV(Sn)\\r\\n");' in text[text.index("branch_route[STAMP]"):]
+    # In-dialog requests to the worker that holds the call get RFC 3261's timers, not failover's.
+    in_dialog = outside[outside.index("if (has_totag())"):outside.index("if (is_method(\"ACK\"))")]
+    assert in_dialog.index(f"t_set_fr({edge_config.FAR_INVITE_MS}, {edge_config.FAR_ANSWER_MS})") < in_dialog.index("t_relay()")

@@ -30,6 +30,7 @@ from rtp.events import event_payload
 from rtp.fastpath import LegTable, RouteMap
 from rtp.packet import build
 from rtp.relay import CallRelay, OutStream, recorder_factory
+from rtp.timeline import StreamClock
 from tests.conftest import make_call
 from tests.test_relay import EXT, EXT_ADDR, PROMPTS, USER, USER_SDP, USER_SIG_IP, Harness
 
@@ -90,6 +91,11 @@ class OracleRelay(CallRelay):
     def record(self, channel: int, ssrc: int, seq: int, ts: int, payload: bytes, payload_type: int, now: float) -> None:
         self.recorder.add_g711(channel, ssrc, seq, ts, payload, payload_type, now)
 
+    def receive(self, channel: int, data: bytes, addr: tuple[str, int], now: float) -> list:
+        for leg in self.legs:  # receive's collision check reads our SSRC on the leg's row
+            self.table.py_ssrc[leg.row] = leg.out.ssrc
+        return super().receive(channel, data, addr, now)
+
 
 def harness(recordings: Path | None = None, table: LegTable | None = None) -> Harness:
     """A relay whose streams start where the other's do (they start at random numbers);
@@ -126,7 +132,9 @@ def run_reference(batches, now0: float, recordings: Path | None = None) -> tuple
     return h, out
 
 
-def run_lane(batches, now0: float, recordings: Path | None = None) -> tuple[Harness, dict, int]:
+def run_lane(batches, now0: float, recordings: Path | None = None, lane: bool = True) -> tuple[Harness, dict, int]:
+    """Production's relay on a leg table, with the batch lane (`lane`) or without it (per-call
+    ports: every packet through `receive` on the table's rows)."""
     table = LegTable(capacity=2)
     h = harness(recordings, table)
     session = LaneSession(h, table)
@@ -141,7 +149,7 @@ def run_lane(batches, now0: float, recordings: Path | None = None) -> tuple[Harn
         for i, (_, data, _) in enumerate(batch):
             rows[i, : len(data)] = np.frombuffer(data, np.uint8)
         lens = [len(d) for _, d, _ in batch]
-        legs = [session.ports[c].fast_routes.get(source_key(a), -1) for c, _, a in batch]
+        legs = [session.ports[c].fast_routes.get(source_key(a), -1) if lane else -1 for c, _, a in batch]
         sent_before = [len(p.mux.sent) for p in session.ports]
         slow = table.forward(rows, lens, legs, now) if batch else []
         taken += len(batch) - len(slow)
@@ -200,7 +208,7 @@ ADDR = {EXT: EXT_ADDR, USER: USER_SDP}
 
 step_kinds = st.sampled_from(["audio", "audio", "audio", "audio", "gap", "back", "dup", "twice", "ssrc", "star",
                               "one", "digit", "cn", "csrc", "stranger", "garbage", "none", "none", "burst", "held", "held", "release",
-                              "short", "long"])
+                              "short", "long", "jump", "restart"])
 
 
 def script_to_batches(script: list[tuple[str, str]]) -> list[list[tuple[int, bytes, tuple[str, int]]]]:
@@ -233,6 +241,11 @@ def script_to_batches(script: list[tuple[str, str]]) -> list[list[tuple[int, byt
                 pkts = [p.sized(80), p.sized(80)]
             elif kind == "long":
                 pkts = [p.sized(320)]
+            elif kind == "jump":  # the same SSRC, far ahead (RFC 3550 A.1: a restart, not loss)
+                pkts = [p.audio(step=5000)]
+            elif kind == "restart":  # the same SSRC and sequence, its timestamps 3 s ahead (the clock re-anchors)
+                p.ts = (p.ts + 24000) & 0xFFFFFFFF
+                pkts = [p.audio()]
             elif kind == "ssrc":
                 p.ssrc = (p.ssrc * 7 + 1) & 0xFFFFFFFF
                 p.seq = (p.seq * 13) & 0xFFFF
@@ -265,10 +278,10 @@ def script_to_batches(script: list[tuple[str, str]]) -> list[list[tuple[int, byt
 
 
 
-def compare(script) -> int:
+def compare(script, lane: bool = True) -> int:
     batches = script_to_batches([("audio", "audio")] * 3 + script)
     ref, ref_out = run_reference(batches, 0.0)
-    lane, lane_out, taken = run_lane(batches, 0.0)
+    lane, lane_out, taken = run_lane(batches, 0.0, lane=lane)
     for leg in (EXT, USER):
         assert lane_out[leg] == ref_out[leg], f"datagrams to channel {leg} differ"
     for channel in (EXT, USER):  # per channel in order (across channels the lane goes first)
@@ -316,11 +329,100 @@ def test_any_packets_give_the_same_datagrams_recording_and_state(script) -> None
     compare(script)
 
 
-def compare_wavs(script, tmp: Path) -> int:
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(step_kinds, step_kinds), min_size=1, max_size=40))
+def test_the_per_packet_path_alone_gives_the_oracles_datagrams_recording_and_state(script) -> None:
+    """Per-call ports: every packet through `receive` on the leg table's rows, whose common
+    cases are written out on the arrays (TableStream.map, CallRelay.record), against the
+    readable OutStream and StreamClock."""
+    assert compare(script, lane=False) == 0
+
+
+def test_the_per_packet_path_alone_records_the_same_wav_through_late_bursts(tmp_path: Path) -> None:
+    """Held 2 s, past the jitter window by more than a LATE_RUN: the late run re-anchors."""
+    script = [("audio", "audio")] * 52 + [("held", "held")] * 100 + [("release", "release")] + [("audio", "audio")] * 50
+    script += ([("audio", "audio")] * 48 + [("none", "none")] * 20 + [("burst", "burst")] * 3) * 2
+    script += [("twice", "audio"), ("audio", "back"), ("dup", "dup"), ("gap", "twice"), ("ssrc", "short"),
+               ("jump", "restart"), ("audio", "audio")] * 5
+    compare(script, lane=False)
+    assert compare_wavs(script, tmp_path, lane=False) == 0
+    batches = script_to_batches([("audio", "audio")] * 3 + script)
+    h, _, _ = run_lane(batches, 0.0, tmp_path / "again", lane=False)
+    assert all(clock.resyncs >= 2 for clock in h.relay.clocks)  # the late run, the restart (the case is reached)
+
+
+_SSRCS = (0x1111, 0x2222, 0x3333, 0x4444, 0x5555)  # one more than a channel's clock keeps anchors for
+_clock_steps = st.lists(
+    st.tuples(
+        st.sampled_from([0, 0, 0, 0, 0, 0, 1, 2, 3, 4]),  # which SSRC sends
+        st.sampled_from([1, 1, 1, 1, 0, -2, 3, 40000]),  # its sequence number step (40000: an older one)
+        st.sampled_from([160, 160, 160, 0, -320, 480, 8160, 24000, -24000]),  # its timestamp step (8160: RESYNC's edge)
+        st.sampled_from([160, 160, 80]),  # payload length
+        st.sampled_from([160, 160, 0, 40, 800]),  # arrival step, samples
+        st.sampled_from([-4000, -1000, -1, 0, 200, 1600, 1600, 1600]),  # horizon behind arrival (negative: ahead, late)
+    ),
+    max_size=150,
+)
+
+
+def _record_against_stream_clock(steps: list[tuple[int, int, int, int, int, int]]) -> int:
+    """`CallRelay.record` (the leg clock's common case written out on the leg table's row,
+    `LegClock` for the rest) places every packet where the readable `StreamClock` does."""
+    h = Harness()
+    relay = h.relay
+    oracle = StreamClock()
+    g = 2 * relay.slot
+    seqs = {ssrc: 1000 * k for k, ssrc in enumerate(_SSRCS)}
+    tss = {ssrc: 90000 * k for k, ssrc in enumerate(_SSRCS)}
+    arrival = 800
+    for which, seq_step, ts_step, length, advance, lag in steps:
+        ssrc = _SSRCS[which]
+        seqs[ssrc] = (seqs[ssrc] + seq_step) & 0xFFFF
+        tss[ssrc] = (tss[ssrc] + ts_step) & 0xFFFFFFFF
+        arrival += advance
+        horizon = max(0, arrival - lag)
+        relay.table.py_rbase[g] = horizon  # the recorder's base, as CallRelay._note_base keeps it
+        relay.record(EXT, ssrc, seqs[ssrc], tss[ssrc], bytes(length), 0, arrival / 8000)
+        want = oracle.position(ssrc, seqs[ssrc], tss[ssrc], length, arrival, horizon)
+        relay.deliver_audio()
+        assert h.recorders[0].added[-1][1] == want
+        mine, theirs = relay.clocks[EXT].anchor(ssrc), oracle.anchor(ssrc)
+        assert (mine.anchor_pos, mine.anchor_ts, mine.newest_ts, mine.newest_seq, mine.late_run) == (
+            theirs.anchor_pos, theirs.anchor_ts, theirs.newest_ts, theirs.newest_seq, theirs.late_run)
+    assert relay.clocks[EXT].resyncs == oracle.resyncs
+    return oracle.resyncs
+
+
+@settings(max_examples=300, deadline=None)
+@given(_clock_steps)
+def test_the_relays_placing_is_stream_clocks_for_any_packets(steps) -> None:
+    _record_against_stream_clock(steps)
+
+
+def test_the_relays_placing_is_stream_clocks_at_the_edges() -> None:
+    """One sample late (horizon just past the packet); a timestamp exactly RESYNC_SAMPLES
+    ahead of its arrival (kept), one more (re-anchored)."""
+    on_time = (0, 1, 160, 160, 160, 0)
+    edges = [on_time] * 3 + [(0, 1, 160, 160, 160, -1), on_time, (0, 1, 8160, 160, 160, 1600), on_time]
+    edges += [(0, 1, 161, 160, 160, 1600), on_time]
+    h_resyncs = _record_against_stream_clock(edges)
+    assert h_resyncs == 1
+
+
+def test_the_relays_placing_is_stream_clocks_through_a_late_run() -> None:
+    """A second of newer packets all too late to place (a sender clock slower than ours)
+    re-anchors (LATE_RUN_SAMPLES); shorter runs, broken by one in time, do not."""
+    late = (0, 1, 160, 160, 160, -1000)
+    on_time = (0, 1, 160, 160, 160, 1600)
+    script = [on_time] * 5 + [late] * 30 + [on_time] + [late] * 49 + [on_time] + [late] * 60 + [on_time] * 5
+    assert _record_against_stream_clock(script) == 1
+
+
+def compare_wavs(script, tmp: Path, lane: bool = True) -> int:
     """The real recorder: the lane's WAV and sidecar are the reference's, byte for byte."""
     batches = script_to_batches([("audio", "audio")] * 3 + script)
     run_reference(batches, 0.0, tmp / "ref")
-    _, _, taken = run_lane(batches, 0.0, tmp / "lane")
+    _, _, taken = run_lane(batches, 0.0, tmp / "lane", lane=lane)
     ref = sorted((tmp / "ref").rglob("*.wav"))
     lane = sorted((tmp / "lane").rglob("*.wav"))
     assert len(ref) == len(lane) == 1
@@ -390,3 +492,25 @@ def test_a_batch_lookup_finds_exactly_what_the_dict_holds(ops: list[tuple[str, i
         known = list(routes)
         batch = np.array(probes + known[:5], dtype=np.uint64)
         assert routes.lookup(batch).tolist() == [routes.get(int(k), -1) for k in batch.tolist()]
+
+
+def test_a_relays_rows_survive_the_table_growing() -> None:
+    """The leg table reallocates its columns when calls join (doubling): a call's stream,
+    clock and waiting rows carry over, so it goes on exactly as on a table that had room."""
+    small, roomy = LegTable(capacity=2), LegTable(capacity=64)
+    grown, alone = Harness(table=small), Harness(table=roomy)
+    for h in (grown, alone):
+        for leg in h.relay.legs:
+            leg.out.seq, leg.out.ts = 100 + leg.index, 5000 + leg.index
+    sent: dict[int, list] = {0: [], 1: []}
+    for k in range(30):
+        if k == 12:  # other calls arrive: 2 legs -> 16
+            others = [Harness(table=small) for _ in range(6)]
+            assert small.seq.shape[0] >= 14 and others
+        for i, h in enumerate((grown, alone)):
+            now = 0.02 * (k + 1)
+            sent[i] += h.audio(EXT, now, value=100 * k) + h.audio(USER, now, value=-50 * k)
+            sent[i] += h.relay.tick(now)
+    assert sent[0] == sent[1] and len(sent[0]) >= 50
+    assert [x[:2] for x in grown.recorder.added] == [x[:2] for x in alone.recorder.added]
+    assert grown.relay.stats == alone.relay.stats

@@ -20,6 +20,8 @@ def check_protocol(store: LockoutStore) -> None:
     store.delete("c", 62.0)
     store.delete("never", 62.0)
     assert store.get("c", 62.0) == 0
+    store.put("lock", 1, 100, 62.0)
+    assert store.read_through("lock", 63.0) == 1 and store.read_through("absent", 63.0) == 0
 
 
 def test_memory_store_keeps_the_protocol() -> None:

@@ -141,3 +141,23 @@ async def test_the_flags_link_comes_back_after_redis_restarts(redis) -> None:  #
     finally:
         for s in stores:
             await s.aclose()
+
+
+async def test_read_through_sees_a_flag_before_its_publication_arrives(redis) -> None:  # noqa: F811
+    """The wrong-password path asks Redis itself: between one worker's lockout and the
+    publication reaching another (no await in between here, so none can have arrived),
+    the other's copy says nothing, Redis says locked, and the guess gets 403."""
+    stores = [RedisLockoutStore(sync_client(redis.url), subscriber=subscriber_client(redis.url)) for _ in range(2)]
+    for s in stores:
+        await s.start()
+    try:
+        one, two = (Lockout(max_failures=5, store=s, log=lambda _: None) for s in stores)
+        for i in range(5):
+            one.record_failure(GUESSER, "alice", float(i))
+        assert stores[1].get("lock:ip:203.0.113.66", 5.0) == 0  # the copy has not heard yet
+        assert stores[1].read_through("lock:ip:203.0.113.66", 5.0) == 1
+        assert two.record_failure(GUESSER, "alice", 5.0)  # refused: 403, not a fresh 401
+        await eventually(lambda: two.refused(GUESSER, "alice", 6.0))
+    finally:
+        for s in stores:
+            await s.aclose()

@@ -14,7 +14,13 @@ Choices, with the dispatcher module's README (kamailio/src/modules/dispatcher) a
   A dead worker is out within about 2.5 s, a draining one (it answers 503) within 1 s.
 - Failover: an INVITE or REGISTER a worker does not answer within 1.5 s (fr_timer), or
   answers 503 (full, draining), goes to the next worker (failure_route, ds_next_dst);
-  a silent worker is also marked down at once (ds_mark_dst).
+  a silent worker is also marked down at once (ds_mark_dst). Each copy sent to a worker
+  carries the time it was sent (X-B2BUA-Sent, set per branch in branch_route), so a
+  worker that reads a new INVITE after the edge has moved on refuses it (503) instead of
+  ringing the phone a second time (b2bua.cluster.worker).
+- In-dialog requests to a worker (ACK, BYE, re-INVITE) have nowhere else to go, so they
+  get RFC 3261's timers (32 s for a BYE's answer), not the 1.5 s of failover: a worker
+  a few seconds behind still ends the call normally instead of the edge answering 408.
 - Dialogs: record_route() puts the edge in every dialog, so ACK, BYE and re-INVITE come
   back here and follow the Route/Request-URI (loose_route, RFC 3261 §16.12) to the worker
   that holds the call (its Contact). From outside, a request is only ever passed to a
@@ -42,7 +48,7 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from b2bua.cluster.edge_link import DEST_HEADER, SOURCE_HEADER
+from b2bua.cluster.edge_link import DEST_HEADER, SENT_HEADER, SOURCE_HEADER
 from b2bua.cluster.topology import all_slots, cluster_of
 from b2bua.config import Config
 
@@ -166,8 +172,9 @@ request_route {{
 # Phones and trunks: everything goes to a worker, with where it came from.
 route[FROM_OUTSIDE] {{
     force_rport();      # answer NATed senders at their source port (RFC 3581)
-    remove_hf("{SOURCE_HEADER}");   # only this edge says where a request came from
+    remove_hf("{SOURCE_HEADER}");   # only this edge says where a request came from, and when it sent it
     remove_hf("{DEST_HEADER}");
+    remove_hf("{SENT_HEADER}");
     append_hf("{SOURCE_HEADER}: $pr $si $sp\\r\\n");
     if (is_method("CANCEL")) {{
         if (t_check_trans()) {{
@@ -192,6 +199,10 @@ route[FROM_OUTSIDE] {{
             }}
             exit;       # never relay for outsiders to anywhere but a worker
         }}
+        # The worker that holds the dialog is the only one that can answer: RFC 3261's
+        # timers (timer F, 32 s), not the failover's 1.5 s, or a worker a moment behind
+        # would see its BYE answered 408 by us and the caller's call fail.
+        t_set_fr({FAR_INVITE_MS}, {FAR_ANSWER_MS});
         t_relay();
         exit;
     }}
@@ -215,10 +226,16 @@ route[FROM_OUTSIDE] {{
 
 route[TO_WORKER] {{
     t_on_failure("NEXT_WORKER");
+    t_on_branch("STAMP");
     if (!t_relay()) {{
         sl_reply_error();
     }}
     exit;
+}}
+
+# Each copy sent to a worker (the first, and each retry at the next) says when it left.
+branch_route[STAMP] {{
+    append_hf("{SENT_HEADER}: $TV(Sn)\\r\\n");
 }}
 
 # A worker did not answer in time, or is full or draining (503): try the next one.
@@ -234,6 +251,14 @@ failure_route[NEXT_WORKER] {{
     }}
     if (ds_next_dst()) {{
         route(TO_WORKER);
+        exit;
+    }}
+    if (t_check_status("503")) {{
+        # Every worker refused the call as overloaded (rtp.admission). A proxy relays a 503
+        # as 500 (RFC 3261 §16.7 step 6), which tells a trunk nothing; the workers are the
+        # service here, so the trunk hears that it is full and when to try again.
+        append_to_reply("Retry-After: 10\r\n");
+        t_reply("503", "Service Unavailable (overloaded)");
     }}
 }}
 

@@ -12,6 +12,14 @@ from). From any other source the header is ignored and the packet's own source i
 so a stranger who writes the header and sends straight to a worker gains nothing: the
 toll-fraud rules see the stranger's real address, exactly as they do without an edge.
 
+The edge also stamps every request it passes to a worker with the wall-clock time it
+sent that copy (`X-B2BUA-Sent: <seconds.microseconds>`, one stamp per branch, so a retry
+at the next worker carries its own). A worker that reads a new INVITE after the edge has
+given up on it (edge_config.WORKER_ANSWER_MS: the edge has already tried the next worker)
+must not ring anyone for it: `age()` says how old it is. Wall clock, not monotonic: the
+stamp crosses processes (and hosts, which must then run NTP: a clock skew of a second
+makes a worker refuse every call, which the edge then gives to another worker).
+
 The other way: requests a worker sends to a phone or trunk go to the edge, which holds
 the phone's NAT binding or TCP connection; `X-B2BUA-Dst: <sip URI>` tells it where,
 and the edge takes that header only from a worker in its dispatcher list. Responses are
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 from typing import Any
 
 from b2bua.message import Request
@@ -30,6 +39,7 @@ from b2bua.peer import UDP, Peer
 
 SOURCE_HEADER = "X-B2BUA-Source"
 DEST_HEADER = "X-B2BUA-Dst"
+SENT_HEADER = "X-B2BUA-Sent"
 _TRANSPORTS = frozenset({"udp", "tcp", "tls", "ws", "wss", "sctp"})
 
 
@@ -59,6 +69,21 @@ class EdgeLink:
         # The edge deletes the sender's copies and appends its own: the last is the edge's.
         parsed = parse_source(values[-1])
         return parsed if parsed is not None else peer
+
+    def age(self, request: Request, peer: Peer, wall_now: float) -> float | None:
+        """Seconds since the edge sent this copy of `request` (its X-B2BUA-Sent stamp);
+        None when it has none, or it did not come from the edge (anyone else's stamp is
+        ignored, as their source header is)."""
+        if not self.is_edge(peer):
+            return None
+        values = request.headers.get_all(SENT_HEADER)
+        if not values:
+            return None
+        try:
+            sent = float(values[-1].strip())
+        except ValueError:
+            return None
+        return wall_now - sent if math.isfinite(sent) else None
 
     def translate(self, event: Any) -> Any:
         """A transaction event with its `peer` replaced by the real source, if it has one.

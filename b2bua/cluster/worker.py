@@ -7,6 +7,12 @@ holds (recovery), and a worker can drain: SIGUSR1 (or SIGTERM, which then also e
 calls up) makes it answer the edge's OPTIONS probe and every new INVITE with 503, so the
 dispatcher takes it out of the set within a probe interval and no call is lost; it exits
 when its last call has ended.
+
+A new INVITE the worker reads later than STALE_INVITE_S after the edge sent it (the
+edge's X-B2BUA-Sent stamp) is answered 503 and goes no further: by then the edge has
+tried the next worker, or is about to, and ringing the phone here too would ring it twice
+and answer one call in two places. A 503 is safe either way: if the edge still waits
+for this worker, it tries the next one (failure_route); if not, it drops the late reply.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from b2bua.cluster.edge_config import WORKER_ANSWER_MS
 from b2bua.cluster.edge_link import EdgeLink
 from b2bua.cluster.recovery import repair_orphans
 from b2bua.cluster.topology import cluster_of, worker_config
@@ -39,6 +47,10 @@ DRAIN_POLL = 0.2
 #: Retry-After on a draining worker's 503 (RFC 3261 §21.5.4): the edge tries the next
 #: worker at once; a phone sent this directly waits a moment.
 RETRY_AFTER = "5"
+#: A new INVITE older than this (seconds since the edge sent it) is refused: two thirds
+#: of the time the edge waits for a worker's 100 Trying before trying the next, so the
+#: 100 of one taken just under it still reaches the edge in time.
+STALE_INVITE_S = WORKER_ANSWER_MS / 1000 * 2 / 3
 
 
 class WorkerRole:
@@ -49,6 +61,7 @@ class WorkerRole:
         self.index = index
         self.link = EdgeLink(cluster.edge_host, cluster.edge_port)
         self.draining = False
+        self.stale_invites = 0
         self._server: Server | None = None
         self._watch: asyncio.Task[None] | None = None
 
@@ -98,16 +111,31 @@ class WorkerRole:
         log.info("worker=%d event=drained", self.index)
         server.stopping.set()
 
-    def inbound(self, event: Any, now: float) -> Any | None:
-        """The event the core should see (real source), or None when answered here (503)."""
-        if self.draining and isinstance(event, RequestReceived):
+    def inbound(self, event: Any, now: float, wall_now: float | None = None) -> Any | None:
+        """The event the core should see (real source), or None when answered here (503).
+
+        `wall_now` (default: the wall clock) is compared with the edge's send stamp."""
+        if isinstance(event, RequestReceived):
             request = event.request
-            if not request.to_tag and request.method in ("INVITE", "OPTIONS"):
-                response = make_response(request, 503, "Service Unavailable", headers=[("Retry-After", RETRY_AFTER)])
-                assert self._server is not None
-                self._server.transactions.send_response(event.txn_id, response, now)
+            if self.draining and not request.to_tag and request.method in ("INVITE", "OPTIONS"):
+                self._refuse(event, now)
                 return None
+            if not request.to_tag and request.method == "INVITE":
+                age = self.link.age(request, event.peer, time.time() if wall_now is None else wall_now)
+                if age is not None and age > STALE_INVITE_S:
+                    self.stale_invites += 1
+                    if self.stale_invites == 1 or self.stale_invites % 100 == 0:  # summarised: one line a hundred
+                        log.warning("worker=%d event=stale-invite age_ms=%d sip-call-id=%s total=%d reason=%s",
+                                    self.index, age * 1000, request.call_id, self.stale_invites,
+                                    "behind (or this host's clock is ahead of the edge's)")
+                    self._refuse(event, now)
+                    return None
         return self.link.translate(event)
+
+    def _refuse(self, event: RequestReceived, now: float) -> None:
+        response = make_response(event.request, 503, "Service Unavailable", headers=[("Retry-After", RETRY_AFTER)])
+        assert self._server is not None
+        self._server.transactions.send_response(event.txn_id, response, now)
 
     def outbound(self, data: bytes, peer: Peer) -> tuple[bytes, Peer]:
         return self.link.outbound(data, peer)
