@@ -31,8 +31,9 @@ CPU and RSS of such a run mean nothing; run it with a few hundred calls.
 
 Loopback only, bounded in time and count. The last line is one JSON object with keys
 calls, loss, cpu_percent, rss_mb (peak), rss_up_mb (every call up, before the audio
-starts: unlike the peak, not inflated by audio a starved B2BUA holds), wav_ok (and http
-when polled).
+starts) and rss_streaming_mb (the median while the calls stream: the calls' state once
+audio flows; the peak adds what a saturated B2BUA holds while it falls behind: late
+flushes, the disk writer's backlog), wav_ok (and http when polled).
 """
 
 from __future__ import annotations
@@ -615,6 +616,9 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
             time.sleep(seconds / 2)
             take_snapshot(proc, snapshot, 2)
             memory_report = memory_breakdown(snapshot, answered)
+        streaming_rss = []  # RSS twice a second while the calls stream
+        while not pipe.poll(0.5):
+            streaming_rss.append(rss_now_mb(proc.pid))
         stats = pipe.recv()
         gen.join()
         user1, sys1 = cpu_split(proc.pid)
@@ -647,6 +651,7 @@ def run_b2bua(calls: int, seconds: float, record: bool, workdir: Path, media_soc
         "ended": ended, "offered": offered, "relayed": received, "recorded": recorded_packets,
         "loss": round(1 - received / offered, 5) if offered else 1.0,
         "cpu_percent": round(100 * cpu / wall, 1), "rss_mb": round(rss, 1), "rss_up_mb": round(rss_up, 1),
+        "rss_streaming_mb": round(float(np.median(streaming_rss)), 1) if streaming_rss else 0.0,
         "wav_ok": wav_ok,
         "user_percent": round(100 * user / wall, 1), "sys_percent": round(100 * system / wall, 1),
         "runqueue_wait_percent": round(100 * delay / wall, 1),
@@ -818,7 +823,8 @@ def line(r: dict) -> str:
     split = f" (user {r['user_percent']}% sys {r['sys_percent']}%)" if "user_percent" in r else ""
     if "runqueue_wait_percent" in r:  # waiting for its core: other processes had it (a shared machine)
         split += f" waited_for_cpu={r['runqueue_wait_percent']}% (generator {r['generator_wait_percent']}%)"
-    up = f" (calls up, before audio: {r['rss_up_mb']} MB)" if "rss_up_mb" in r else ""
+    up = (f" (calls up, before audio: {r['rss_up_mb']} MB; streaming, median: {r['rss_streaming_mb']} MB)"
+          if "rss_up_mb" in r else "")
     late = (f" read_late p50<={r['read_p50_ms']}ms p99<={r['read_p99_ms']}ms max={r['read_max_ms']}ms"
             if "read_p50_ms" in r else "")
     return (f"{r['peer']:<10} record={'on ' if r['record'] else 'off'} calls={r['calls']:<5}{answered} loss={r['loss']:.4%} "
@@ -868,7 +874,7 @@ def main() -> None:
             print(r["memory"])
         if r.get("http"):
             print(f"http: {r['http']}")
-        keys = ("calls", "loss", "cpu_percent", "runqueue_wait_percent", "rss_mb", "rss_up_mb", "wav_ok", "read_p50_ms", "read_p99_ms", "read_max_ms")
+        keys = ("calls", "loss", "cpu_percent", "runqueue_wait_percent", "rss_mb", "rss_up_mb", "rss_streaming_mb", "wav_ok", "read_p50_ms", "read_p99_ms", "read_max_ms")
         print(json.dumps({k: r[k] for k in keys if k in r} | {"peer": r["peer"], "http": r.get("http")}))
         return
     rows = []
