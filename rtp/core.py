@@ -48,12 +48,6 @@ SESSIONS_PER_READ = 8
 # dearer. The poll (rtp.mux.POLL_INTERVAL) catches up; the tick keeps its flushes on time.
 AREAS_PER_READ_BETWEEN_FLUSHES = 1
 MIN_FLUSHES_PER_TICK = 16  # recorder flushes a tick may always do (see _tick_sessions)
-# A late tick's share of the flushes grows with the time since the last tick, up to this many
-# ticks' share. Why: a saturated loop runs its tick every ~100-150 ms, not 20; at one tick's
-# share the recorders fell behind by seconds and held that audio (bench/load.py, 1,500 calls:
-# 6 ticks a second, RSS +4 MB a second, to 3x the calls' own memory). Capped, so a stall of
-# seconds still does not become one callback flushing every recorder.
-FLUSH_CATCHUP_TICKS = 5
 LATE_READ_BUCKET = 8  # stats()["late_reads"]: reads of this window later than EDGES_MS[7] (5 ms)
 _RELAY_COUNTERS = ("forwarded", "malformed", "oversize", "unlatched", "no_target", "swallowed", "injected", "rtcp")
 
@@ -229,7 +223,6 @@ class MediaCore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._next_tick = 0.0
-        self._ticked_at = 0.0  # when the last tick ran (loop time; 0: none yet)
         self.lag = 0.0  # smoothed lateness of the tick (seconds)
         # How late each shared-port read and each tick ran, logged per LATENESS_WINDOW.
         self.read_lateness = Lateness()
@@ -361,9 +354,7 @@ class MediaCore:
             self._log_lateness(now)
         if self.admission.due(now):
             self._sample(now)
-        elapsed = now - self._ticked_at if self._ticked_at else TICK_INTERVAL
-        self._ticked_at = now
-        self._tick_sessions(now, elapsed)
+        self._tick_sessions(now)
         self._next_tick += TICK_INTERVAL
         if self._next_tick < loop.time():  # fell behind: skip missed ticks instead of bursting
             self._next_tick = loop.time() + TICK_INTERVAL
@@ -409,7 +400,7 @@ class MediaCore:
             self._scheduled_n += 1
             heapq.heappush(self._flushes, (due, self._scheduled_n, session))
 
-    def _tick_sessions(self, now: float, elapsed: float = TICK_INTERVAL) -> None:
+    def _tick_sessions(self, now: float) -> None:
         """Drive the relays with something due: the busy ones, and those whose flush came.
 
         Why a schedule and not a look at every session: at 2,000 calls that look was
@@ -419,10 +410,8 @@ class MediaCore:
         # At most twice the steady rate (a second of flushes over 50 ticks) per tick: after a
         # stall every recorder is due at once, and flushing them all in one callback (while
         # the reads between them keep filling the others) made a stall of seconds out of one
-        # of 100 ms. The rest wait in the heap for the next ticks, oldest first. A tick that
-        # ran `elapsed` after the last does that many ticks' share (FLUSH_CATCHUP_TICKS at most).
-        share = min(max(elapsed / TICK_INTERVAL, 1.0), FLUSH_CATCHUP_TICKS)
-        limit = max(MIN_FLUSHES_PER_TICK, int(2 * len(self.sessions) * share) // 50)
+        # of 100 ms. The rest wait in the heap for the next ticks, oldest first.
+        limit = max(MIN_FLUSHES_PER_TICK, 2 * len(self.sessions) // 50)
         taken = 0
         while flushes and flushes[0][0] <= now and taken < limit:
             at, _, session = heapq.heappop(flushes)

@@ -434,34 +434,6 @@ async def test_a_tick_with_many_flushes_reads_the_shared_ports_between_them(tmp_
     await media.close()
 
 
-async def test_a_late_tick_flushes_the_share_of_the_ticks_it_missed(tmp_path: Path, monkeypatch) -> None:
-    """A saturated loop runs its tick every ~100 ms: such a tick flushes five ticks' share
-    of the recorders (capped at FLUSH_CATCHUP_TICKS after a longer stall), so flushes keep
-    up and the recorders do not hold seconds of audio (issue 17: memory under load)."""
-    import rtp.core
-
-    monkeypatch.setattr(rtp.core, "MIN_FLUSHES_PER_TICK", 1)
-    media = MediaCore(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=True)
-    sessions = [media.open_session(call_for(f"f{i}", f"user{i}", f"trunk{i}")) for i in range(50)]
-    now = media.now()
-    for session in sessions:
-        session.answered(now)
-    media._shared.read_waiting = lambda *_: None  # type: ignore[method-assign]
-
-    def flushed() -> int:
-        return sum(s.relay.next_flush > now + 1.5 for s in sessions)
-
-    media._tick_sessions(now + 1.5)  # on time: one tick's share, 2 x 50 calls / 50
-    assert flushed() == 2
-    media._tick_sessions(now + 1.6, elapsed=0.1)  # 100 ms after the last: five ticks' share
-    assert flushed() == 2 + 10
-    media._tick_sessions(now + 2.6, elapsed=1.0)  # after a stall: at most FLUSH_CATCHUP_TICKS' share
-    assert flushed() == 2 + 10 + 2 * rtp.core.FLUSH_CATCHUP_TICKS
-    for session in sessions:
-        session.close()
-    await media.close()
-
-
 async def test_ending_calls_leave_the_waiting_table_and_only_their_own_legs(core: MediaCore) -> None:
     """Every leg signalled from one IP (a trunk, an office) waits under that IP until it
     latches; a call that ends takes out exactly its two legs (in O(1): at 2,000 calls from
