@@ -504,7 +504,10 @@ class Baresip:
         self.extra_config = extra_config
         self.register_timeout = register_timeout
         self.wait_registered = wait_registered
-        self.sip_port = free_port("both")
+        # baresip also listens for SIP over TLS on the next port (TCP): that one must be free
+        # too, or baresip exits at start ("SIP/TLS transport failed: Address already in use").
+        self.sip_port = next(p for p in (free_port("both") for _ in range(200))
+                             if _can_bind(p + 1, socket.SOCK_STREAM))
         self.sip_address = f"{LOCALHOST}:{self.sip_port}"
         self.ctrl_port = free_port("tcp")
         self.rtp_low, self.rtp_high = free_port_range(10)
