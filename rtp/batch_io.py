@@ -62,6 +62,24 @@ def available() -> bool:
     return _LIBC is not None
 
 
+def _message_headers(batch: int, base: int = 0, slot: int = 0):  # -> (addrs, iovecs, mmsghdrs)
+    """`batch` mmsghdrs, each pointing at its own sockaddr_in and one iovec; with `base`, the
+    iovecs point at consecutive `slot`-byte buffers from that address (receiving)."""
+    addrs = (_SockaddrIn * batch)()
+    iov = (_Iovec * batch)()
+    msgs = (_Mmsghdr * batch)()
+    for i in range(batch):
+        if base:
+            iov[i].iov_base = base + i * slot
+            iov[i].iov_len = slot
+        hdr = msgs[i].msg_hdr
+        hdr.msg_name = ctypes.addressof(addrs[i])
+        hdr.msg_namelen = ctypes.sizeof(_SockaddrIn)
+        hdr.msg_iov = ctypes.pointer(iov[i])
+        hdr.msg_iovlen = 1
+    return addrs, iov, msgs
+
+
 class BatchSocket:
     """recvmmsg/sendmmsg over one bound IPv4 UDP socket, with preallocated buffers."""
 
@@ -72,26 +90,8 @@ class BatchSocket:
         self.fd = sock.fileno()
         self.batch = batch
         self._rbufs = (ctypes.c_char * MAX_DATAGRAM * batch)()
-        self._raddrs = (_SockaddrIn * batch)()
-        self._riov = (_Iovec * batch)()
-        self._rmsgs = (_Mmsghdr * batch)()
-        for i in range(batch):
-            self._riov[i].iov_base = ctypes.addressof(self._rbufs) + i * MAX_DATAGRAM
-            self._riov[i].iov_len = MAX_DATAGRAM
-            hdr = self._rmsgs[i].msg_hdr
-            hdr.msg_name = ctypes.addressof(self._raddrs[i])
-            hdr.msg_namelen = ctypes.sizeof(_SockaddrIn)
-            hdr.msg_iov = ctypes.pointer(self._riov[i])
-            hdr.msg_iovlen = 1
-        self._saddrs = (_SockaddrIn * batch)()
-        self._siov = (_Iovec * batch)()
-        self._smsgs = (_Mmsghdr * batch)()
-        for i in range(batch):
-            hdr = self._smsgs[i].msg_hdr
-            hdr.msg_name = ctypes.addressof(self._saddrs[i])
-            hdr.msg_namelen = ctypes.sizeof(_SockaddrIn)
-            hdr.msg_iov = ctypes.pointer(self._siov[i])
-            hdr.msg_iovlen = 1
+        self._raddrs, self._riov, self._rmsgs = _message_headers(batch, ctypes.addressof(self._rbufs), MAX_DATAGRAM)
+        self._saddrs, self._siov, self._smsgs = _message_headers(batch)
         self._addr_cache: dict[tuple[str, int], tuple[int, int]] = {}
 
     def recv(self) -> list[tuple[bytes, tuple[str, int]]]:
@@ -220,16 +220,7 @@ class ReceiveArea:
         len_at = _Mmsghdr.msg_len.offset // 4
         self._rbuf = np.zeros(batch * self.SLOT, dtype=np.uint8)
         self.rows = self._rbuf.reshape(batch, self.SLOT)  # the datagrams received, one per row
-        self._raddrs = (_SockaddrIn * batch)()
-        self._riov = (_Iovec * batch)()
-        self._rmsgs = (_Mmsghdr * batch)()
-        for i in range(batch):
-            self._riov[i].iov_base = self._rbuf.ctypes.data + i * self.SLOT
-            self._riov[i].iov_len = self.SLOT
-            hdr = self._rmsgs[i].msg_hdr
-            hdr.msg_name = ctypes.addressof(self._raddrs[i])
-            hdr.msg_iov = ctypes.pointer(self._riov[i])
-            hdr.msg_iovlen = 1
+        self._raddrs, self._riov, self._rmsgs = _message_headers(batch, self._rbuf.ctypes.data, self.SLOT)
         words = np.frombuffer(self._rmsgs, dtype=np.uint32).reshape(batch, self._msg_size // 4)
         self._namelen = words[:, namelen_at]
         self._lens = words[:, len_at]
@@ -283,15 +274,7 @@ class SendArea:
 
         self.batch = batch
         self.sbuf = np.zeros(batch * BatchMux.SLOT, dtype=np.uint8)
-        self.saddrs = (_SockaddrIn * batch)()
-        self.siov = (_Iovec * batch)()
-        self.smsgs = (_Mmsghdr * batch)()
-        for i in range(batch):
-            hdr = self.smsgs[i].msg_hdr
-            hdr.msg_name = ctypes.addressof(self.saddrs[i])
-            hdr.msg_namelen = ctypes.sizeof(_SockaddrIn)
-            hdr.msg_iov = ctypes.pointer(self.siov[i])
-            hdr.msg_iovlen = 1
+        self.saddrs, self.siov, self.smsgs = _message_headers(batch)
         self.siov_words = np.frombuffer(self.siov, dtype=np.uint64).reshape(batch, 2)
         self.sa_out = np.frombuffer(self.saddrs, dtype=np.uint8).reshape(batch, ctypes.sizeof(_SockaddrIn))
         self.sa_items = self.sa_out.view(f"V{ctypes.sizeof(_SockaddrIn)}").reshape(batch)
