@@ -89,9 +89,21 @@ BARESIP_SOURCE_SECONDS = 120.0
 # ---------------------------------------------------------------------------
 # Ports.
 
-_RANDOM_PORT_LOW, _RANDOM_PORT_HIGH = 20000, 60000
-"""Where port-range helpers look. Below Linux's ephemeral range (32768-60999)
-overlaps a bit; collisions are detected by binding."""
+def _below_ephemeral(default_high: int = 32767) -> int:
+    """The highest port below the kernel's ephemeral range (where it picks the source port of
+    every outgoing connection: Redis and HTTP clients, Kamailio's TCP, SIPp). A port we checked
+    free there can be taken by such a connection before our peer binds it: baresip once failed
+    to start on its control port that way, in CI."""
+    try:
+        low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default_high
+    return low - 1 if low > 21000 else default_high
+
+
+_RANDOM_PORT_LOW, _RANDOM_PORT_HIGH = 20000, _below_ephemeral()
+"""Where port-range helpers look: below the ephemeral range; collisions between tests are
+detected by binding."""
 
 
 def _can_bind(port: int, kind: int = socket.SOCK_DGRAM, host: str = LOCALHOST) -> bool:
@@ -509,7 +521,7 @@ class Baresip:
         self.sip_port = next(p for p in (free_port("both") for _ in range(200))
                              if _can_bind(p + 1, socket.SOCK_STREAM))
         self.sip_address = f"{LOCALHOST}:{self.sip_port}"
-        self.ctrl_port = free_port("tcp")
+        self.ctrl_port = next(p for p in (free_port("tcp") for _ in range(200)) if p != self.sip_port + 1)
         self.rtp_low, self.rtp_high = free_port_range(10)
         self.config_dir.mkdir(parents=True, exist_ok=True)
         self.snd_dir.mkdir(parents=True, exist_ok=True)
