@@ -202,13 +202,14 @@ class Ports:
         return f"{self.rtp_low}-{self.rtp_high}"
 
 
-def alice_line(trunk: str) -> str:
+def alice_line(trunk: str, *, more_sources: tuple[str, ...] = (), alice_extra: str = "") -> str:
     """The organisation most e2e tests share, as flows.toml tables: the trunk `trunk`
-    ("ip:port") whose number 441632960000 (record = "yes") rings alice (extension 201,
-    password alice-secret)."""
+    ("ip:port", also sending from `more_sources`) whose number 441632960000 (record = "yes")
+    rings alice (extension 201, password alice-secret; `alice_extra`: more of her keys)."""
+    sources = ", ".join(f'"{s}"' for s in (trunk, *more_sources))
     return f'''[[trunks]]
 name = "carrier"
-sources = ["{trunk}"]
+sources = [{sources}]
 uri = "sip:{trunk}"
 [[numbers]]
 ddi = "441632960000"
@@ -218,7 +219,7 @@ to = "user:alice"
 name = "alice"
 extension = "201"
 password = "alice-secret"
-'''
+{alice_extra}'''
 
 
 def split_hostport(address: str, default_port: int = 5060) -> tuple[str, int]:

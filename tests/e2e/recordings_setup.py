@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.pcap import Tone, write_pcap
-from tests.e2e.peers import B2buaProcess, Baresip, Ports, PyTrunk, Sipp, free_port
+from tests.e2e.peers import B2buaProcess, Baresip, Ports, PyTrunk, Sipp, alice_line, free_port
 
 READ_TOKEN = "e2e-read-token-9f2c"
 ADMIN_TOKEN = "e2e-admin-token-41d7"
@@ -35,20 +35,7 @@ rtp_ports = "{ports.rtp_ports}"
 {extra}
 [organisation]
 name = "Test"
-[[trunks]]
-name = "carrier"
-sources = ["{ports.trunk}", "{pytrunk}"]
-uri = "sip:{pytrunk}"
-[[numbers]]
-ddi = "{DDI}"
-record = "yes"
-to = "user:alice"
-[[users]]
-name = "alice"
-extension = "201"
-password = "alice-secret"
-record_outbound = "yes"
-[http]
+{alice_line(pytrunk, more_sources=(ports.trunk,), alice_extra='record_outbound = "yes"' + chr(10))}[http]
 listen = "127.0.0.1:{http_port}"
 {http_extra}
 [[api_tokens]]
