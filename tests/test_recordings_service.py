@@ -634,6 +634,63 @@ def test_redis_index_remembers_it_was_built_and_is_shared(redis_url):
     other.close()
 
 
+def test_redis_index_page_read_while_a_recording_is_added_shows_each_once(redis_url):
+    """A worker finalising a call between the steps of another's search must not shift the
+    reader onto a member it already took (CI once listed one call twice and missed the new one)."""
+    import redis
+
+    from b2bua.recordings_service.redis_index import RedisIndex, client
+
+    redis.Redis.from_url(redis_url).flushall()
+    writer = RedisIndex(redis_url)
+    for i in range(3):
+        writer.add(sidecar(f"old{i}", T0 + timedelta(minutes=i)), f"x/old{i}.json")
+
+    class AddsDuringTheFirstStep:
+        def __init__(self, real):
+            self.real, self.steps = real, 0
+
+        def zrevrangebyscore(self, *args, **kwargs):
+            kwargs["num"] = 1  # one member a step, so the page takes several
+            got = self.real.zrevrangebyscore(*args, **kwargs)
+            self.steps += 1
+            if self.steps == 1:
+                writer.add(sidecar("new", T0 + timedelta(hours=1)), "x/new.json")
+            return got
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+    reader = RedisIndex(redis_url, redis_client=AddsDuringTheFirstStep(client(redis_url)))
+    listed = [e.call_id for e in reader.search(Query(limit=10)).entries]
+    assert listed == ["old2", "old1", "old0"]  # the page as it began; "new" is on the next read
+    assert [e.call_id for e in reader.search(Query(limit=10)).entries] == ["new", "old2", "old1", "old0"]
+    writer.close()
+    reader.close()
+
+
+def test_redis_index_filtered_search_walks_past_a_long_run_of_one_instant(redis_url):
+    import redis
+
+    from b2bua.recordings_service import redis_index
+
+    redis.Redis.from_url(redis_url).flushall()
+    idx = redis_index.RedisIndex(redis_url)
+    for i in range(redis_index.CHUNK + 30):  # more bob calls at one instant than a step reads
+        idx.add(sidecar(f"bob{i:04d}", T0, user="bob"), f"x/bob{i}.json")
+    idx.add(sidecar("alice-late", T0 + timedelta(seconds=1), user="alice", direction="outbound"), "x/a.json")
+    idx.add(sidecar("alice-early", T0 - timedelta(seconds=1), user="alice", direction="outbound"), "x/b.json")
+    page = idx.search(Query(number="441632960000", direction="outbound", limit=5))
+    assert [e.call_id for e in page.entries] == ["alice-late", "alice-early"] and page.next is None
+    seen, page = [], idx.search(Query(user="bob", limit=97))
+    seen += [e.call_id for e in page.entries]
+    while page.next:
+        page = idx.search(Query(user="bob", limit=97, after=decode_cursor(page.next)))
+        seen += [e.call_id for e in page.entries]
+    assert seen == [f"bob{i:04d}" for i in range(redis_index.CHUNK + 29, -1, -1)]
+    idx.close()
+
+
 async def test_api_answers_503_when_the_index_store_is_down(tmp_path, redis_url):
     from b2bua.recordings_service.redis_index import RedisIndex, client
 

@@ -143,14 +143,17 @@ class RedisIndex(RecordingsIndex):
         check_dir = query.direction if query.direction and not primary.startswith(f"{self.p}by:dir:") else None
         filtered = bool(check_user or check_dir)
         found: list[Entry] = []
-        offset = 0
+        # Each step reads on from the last member examined by its score, not by its rank: a
+        # recording added (newer, so ranked first) while a page is read would shift ranks and
+        # show a member twice. `skip` steps over the members of the boundary score already seen,
+        # so a run of recordings started at one instant longer than a step still moves on.
+        skip = 0
         while len(found) <= query.limit:
             want = query.limit + 1 - len(found)
-            chunk = self.r.zrevrangebyscore(primary, high, low, start=offset, num=CHUNK if filtered else want + 1,
+            chunk = self.r.zrevrangebyscore(primary, high, low, start=skip, num=CHUNK if filtered else want + 1,
                                             withscores=True)
             if not chunk:
                 break
-            offset += len(chunk)
             candidates = []
             for member, score in chunk:
                 call_id = member.decode()
@@ -158,6 +161,12 @@ class RedisIndex(RecordingsIndex):
                 if after is not None and (score > after[0] or (score == after[0] and call_id >= after[1])):
                     continue
                 candidates.append(call_id)
+            last_score, last_id = chunk[-1][1], chunk[-1][0].decode()
+            same = sum(1 for _, score in chunk if score == last_score)
+            skip = skip + same if high == repr(last_score) else same
+            high = repr(last_score)
+            if after is None or (last_score, last_id) < after:  # later in the page's order
+                after = (last_score, last_id)
             if filtered and candidates:
                 pipe = self.r.pipeline(transaction=False)
                 for call_id in candidates:
