@@ -77,7 +77,7 @@ class Server:
         config = self.config
         server = config.server
         self.loop = asyncio.get_running_loop()
-        from rtp.core import MediaCore
+        from rtp.engine import MediaEngine
         from rtp.recorder import repair
 
         try:
@@ -132,7 +132,7 @@ class Server:
         # Recordings page, REST API, webhooks, metrics, retention ([http], [[webhooks]], ...).
         from b2bua.recordings_service.service import RecordingsService
         self.recordings = RecordingsService(config, self)
-        self.media = MediaCore(
+        self.media = MediaEngine(
             server.media_ip,
             server.rtp_ports,
             server.recordings_dir,

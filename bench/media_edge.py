@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rtp.call import Call, MediaEndpoint, Party  # noqa: E402
 from rtp.batch_io import BatchSocket, FixedStreams, recv_count  # noqa: E402
-from rtp.core import MediaCore  # noqa: E402
+from rtp.engine import MediaEngine  # noqa: E402
 
 PAYLOAD = bytes([0xFF, 0x7F] * 80)
 
@@ -49,7 +49,7 @@ def make_call(i: int) -> Call:
 
 
 class SimulatedClock:
-    """Stands in for the media clock (`MediaCore.now`): 20 ms per step however long a step
+    """Stands in for the media clock (`MediaEngine.now`): 20 ms per step however long a step
     takes to compute, so the recorder flushes once per simulated second, as in production."""
 
     def __init__(self) -> None:
@@ -62,7 +62,7 @@ class SimulatedClock:
 async def run(calls: int, seconds: float, mode: str, profile: bool, polls: int = 1) -> dict:
     clock = SimulatedClock()
     workdir = Path(tempfile.mkdtemp(prefix="edge-"))
-    core = MediaCore("127.0.0.1", (40000, 40000 + 4 * calls + 64), workdir, shared=mode == "shared")
+    core = MediaEngine("127.0.0.1", (40000, 40000 + 4 * calls + 64), workdir, shared=mode == "shared")
     core.now = clock.monotonic  # type: ignore[method-assign]
     gens = []
     for side in (1, 2):

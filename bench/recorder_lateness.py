@@ -3,7 +3,7 @@ the writes done on the loop itself.
 
 Run: python bench/recorder_lateness.py [calls] [seconds] [thread|inline]. An event loop (uvloop)
 runs a 20 ms tick that gives every call's recorder one G.711 packet per channel and flushes a
-50th of them (each once a second, staggered, as rtp.core schedules flushes); files go to a
+50th of them (each once a second, staggered, as rtp.engine schedules flushes); files go to a
 temporary directory. Prints the tick's lateness after the first 3 s (all calls start at once
 here, so the start is a burst of file creation no real day has) as p50, p99 and max in ms, the loop thread's CPU
 and the writer's backlog: with "inline", every pwrite, file creation and sidecar is on the loop.

@@ -3,7 +3,7 @@
 Sans-IO, no sockets: N calls, each with both parties sending G.711 20 ms packets (50 per
 second each way), recording on, and on every 10th call the user pressing *1 every few
 seconds (pause, then resume: the prompt is mixed in and the recorder toggles). Simulated
-time advances in 20 ms steps; the relays' 20 ms tick runs as rtp/core.py runs it.
+time advances in 20 ms steps; the relays' 20 ms tick runs as rtp/engine.py runs it.
 
 Reports packets relayed per wall-clock second, the real-time factor (simulated seconds
 per wall-clock second: >= 1 means one core keeps up with N calls), and the peak memory
@@ -141,14 +141,14 @@ def run(calls: int, seconds: float, directory: Path, profile: bool, memory: bool
     prompts = load_prompts()
     rng = np.random.default_rng(7)
     speech = [g711.encode((rng.standard_normal(160) * 2000).astype(np.int16), 0) for _ in range(50)]
-    writer = DiskWriter(threaded=False, durable=False)  # one writer for every recording, as rtp.core has
+    writer = DiskWriter(threaded=False, durable=False)  # one writer for every recording, as rtp.engine has
     make_recorder = recorder_factory(directory, "silence", writer=writer)
     rss_before = max_rss_bytes()
     if memory:
         tracemalloc.start(4)
         traced_before = tracemalloc.take_snapshot()
 
-    table = LegTable()  # one leg table for every call, as rtp.core.MediaCore has
+    table = LegTable()  # one leg table for every call, as rtp.engine.MediaEngine has
     relays: list[CallRelay] = []
     addrs: list[tuple[tuple[str, int], tuple[str, int]]] = []
     for i in range(calls):

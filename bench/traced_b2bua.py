@@ -31,7 +31,7 @@ OWNERS = (
     ("rtp/recorder.py", "media: recorder objects and sidecar data"),
     ("rtp/disk_writer.py", "media: writer queue and file handles"),
     ("rtp/mux.py", "media: shared ports, sessions, routes"),
-    ("rtp/core.py", "media: sessions (per-call sockets)"),
+    ("rtp/engine.py", "media: sessions (per-call sockets)"),
     ("rtp/", "media: relays, legs, key-press machines (rtp/ other)"),
     ("b2bua/transaction.py", "SIP: transactions (messages kept for retransmission)"),
     ("b2bua/dialog.py", "SIP: dialogs"),

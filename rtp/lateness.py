@@ -4,7 +4,7 @@ Why: packet loss at high call counts came with CPU to spare: stalls (a disk writ
 recorder flushes, the collector) delay the read of the shared ports until a socket buffer
 overflows. Each read's lateness (when it ran minus when it was due) goes into a histogram
 whose buckets merge exactly across windows, so a benchmark can read p50/p99/max for just
-the time it measured (`MediaCore` logs one `media event=lateness` line per window).
+the time it measured (`MediaEngine` logs one `media event=lateness` line per window).
 """
 
 from __future__ import annotations

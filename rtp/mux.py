@@ -55,7 +55,7 @@ from rtp.relay import CallRelay, Datagram, RecorderFactory
 
 
 class MediaHost(Protocol):
-    """What the shared ports need of the media core that owns them (rtp.core.MediaCore)."""
+    """What the shared ports need of the media core that owns them (rtp.engine.MediaEngine)."""
 
     log: logging.Logger
     prompts: Prompts
@@ -525,7 +525,7 @@ class SharedPorts:
 
 
 class SharedSession:
-    """One call's media on shared ports: the same interface as `rtp.core.MediaSession`."""
+    """One call's media on shared ports: the same interface as `rtp.engine.MediaSession`."""
 
     def __init__(self, core: MediaHost, pool: SharedPorts, call: Call) -> None:
         self.core = core

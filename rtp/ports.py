@@ -1,7 +1,7 @@
 """Media sockets and the RTP port range: binding, allocation and non-blocking reads.
 
 The one media module (with rtp/batch_io.py) that opens sockets. Both the per-call sessions
-(rtp/core.py) and the shared ports (rtp/mux.py) take their ports from one `PortRange`, so
+(rtp/engine.py) and the shared ports (rtp/mux.py) take their ports from one `PortRange`, so
 neither reaches into the other's bookkeeping.
 """
 

@@ -18,7 +18,7 @@ order: leg 0 is recording channel 1, the external party or caller). For every pa
 5. mixes a playing prompt into the audio heading to the user who pressed *1, and makes
    its own 20 ms packets when the other party sends none.
 
-The asyncio adapters (rtp/core.py per-call sockets, rtp/mux.py shared ports) own sockets
+The asyncio adapters (rtp/engine.py per-call sockets, rtp/mux.py shared ports) own sockets
 and the clock and call `receive`, `receive_rtcp`, `dtmf` and, every TICK_INTERVAL, `tick`.
 Each leg's stream state lives in a `rtp.fastpath.LegTable` row (the media core's one
 table; a relay made alone gets a table of its own): `TableStream` and `Leg` read and write

@@ -201,11 +201,11 @@ async def test_on_finalised_runs_on_the_loop_once_the_files_are_durable(tmp_path
 
 async def test_the_media_core_passes_on_finalised_to_its_recorders(tmp_path: Path) -> None:
     from rtp.call import MediaEndpoint, Party
-    from rtp.core import MediaCore
+    from rtp.engine import MediaEngine
     from tests.test_media_core import free_range, phone
 
     seen: list[Path] = []
-    core = MediaCore("127.0.0.1", free_range(4), tmp_path, on_finalised=seen.append)
+    core = MediaEngine("127.0.0.1", free_range(4), tmp_path, on_finalised=seen.append)
     a, b = phone(), phone()
     try:
         call = make_call("core-final")

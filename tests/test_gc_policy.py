@@ -80,7 +80,7 @@ def test_a_call_through_the_sip_core_leaves_no_cyclic_garbage(tmp_path: Path) ->
 
 
 async def test_a_recorded_call_through_the_media_core_leaves_no_cyclic_garbage(tmp_path: Path) -> None:
-    from rtp.core import MediaCore
+    from rtp.engine import MediaEngine
     from tests.test_media_core import free_range
 
     from rtp.call import MediaEndpoint
@@ -88,7 +88,7 @@ async def test_a_recorded_call_through_the_media_core_leaves_no_cyclic_garbage(t
     a, b = phone(), phone()
 
     async def call() -> None:
-        core = MediaCore("127.0.0.1", free_range(4), tmp_path)
+        core = MediaEngine("127.0.0.1", free_range(4), tmp_path)
         session = core.open_session(make_call("gc1"))
         session.set_media(0, MediaEndpoint(a.getsockname(), "127.0.0.1"))
         session.set_media(1, MediaEndpoint(b.getsockname(), "127.0.0.1"))

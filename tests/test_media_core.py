@@ -13,7 +13,7 @@ import pytest
 
 from rtp.call import Call, MediaEndpoint, Party
 from rtp import g711
-from rtp.core import MediaCore, PortsExhausted
+from rtp.engine import MediaEngine, PortsExhausted
 from rtp.events import event_payload
 from rtp.packet import RtpPacket, build
 from rtp.prompts import Prompts
@@ -72,16 +72,16 @@ async def drain(sock: socket.socket, seconds: float) -> list[RtpPacket]:
 @pytest.fixture(params=["per_call", "shared"])
 async def core(tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     """Every test runs with a socket per leg and with shared sockets (rtp.mux)."""
-    media = MediaCore(HOST, free_range(4), tmp_path, prompts=PROMPTS, feature_timeout=0.5, shared=request.param == "shared")
+    media = MediaEngine(HOST, free_range(4), tmp_path, prompts=PROMPTS, feature_timeout=0.5, shared=request.param == "shared")
     yield media
     await media.close()
 
 
-def shared(core: MediaCore) -> bool:
+def shared(core: MediaEngine) -> bool:
     return core._shared is not None
 
 
-async def test_audio_flows_both_ways_and_is_recorded(core: MediaCore, tmp_path: Path) -> None:
+async def test_audio_flows_both_ways_and_is_recorded(core: MediaEngine, tmp_path: Path) -> None:
     ext, user = phone(), phone()
     session = core.open_session(make_call("core1"))
     rtp_ext, rtp_user = session.ports
@@ -109,7 +109,7 @@ async def test_audio_flows_both_ways_and_is_recorded(core: MediaCore, tmp_path: 
     user.close()
 
 
-async def test_rtcp_is_relayed_to_rtp_port_plus_one(core: MediaCore) -> None:
+async def test_rtcp_is_relayed_to_rtp_port_plus_one(core: MediaEngine) -> None:
     ext_rtp, user_rtp = phone(), phone()
     user_rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     user_rtcp.setblocking(False)
@@ -129,7 +129,7 @@ async def test_rtcp_is_relayed_to_rtp_port_plus_one(core: MediaCore) -> None:
         s.close()
 
 
-async def test_strangers_are_not_relayed(core: MediaCore) -> None:
+async def test_strangers_are_not_relayed(core: MediaEngine) -> None:
     ext, user = phone(), phone()
     session = core.open_session(make_call("core3"))
     session.set_media(0, MediaEndpoint(("127.0.0.2", 4000), "127.0.0.2"))  # the trunk lives elsewhere
@@ -147,9 +147,9 @@ async def test_strangers_are_not_relayed(core: MediaCore) -> None:
 
 @pytest.mark.parametrize("shared", [False, True])
 async def test_star_one_prompt_from_the_tick(tmp_path: Path, shared: bool) -> None:
-    """The digits make the relay busy; the tick's schedule (MediaCore.wake) must then drive
+    """The digits make the relay busy; the tick's schedule (MediaEngine.wake) must then drive
     it every 20 ms, on per-call and on shared sockets alike."""
-    core = MediaCore(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=shared)
+    core = MediaEngine(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=shared)
     ext, user = phone(), phone()
     session = core.open_session(make_call("core4"))
     session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
@@ -176,7 +176,7 @@ async def test_star_one_prompt_from_the_tick(tmp_path: Path, shared: bool) -> No
 async def test_the_tick_drives_only_sessions_with_something_due(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A session is ticked when its recorder's flush comes (a second after answer, then
     every second) or while its relay is busy; an unanswered, idle or closed one is not."""
-    media = MediaCore(HOST, free_range(8), tmp_path, prompts=PROMPTS)
+    media = MediaEngine(HOST, free_range(8), tmp_path, prompts=PROMPTS)
     ticked: list[str] = []
     sessions = [media.open_session(make_call(f"tick{i}")) for i in range(3)]
     for session in sessions:
@@ -210,7 +210,7 @@ async def test_the_tick_drives_only_sessions_with_something_due(tmp_path: Path, 
 async def test_media_sockets_send_with_df_set_and_no_per_datagram_ip_id(tmp_path: Path, shared: bool) -> None:
     """IP_PMTUDISC_PROBE on every IPv4 media socket (rtp.ports.bind_socket): DF set, so Linux sends
     IP ID 0 (RFC 6864) instead of drawing one per datagram from its shared generator."""
-    media = MediaCore(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=shared)
+    media = MediaEngine(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=shared)
     session = media.open_session(make_call("df"))
     if shared:
         socks = [s for port in media._shared.ports for s in (port.rtp, port.rtcp)]
@@ -224,7 +224,7 @@ async def test_media_sockets_send_with_df_set_and_no_per_datagram_ip_id(tmp_path
 
 
 async def test_port_exhaustion_is_a_clear_error(tmp_path: Path) -> None:
-    media = MediaCore(HOST, free_range(2), tmp_path, prompts=PROMPTS)
+    media = MediaEngine(HOST, free_range(2), tmp_path, prompts=PROMPTS)
     first = media.open_session(make_call("a"))
     with pytest.raises(PortsExhausted, match="no free RTP port pair"):
         media.open_session(make_call("b"))
@@ -238,7 +238,7 @@ async def test_port_exhaustion_is_a_clear_error(tmp_path: Path) -> None:
 async def test_a_tick_running_late_marks_the_core_overloaded_and_it_recovers(tmp_path: Path) -> None:
     """The smoothed lateness of the 20 ms tick (a loop past its core's capacity) is what
     b2bua checks before taking a new call; one late tick is not overload, a run of them is."""
-    media = MediaCore(HOST, free_range(2), tmp_path, prompts=PROMPTS)
+    media = MediaEngine(HOST, free_range(2), tmp_path, prompts=PROMPTS)
     media.note_lag(0.5)
     assert not media.overloaded  # one hiccup (a GC pause, a slow disk write)
     for _ in range(20):
@@ -254,7 +254,7 @@ async def test_a_core_using_most_of_its_cpu_refuses_calls_above_what_it_carries(
     """The media clock samples the process's CPU share once a second (rtp.admission): at 95%
     with three calls up the ceiling drops under three, so a fourth INVITE would get 503."""
     loop = asyncio.get_running_loop()
-    media = MediaCore(HOST, free_range(8), tmp_path, prompts=PROMPTS, cpu_clock=lambda: 0.95 * loop.time())
+    media = MediaEngine(HOST, free_range(8), tmp_path, prompts=PROMPTS, cpu_clock=lambda: 0.95 * loop.time())
     for name in "abc":
         media.open_session(make_call(name))
     assert not media.overloaded
@@ -265,7 +265,7 @@ async def test_a_core_using_most_of_its_cpu_refuses_calls_above_what_it_carries(
 
 
 async def test_max_calls_refuses_the_call_past_the_limit(tmp_path: Path) -> None:
-    media = MediaCore(HOST, free_range(8), tmp_path, prompts=PROMPTS, max_calls=2)
+    media = MediaEngine(HOST, free_range(8), tmp_path, prompts=PROMPTS, max_calls=2)
     media.open_session(make_call("a"))
     assert not media.overloaded
     media.open_session(make_call("b"))
@@ -273,8 +273,8 @@ async def test_max_calls_refuses_the_call_past_the_limit(tmp_path: Path) -> None
     await media.close()
 
 
-async def test_stats_count_relayed_packets_drops_by_reason_and_live_calls(core: MediaCore) -> None:
-    """MediaCore.stats(): what the metrics endpoint exports; calls already over still count."""
+async def test_stats_count_relayed_packets_drops_by_reason_and_live_calls(core: MediaEngine) -> None:
+    """MediaEngine.stats(): what the metrics endpoint exports; calls already over still count."""
     ext, user = phone(), phone()
     session = core.open_session(make_call("stats"))
     session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))

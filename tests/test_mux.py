@@ -20,7 +20,7 @@ from rtp.call import MediaEndpoint
 from rtp import g711, mux
 from rtp.batch_io import BatchMux, available, key_address, source_key
 from rtp.call import Party
-from rtp.core import MediaCore
+from rtp.engine import MediaEngine
 from rtp.packet import MAX_PACKET_SIZE, build
 from tests.conftest import make_call
 from tests.test_media_core import HOST, PROMPTS, drain, free_range, phone
@@ -32,7 +32,7 @@ AUDIO = g711.encode(np.full(160, 1000, dtype=np.int16), 0)
 
 @pytest.fixture
 async def core(tmp_path: Path):  # type: ignore[no-untyped-def]
-    media = MediaCore(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=True)
+    media = MediaEngine(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=True)
     yield media
     await media.close()
 
@@ -61,7 +61,7 @@ def test_source_keys_round_trip_and_match_what_recvmmsg_reports() -> None:
         b.close()
 
 
-async def test_forty_calls_share_one_port_and_each_party_hears_only_its_own_call(core: MediaCore) -> None:
+async def test_forty_calls_share_one_port_and_each_party_hears_only_its_own_call(core: MediaEngine) -> None:
     calls = []
     for i in range(40):
         ext, user = phone(), phone()
@@ -92,7 +92,7 @@ async def test_forty_calls_share_one_port_and_each_party_hears_only_its_own_call
     assert core.sessions == []
 
 
-async def test_a_phone_behind_nat_is_learnt_from_its_signalling_ip(core: MediaCore) -> None:
+async def test_a_phone_behind_nat_is_learnt_from_its_signalling_ip(core: MediaEngine) -> None:
     ext, user = phone(), phone()
     session = core.open_session(make_call("nat"))
     session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
@@ -137,7 +137,7 @@ def call_for(call_id: str, user: str, trunk: str = "carrier"):  # noqa: ANN201 -
     return call
 
 
-async def test_two_phones_behind_one_nat_get_their_own_ports(core: MediaCore) -> None:
+async def test_two_phones_behind_one_nat_get_their_own_ports(core: MediaEngine) -> None:
     """Two calls to phones behind one NAT, both waiting to latch from its IP: each leg is
     given its own port before the port goes into an SDP, so each phone is learnt."""
     ext_a, ext_b, src_a, src_b = phone(), phone(), phone(), phone()
@@ -157,7 +157,7 @@ async def test_two_phones_behind_one_nat_get_their_own_ports(core: MediaCore) ->
         s.close()
 
 
-async def test_two_phones_behind_one_nat_on_one_published_port_are_ambiguous_not_swapped(core: MediaCore) -> None:
+async def test_two_phones_behind_one_nat_on_one_published_port_are_ambiguous_not_swapped(core: MediaEngine) -> None:
     """Ports already in SDPs (callees) cannot move: from one NAT IP, two waiting legs on one
     port are ambiguous, dropped and counted, never guessed."""
     ext_a, ext_b, src = phone(), phone(), phone()
@@ -179,7 +179,7 @@ async def test_two_phones_behind_one_nat_on_one_published_port_are_ambiguous_not
         s.close()
 
 
-async def test_a_party_on_its_sdp_ip_must_send_from_its_sdp_port(core: MediaCore) -> None:
+async def test_a_party_on_its_sdp_ip_must_send_from_its_sdp_port(core: MediaEngine) -> None:
     ext, user, other_port = phone(), phone(), phone()
     session = core.open_session(make_call("sym"))
     session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
@@ -192,7 +192,7 @@ async def test_a_party_on_its_sdp_ip_must_send_from_its_sdp_port(core: MediaCore
         s.close()
 
 
-async def test_a_new_sdp_address_replaces_the_old_route(core: MediaCore) -> None:
+async def test_a_new_sdp_address_replaces_the_old_route(core: MediaEngine) -> None:
     ext, old, new = phone(), phone(), phone()
     session = core.open_session(make_call("move"))
     session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
@@ -207,7 +207,7 @@ async def test_a_new_sdp_address_replaces_the_old_route(core: MediaCore) -> None
         s.close()
 
 
-async def test_ports_open_as_legs_grow_and_close_when_empty(core: MediaCore, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_ports_open_as_legs_grow_and_close_when_empty(core: MediaEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mux, "LEGS_PER_SOCKET", 4)
     sessions = [core.open_session(call_for(f"g{i}", f"user{i}", f"trunk{i}")) for i in range(5)]  # 10 legs: 3 ports
     assert len(core._shared.ports) == 3
@@ -221,10 +221,10 @@ async def test_ports_open_as_legs_grow_and_close_when_empty(core: MediaCore, mon
 
 def test_shared_mode_needs_ipv4(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="IPv4"):
-        MediaCore("::1", (30000, 30099), tmp_path, prompts=PROMPTS, shared=True)
+        MediaEngine("::1", (30000, 30099), tmp_path, prompts=PROMPTS, shared=True)
 
 
-def open_calls(media: MediaCore, count: int, prefix: str) -> list:
+def open_calls(media: MediaEngine, count: int, prefix: str) -> list:
     """`count` calls, each with its two phones: (session, external phone, user phone)."""
     calls = []
     for i in range(count):
@@ -243,7 +243,7 @@ def close_calls(calls: list) -> None:
         user.close()
 
 
-async def test_calls_spread_over_several_ports_all_flow(core: MediaCore, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_calls_spread_over_several_ports_all_flow(core: MediaEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mux, "LEGS_PER_SOCKET", 3)  # legs of one call land on different ports too
     calls = open_calls(core, 6, "s")
     assert len(core._shared.ports) == 4
@@ -264,7 +264,7 @@ async def test_a_read_bigger_than_the_receive_area_takes_every_port_in_turn(
     lost, nothing reordered, on any port."""
     monkeypatch.setattr(mux, "READ_BATCH", 5)
     monkeypatch.setattr(mux, "LEGS_PER_SOCKET", 3)
-    media = MediaCore(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=True)
+    media = MediaEngine(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=True)
     calls = open_calls(media, 6, "a")
     assert len(media._shared.ports) == 4
     for k in range(3):  # 4 packets per leg per step: 48 waiting for an area of 5
@@ -283,7 +283,7 @@ async def test_a_read_bigger_than_the_receive_area_takes_every_port_in_turn(
     await media.close()
 
 
-async def test_oversize_datagrams_on_a_shared_port_are_dropped_not_cut_to_fit(core: MediaCore) -> None:
+async def test_oversize_datagrams_on_a_shared_port_are_dropped_not_cut_to_fit(core: MediaEngine) -> None:
     """The kernel cuts a datagram to the receive slot; one longer than MAX_PACKET_SIZE must
     still be the counted oversize drop it is on a per-call port (tests/test_rtp_hostile.py),
     not forwarded as a 1,500-byte packet, whether the lane or receive() sees it."""
@@ -301,7 +301,7 @@ async def test_oversize_datagrams_on_a_shared_port_are_dropped_not_cut_to_fit(co
     close_calls(calls)
 
 
-async def test_two_calls_whose_parties_share_one_address_get_their_own_ports(core: MediaCore) -> None:
+async def test_two_calls_whose_parties_share_one_address_get_their_own_ports(core: MediaEngine) -> None:
     """SIPp's rtp_stream (or an SBC) sends every call's RTP from one address: a leg whose
     party's address is known before its port goes into an SDP gets a port where that
     address is free, so both calls flow, on the batch lane."""
@@ -316,7 +316,7 @@ async def test_two_calls_whose_parties_share_one_address_get_their_own_ports(cor
     await each_hears_only_its_own_call(core, a, b, ext_a, ext_b, same, (0x2222, 0x3333))
 
 
-async def test_a_shared_address_on_one_published_port_is_dropped_never_crossed(core: MediaCore) -> None:
+async def test_a_shared_address_on_one_published_port_is_dropped_never_crossed(core: MediaEngine) -> None:
     """Two users' callee legs published on one port before their answers, which then name
     one address (an SBC): nothing tells their packets apart (an SSRC would not: a sender may
     use one for every call), so they are dropped and counted, never heard in the wrong call;
@@ -344,7 +344,7 @@ async def test_a_shared_address_on_one_published_port_is_dropped_never_crossed(c
         s.close()
 
 
-async def test_a_callers_own_port_gives_its_unnamed_callee_one_too(core: MediaCore) -> None:
+async def test_a_callers_own_port_gives_its_unnamed_callee_one_too(core: MediaEngine) -> None:
     """SIPp calling in: every call's RTP from one address, so each caller leg gets its own
     port; the callee (not known by name yet: a ring group) probably answers the same way
     (SIPp's UAS), so its leg gets a port of its own before it is published too."""
@@ -371,7 +371,7 @@ async def test_a_callers_own_port_gives_its_unnamed_callee_one_too(core: MediaCo
 
 
 
-async def test_one_user_called_twice_gets_a_port_per_call_before_its_address_is_known(core: MediaCore) -> None:
+async def test_one_user_called_twice_gets_a_port_per_call_before_its_address_is_known(core: MediaEngine) -> None:
     """A callee's port goes into our offer before its answer names its address. Calls to the
     same user (SIPp's UAS, a trunk behind an SBC) probably answer from one address, so each
     such leg is given a port no other leg of that user is on: both calls flow, on the lane."""
@@ -389,7 +389,7 @@ async def test_one_user_called_twice_gets_a_port_per_call_before_its_address_is_
 async def test_many_shared_ports_are_read_through_epoll(tmp_path: Path) -> None:
     """Past EPOLL_FROM_PORTS a read asks epoll which ports have datagrams: calls kept apart
     by port (one user called many times) still flow on every port."""
-    media = MediaCore(HOST, free_range(40), tmp_path, prompts=PROMPTS, shared=True)
+    media = MediaEngine(HOST, free_range(40), tmp_path, prompts=PROMPTS, shared=True)
     calls = []
     for i in range(mux.EPOLL_FROM_PORTS + 3):
         ext, user = phone(), phone()
@@ -415,10 +415,10 @@ async def test_a_tick_with_many_flushes_reads_the_shared_ports_between_them(tmp_
     """A tick that flushes many recorders (2,000 calls: ~40 a tick) reads the shared ports
     every SESSIONS_PER_READ of them, and after a stall (every flush due at once) it does at
     most twice the steady share, leaving the rest for the next ticks."""
-    import rtp.core
+    import rtp.engine
 
-    media = MediaCore(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=True)
-    sessions = [media.open_session(call_for(f"f{i}", f"user{i}", f"trunk{i}")) for i in range(3 * rtp.core.MIN_FLUSHES_PER_TICK // 2)]
+    media = MediaEngine(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=True)
+    sessions = [media.open_session(call_for(f"f{i}", f"user{i}", f"trunk{i}")) for i in range(3 * rtp.engine.MIN_FLUSHES_PER_TICK // 2)]
     now = media.now()
     for session in sessions:
         session.answered(now)
@@ -426,7 +426,7 @@ async def test_a_tick_with_many_flushes_reads_the_shared_ports_between_them(tmp_
     media._shared.read_waiting = lambda *_: reads.append(1)  # type: ignore[method-assign]
     media._tick_sessions(now + 1.5)  # every recorder's flush is due: at most MIN_FLUSHES_PER_TICK now
     flushed = sum(s.relay.next_flush > now + 1.5 for s in sessions)
-    assert flushed == rtp.core.MIN_FLUSHES_PER_TICK and len(reads) == flushed // rtp.core.SESSIONS_PER_READ
+    assert flushed == rtp.engine.MIN_FLUSHES_PER_TICK and len(reads) == flushed // rtp.engine.SESSIONS_PER_READ
     media._tick_sessions(now + 1.52)  # the rest at the next tick, not all in one callback
     assert all(s.relay.next_flush > now + 1.5 for s in sessions)
     for session in sessions:
@@ -434,7 +434,7 @@ async def test_a_tick_with_many_flushes_reads_the_shared_ports_between_them(tmp_
     await media.close()
 
 
-async def test_ending_calls_leave_the_waiting_table_and_only_their_own_legs(core: MediaCore) -> None:
+async def test_ending_calls_leave_the_waiting_table_and_only_their_own_legs(core: MediaEngine) -> None:
     """Every leg signalled from one IP (a trunk, an office) waits under that IP until it
     latches; a call that ends takes out exactly its two legs (in O(1): at 2,000 calls from
     one trunk a scan per hangup was the setup's hot spot), the others keep their order."""
@@ -457,10 +457,10 @@ async def test_a_read_between_flushes_takes_one_receive_area_and_the_poll_the_re
     """Behind, every read finds full areas: the one a tick makes between its flushes takes
     one area (so the tick's flushes stay on time), the poll's takes up to
     MAX_BATCHES_PER_WAKEUP of them; nothing is lost either way."""
-    import rtp.core
+    import rtp.engine
 
     monkeypatch.setattr(mux, "READ_BATCH", 5)
-    media = MediaCore(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=True)
+    media = MediaEngine(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=True)
     media._shared.area = mux.ReceiveArea(5)
     [(session, ext, user)] = open_calls(media, 1, "r")
     await asyncio.sleep(0.01)
@@ -470,7 +470,7 @@ async def test_a_read_between_flushes_takes_one_receive_area_and_the_poll_the_re
     await asyncio.sleep(0.01)
     port = media._shared.ports[0]
     received = port.received
-    media._shared.read_waiting(rtp.core.AREAS_PER_READ_BETWEEN_FLUSHES)
+    media._shared.read_waiting(rtp.engine.AREAS_PER_READ_BETWEEN_FLUSHES)
     assert port.received - received == 5
     media._shared.read_waiting()
     assert port.received - received == 20

@@ -19,7 +19,7 @@ import soundfile
 
 from rtp.call import MediaEndpoint
 from rtp import g711
-from rtp.core import MediaCore
+from rtp.engine import MediaEngine
 from rtp.packet import MAX_PACKET_SIZE, RtpPacket, build
 from rtp.relay import CallRelay, recorder_factory
 from tests.conftest import make_call
@@ -147,7 +147,7 @@ async def test_a_garbage_flood_on_one_call_does_not_disturb_another(tmp_path: Pa
     """Call A's four ports get 20,000 datagrams of garbage, stranger RTP and oversize junk
     while call B carries 50 packets each way: B loses nothing (all 100 arrive, in order)
     and A counts the flood as drops."""
-    core = MediaCore(HOST, free_range(4), tmp_path, prompts=CORE_PROMPTS, feature_timeout=0.5)
+    core = MediaEngine(HOST, free_range(4), tmp_path, prompts=CORE_PROMPTS, feature_timeout=0.5)
     socks = [phone() for _ in range(5)]
     a_ext, a_user, b_ext, b_user, flooder = socks
     flooder.close()

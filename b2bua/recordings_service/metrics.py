@@ -1,7 +1,7 @@
 """Prometheus metrics for `GET /metrics`, with the maintained client (prometheus-client).
 
 One custom collector reads the live objects when Prometheus scrapes, and only then: the
-media core's counters (`MediaCore.stats()`), the call table, admission, lockouts, the
+media core's counters (`MediaEngine.stats()`), the call table, admission, lockouts, the
 recorders' backlogs, disk space and the webhook outbox. Nothing is counted per packet.
 Each process has its own registry (no global state), so in a cluster each worker exposes
 its own figures.
@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-#: MediaCore.stats() keys that are drops, and the `reason` label each is exported under.
+#: MediaEngine.stats() keys that are drops, and the `reason` label each is exported under.
 DROP_REASONS = {
     "malformed": "malformed",  # not RTP v2, truncated
     "unlatched": "unlatched",  # from an address that is not the party's (RTP bleed)
@@ -46,7 +46,7 @@ class ServiceCounters:
 class B2buaCollector(Collector):
     def __init__(self, server: Any, counters: ServiceCounters, recordings_dir: Path,
                  index: Any = None, webhooks: Any = None, guard: Any = None) -> None:
-        self.server = server  # b2bua.server.Server: .core (B2BUA), .media (MediaCore), .lockout
+        self.server = server  # b2bua.server.Server: .core (B2BUA), .media (MediaEngine), .lockout
         self.counters = counters
         self.recordings_dir = recordings_dir
         self.index = index

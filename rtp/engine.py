@@ -61,7 +61,7 @@ def _add_relay_stats(out: dict[str, int], session: MediaSession | SharedSession)
 class MediaSession:
     """One call's media: two RTP/RTCP port pairs and the relay between them."""
 
-    def __init__(self, core: MediaCore, call: Call, base_ports: tuple[int, int], sockets: list[socket.socket]) -> None:
+    def __init__(self, core: MediaEngine, call: Call, base_ports: tuple[int, int], sockets: list[socket.socket]) -> None:
         self.core = core
         self.call = call
         self.relay = CallRelay(call, core.prompts, core.make_recorder, feature_timeout=core.feature_timeout,
@@ -164,7 +164,7 @@ class MediaSession:
             self._send(out)
 
 
-class MediaCore:
+class MediaEngine:
     """All calls' media on one event loop: port allocation and the shared 20 ms tick."""
 
     def __init__(
