@@ -94,10 +94,12 @@ async def run(calls: int, seconds: float, mode: str, profile: bool, polls: int =
             fs.buffer[:, 12:] = np.frombuffer(PAYLOAD, dtype=np.uint8)
             streams.append((k, fs))
     receivers = [BatchSocket(g, 256) for g in gens]
+    pool = core.pool
     if mode == "shared":
-        pool = core._shared
         readers = [lambda: pool.read(pool.ports)]  # what the 2 ms read clock does (SharedPorts._poll)
-    else:
+    elif pool is not None:  # per-call ports on the same batch path: epoll names the ports to read
+        readers = [lambda: pool.read_waiting()]
+    else:  # a reader per socket (rtp.engine.MediaSession: IPv6, no recvmmsg)
         readers = [lambda s=s, c=c: s._on_rtp(c) for s in sessions for c in (0, 1)]
     steps = int(seconds / 0.02)
     offered = received = 0

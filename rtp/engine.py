@@ -3,11 +3,17 @@
 Everything about media decisions lives in the sans-IO `rtp.relay.CallRelay`; this module
 only moves datagrams between UDP sockets and relays, and ticks their timers.
 
-Why raw non-blocking sockets with `loop.add_reader` rather than datagram protocols: a
-session must be opened synchronously (the signalling side needs our ports for the SDP
-it is writing), and a reader callback that drains the socket in a loop is the cheapest
-per-packet path both asyncio and uvloop offer. Sends are `sendto` on a non-blocking
-socket; a full socket buffer drops the packet (counted), as the network would.
+On an IPv4 media_ip every datagram takes one path, whatever `[server] media_sockets` says:
+the ports of `rtp.mux.SharedPorts` (shared by many legs, or with `media_sockets =
+"per_call"` a pair per leg: `dedicated`) are read in batches on the poll clock, the common
+packet forwarded and recorded by `rtp.fastpath.LegTable.forward` (a lone packet is a batch
+of one), the rest by `CallRelay.receive`. Sessions are opened synchronously (the
+signalling side needs our ports for the SDP it is writing).
+
+`MediaSession` (a reader per socket, `recvfrom` and `CallRelay.receive` per datagram) is
+left for what the batch path cannot read: an IPv6 media_ip (rtp.batch_io speaks
+sockaddr_in only) or a system without recvmmsg/sendmmsg. Sends are `sendto` on a
+non-blocking socket; a full socket buffer drops the packet (counted), as the network would.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from rtp.disk_writer import DiskWriter
 from rtp.fastpath import LegTable
 from rtp.feature import FEATURE_TIMEOUT
 from rtp.lateness import Lateness
+from rtp import batch_io
 from rtp.mux import POLL_INTERVAL, SharedPorts, SharedSession, ipv4
 from rtp.ports import MAX_DATAGRAM, PortRange, PortsExhausted, read_datagrams
 from rtp.prompts import Prompts, load_prompts
@@ -59,7 +66,9 @@ def _add_relay_stats(out: dict[str, int], session: MediaSession | SharedSession)
 
 
 class MediaSession:
-    """One call's media: two RTP/RTCP port pairs and the relay between them."""
+    """One call's media on its own two RTP/RTCP port pairs, a reader per socket: only for an
+    IPv6 media_ip or a system without recvmmsg (see the module doc). Every datagram goes
+    through `CallRelay.receive`, ~10x the cost of the batch path (docs/performance.md)."""
 
     def __init__(self, core: MediaEngine, call: Call, base_ports: tuple[int, int], sockets: list[socket.socket]) -> None:
         self.core = core
@@ -219,7 +228,12 @@ class MediaEngine:
         self.port_pool = PortRange(media_ip, low, high)
         # Every call's per-leg stream state, the only copy (rtp.fastpath.LegTable).
         self.leg_table = LegTable()
-        self._shared = SharedPorts(self, self.port_pool, poll_interval, self.leg_table) if shared else None
+        # The ports every IPv4 call's media is read from (rtp.mux): shared, or (per_call) a
+        # pair per leg on the same batch path; None: MediaSession's reader per socket (IPv6).
+        self.pool: SharedPorts | None = None
+        if shared or (ipv4(media_ip) and batch_io.available()):
+            self.pool = SharedPorts(self, self.port_pool, poll_interval, self.leg_table, dedicated=not shared)
+        self._shared = self.pool if shared else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._next_tick = 0.0
@@ -259,7 +273,7 @@ class MediaEngine:
         out["recordings_active"] = sum(
             1 for session in self.sessions if session.relay.recorder is not None and session.relay.recorder.recording
         )
-        shared = self._shared.stats if self._shared is not None else {}
+        shared = self.pool.stats if self.pool is not None else {}
         for key in ("strangers", "ambiguous", "send_dropped", "shared_ports"):
             out[key] = shared.get(key, 0)
         out["late_reads"] = self.read_lateness.total - sum(self.read_lateness.counts[:LATE_READ_BUCKET])
@@ -281,9 +295,10 @@ class MediaEngine:
         return self.port_pool.free_pairs
 
     def open_session(self, call: Call) -> MediaSession | SharedSession:
-        """Bind two RTP/RTCP pairs for `call` at once; PortsExhausted when the range is full."""
-        if self._shared is not None:
-            shared = SharedSession(self, self._shared, call)
+        """Bind two RTP/RTCP pairs for `call` at once (per_call), or place its legs on shared
+        ports; PortsExhausted when the range is full."""
+        if self.pool is not None:
+            shared = SharedSession(self, self.pool, call)
             self.sessions.append(shared)
             self._start_ticking()
             return shared
@@ -419,7 +434,7 @@ class MediaEngine:
                 del scheduled[session]
                 due.add(session)
                 taken += 1
-        shared = self._shared
+        shared = self.pool
         driven = 0
         for session in due:
             if session.closed:
@@ -440,8 +455,8 @@ class MediaEngine:
             if not relay.busy:
                 self._busy.discard(session)
             self.wake(session)
-        if self._shared is not None:
-            self._shared.flush()
+        if shared is not None:
+            shared.flush()
 
     async def close(self) -> None:
         """Finalise every recording and free every port (graceful shutdown, SIGTERM)."""
@@ -453,6 +468,6 @@ class MediaEngine:
                 session.close()
             except Exception:
                 self.log.exception("closing media for call %s failed", session.call.call_id)
-        if self._shared is not None:
-            self._shared.close_all()
+        if self.pool is not None:
+            self.pool.close_all()
         await self.writer.aclose()  # the last recordings reach the disk before the process exits

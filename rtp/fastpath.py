@@ -382,8 +382,16 @@ class LegTable:
         size_f = size[fast]
         ports = self.out_port[gf]
         first = int(ports[0])
-        if (ports == first).all():
+        port_list = ports.tolist()
+        if len(port_list) > 1 and (ports == first).all():
             self.ports[first].mux.send_rows(rows, fast, size_f, self.dst_items[gf])
+        elif len(set(port_list)) == len(port_list):
+            # A port each (per-call ports, rtp.mux SharedPorts.dedicated; or a lone packet):
+            # one sendto each, straight from the row, without numpy's per-call cost.
+            base, stride, dst = rows.ctypes.data, rows.strides[0], self.dst.ctypes.data
+            by_ident = self.ports
+            for ident, k, length, leg in zip(port_list, fast.tolist(), size_f.tolist(), gf.tolist()):
+                by_ident[ident].mux.send_one(base + k * stride, length, dst + 16 * leg)
         else:  # legs of several ports: each port's packets leave from it, in arrival order
             order = np.argsort(ports, kind="stable")
             by_port = ports[order]

@@ -41,6 +41,8 @@ import ipaddress
 import logging
 import select
 import socket
+import weakref
+from itertools import repeat
 from typing import Protocol
 
 import numpy as np
@@ -49,7 +51,7 @@ from rtp.call import Call, MediaEndpoint
 from rtp.batch_io import BatchMux, ReceiveArea, SendArea, key_address, source_key
 from rtp.fastpath import LegTable, RouteMap
 from rtp.lateness import Lateness
-from rtp.ports import PortRange, PortsExhausted, read_datagrams
+from rtp.ports import SOCKET_BUFFER, PortRange, PortsExhausted, read_datagrams
 from rtp.prompts import Prompts
 from rtp.relay import CallRelay, Datagram, RecorderFactory
 
@@ -61,6 +63,7 @@ class MediaHost(Protocol):
     prompts: Prompts
     make_recorder: RecorderFactory
     feature_timeout: float
+    sessions: list  # the calls up (a PortsExhausted message counts them)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...
@@ -93,6 +96,10 @@ MAX_BATCHES_PER_WAKEUP = 16  # full areas per read before yielding to other work
 # pay numpy's per-call cost for each handful; 2 ms gathers ~400 packets at 2,000 calls,
 # and 2 ms more delay is nothing to a phone's jitter buffer (the recorder's window is 200 ms).
 POLL_INTERVAL = 0.002  # the default of [server] media_poll_ms; 0: on readiness
+#: Ports of one read whose batch-lane routes are looked up with numpy (RouteMap.lookup, a
+#: few us a call); past this many (dedicated ports: a datagram or two each) a dict look-up
+#: per datagram is cheaper.
+LOOKUPS_PER_PORT_UP_TO = 8
 
 
 class SharedPort:
@@ -118,6 +125,10 @@ class SharedPort:
         # source keys two live calls' legs share -> those legs: dropped (see _conflict)
         self.conflicts: dict[int, set[tuple[SharedSession, int]]] = {}
         self.parties: dict[tuple[str, str], int] = {}  # (role, name) -> legs here of that party
+        # A dedicated port (SharedPorts.dedicated: `media_sockets = "per_call"`) holds one
+        # leg, `owner`: the port names the call, so every source that is not routed is that
+        # leg's, for its relay's latching rules to decide (rtp.relay.CallRelay._latch).
+        self.owner: tuple[SharedSession, int] | None = None
 
     # -- routing tables ---------------------------------------------------------------
 
@@ -210,6 +221,8 @@ class SharedPort:
 
     def _claim(self, key: int, now: float, data: bytes = b"") -> tuple[SharedSession, int, tuple[str, int]] | None:
         """Who a datagram from an unknown source belongs to, if anyone (see module doc)."""
+        if self.owner is not None:  # a dedicated port: the port names the leg (no strangers here)
+            return self.owner[0], self.owner[1], key_address(key)
         if key in self.conflicts:
             self.ambiguous += 1
             return None
@@ -291,6 +304,8 @@ class SharedPort:
 
     def _rtcp_claim(self, addr: tuple[str, int]) -> tuple[SharedSession, int] | None:
         """An RTCP source: the leg whose RTP comes from port - 1 of it (or that port), else the only leg on its host."""
+        if self.owner is not None:  # a dedicated port: its one leg's relay decides (receive_rtcp)
+            return self.owner
         host, port = addr
         for rtp_port in (port - 1, port):  # RTCP from RTP + 1 (RFC 3550 §11), or from the RTP port itself
             rtp_route = self.routes.get(source_key((host, rtp_port))) if rtp_port > 0 else None
@@ -305,13 +320,25 @@ class SharedPort:
 
 
 class SharedPorts:
-    """The pool of shared ports: opened on demand, filled up to LEGS_PER_SOCKET each."""
+    """The pool of shared ports: opened on demand, filled up to LEGS_PER_SOCKET each.
+
+    `dedicated` (`[server] media_sockets = "per_call"`): every leg gets a port pair of its
+    own (`assign` opens one, `release` closes it when the call ends), with a normal socket
+    buffer. Why here and not a reader per socket: the port's datagrams then take the same
+    path as shared ports' (read in batches on the poll clock, the common packet forwarded
+    and recorded by `LegTable.forward`, the rest by `CallRelay.receive`), so a per-call
+    port costs what a shared one does but for the system calls per socket. The port names
+    the call (`SharedPort.owner`): no source is a stranger or ambiguous there, the leg's
+    relay alone decides whom it latches to, exactly as per-call ports always did."""
 
     def __init__(self, core: MediaHost, port_pool: PortRange, poll_interval: float = POLL_INTERVAL,
-                 table: LegTable | None = None) -> None:
-        self.core = core
+                 table: LegTable | None = None, *, dedicated: bool = False) -> None:
+        # Weak: the core owns its pool, and a cycle between them would be garbage for the
+        # collector, which the process runs rarely (b2bua gc policy, tests/test_gc_policy.py).
+        self.core: MediaHost = weakref.proxy(core)
         self.port_pool = port_pool
         self.poll_interval = poll_interval
+        self.dedicated = dedicated
         self.ports: list[SharedPort] = []
         self._dirty: set[SharedPort] = set()
         self.table = table if table is not None else LegTable()  # the media core's one leg table
@@ -348,7 +375,7 @@ class SharedPorts:
             self.core.read_lateness.add(now - self._last_read - self.poll_interval)
         self._last_read = now
         ports = self.ports
-        if self._epoll is not None and len(ports) > EPOLL_FROM_PORTS:
+        if self._epoll is not None and (self.dedicated or len(ports) > EPOLL_FROM_PORTS):
             by_fd = self._by_fd
             ports = [by_fd[fd] for fd, _ in self._epoll.poll(0) if fd in by_fd]
         if ports:
@@ -384,8 +411,14 @@ class SharedPorts:
             lens, keys = area.batch_of(total)
             if len(segments) == 1:
                 legs = segments[0][0].fast_routes.lookup(keys)
-            else:
+            elif len(segments) <= LOOKUPS_PER_PORT_UP_TO:
                 legs = np.concatenate([port.fast_routes.lookup(keys[a:b]) for port, a, b in segments])
+            else:  # many ports (dedicated ones: a packet or two each): a dict look-up a datagram
+                key_list = keys.tolist()
+                found: list[int] = []
+                for port, a, b in segments:
+                    found.extend(map(port.fast_routes.get, key_list[a:b], repeat(-1, b - a)))
+                legs = np.array(found, dtype=np.int64)
             slow: range | list[int]
             if legs.max() >= 0:
                 try:
@@ -418,7 +451,12 @@ class SharedPorts:
         be told apart from every other live leg's, and (`apart`) where no other leg is
         `party`'s (its address unknown yet, likely the one its other calls send from);
         opens one when none fits. Past MAX_SHARED_PORTS the least-filled port is shared
-        anyway (rtp.mux module doc)."""
+        anyway (rtp.mux module doc). Dedicated: always a new port pair (PortsExhausted when
+        the range is full)."""
+        if self.dedicated:
+            port = self._open()
+            port.legs = 1
+            return port
         for port in self.ports:
             if (port.legs < LEGS_PER_SOCKET and (endpoint is None or not port.taken(endpoint, now))
                     and not (apart and port.parties.get(party))):
@@ -439,13 +477,14 @@ class SharedPorts:
             port.parties[party] = left
         else:
             port.parties.pop(party, None)
-        if port.legs <= 0 and len(self.ports) > 1:
+        if port.legs <= 0 and (self.dedicated or len(self.ports) > 1):
             self.ports.remove(port)
             self._close(port)
 
     def _open(self) -> SharedPort:
         core = self.core
-        base, rtp, rtcp = self.port_pool.bind_pair(buffer=SHARED_SOCKET_BUFFER)
+        base, rtp, rtcp = self.port_pool.bind_pair(buffer=SOCKET_BUFFER if self.dedicated else SHARED_SOCKET_BUFFER,
+                                                   calls=len(core.sessions))
         port = SharedPort(self, base, rtp, rtcp)
         self.table.ports[port.ident] = port
         core.loop.add_reader(rtcp.fileno(), port.on_rtcp)
@@ -458,18 +497,22 @@ class SharedPorts:
             self._due = core.loop.time() + self.poll_interval
             self._poller = core.loop.call_at(self._due, self._poll)
         self.ports.append(port)
-        core.log.info("media event=shared_port port=%d shared_ports=%d", base, len(self.ports))
+        if not self.dedicated:  # a call's own ports are not an event worth a line
+            core.log.info("media event=shared_port port=%d shared_ports=%d", base, len(self.ports))
         return port
 
     def _close(self, port: SharedPort) -> None:
         self.table.ports.pop(port.ident, None)
+        port.owner = None  # the session and its dedicated port referred to each other
         counts = self._closed_counts
         counts["strangers"] += port.strangers
         counts["ambiguous"] += port.ambiguous
         counts["send_dropped"] += port.mux.send_dropped
         counts["received"] += port.received
         counts["sent"] += port.mux.sent
-        self.core.log.info("media event=shared_port_closed port=%d received=%d sent=%d", port.port, port.received, port.mux.sent)
+        if not self.dedicated:
+            self.core.log.info("media event=shared_port_closed port=%d received=%d sent=%d", port.port, port.received,
+                               port.mux.sent)
         loop = self.core.loop
         if self._epoll is not None and self._by_fd.pop(port.rtp.fileno(), None) is not None:
             try:
@@ -506,7 +549,8 @@ class SharedPorts:
             self._epoll = None
             self._by_fd.clear()
         stats = self.stats
-        self.core.log.info("media event=shared_ports_closed %s", " ".join(f"{k}={v}" for k, v in stats.items()))
+        self.core.log.info("media event=%s %s", "media_ports_closed" if self.dedicated else "shared_ports_closed",
+                           " ".join(f"{k}={v}" for k, v in stats.items()))
         for port in self.ports:
             self._close(port)
         self.ports = []
@@ -515,7 +559,7 @@ class SharedPorts:
     def stats(self) -> dict[str, int]:
         counts = self._closed_counts
         return {
-            "shared_ports": len(self.ports),
+            "shared_ports": 0 if self.dedicated else len(self.ports),
             "strangers": counts["strangers"] + sum(p.strangers for p in self.ports),
             "ambiguous": counts["ambiguous"] + sum(p.ambiguous for p in self.ports),
             "send_dropped": counts["send_dropped"] + sum(p.mux.send_dropped for p in self.ports),
@@ -525,7 +569,8 @@ class SharedPorts:
 
 
 class SharedSession:
-    """One call's media on shared ports: the same interface as `rtp.engine.MediaSession`."""
+    """One call's media on the pool's ports (shared, or dedicated: a pair per leg): the same
+    interface as `rtp.engine.MediaSession` (which IPv6 media still uses)."""
 
     def __init__(self, core: MediaHost, pool: SharedPorts, call: Call) -> None:
         self.core = core
@@ -547,7 +592,11 @@ class SharedSession:
             raise
         # A leg's port is provisional until signalling reads it for an SDP (`ports`): until
         # then set_media may move the leg to a port on which its party's address is free.
-        self._published = [False, False]
+        # A dedicated port is the leg's alone: fixed from the start, and it names the leg.
+        self._published = [pool.dedicated, pool.dedicated]
+        if pool.dedicated:
+            for channel, port in enumerate(self._ports):
+                port.owner = (self, channel)
         self._apart = False  # a leg needed a port of its own: the other leg's unknown party may too
         self._endpoints: list[MediaEndpoint | None] = [None, None]
         self.keys: tuple[set[int], set[int]] = (set(), set())  # route keys each leg owns

@@ -12,6 +12,7 @@ in the same state.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import socket
 import struct
@@ -54,6 +55,11 @@ class FakeMux:
         for k, size, sa in zip(picked.tolist(), sizes.tolist(), sockaddrs):
             self.sent.append((bytes(rows[k, :size]), sockaddr_to_addr(bytes(sa))))
         return len(sizes)
+
+    def send_one(self, address: int, size: int, sockaddr: int) -> int:
+        """BatchMux.send_one: the datagram and its sockaddr_in are read where the lane points."""
+        self.sent.append((ctypes.string_at(address, size), sockaddr_to_addr(ctypes.string_at(sockaddr, 16))))
+        return 1
 
 
 class FakePort:

@@ -212,11 +212,8 @@ async def test_media_sockets_send_with_df_set_and_no_per_datagram_ip_id(tmp_path
     IP ID 0 (RFC 6864) instead of drawing one per datagram from its shared generator."""
     media = MediaEngine(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=shared)
     session = media.open_session(make_call("df"))
-    if shared:
-        socks = [s for port in media._shared.ports for s in (port.rtp, port.rtcp)]
-    else:
-        socks = session._sockets
-    assert socks
+    socks = [s for port in media.pool.ports for s in (port.rtp, port.rtcp)]
+    assert len(socks) == (2 if shared else 4)  # per call: the call's own two RTP/RTCP pairs
     for sock in socks:
         assert sock.getsockopt(socket.IPPROTO_IP, 10) == 3  # IP_MTU_DISCOVER: IP_PMTUDISC_PROBE
     session.close()
