@@ -259,12 +259,15 @@ class MediaEngine:
         the live calls, calls already over kept as totals). `forwarded`: packets relayed.
         Drops by reason, each packet counted once under the first rule it broke:
         `malformed` (of which `oversize`: longer than MAX_PACKET_SIZE), `unlatched` (not
-        the party's address), `no_target` (nowhere to send), `strangers` and `ambiguous`
-        (shared ports: from nobody known / an address several calls claim and no SSRC
-        tells apart), `send_errors` and `send_dropped` (the kernel refused the send).
-        `late_reads`: shared-port reads of the current lateness window over 5 ms late.
-        Also `swallowed` (*1 digits), `injected` (prompts, regenerated digits), `rtcp`,
-        `calls_active`, `sessions_active`, `recordings_active`, `shared_ports`."""
+        the party's address; on a per-call port every source the party may not latch
+        to), `no_target` (nowhere to send), `strangers` and `ambiguous` (shared ports
+        only: from nobody known / an address several calls claim and no SSRC tells
+        apart), `send_errors` (RTCP, and IPv6's per-socket sends) and `send_dropped`
+        (RTP sent from the ports' batch path) when the kernel refused the send.
+        `late_reads`: port reads (shared or per-call, IPv4) of the current lateness
+        window over 5 ms late. Also `swallowed` (*1 digits), `injected` (prompts,
+        regenerated digits), `rtcp`, `calls_active`, `sessions_active`,
+        `recordings_active`, `shared_ports` (0 with per-call ports)."""
         out = dict(self._closed_stats)
         for session in self.sessions:
             _add_relay_stats(out, session)

@@ -1,5 +1,5 @@
 """The leg table and the batch lane: every call's per-leg state, and the common audio packet
-of every call on a shared port handled in numpy.
+of every call on an IPv4 media port (shared, or a call's own: rtp.mux) handled in numpy.
 
 `LegTable` holds each leg's stream state (our SSRC, sequence number and timestamp towards
 its party, the offsets from the source stream, when audio last went to it, how many of its
@@ -10,11 +10,12 @@ per-packet path (`OutStream.map`, the readable rules) and the batch path read an
 same numbers, so nothing is lent or handed back.
 
 Why a batch path: on the shared sockets (rtp.mux) a recvmmsg hands over dozens of
-datagrams from as many calls at once, and most are the same case: a latched party's next
-G.711 packet, to be re-stamped (sequence number, timestamp, SSRC) and sent on to the other
-party. Doing that per packet in Python costs ~20 us each; here the header fields of the
-whole batch are read, checked and rewritten with a few numpy operations, and the batch
-leaves in one sendmmsg.
+datagrams from as many calls at once (per-call ports: one read of every port epoll names
+does), and most are the same case: a latched party's next G.711 packet, to be re-stamped
+(sequence number, timestamp, SSRC) and sent on to the other party. Doing that per packet
+in Python costs ~20 us each; here the header fields of the whole batch are read, checked
+and rewritten with a few numpy operations, and the batch leaves in one sendmmsg per port
+(a sendto each where every packet leaves from a port of its own).
 
 Which packets the batch takes is decided per leg by `refresh` (from `CallRelay.batchable`:
 latched, G.711 both ways, no prompt, no transcoding, no in-band detection, a started source
@@ -214,9 +215,11 @@ class LegTable:
         if old:
             self.keys += [None] * (legs - old)
             self.sources += [None] * (legs - old)
+            self.targets += [None] * (legs - old)
         else:
             self.keys: list[tuple[int, SharedPort] | None] = [None] * legs  # the lane's route, to undo it
             self.sources: list[tuple[str, int] | None] = [None] * legs  # the address keys[g] is for
+            self.targets: list[tuple[str, int] | None] = [None] * legs  # where dst[g] points, as (ip, port)
 
     # -- calls ------------------------------------------------------------------------------
 
@@ -290,6 +293,7 @@ class LegTable:
             out_port = session.port_of(1 - channel)
             self.out_port[g] = out_port.ident
             self.dst[g] = np.frombuffer(out_port.mux.sockaddr(target), np.uint8)
+            self.targets[g] = target
 
     # -- the batch ----------------------------------------------------------------------------
 
@@ -388,10 +392,12 @@ class LegTable:
         elif len(set(port_list)) == len(port_list):
             # A port each (per-call ports, rtp.mux SharedPorts.dedicated; or a lone packet):
             # one sendto each, straight from the row, without numpy's per-call cost.
-            base, stride, dst = rows.ctypes.data, rows.strides[0], self.dst.ctypes.data
-            by_ident = self.ports
+            flat = memoryview(rows.reshape(-1))
+            stride = rows.strides[0]
+            by_ident, targets = self.ports, self.targets
             for ident, k, length, leg in zip(port_list, fast.tolist(), size_f.tolist(), gf.tolist()):
-                by_ident[ident].mux.send_one(base + k * stride, length, dst + 16 * leg)
+                at = k * stride
+                by_ident[ident].mux.send_one(flat[at : at + length], targets[leg])
         else:  # legs of several ports: each port's packets leave from it, in arrival order
             order = np.argsort(ports, kind="stable")
             by_port = ports[order]

@@ -28,7 +28,10 @@ What it costs: the port no longer names the call, so a datagram is routed by its
    Two legs on one published port that expect one address cannot be told apart (an SSRC
    would not do: a sender may use one for every call): their packets are dropped and
    counted (`ambiguous`) until one call ends, never heard in the wrong call.
-Shared sockets are IPv4 only; `[server] media_sockets = "per_call"` gives every leg its own.
+Shared sockets are IPv4 only; `[server] media_sockets = "per_call"` gives every leg its own
+port pair, on this same path (`SharedPorts(dedicated=True)`: a port holding one leg, which
+names it, read with the others on the poll clock); an IPv6 media_ip keeps
+`rtp.engine.MediaSession`'s reader per socket (rtp.batch_io reads sockaddr_in only).
 
 RTCP rides on each shared port + 1, routed the same way (by the legs' known hosts, the
 RTP port + 1 first), with plain recvfrom/sendto: it is a few packets a second per call.
@@ -100,6 +103,10 @@ POLL_INTERVAL = 0.002  # the default of [server] media_poll_ms; 0: on readiness
 #: few us a call); past this many (dedicated ports: a datagram or two each) a dict look-up
 #: per datagram is cheaper.
 LOOKUPS_PER_PORT_UP_TO = 8
+#: Datagrams one read takes from a dedicated (per-call) port: a leg sends ~0.1 per 2 ms
+#: read; more wait for the next read (epoll names the port while it has any). Why a limit:
+#: recvmmsg's message headers are reset for as many as it may fill, per port.
+DEDICATED_READ = 16
 
 
 class SharedPort:
@@ -391,6 +398,7 @@ class SharedPorts:
         rows = area.rows
         table = self.table
         now = self.core.now()
+        limit = DEDICATED_READ if self.dedicated else 0
         for _ in range(batches):
             total = 0
             segments: list[tuple[SharedPort, int, int]] = []
@@ -399,7 +407,7 @@ class SharedPorts:
             self._rotor += 1
             for k in range(count):
                 port = ports[(first + k) % count]
-                n = area.recv(port.mux.fd, total)
+                n = area.recv(port.mux.fd, total, limit)
                 if n:
                     port.received += n
                     segments.append((port, total, total + n))

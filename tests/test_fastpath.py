@@ -12,7 +12,6 @@ in the same state.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import socket
 import struct
@@ -56,9 +55,8 @@ class FakeMux:
             self.sent.append((bytes(rows[k, :size]), sockaddr_to_addr(bytes(sa))))
         return len(sizes)
 
-    def send_one(self, address: int, size: int, sockaddr: int) -> int:
-        """BatchMux.send_one: the datagram and its sockaddr_in are read where the lane points."""
-        self.sent.append((ctypes.string_at(address, size), sockaddr_to_addr(ctypes.string_at(sockaddr, 16))))
+    def send_one(self, datagram: memoryview, target: tuple[str, int]) -> int:
+        self.sent.append((bytes(datagram), target))
         return 1
 
 
