@@ -52,7 +52,7 @@ class Server:
     feature_timeout: float = DEFAULT_FEATURE_TIMEOUT
     registrations_db: Path | None = None
     media_sockets: str = "shared"  # "shared" (rtp.mux: many legs per port, IPv4) | "per_call" (default for an IPv6 media_ip)
-    media_poll: float = 0.002  # seconds between reads of the shared ports; 0: on readiness (rtp.mux)
+    media_poll: float = 0.002  # seconds between reads of the IPv4 media ports, shared or per-call; 0: on readiness (rtp.mux)
     max_calls: int = 0  # concurrent calls taken before new INVITEs get 503; 0: as many as the core carries
 
 
