@@ -15,6 +15,7 @@ from rtp.call import Call, MediaEndpoint, Party
 from rtp import g711
 from rtp.engine import MediaEngine, PortsExhausted
 from rtp.events import event_payload
+from rtp.mux import POLL_INTERVAL
 from rtp.packet import RtpPacket, build
 from rtp.prompts import Prompts
 from tests.conftest import make_call
@@ -77,10 +78,12 @@ async def drain(sock: socket.socket, seconds: float) -> list[RtpPacket]:
             packets.append(packet)
 
 
-@pytest.fixture(params=["per_call", "shared"])
+@pytest.fixture(params=["per_call", "shared", "per_call_on_readiness"])
 async def core(tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    """Every test runs with a socket per leg and with shared sockets (rtp.mux)."""
-    media = MediaEngine(HOST, free_range(4), tmp_path, prompts=PROMPTS, feature_timeout=0.5, shared=request.param == "shared")
+    """Every test runs with a socket per leg and with shared sockets (rtp.mux), both read on
+    the poll clock; and per-call sockets read as datagrams come (`media_poll_ms = 0`)."""
+    media = MediaEngine(HOST, free_range(4), tmp_path, prompts=PROMPTS, feature_timeout=0.5, shared=request.param == "shared",
+                        poll_interval=0.0 if request.param.endswith("on_readiness") else POLL_INTERVAL)
     yield media
     await media.close()
 
