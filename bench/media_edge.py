@@ -1,4 +1,5 @@
-"""Benchmark the media edge in process: shared sockets (rtp.mux) against a socket per leg.
+"""Benchmark the media edge in process: shared sockets (rtp.mux) against a socket per leg
+(per_call: on IPv4 the same pool's dedicated ports, read as its poll clock does, via epoll).
 
 N calls on loopback, recording on. Each 20 ms step (simulated time), one socket standing in for every
 party sends one PCMU packet per leg (each party from its own 127.x.y.z, as in
