@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from rtp import batch_io
 from rtp.call import Call, MediaEndpoint
 from rtp.admission import Admission
 from rtp.cpu_quota import cpu_quota
@@ -33,7 +34,6 @@ from rtp.disk_writer import DiskWriter
 from rtp.fastpath import LegTable
 from rtp.feature import FEATURE_TIMEOUT
 from rtp.lateness import Lateness
-from rtp import batch_io
 from rtp.mux import POLL_INTERVAL, SharedPorts, SharedSession, ipv4
 from rtp.ports import MAX_DATAGRAM, PortRange, PortsExhausted, read_datagrams
 from rtp.prompts import Prompts, load_prompts
@@ -68,7 +68,8 @@ def _add_relay_stats(out: dict[str, int], session: MediaSession | SharedSession)
 class MediaSession:
     """One call's media on its own two RTP/RTCP port pairs, a reader per socket: only for an
     IPv6 media_ip or a system without recvmmsg (see the module doc). Every datagram goes
-    through `CallRelay.receive`, ~10x the cost of the batch path (docs/performance.md)."""
+    through `CallRelay.receive`: on IPv4 this cost ~3x a shared port's per packet
+    (bench/media_edge.py, docs/performance.md 2026-12-07)."""
 
     def __init__(self, core: MediaEngine, call: Call, base_ports: tuple[int, int], sockets: list[socket.socket]) -> None:
         self.core = core

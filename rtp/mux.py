@@ -334,7 +334,8 @@ class SharedPorts:
     buffer. Why here and not a reader per socket: the port's datagrams then take the same
     path as shared ports' (read in batches on the poll clock, the common packet forwarded
     and recorded by `LegTable.forward`, the rest by `CallRelay.receive`), so a per-call
-    port costs what a shared one does but for the system calls per socket. The port names
+    port costs what a shared one does but for the system calls (and the Python around
+    them) per socket: ~2.5x per packet (docs/performance.md). The port names
     the call (`SharedPort.owner`): no source is a stranger or ambiguous there, the leg's
     relay alone decides whom it latches to, exactly as per-call ports always did."""
 
