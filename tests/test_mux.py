@@ -283,6 +283,42 @@ async def test_a_read_bigger_than_the_receive_area_takes_every_port_in_turn(
     await media.close()
 
 
+async def test_per_call_ports_behind_are_read_area_by_area_none_asked_twice_when_empty(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-call ports (SharedPorts dedicated) fall behind: 12 ports with 4 datagrams each for
+    an area of 5 and at most 2 a port per ask. The read takes area after area, the ports
+    not yet read first, then those that had more: nothing lost or reordered, and a port that
+    came back empty is not asked again in that read."""
+    monkeypatch.setattr(mux, "READ_BATCH", 5)
+    monkeypatch.setattr(mux, "DEDICATED_READ", 2)
+    media = MediaEngine(HOST, free_range(16), tmp_path, prompts=PROMPTS, shared=False)
+    pool = media.pool
+    assert pool is not None and pool.dedicated and pool.area.batch == 5
+    calls = open_calls(media, 6, "behind")
+    asked: list[int] = []
+    recv = pool.area.recv
+
+    def counted(fd: int, start: int = 0, limit: int = 0) -> int:
+        n = recv(fd, start, limit)
+        asked.append(n)
+        return n
+
+    monkeypatch.setattr(pool.area, "recv", counted)
+    for session, ext, user in calls:
+        for seq in range(4):
+            ext.sendto(build(0, seq, seq * 160, 0x1111, AUDIO), (HOST, session.ports[0]))
+            user.sendto(build(0, seq, seq * 160, 0x2222, AUDIO), (HOST, session.ports[1]))
+    await asyncio.sleep(0.05)  # read on the poll clock meanwhile
+    for i, (session, ext, user) in enumerate(calls):
+        for got in (await drain(user, 0.05), await drain(ext, 0.01)):
+            seqs = [p.sequence for p in got]
+            assert len(seqs) == 4 and all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:])), (i, seqs)
+    assert sum(asked) == 48
+    assert asked.count(0) <= 12  # a port is asked once more only after it gave all it was asked for
+    close_calls(calls)
+    await media.close()
+
+
 async def test_oversize_datagrams_on_a_shared_port_are_dropped_not_cut_to_fit(core: MediaEngine) -> None:
     """The kernel cuts a datagram to the receive slot; one longer than MAX_PACKET_SIZE must
     still be the counted oversize drop it is on a per-call port (tests/test_rtp_hostile.py),
