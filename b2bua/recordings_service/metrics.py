@@ -28,7 +28,7 @@ DROP_REASONS = {
     "send_errors": "send_error",  # the kernel refused the send (full buffer, unreachable)
     "strangers": "stranger",  # shared ports: from nobody we know
     "ambiguous": "ambiguous",  # shared ports: two calls claim the source
-    "send_dropped": "send_dropped",  # shared ports: batch send refused
+    "send_dropped": "send_dropped",  # IPv4 media ports (shared or per-call): RTP send refused
 }
 #: Packets that reached a relay: forwarded or any of its drops (shared-port strangers are
 #: counted in `received` there, not by a relay).
