@@ -1,8 +1,10 @@
 """Batched UDP I/O: many datagrams per system call (Linux recvmmsg/sendmmsg, via ctypes).
 
 At 200,000 packets/s the kernel's per-call cost dominates a relay, not Python: one
-recvmmsg or sendmmsg moves up to BATCH datagrams for the price of one call. IPv4 only
-(sockaddr_in); callers fall back to recvfrom/sendto where `available()` is False.
+recvmmsg or sendmmsg moves up to BATCH datagrams for the price of one call. Sends with
+sendmmsg and `BatchSocket`/`FixedStreams` are IPv4 (sockaddr_in); `ReceiveArea` also reads
+IPv6 sockets (with rtp.source_keys' keys), and `BatchMux` on an IPv6 socket sends with the
+socket's own sendto. Callers fall back to recvfrom/sendto where `available()` is False.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ BATCH = 64
 MAX_DATAGRAM = 1500
 MSG_TRUNC = 0x20  # <sys/socket.h>: recvmmsg cut the datagram to fit its buffer
 MSG_DONTWAIT = 0x40
-_SOCKADDR_IN = 16  # sizeof(struct sockaddr_in)
 _IP_PKTINFO = 8  # <linux/in.h>
 _CMSG_LEN = struct.calcsize("@NiiI4s4s")  # CMSG_LEN(sizeof(struct in_pktinfo)) on LP64
 _CMSG_SPACE = (_CMSG_LEN + 7) & ~7
@@ -33,6 +34,10 @@ class _Iovec(ctypes.Structure):
 class _SockaddrIn(ctypes.Structure):
     _fields_ = [("sin_family", ctypes.c_ushort), ("sin_port", ctypes.c_uint16),
                 ("sin_addr", ctypes.c_uint32), ("sin_zero", ctypes.c_char * 8)]
+
+
+class _SockaddrIn6(ctypes.Structure):  # the name slot of an IPv6 socket's receive area
+    _fields_ = [("raw", ctypes.c_uint8 * 28)]
 
 
 class _Msghdr(ctypes.Structure):
@@ -72,10 +77,11 @@ def available() -> bool:
     return _LIBC is not None
 
 
-def _message_headers(batch: int, base: int = 0, slot: int = 0):  # -> (addrs, iovecs, mmsghdrs)
-    """`batch` mmsghdrs, each pointing at its own sockaddr_in and one iovec; with `base`, the
-    iovecs point at consecutive `slot`-byte buffers from that address (receiving)."""
-    addrs = (_SockaddrIn * batch)()
+def _message_headers(batch: int, base: int = 0, slot: int = 0, name=_SockaddrIn):  # -> (addrs, iovecs, mmsghdrs)
+    """`batch` mmsghdrs, each pointing at its own sockaddr (`name`: sockaddr_in's size unless
+    given) and one iovec; with `base`, the iovecs point at consecutive `slot`-byte buffers
+    from that address (receiving)."""
+    addrs = (name * batch)()
     iov = (_Iovec * batch)()
     msgs = (_Mmsghdr * batch)()
     for i in range(batch):
@@ -84,7 +90,7 @@ def _message_headers(batch: int, base: int = 0, slot: int = 0):  # -> (addrs, io
             iov[i].iov_len = slot
         hdr = msgs[i].msg_hdr
         hdr.msg_name = ctypes.addressof(addrs[i])
-        hdr.msg_namelen = ctypes.sizeof(_SockaddrIn)
+        hdr.msg_namelen = ctypes.sizeof(name)
         hdr.msg_iov = ctypes.pointer(iov[i])
         hdr.msg_iovlen = 1
     return addrs, iov, msgs
@@ -214,29 +220,37 @@ class ReceiveArea:
     Why separate from BatchMux: several shared sockets can read into one area, one after
     another (`recv(fd, start)`), so one pass of the batch lane (rtp.fastpath) takes every
     socket's datagrams at once and pays numpy's per-call cost once per read clock, not once
-    per socket."""
+    per socket.
+
+    `keys` (an `rtp.source_keys.IPv6Keys`): the area reads IPv6 sockets (sockaddr_in6 name
+    slots), and each row's source key is that table's (interned or transient); without it,
+    IPv4 sockets and the 48-bit address-and-port keys."""
 
     SLOT = MAX_DATAGRAM
 
-    def __init__(self, batch: int) -> None:
+    def __init__(self, batch: int, keys=None) -> None:  # noqa: ANN001 - rtp.source_keys is above this module
         import numpy as np
 
         if _LIBC is None:
             raise OSError("recvmmsg/sendmmsg are not available on this system")
         self._np = np
         self.batch = batch
+        self.keys = keys
+        name = _SockaddrIn if keys is None else _SockaddrIn6
+        self._name_size = ctypes.sizeof(name)
         self._msg_size = ctypes.sizeof(_Mmsghdr)
         namelen_at = _Msghdr.msg_namelen.offset // 4
         len_at = _Mmsghdr.msg_len.offset // 4
         self._rbuf = np.zeros(batch * self.SLOT, dtype=np.uint8)
         self.rows = self._rbuf.reshape(batch, self.SLOT)  # the datagrams received, one per row
-        self._raddrs, self._riov, self._rmsgs = _message_headers(batch, self._rbuf.ctypes.data, self.SLOT)
+        self._raddrs, self._riov, self._rmsgs = _message_headers(batch, self._rbuf.ctypes.data, self.SLOT, name)
         self._msgs_at = ctypes.addressof(self._rmsgs)
         words = np.frombuffer(self._rmsgs, dtype=np.uint32).reshape(batch, self._msg_size // 4)
         self._namelen = words[:, namelen_at]
         self._lens = words[:, len_at]
         self._flags = words[:, _Msghdr.msg_flags.offset // 4]
-        sa = np.frombuffer(self._raddrs, dtype=np.uint8).reshape(batch, ctypes.sizeof(_SockaddrIn))
+        sa = np.frombuffer(self._raddrs, dtype=np.uint8).reshape(batch, self._name_size)
+        self._names = sa  # the sources as received, a row each (IPv6: rtp.source_keys decodes them)
         self._sa_port = sa[:, 2:4].view(np.uint16)[:, 0]
         self._sa_addr = sa[:, 4:8].view(np.uint32)[:, 0]
 
@@ -248,7 +262,7 @@ class ReceiveArea:
             count = limit
         if count <= 0:
             return 0
-        self._namelen[start : start + count] = _SOCKADDR_IN
+        self._namelen[start : start + count] = self._name_size
         n = _RECVMMSG(fd, self._msgs_at + start * self._msg_size, count, MSG_DONTWAIT, None)
         return n if n > 0 else 0
 
@@ -264,7 +278,10 @@ class ReceiveArea:
         cut = self._flags[:n] & MSG_TRUNC
         if cut.any():
             lens[cut != 0] = self.SLOT + 1
-        keys = (self._sa_addr[:n].astype(np.uint64) << 16) | self._sa_port[:n]
+        if self.keys is None:
+            keys = (self._sa_addr[:n].astype(np.uint64) << 16) | self._sa_port[:n]
+        else:
+            keys = self.keys.keys_of(self._names[:n])
         return lens, keys
 
     def datagram(self, i: int, size: int) -> bytes:
@@ -332,6 +349,9 @@ class BatchMux:
         self._packed: dict[tuple[str, int], bytes] = {}
         self.send_dropped = 0
         self.sent = 0
+        # An IPv6 socket (a per-call port on an IPv6 media_ip, rtp.mux): queued datagrams
+        # leave by sendto, a datagram or two a flush (sendmmsg here builds sockaddr_in only).
+        self.ipv6 = sock.family == socket.AF_INET6
 
     def recv_batch(self):  # -> tuple[int, bytes, int, np.ndarray, np.ndarray]
         """(count, the datagrams as bytes `stride` apart, stride, lengths, source keys), the
@@ -356,7 +376,7 @@ class BatchMux:
 
     def queue(self, payload: bytes, addr: tuple[str, int]) -> None:
         self.payloads.append(payload)
-        self.addrs.append(self._packed.get(addr) or self.sockaddr(addr))
+        self.addrs.append(addr if self.ipv6 else self._packed.get(addr) or self.sockaddr(addr))
 
     def flush(self) -> int:
         """Send everything queued; returns how many datagrams the kernel took."""
@@ -364,6 +384,8 @@ class BatchMux:
         if not payloads:
             return 0
         self.payloads, self.addrs = [], []
+        if self.ipv6:
+            return sum(self.send_one(payload, addr) for payload, addr in zip(payloads, addrs))
         np = self._np
         sent = 0
         total = len(payloads)

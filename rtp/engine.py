@@ -232,7 +232,7 @@ class MediaEngine:
         # The ports every IPv4 call's media is read from (rtp.mux): shared, or (per_call) a
         # pair per leg on the same batch path; None: MediaSession's reader per socket (IPv6).
         self.pool: SharedPorts | None = None
-        if shared or (ipv4(media_ip) and batch_io.available()):
+        if shared or batch_io.available():
             self.pool = SharedPorts(self, self.port_pool, poll_interval, self.leg_table, dedicated=not shared)
         self._shared = self.pool if shared else None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -43,6 +43,7 @@ import numpy as np
 
 from rtp.packet import MAX_PACKET_SIZE
 from rtp.sequence import MAX_DROPOUT
+from rtp.source_keys import NOWHERE
 from rtp.timeline import LATE_RUN_SAMPLES, MAX_PENDING_FRAMES, RESYNC_SAMPLES, SAMPLE_RATE, SEQ_NEWER_WINDOW
 
 # rtp.mux's SharedPort and SharedSession and rtp.relay's CallRelay, which import this
@@ -280,7 +281,9 @@ class LegTable:
             route = self.keys[g]
             key = route[0] if route is not None and self.sources[g] == source else port.key_of(source)
             self.sources[g] = source
-            if key in port.conflicts:  # an address two calls share on this port: dropped (rtp.mux)
+            # An address two calls share on this port: dropped (rtp.mux); or an IPv6 source no
+            # route holds (rtp.source_keys.NOWHERE: the relay decides each of its packets).
+            if key in port.conflicts or key == NOWHERE:
                 self._deactivate(g)
                 continue
             if route != (key, port):
@@ -292,7 +295,12 @@ class LegTable:
             self.pt[g] = payload_type
             out_port = session.port_of(1 - channel)
             self.out_port[g] = out_port.ident
-            self.dst[g] = np.frombuffer(out_port.mux.sockaddr(target), np.uint8)
+            if out_port.mux.ipv6:
+                # Only per-call ports are IPv6: a port each, so _take sends with sendto to
+                # `targets` and never needs dst's sockaddr_in.
+                self.dst[g] = 0
+            else:
+                self.dst[g] = np.frombuffer(out_port.mux.sockaddr(target), np.uint8)
             self.targets[g] = target
 
     # -- the batch ----------------------------------------------------------------------------

@@ -51,12 +51,13 @@ from typing import Protocol
 import numpy as np
 
 from rtp.call import Call, MediaEndpoint
-from rtp.batch_io import BatchMux, ReceiveArea, SendArea, key_address, source_key
+from rtp.batch_io import BatchMux, ReceiveArea, SendArea
 from rtp.fastpath import LegTable, RouteMap
 from rtp.lateness import Lateness
 from rtp.ports import SOCKET_BUFFER, PortRange, PortsExhausted, read_datagrams
 from rtp.prompts import Prompts
 from rtp.relay import CallRelay, Datagram, RecorderFactory
+from rtp.source_keys import NOWHERE, IPv4Keys, IPv6Keys
 
 
 class MediaHost(Protocol):
@@ -142,7 +143,7 @@ class SharedPort:
     def attach(self, session: SharedSession, channel: int, endpoint: MediaEndpoint) -> None:
         """A leg's SDP: route its SDP address, and its signalling IP while it may latch."""
         if endpoint.remote is not None and endpoint.remote[0] not in ("0.0.0.0", "::"):
-            key = source_key(endpoint.remote)
+            key = self.key_of(endpoint.remote)
             owner = self.routes.get(key)
             if key in self.conflicts or (owner is not None and owner[0] is not session and not owner[0].closed):
                 self._conflict(key, session, channel, endpoint.remote)
@@ -155,7 +156,7 @@ class SharedPort:
         address, or (behind NAT: SDP names another host) waits to latch from its IP?"""
         remote = endpoint.remote
         if remote is not None and remote[0] not in ("0.0.0.0", "::"):
-            key = source_key(remote)
+            key = self.key_of(remote)
             if key in self.conflicts:
                 return True
             owner = self.routes.get(key)
@@ -181,6 +182,7 @@ class SharedPort:
         legs.add((session, channel))
         owner = self.routes.pop(key, None)
         if owner is not None:
+            self.pool.keys.release(key)
             legs.add((owner[0], owner[1]))
             owner[0].keys[owner[1]].discard(key)
             table = self.pool.table
@@ -196,6 +198,12 @@ class SharedPort:
         )
 
     def route(self, key: int, session: SharedSession, channel: int, addr: tuple[str, int]) -> None:
+        """Datagrams from `addr` (its key `key`, as `key_of` gave it) are this leg's. A route
+        holds its key (rtp.source_keys: an IPv6 source's key lives while a route names it)."""
+        if key not in self.routes:
+            key = self.pool.keys.hold(addr)
+            if key == NOWHERE:  # not an address of the pool's family: nothing comes from it
+                return
         self.routes[key] = (session, channel, addr)
         session.keys[channel].add(key)
 
@@ -206,9 +214,10 @@ class SharedPort:
             owner = routes.get(key)
             if owner is not None and owner[0] is session and owner[1] == channel:
                 del routes[key]
+                self.pool.keys.release(key)
         session.keys[channel].clear()
         if endpoint.remote is not None and self.conflicts:
-            key = source_key(endpoint.remote)
+            key = self.key_of(endpoint.remote)
             sharing = self.conflicts.get(key)
             if sharing is not None:
                 sharing.discard((session, channel))
@@ -229,11 +238,11 @@ class SharedPort:
     def _claim(self, key: int, now: float, data: bytes = b"") -> tuple[SharedSession, int, tuple[str, int]] | None:
         """Who a datagram from an unknown source belongs to, if anyone (see module doc)."""
         if self.owner is not None:  # a dedicated port: the port names the leg (no strangers here)
-            return self.owner[0], self.owner[1], key_address(key)
+            return self.owner[0], self.owner[1], self.pool.keys.address(key)
         if key in self.conflicts:
             self.ambiguous += 1
             return None
-        addr = key_address(key)
+        addr = self.pool.keys.address(key)
         legs = self.waiting.get(addr[0])
         if not legs:
             self.strangers += 1
@@ -266,7 +275,10 @@ class SharedPort:
     # -- datagrams ------------------------------------------------------------------------
 
     def key_of(self, addr: tuple[str, int]) -> int:
-        return source_key(addr)
+        """The key datagrams from `addr` arrive with: IPv4's address and port; an IPv6
+        source's interned key while a route holds it, else rtp.source_keys.NOWHERE (which
+        no route is under: `route` interns it)."""
+        return self.pool.keys.find(addr)
 
     def on_rtp(self) -> None:
         """This port's socket is readable (`POLL_INTERVAL` 0: on readiness)."""
@@ -315,7 +327,7 @@ class SharedPort:
             return self.owner
         host, port = addr
         for rtp_port in (port - 1, port):  # RTCP from RTP + 1 (RFC 3550 §11), or from the RTP port itself
-            rtp_route = self.routes.get(source_key((host, rtp_port))) if rtp_port > 0 else None
+            rtp_route = self.routes.get(self.key_of((host, rtp_port))) if rtp_port > 0 else None
             if rtp_route is not None:
                 return rtp_route[0], rtp_route[1]
         found = {(s, c) for s, c, _ in self.routes.values() if _[0] == host}
@@ -350,7 +362,13 @@ class SharedPorts:
         self.ports: list[SharedPort] = []
         self._dirty: set[SharedPort] = set()
         self.table = table if table is not None else LegTable()  # the media core's one leg table
-        self.area = ReceiveArea(READ_BATCH)  # every port reads into it (see read)
+        # Source keys (rtp.source_keys): IPv4's are the address and port; an IPv6 media_ip
+        # (per-call ports only: rtp.engine refuses shared ones) interns the sources routes name.
+        self.keys: IPv4Keys | IPv6Keys = IPv4Keys() if ipv4(port_pool.media_ip) else IPv6Keys()
+        if not dedicated and isinstance(self.keys, IPv6Keys):
+            raise ValueError(f"shared media ports need an IPv4 media_ip, not {port_pool.media_ip}")
+        # every port reads into it (see read)
+        self.area = ReceiveArea(READ_BATCH, None if isinstance(self.keys, IPv4Keys) else self.keys)
         self.send_area = SendArea(MUX_BATCH)  # and sends from it (batch_io.SendArea)
         self._rotor = 0
         self._idents = 0
@@ -701,7 +719,8 @@ class SharedSession:
         self._endpoints[channel] = endpoint
         leg = self.relay.legs[channel]
         if leg.latched is not None and leg.latched != endpoint.remote:  # unchanged SDP keeps its NAT latch
-            self._ports[channel].route(source_key(leg.latched), self, channel, leg.latched)
+            port = self._ports[channel]
+            port.route(port.key_of(leg.latched), self, channel, leg.latched)
         table.refresh(self, now)
 
     def answered(self, now: float | None = None) -> None:

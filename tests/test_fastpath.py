@@ -43,6 +43,8 @@ def sockaddr_to_addr(raw: bytes) -> tuple[str, int]:
 
 
 class FakeMux:
+    ipv6 = False  # BatchMux.ipv6: an IPv4 socket
+
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, tuple[str, int]]] = []
 

@@ -369,15 +369,34 @@ async def test_per_call_ports_take_the_batch_path_and_still_name_the_call(tmp_pa
     assert list(tmp_path.rglob("lane.wav"))
 
 
-async def test_an_ipv6_media_ip_keeps_a_reader_per_socket_and_the_same_rules(tmp_path: Path) -> None:
-    """rtp.batch_io reads sockaddr_in only: on an IPv6 media_ip a call's own ports are
-    `MediaSession`'s (a reader per socket, `CallRelay.receive` per datagram), with the same
-    latching rules: audio both ways and recorded, a second source `unlatched`."""
-    from rtp.engine import MediaSession
+async def test_an_ipv6_media_ip_takes_the_batch_path_with_the_same_rules(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """An IPv6 media_ip's per-call ports are read like IPv4's (rtp.mux SharedPorts, dedicated;
+    sockaddr_in6 sources keyed by rtp.source_keys): steady packets are `LegTable.forward`'s,
+    `CallRelay.receive` sees each party's first packet; the port still names the call (a
+    second source is `unlatched`, not a stranger); audio is recorded."""
+    from rtp.relay import CallRelay
 
     low, high = free_range(4)
     media = MediaEngine("::1", (low, high), tmp_path, prompts=PROMPTS)
-    assert media.pool is None
+    assert media.pool is not None and media.pool.dedicated
+    lane = [0]
+    received: list[str] = []
+    forward = media.leg_table.forward
+
+    def counted_forward(rows, lens, legs, now):  # type: ignore[no-untyped-def]
+        slow = forward(rows, lens, legs, now)
+        lane[0] += len(legs) - len(slow)
+        return slow
+
+    receive = CallRelay.receive
+
+    def counted_receive(self, channel, data, addr, now):  # type: ignore[no-untyped-def]
+        received.append(self.call.call_id)
+        return receive(self, channel, data, addr, now)
+
+    monkeypatch.setattr(media.leg_table, "forward", counted_forward)
+    monkeypatch.setattr(CallRelay, "receive", counted_receive)
     socks = []
     for _ in range(3):
         sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
@@ -386,22 +405,33 @@ async def test_an_ipv6_media_ip_keeps_a_reader_per_socket_and_the_same_rules(tmp
         socks.append(sock)
     ext, user, other = socks
     session = media.open_session(make_call("v6"))
-    assert isinstance(session, MediaSession)
     rtp_ext, rtp_user = session.ports
+    assert {p.port for p in media.pool.ports} == {rtp_ext, rtp_user}
     session.set_media(0, MediaEndpoint(ext.getsockname()[:2], "::1"))
     session.set_media(1, MediaEndpoint(user.getsockname()[:2], "::1"))
     session.answered()
-    for i in range(10):
+    to_user, to_ext = [], []
+    for i in range(20):
         ext.sendto(build(0, i, i * 160, 0x1111, b"\xff" * 160), ("::1", rtp_ext))
         user.sendto(build(0, i, i * 160, 0x2222, b"\x7f" * 160), ("::1", rtp_user))
+        if i == 0:  # each party's first packet read alone, whatever the machine's load
+            to_user += await drain(user, 0.2)
+            to_ext += await drain(ext, 0.05)
         await asyncio.sleep(0.02)
-    assert len(await drain(user, 0.2)) == 10 and len(await drain(ext, 0.05)) == 10
-    other.sendto(build(0, 99, 99 * 160, 0x3333, b"\xff" * 160), ("::1", rtp_ext))
+    to_user += await drain(user, 0.2)
+    to_ext += await drain(ext, 0.05)
+    assert len(to_user) == 20 and len(to_ext) == 20
+    assert [(p.sequence - to_user[0].sequence) & 0xFFFF for p in to_user] == list(range(20))
+    assert len(received) == 2 and lane[0] == 38  # a party's first packet latches it and starts the stream
+    other.sendto(build(0, 99, 99 * 160, 0x3333, b"\xff" * 160), ("::1", rtp_ext))  # a second source, same host
     await until(lambda: media.stats()["unlatched"])
     stats = media.stats()
-    assert stats["unlatched"] == 1 and stats["forwarded"] == 20 and stats["strangers"] == 0
+    assert stats["unlatched"] == 1 and stats["forwarded"] == 40 and stats["strangers"] == 0
+    assert await drain(user, 0.05) == []
+    assert 0 < len(media.pool.keys) <= 4  # the parties' addresses the routes hold, not the stranger's
     session.close()
-    assert media.free_pairs == 4
+    assert len(media.pool.keys) == 0  # the routes went with the call, and their keys with them
+    assert media.pool.ports == [] and media.free_pairs == 4
     for sock in socks:
         sock.close()
     await media.close()
