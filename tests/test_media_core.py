@@ -436,3 +436,33 @@ async def test_an_ipv6_media_ip_takes_the_batch_path_with_the_same_rules(tmp_pat
         sock.close()
     await media.close()
     assert list(tmp_path.rglob("v6.wav"))
+
+
+async def test_an_ipv6_flood_from_many_sources_is_unlatched_and_keeps_no_state(tmp_path: Path) -> None:
+    """Hostile IPv6 traffic at a call's own port: every source but the party's is the leg's
+    `unlatched` (the relay's rules, as on IPv4), and the source-key table (rtp.source_keys)
+    still holds only what the routes name: a flood costs no memory."""
+    media = MediaEngine("::1", free_range(4), tmp_path, prompts=PROMPTS)
+    assert media.pool is not None
+    party = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    party.bind(("::1", 0))
+    session = media.open_session(make_call("v6flood"))
+    rtp_ext, _ = session.ports
+    # Its signalling from elsewhere: no source on this host may be latched to by IP (NAT's rule).
+    session.set_media(0, MediaEndpoint(party.getsockname()[:2], "2001:db8::9"))
+    held = len(media.pool.keys)
+    assert held == 1
+    flood = 300
+    for i in range(flood):
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as attacker:
+            attacker.sendto(build(0, i, i * 160, 0x4000 + i, b"\xff" * 160), ("::1", rtp_ext))
+        if i % 50 == 49:
+            await asyncio.sleep(0.01)  # the reads keep up, as with a real flood's pace
+    await until(lambda: media.stats()["unlatched"] >= flood, 3.0)
+    stats = media.stats()
+    assert stats["unlatched"] == flood and stats["strangers"] == 0 and stats["forwarded"] == 0
+    assert len(media.pool.keys) == held
+    session.close()
+    assert len(media.pool.keys) == 0
+    party.close()
+    await media.close()
