@@ -10,6 +10,10 @@ timing. Prints microseconds of B2BUA CPU per relayed packet and the implied pack
 on one core; the last line is one JSON object.
 
     python bench/media_edge.py --calls 1000 --seconds 5 [--mode shared|per_call|both] [--polls 10] [--profile]
+
+`--ipv6` (per_call only: shared ports are IPv4): the media on ::1, every party sending from
+one ::1 socket per side (IPv6 loopback has one address; a per-call port needs no distinct
+source), one sendto per packet (outside the timing: FixedStreams is IPv4).
 """
 
 from __future__ import annotations
@@ -60,22 +64,45 @@ class SimulatedClock:
         return self.now
 
 
-async def run(calls: int, seconds: float, mode: str, profile: bool, polls: int = 1) -> dict:
+class Streams6:
+    """FixedStreams' interface on IPv6: the rows sent one sendto each (not timed)."""
+
+    def __init__(self, sock: socket.socket, addrs: list[tuple[str, int]], size: int) -> None:
+        self.sock = sock
+        self.addrs = addrs
+        self.buffer = np.zeros((max(len(addrs), 1), size), dtype=np.uint8)
+
+    def send(self) -> int:
+        sent = 0
+        rows = self.buffer
+        for i, addr in enumerate(self.addrs):
+            try:
+                self.sock.sendto(rows[i].data, addr)
+                sent += 1
+            except BlockingIOError:
+                pass
+        return sent
+
+
+async def run(calls: int, seconds: float, mode: str, profile: bool, polls: int = 1, ipv6: bool = False) -> dict:
     clock = SimulatedClock()
     workdir = Path(tempfile.mkdtemp(prefix="edge-"))
-    core = MediaEngine("127.0.0.1", (40000, 40000 + 4 * calls + 64), workdir, shared=mode == "shared")
+    host = "::1" if ipv6 else "127.0.0.1"
+    core = MediaEngine(host, (40000, 40000 + 4 * calls + 64), workdir, shared=mode == "shared")
     core.now = clock.monotonic  # type: ignore[method-assign]
     gens = []
     for side in (1, 2):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        s.bind(("0.0.0.0", 0))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        s.bind(("::1" if ipv6 else "0.0.0.0", 0))
         gens.append(s)
     sessions = []
     for i in range(calls):
         session = core.open_session(make_call(i))
         for channel, side in ((0, 1), (1, 2)):
-            session.set_media(channel, MediaEndpoint((leg_ip(side, i), gens[channel].getsockname()[1]), "127.0.0.1"))
+            source = "::1" if ipv6 else leg_ip(side, i)
+            session.set_media(channel, MediaEndpoint((source, gens[channel].getsockname()[1]), host))
         session.answered()
         sessions.append(session)
     # Each 20 ms step is read in `polls` rounds, each after a 1/polls share of the legs has
@@ -88,8 +115,11 @@ async def run(calls: int, seconds: float, mode: str, profile: bool, polls: int =
         for channel, side in ((0, 1), (1, 2)):
             if hi <= lo:
                 continue
-            fs = FixedStreams(gens[channel], [("127.0.0.1", s.ports[channel]) for s in sessions[lo:hi]],
-                              12 + len(PAYLOAD), [leg_ip(side, i) for i in range(lo, hi)])
+            targets = [(host, s.ports[channel]) for s in sessions[lo:hi]]
+            if ipv6:
+                fs = Streams6(gens[channel], targets, 12 + len(PAYLOAD))
+            else:
+                fs = FixedStreams(gens[channel], targets, 12 + len(PAYLOAD), [leg_ip(side, i) for i in range(lo, hi)])
             fs.buffer[:, 0] = 0x80
             fs.buffer[:, 8:12] = (np.arange(lo, hi, dtype=np.uint32) | np.uint32(side << 24)).astype(">u4").view(np.uint8).reshape(-1, 4)
             fs.buffer[:, 12:] = np.frombuffer(PAYLOAD, dtype=np.uint8)
@@ -139,7 +169,7 @@ async def run(calls: int, seconds: float, mode: str, profile: bool, polls: int =
     await core.close()
     if prof:
         pstats.Stats(prof).sort_stats("tottime").print_stats(int(os.environ.get("EDGE_PROFILE_LINES", "18")))
-    return {"mode": mode, "calls": calls, "polls": polls, "packets": offered, "relayed": received,
+    return {"mode": mode, "ipv6": ipv6, "calls": calls, "polls": polls, "packets": offered, "relayed": received,
             "us_per_packet": round(cpu / max(received, 1) * 1e6, 2),
             "user_us_per_packet": round(user / max(received, 1) * 1e6, 2),
             "loop_us_per_packet": round(loop / max(received, 1) * 1e6, 2),
@@ -152,12 +182,15 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--mode", choices=["shared", "per_call", "both"], default="both")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--ipv6", action="store_true", help="media on ::1 (per_call only)")
     ap.add_argument("--polls", type=int, default=1,
                     help="reads per 20 ms step, each after 1/polls of the legs sent (10: the 2 ms read clock)")
     args = ap.parse_args()
     results = []
+    if args.ipv6 and args.mode != "per_call":
+        ap.error("--ipv6 needs --mode per_call: shared ports are IPv4 only")
     for mode in (["per_call", "shared"] if args.mode == "both" else [args.mode]):
-        r = asyncio.run(run(args.calls, args.seconds, mode, args.profile, args.polls))
+        r = asyncio.run(run(args.calls, args.seconds, mode, args.profile, args.polls, args.ipv6))
         print(f"{mode:9} calls={r['calls']} relayed={r['relayed']}/{r['packets']} "
               f"{r['us_per_packet']} us/packet ({r['user_us_per_packet']} in user space, {r['loop_us_per_packet']} on the loop's thread) "
               f"-> {r['packets_per_core_s']} packets/s per core")
