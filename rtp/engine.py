@@ -1,4 +1,4 @@
-"""The asyncio edge of the media relay: sockets, ports and the 20 ms clock.
+"""The media engine (`MediaEngine`): every call's media on one event loop, its sockets, ports and clock.
 
 Everything about media decisions lives in the sans-IO `rtp.relay.CallRelay`; this module
 only moves datagrams between UDP sockets and relays, and ticks their timers.
