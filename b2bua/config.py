@@ -441,8 +441,8 @@ def _server(path: Path, base: Path, table: Any) -> Server:
     timeout = r.get("feature_digit_timeout", (int, float), DEFAULT_FEATURE_TIMEOUT)
     if not 0.2 <= timeout <= 10:
         raise ConfigError(path, "server.feature_digit_timeout", f"got {timeout}, expected 0.2 to 10 seconds")
-    # Shared ports are the default (rtp.mux: ~10x cheaper per packet); they need IPv4, so an
-    # IPv6 media_ip without the key gets a socket per leg.
+    # Shared ports are the default (rtp.mux: cheaper per packet); they need IPv4, so an
+    # IPv6 media_ip without the key gets a port pair per leg (on the same batch path).
     sockets = r.get("media_sockets", str, "per_call" if ":" in media_ip else "shared", what='"per_call" or "shared"')
     if sockets not in ("per_call", "shared"):
         raise ConfigError(path, "server.media_sockets", f'got "{sockets}", expected "per_call" or "shared"')

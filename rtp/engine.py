@@ -3,17 +3,18 @@
 Everything about media decisions lives in the sans-IO `rtp.relay.CallRelay`; this module
 only moves datagrams between UDP sockets and relays, and ticks their timers.
 
-On an IPv4 media_ip every datagram takes one path, whatever `[server] media_sockets` says:
-the ports of `rtp.mux.SharedPorts` (shared by many legs, or with `media_sockets =
-"per_call"` a pair per leg: `dedicated`) are read in batches on the poll clock, the common
-packet forwarded and recorded by `rtp.fastpath.LegTable.forward` (a lone packet is a batch
-of one), the rest by `CallRelay.receive`. Sessions are opened synchronously (the
-signalling side needs our ports for the SDP it is writing).
+Every datagram takes one path, whatever `[server] media_sockets` says and whichever the
+media_ip's family: the ports of `rtp.mux.SharedPorts` (shared by many legs, IPv4 only; or
+with `media_sockets = "per_call"`, the only mode of an IPv6 media_ip, a pair per leg:
+`dedicated`) are read in batches on the poll clock, the common packet forwarded and recorded
+by `rtp.fastpath.LegTable.forward` (a lone packet is a batch of one), the rest by
+`CallRelay.receive`. Sessions are opened synchronously (the signalling side needs our ports
+for the SDP it is writing).
 
 `MediaSession` (a reader per socket, `recvfrom` and `CallRelay.receive` per datagram) is
-left for what the batch path cannot read: an IPv6 media_ip (rtp.batch_io speaks
-sockaddr_in only) or a system without recvmmsg/sendmmsg. Sends are `sendto` on a
-non-blocking socket; a full socket buffer drops the packet (counted), as the network would.
+left for a system without recvmmsg/sendmmsg (not Linux): per-call ports only there (shared
+ones need recvmmsg). Sends are `sendto` on a non-blocking socket; a full socket buffer drops
+the packet (counted), as the network would.
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ def _add_relay_stats(out: dict[str, int], session: MediaSession | SharedSession)
 
 
 class MediaSession:
-    """One call's media on its own two RTP/RTCP port pairs, a reader per socket: only for an
-    IPv6 media_ip or a system without recvmmsg (see the module doc). Every datagram goes
+    """One call's media on its own two RTP/RTCP port pairs, a reader per socket: only for a
+    system without recvmmsg (see the module doc). Every datagram goes
     through `CallRelay.receive`: on IPv4 this cost ~3x a shared port's per packet
     (bench/media_edge.py, docs/performance.md 2026-12-07)."""
 
@@ -229,8 +230,9 @@ class MediaEngine:
         self.port_pool = PortRange(media_ip, low, high)
         # Every call's per-leg stream state, the only copy (rtp.fastpath.LegTable).
         self.leg_table = LegTable()
-        # The ports every IPv4 call's media is read from (rtp.mux): shared, or (per_call) a
-        # pair per leg on the same batch path; None: MediaSession's reader per socket (IPv6).
+        # The ports every call's media is read from (rtp.mux): shared, or (per_call, and any
+        # IPv6 media_ip) a pair per leg on the same batch path; None: MediaSession's reader
+        # per socket (no recvmmsg on this system).
         self.pool: SharedPorts | None = None
         if shared or batch_io.available():
             self.pool = SharedPorts(self, self.port_pool, poll_interval, self.leg_table, dedicated=not shared)
@@ -263,7 +265,7 @@ class MediaEngine:
         the party's address; on a per-call port every source the party may not latch
         to), `no_target` (nowhere to send), `strangers` and `ambiguous` (shared ports
         only: from nobody known / an address several calls claim and no SSRC tells
-        apart), `send_errors` (RTCP, and IPv6's per-socket sends) and `send_dropped`
+        apart), `send_errors` (RTCP, and sends of MediaSession's sockets) and `send_dropped`
         (RTP sent from the ports' batch path) when the kernel refused the send.
         `late_reads`: port reads (shared or per-call, IPv4) of the current lateness
         window over 5 ms late. Also `swallowed` (*1 digits), `injected` (prompts,

@@ -1,5 +1,5 @@
 """The leg table and the batch lane: every call's per-leg state, and the common audio packet
-of every call on an IPv4 media port (shared, or a call's own: rtp.mux) handled in numpy.
+of every call on a media port (shared, or a call's own, IPv4 or IPv6: rtp.mux) handled in numpy.
 
 `LegTable` holds each leg's stream state (our SSRC, sequence number and timestamp towards
 its party, the offsets from the source stream, when audio last went to it, how many of its

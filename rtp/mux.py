@@ -30,8 +30,10 @@ What it costs: the port no longer names the call, so a datagram is routed by its
    counted (`ambiguous`) until one call ends, never heard in the wrong call.
 Shared sockets are IPv4 only; `[server] media_sockets = "per_call"` gives every leg its own
 port pair, on this same path (`SharedPorts(dedicated=True)`: a port holding one leg, which
-names it, read with the others on the poll clock); an IPv6 media_ip keeps
-`rtp.engine.MediaSession`'s reader per socket (rtp.batch_io reads sockaddr_in only).
+names it, read with the others on the poll clock). An IPv6 media_ip has per-call ports
+only, on this same path: its sources' keys are interned while a route holds them
+(rtp.source_keys), so a datagram from anyone else costs no memory and goes to the leg's
+relay with its exact address.
 
 RTCP rides on each shared port + 1, routed the same way (by the legs' known hosts, the
 RTP port + 1 first), with plain recvfrom/sendto: it is a few packets a second per call.
@@ -364,7 +366,8 @@ class SharedPorts:
         self.table = table if table is not None else LegTable()  # the media core's one leg table
         # Source keys (rtp.source_keys): IPv4's are the address and port; an IPv6 media_ip
         # (per-call ports only: rtp.engine refuses shared ones) interns the sources routes name.
-        self.keys: IPv4Keys | IPv6Keys = IPv4Keys() if ipv4(port_pool.media_ip) else IPv6Keys()
+        # (The family as rtp.ports.bind_socket picks it for the sockets.)
+        self.keys: IPv4Keys | IPv6Keys = IPv6Keys() if ":" in port_pool.media_ip else IPv4Keys()
         if not dedicated and isinstance(self.keys, IPv6Keys):
             raise ValueError(f"shared media ports need an IPv4 media_ip, not {port_pool.media_ip}")
         # every port reads into it (see read)
@@ -613,7 +616,7 @@ class SharedPorts:
 
 class SharedSession:
     """One call's media on the pool's ports (shared, or dedicated: a pair per leg): the same
-    interface as `rtp.engine.MediaSession` (which IPv6 media still uses)."""
+    interface as `rtp.engine.MediaSession` (left for systems without recvmmsg)."""
 
     def __init__(self, core: MediaHost, pool: SharedPorts, call: Call) -> None:
         self.core = core

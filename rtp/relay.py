@@ -303,8 +303,8 @@ class TableStream(OutStream):
         with plain `OutStream`s). Who still comes here on every packet, though every IPv4
         port's common packet is the batch lane's: a leg the lane declines for the whole
         call (`batchable`: in-band *1 detection for a phone without telephone-event,
-        transcoding PCMU <-> PCMA, a prompt playing, comfort noise) and IPv6's
-        `rtp.engine.MediaSession`."""
+        transcoding PCMU <-> PCMA, a prompt playing, comfort noise) and, on a
+        system without recvmmsg, `rtp.engine.MediaSession`."""
         t = self._t
         i = self._i
         if t.py_src_ssrc[i] == src_ssrc and not t.py_check_ts[i]:
