@@ -466,3 +466,39 @@ async def test_an_ipv6_flood_from_many_sources_is_unlatched_and_keeps_no_state(t
     assert len(media.pool.keys) == 0
     party.close()
     await media.close()
+
+
+async def test_without_recvmmsg_per_call_ports_keep_a_reader_per_socket_and_the_same_rules(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A system without recvmmsg/sendmmsg (rtp.batch_io.available() False: not Linux) cannot
+    read the batch path: a call's own ports are `MediaSession`'s (a reader per socket,
+    `CallRelay.receive` per datagram), with the same latching rules: audio both ways and
+    recorded, a second source `unlatched`."""
+    from rtp import batch_io
+    from rtp.engine import MediaSession
+
+    monkeypatch.setattr(batch_io, "available", lambda: False)
+    media = MediaEngine(HOST, free_range(4), tmp_path, prompts=PROMPTS)
+    assert media.pool is None
+    ext, user, other = phone(), phone(), phone()
+    session = media.open_session(make_call("noblk"))
+    assert isinstance(session, MediaSession)
+    rtp_ext, rtp_user = session.ports
+    session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
+    session.set_media(1, MediaEndpoint(user.getsockname(), HOST))
+    session.answered()
+    for i in range(10):
+        ext.sendto(build(0, i, i * 160, 0x1111, b"\xff" * 160), (HOST, rtp_ext))
+        user.sendto(build(0, i, i * 160, 0x2222, b"\x7f" * 160), (HOST, rtp_user))
+        await asyncio.sleep(0.02)
+    assert len(await drain(user, 0.2)) == 10 and len(await drain(ext, 0.05)) == 10
+    other.sendto(build(0, 99, 99 * 160, 0x3333, b"\xff" * 160), (HOST, rtp_ext))
+    await until(lambda: media.stats()["unlatched"])
+    stats = media.stats()
+    assert stats["unlatched"] == 1 and stats["forwarded"] == 20 and stats["strangers"] == 0
+    session.close()
+    assert media.free_pairs == 4
+    for sock in (ext, user, other):
+        sock.close()
+    await media.close()
+    assert list(tmp_path.rglob("noblk.wav"))
