@@ -77,6 +77,49 @@ async def drain(sock: socket.socket, seconds: float) -> list[RtpPacket]:
         if packet is not None:
             packets.append(packet)
 
+def count_paths(media: MediaEngine, monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[str]]:
+    """Count the packets `LegTable.forward` takes ([n]) and the calls `CallRelay.receive` is
+    called for (a call id per packet)."""
+    from rtp.relay import CallRelay
+
+    lane = [0]
+    received: list[str] = []
+    forward = media.leg_table.forward
+
+    def counted_forward(rows, lens, legs, now):  # type: ignore[no-untyped-def]
+        slow = forward(rows, lens, legs, now)
+        lane[0] += len(legs) - len(slow)
+        return slow
+
+    receive = CallRelay.receive
+
+    def counted_receive(self, channel, data, addr, now):  # type: ignore[no-untyped-def]
+        received.append(self.call.call_id)
+        return receive(self, channel, data, addr, now)
+
+    monkeypatch.setattr(media.leg_table, "forward", counted_forward)
+    monkeypatch.setattr(CallRelay, "receive", counted_receive)
+    return lane, received
+
+
+async def talk(ext: socket.socket, user: socket.socket, to_ext_port: tuple[str, int],
+               to_user_port: tuple[str, int]) -> tuple[list[RtpPacket], list[RtpPacket]]:
+    """20 packets each way, each party's first one read alone whatever the machine's load;
+    what the user and the external party received."""
+    to_user: list[RtpPacket] = []
+    to_ext: list[RtpPacket] = []
+    for i in range(20):
+        ext.sendto(build(0, i, i * 160, 0x1111, b"\xff" * 160), to_ext_port)
+        user.sendto(build(0, i, i * 160, 0x2222, b"\x7f" * 160), to_user_port)
+        if i == 0:
+            to_user += await drain(user, 0.2)
+            to_ext += await drain(ext, 0.05)
+        await asyncio.sleep(0.02)
+    to_user += await drain(user, 0.2)
+    to_ext += await drain(ext, 0.05)
+    return to_user, to_ext
+
+
 
 @pytest.fixture(params=["per_call", "shared", "per_call_on_readiness"])
 async def core(tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
@@ -315,27 +358,9 @@ async def test_per_call_ports_take_the_batch_path_and_still_name_the_call(tmp_pa
     shared ports' (rtp.mux SharedPorts, dedicated), its steady packets forwarded and recorded
     by `LegTable.forward`, `CallRelay.receive` seeing only each party's first packet. The port
     still names the call: a second source is the leg's `unlatched`, never a `stranger`."""
-    from rtp.relay import CallRelay
-
     media = MediaEngine(HOST, free_range(4), tmp_path, prompts=PROMPTS, shared=False)
     assert media.pool is not None and media.pool.dedicated
-    lane = [0]
-    received: list[str] = []
-    forward = media.leg_table.forward
-
-    def counted_forward(rows, lens, legs, now):  # type: ignore[no-untyped-def]
-        slow = forward(rows, lens, legs, now)
-        lane[0] += len(legs) - len(slow)
-        return slow
-
-    receive = CallRelay.receive
-
-    def counted_receive(self, channel, data, addr, now):  # type: ignore[no-untyped-def]
-        received.append(self.call.call_id)
-        return receive(self, channel, data, addr, now)
-
-    monkeypatch.setattr(media.leg_table, "forward", counted_forward)
-    monkeypatch.setattr(CallRelay, "receive", counted_receive)
+    lane, received = count_paths(media, monkeypatch)
     ext, user, other = phone(), phone(), phone()
     session = media.open_session(make_call("lane"))
     rtp_ext, rtp_user = session.ports
@@ -343,16 +368,7 @@ async def test_per_call_ports_take_the_batch_path_and_still_name_the_call(tmp_pa
     session.set_media(0, MediaEndpoint(ext.getsockname(), HOST))
     session.set_media(1, MediaEndpoint(user.getsockname(), HOST))
     session.answered()
-    to_user, to_ext = [], []
-    for i in range(20):
-        ext.sendto(build(0, i, i * 160, 0x1111, b"\xff" * 160), (HOST, rtp_ext))
-        user.sendto(build(0, i, i * 160, 0x2222, b"\x7f" * 160), (HOST, rtp_user))
-        if i == 0:  # each party's first packet read alone, whatever the machine's load
-            to_user += await drain(user, 0.2)
-            to_ext += await drain(ext, 0.05)
-        await asyncio.sleep(0.02)
-    to_user += await drain(user, 0.2)
-    to_ext += await drain(ext, 0.05)
+    to_user, to_ext = await talk(ext, user, (HOST, rtp_ext), (HOST, rtp_user))
     assert len(to_user) == 20 and len(to_ext) == 20
     assert [(p.sequence - to_user[0].sequence) & 0xFFFF for p in to_user] == list(range(20))
     assert len(received) == 2 and lane[0] == 38  # a party's first packet latches it and starts the stream
@@ -375,28 +391,10 @@ async def test_an_ipv6_media_ip_takes_the_batch_path_with_the_same_rules(tmp_pat
     sockaddr_in6 sources keyed by rtp.source_keys): steady packets are `LegTable.forward`'s,
     `CallRelay.receive` sees each party's first packet; the port still names the call (a
     second source is `unlatched`, not a stranger); audio is recorded."""
-    from rtp.relay import CallRelay
-
     low, high = free_range(4)
     media = MediaEngine("::1", (low, high), tmp_path, prompts=PROMPTS)
     assert media.pool is not None and media.pool.dedicated
-    lane = [0]
-    received: list[str] = []
-    forward = media.leg_table.forward
-
-    def counted_forward(rows, lens, legs, now):  # type: ignore[no-untyped-def]
-        slow = forward(rows, lens, legs, now)
-        lane[0] += len(legs) - len(slow)
-        return slow
-
-    receive = CallRelay.receive
-
-    def counted_receive(self, channel, data, addr, now):  # type: ignore[no-untyped-def]
-        received.append(self.call.call_id)
-        return receive(self, channel, data, addr, now)
-
-    monkeypatch.setattr(media.leg_table, "forward", counted_forward)
-    monkeypatch.setattr(CallRelay, "receive", counted_receive)
+    lane, received = count_paths(media, monkeypatch)
     socks = []
     for _ in range(3):
         sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
@@ -410,16 +408,7 @@ async def test_an_ipv6_media_ip_takes_the_batch_path_with_the_same_rules(tmp_pat
     session.set_media(0, MediaEndpoint(ext.getsockname()[:2], "::1"))
     session.set_media(1, MediaEndpoint(user.getsockname()[:2], "::1"))
     session.answered()
-    to_user, to_ext = [], []
-    for i in range(20):
-        ext.sendto(build(0, i, i * 160, 0x1111, b"\xff" * 160), ("::1", rtp_ext))
-        user.sendto(build(0, i, i * 160, 0x2222, b"\x7f" * 160), ("::1", rtp_user))
-        if i == 0:  # each party's first packet read alone, whatever the machine's load
-            to_user += await drain(user, 0.2)
-            to_ext += await drain(ext, 0.05)
-        await asyncio.sleep(0.02)
-    to_user += await drain(user, 0.2)
-    to_ext += await drain(ext, 0.05)
+    to_user, to_ext = await talk(ext, user, ("::1", rtp_ext), ("::1", rtp_user))
     assert len(to_user) == 20 and len(to_ext) == 20
     assert [(p.sequence - to_user[0].sequence) & 0xFFFF for p in to_user] == list(range(20))
     assert len(received) == 2 and lane[0] == 38  # a party's first packet latches it and starts the stream

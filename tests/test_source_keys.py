@@ -33,6 +33,16 @@ def sockaddr_in6(host: str, port: int) -> bytes:
     return struct.pack("<H", socket.AF_INET6) + struct.pack("!HI", port, 0) + socket.inet_pton(socket.AF_INET6, host) + bytes(4)
 
 
+def read(area: ReceiveArea, sock: socket.socket, count: int) -> int:
+    """Rows 0.. filled from `sock` until `count` datagrams are in (loopback: at once)."""
+    n = 0
+    for _ in range(100):
+        n += area.recv(sock.fileno(), n)
+        if n == count:
+            break
+    return n
+
+
 def test_ipv6_keys_are_held_by_routes_and_gone_with_the_last() -> None:
     keys = IPv6Keys()
     party = ("2001:db8::5", 4000)
@@ -88,12 +98,7 @@ def test_ipv4_keys_are_the_address_and_port_as_before() -> None:
         tx.bind(("127.0.0.1", 0))
         for i in range(3):
             tx.sendto(bytes([i]) * 20, rx.getsockname())
-        n = 0
-        for _ in range(100):
-            n += area.recv(rx.fileno(), n)
-            if n == 3:
-                break
-        lens, got = area.batch_of(n)
+        lens, got = area.batch_of(read(area, rx, 3))
         assert got.tolist() == [source_key(tx.getsockname())] * 3 and lens.tolist() == [20] * 3
     finally:
         rx.close()
@@ -113,13 +118,8 @@ def test_an_ipv6_socket_read_into_an_area_gives_each_source_its_key() -> None:
         held = keys.hold(senders[0].getsockname()[:2])
         for k, s in enumerate(senders):
             s.sendto(bytes([k]) * (30 + k), rx.getsockname()[:2])
-        n = 0
-        for _ in range(100):
-            n += area.recv(rx.fileno(), n)
-            if n == 3:
-                break
-        lens, got = area.batch_of(n)
-        by_len = {int(lens[i]) - 30: int(got[i]) for i in range(n)}
+        lens, got = area.batch_of(read(area, rx, 3))
+        by_len = {int(lens[i]) - 30: int(got[i]) for i in range(len(got))}
         assert by_len[0] == held
         for k in (1, 2):
             assert by_len[k] & TRANSIENT == TRANSIENT
