@@ -94,7 +94,6 @@ async def run(calls: int, seconds: float, mode: str, profile: bool, polls: int =
     for side in (1, 2):
         s = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
         s.bind(("::1" if ipv6 else "0.0.0.0", 0))
         gens.append(s)
     sessions = []
