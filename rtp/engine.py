@@ -267,7 +267,7 @@ class MediaEngine:
         only: from nobody known / an address several calls claim and no SSRC tells
         apart), `send_errors` (RTCP, and sends of MediaSession's sockets) and `send_dropped`
         (RTP sent from the ports' batch path) when the kernel refused the send.
-        `late_reads`: port reads (shared or per-call, IPv4) of the current lateness
+        `late_reads`: port reads (shared or per-call) of the current lateness
         window over 5 ms late. Also `swallowed` (*1 digits), `injected` (prompts,
         regenerated digits), `rtcp`, `calls_active`, `sessions_active`,
         `recordings_active`, `shared_ports` (0 with per-call ports)."""

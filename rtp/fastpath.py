@@ -279,7 +279,10 @@ class LegTable:
             source, payload_type, target, record = lane
             port = session.port_of(channel)
             route = self.keys[g]
-            key = route[0] if route is not None and self.sources[g] == source else port.key_of(source)
+            # An IPv6 source's key is asked for each time: a route that went and came back (a
+            # re-INVITE naming the same address) interned it anew (rtp.source_keys).
+            key = (route[0] if route is not None and self.sources[g] == source and not port.mux.ipv6
+                   else port.key_of(source))
             self.sources[g] = source
             # An address two calls share on this port: dropped (rtp.mux); or an IPv6 source no
             # route holds (rtp.source_keys.NOWHERE: the relay decides each of its packets).

@@ -103,15 +103,15 @@ def count_paths(media: MediaEngine, monkeypatch: pytest.MonkeyPatch) -> tuple[li
 
 
 async def talk(ext: socket.socket, user: socket.socket, to_ext_port: tuple[str, int],
-               to_user_port: tuple[str, int]) -> tuple[list[RtpPacket], list[RtpPacket]]:
-    """20 packets each way, each party's first one read alone whatever the machine's load;
-    what the user and the external party received."""
+               to_user_port: tuple[str, int], first: int = 0) -> tuple[list[RtpPacket], list[RtpPacket]]:
+    """20 packets each way (sequence numbers from `first`), each party's first one read
+    alone whatever the machine's load; what the user and the external party received."""
     to_user: list[RtpPacket] = []
     to_ext: list[RtpPacket] = []
-    for i in range(20):
+    for i in range(first, first + 20):
         ext.sendto(build(0, i, i * 160, 0x1111, b"\xff" * 160), to_ext_port)
         user.sendto(build(0, i, i * 160, 0x2222, b"\x7f" * 160), to_user_port)
-        if i == 0:
+        if i == first:
             to_user += await drain(user, 0.2)
             to_ext += await drain(ext, 0.05)
         await asyncio.sleep(0.02)
@@ -412,10 +412,17 @@ async def test_an_ipv6_media_ip_takes_the_batch_path_with_the_same_rules(tmp_pat
     assert len(to_user) == 20 and len(to_ext) == 20
     assert [(p.sequence - to_user[0].sequence) & 0xFFFF for p in to_user] == list(range(20))
     assert len(received) == 2 and lane[0] == 38  # a party's first packet latches it and starts the stream
+    # A re-INVITE naming the same addresses: their routes go and come back (the keys with
+    # them), and the lane still takes every packet.
+    session.set_media(0, MediaEndpoint(ext.getsockname()[:2], "::1"))
+    session.set_media(1, MediaEndpoint(user.getsockname()[:2], "::1"))
+    to_user, to_ext = await talk(ext, user, ("::1", rtp_ext), ("::1", rtp_user), first=20)
+    assert len(to_user) == 20 and len(to_ext) == 20
+    assert len(received) == 2 and lane[0] == 78
     other.sendto(build(0, 99, 99 * 160, 0x3333, b"\xff" * 160), ("::1", rtp_ext))  # a second source, same host
     await until(lambda: media.stats()["unlatched"])
     stats = media.stats()
-    assert stats["unlatched"] == 1 and stats["forwarded"] == 40 and stats["strangers"] == 0
+    assert stats["unlatched"] == 1 and stats["forwarded"] == 80 and stats["strangers"] == 0
     assert await drain(user, 0.05) == []
     assert 0 < len(media.pool.keys) <= 4  # the parties' addresses the routes hold, not the stranger's
     session.close()
