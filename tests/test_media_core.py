@@ -498,3 +498,34 @@ async def test_without_recvmmsg_per_call_ports_keep_a_reader_per_socket_and_the_
         sock.close()
     await media.close()
     assert list(tmp_path.rglob("noblk.wav"))
+
+
+async def test_an_ipv6_party_behind_nat_is_latched_and_then_on_the_lane(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An IPv6 party whose SDP names another address (a NAT'd or translated one) is learnt
+    from its signalling IP's first source, as on IPv4: that source is then a route (its key
+    interned, rtp.source_keys) and its steady packets the lane's."""
+    media = MediaEngine("::1", free_range(4), tmp_path, prompts=PROMPTS)
+    lane, received = count_paths(media, monkeypatch)
+    socks = []
+    for _ in range(2):
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        sock.bind(("::1", 0))
+        sock.setblocking(False)
+        socks.append(sock)
+    ext, user = socks
+    session = media.open_session(make_call("v6nat"))
+    rtp_ext, rtp_user = session.ports
+    session.set_media(0, MediaEndpoint(("fd00::5", 4000), "::1"))  # not where it sends from
+    session.set_media(1, MediaEndpoint(user.getsockname()[:2], "::1"))
+    session.answered()
+    assert len(media.pool.keys) == 2
+    to_user, to_ext = await talk(ext, user, ("::1", rtp_ext), ("::1", rtp_user))
+    assert len(to_user) == 20 and len(to_ext) == 20  # the external party hears us at its real address
+    assert len(received) == 2 and lane[0] == 38
+    assert len(media.pool.keys) == 3  # its SDP address, the address it was learnt at, the user's
+    session.close()
+    assert len(media.pool.keys) == 0
+    for sock in socks:
+        sock.close()
+    await media.close()
