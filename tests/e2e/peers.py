@@ -106,8 +106,18 @@ _RANDOM_PORT_LOW, _RANDOM_PORT_HIGH = 20000, _below_ephemeral()
 detected by binding."""
 
 
+def _family(host: str) -> socket.AddressFamily:
+    """AF_INET6 for an IPv6 literal ("::1"), else AF_INET."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def hostport(host: str, port: int) -> str:
+    """"127.0.0.1:5060", or "[::1]:5060" for an IPv6 host (RFC 3986 §3.2.2)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _can_bind(port: int, kind: int = socket.SOCK_DGRAM, host: str = LOCALHOST) -> bool:
-    s = socket.socket(socket.AF_INET, kind)
+    s = socket.socket(_family(host), kind)
     try:
         s.bind((host, port))
         return True
@@ -117,37 +127,37 @@ def _can_bind(port: int, kind: int = socket.SOCK_DGRAM, host: str = LOCALHOST) -
         s.close()
 
 
-def free_port(kind: str = "udp") -> int:
-    """A random port on 127.0.0.1 that is free now for ``kind``: "udp", "tcp" or "both"
-    (use "both" for SIP listeners, which bind UDP and TCP)."""
+def free_port(kind: str = "udp", host: str = LOCALHOST) -> int:
+    """A random port on ``host`` (127.0.0.1; "::1" for IPv6) that is free now for ``kind``: "udp",
+    "tcp" or "both" (use "both" for SIP listeners, which bind UDP and TCP)."""
     for _ in range(200):
         port = random.randint(_RANDOM_PORT_LOW, _RANDOM_PORT_HIGH)
-        if kind in ("udp", "both") and not _can_bind(port, socket.SOCK_DGRAM):
+        if kind in ("udp", "both") and not _can_bind(port, socket.SOCK_DGRAM, host):
             continue
-        if kind in ("tcp", "both") and not _can_bind(port, socket.SOCK_STREAM):
+        if kind in ("tcp", "both") and not _can_bind(port, socket.SOCK_STREAM, host):
             continue
         return port
     raise RuntimeError("no free port found")
 
 
-def free_udp_port_pair() -> int:
-    """An even UDP port p with p+1 also free (RTP and RTCP, RFC 3550 §11). Returns p."""
+def free_udp_port_pair(host: str = LOCALHOST) -> int:
+    """An even UDP port p with p+1 also free on ``host`` (RTP and RTCP, RFC 3550 §11). Returns p."""
     for _ in range(200):
         port = random.randint(_RANDOM_PORT_LOW // 2, _RANDOM_PORT_HIGH // 2) * 2
-        if _can_bind(port) and _can_bind(port + 1):
+        if _can_bind(port, host=host) and _can_bind(port + 1, host=host):
             return port
     raise RuntimeError("no free UDP port pair found")
 
 
-def free_port_range(count: int = 20) -> tuple[int, int]:
-    """An even-aligned range ``(low, high)`` of ``count`` UDP ports that are all free now.
+def free_port_range(count: int = 20, host: str = LOCALHOST) -> tuple[int, int]:
+    """An even-aligned range ``(low, high)`` of ``count`` UDP ports that are all free now on ``host``.
 
     For ``rtp_ports = "low-high"`` in flows.toml and for peers' RTP ranges.
     """
     count += count % 2
     for _ in range(100):
         low = random.randint(_RANDOM_PORT_LOW // 2, (_RANDOM_PORT_HIGH - count) // 2) * 2
-        if all(_can_bind(p) for p in range(low, low + count)):
+        if all(_can_bind(p, host=host) for p in range(low, low + count)):
             return low, low + count - 1
     raise RuntimeError(f"no free range of {count} UDP ports")
 
@@ -223,7 +233,10 @@ password = "alice-secret"
 
 
 def split_hostport(address: str, default_port: int = 5060) -> tuple[str, int]:
-    """"127.0.0.1:5070" -> ("127.0.0.1", 5070)."""
+    """"127.0.0.1:5070" -> ("127.0.0.1", 5070); "[::1]:5070" -> ("::1", 5070)."""
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
     host, _, port = address.rpartition(":")
     if not host:
         return address, default_port
@@ -249,20 +262,21 @@ def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "c
 def sip_options_ping(address: str, timeout: float = 0.5) -> str | None:
     """Send one OPTIONS to ``address`` ("ip:port") over UDP; return the status line of any reply, or None."""
     host, port = split_hostport(address)
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    local = "::1" if ":" in host else LOCALHOST
+    s = socket.socket(_family(host), socket.SOCK_DGRAM)
     try:
-        s.bind((LOCALHOST, 0))
+        s.bind((local, 0))
         lport = s.getsockname()[1]
         branch = "z9hG4bK" + uuid.uuid4().hex[:16]
         msg = (
-            f"OPTIONS sip:{host}:{port} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {LOCALHOST}:{lport};branch={branch};rport\r\n"
-            f"From: <sip:e2e-probe@{LOCALHOST}:{lport}>;tag={uuid.uuid4().hex[:8]}\r\n"
-            f"To: <sip:{host}:{port}>\r\n"
+            f"OPTIONS sip:{hostport(host, port)} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {hostport(local, lport)};branch={branch};rport\r\n"
+            f"From: <sip:e2e-probe@{hostport(local, lport)}>;tag={uuid.uuid4().hex[:8]}\r\n"
+            f"To: <sip:{hostport(host, port)}>\r\n"
             f"Call-ID: {uuid.uuid4().hex}@{LOCALHOST}\r\n"
             "CSeq: 1 OPTIONS\r\n"
             "Max-Forwards: 70\r\n"
-            f"Contact: <sip:e2e-probe@{LOCALHOST}:{lport}>\r\n"
+            f"Contact: <sip:e2e-probe@{hostport(local, lport)}>\r\n"
             "Accept: application/sdp\r\n"
             "Content-Length: 0\r\n\r\n"
         )
@@ -502,7 +516,7 @@ class Baresip:
                  *, audio_source_wav: str | Path | None = None, tone_hz: float | None = None,
                  record_to_wav: str | Path | None = None, auto_answer: bool = True, name: str | None = None,
                  extra_config: str = "", register_timeout: float = BARESIP_READY_TIMEOUT_S,
-                 wait_registered: bool = True):
+                 wait_registered: bool = True, host: str = LOCALHOST):
         if tmp_path is None:
             raise ValueError("tmp_path is required")
         self.user = user
@@ -517,13 +531,14 @@ class Baresip:
         self.extra_config = extra_config
         self.register_timeout = register_timeout
         self.wait_registered = wait_registered
+        self.host = host  # "::1": SIP and RTP over IPv6 (baresip -6); ctrl_tcp stays on 127.0.0.1
         # baresip also listens for SIP over TLS on the next port (TCP): that one must be free
         # too, or baresip exits at start ("SIP/TLS transport failed: Address already in use").
-        self.sip_port = next(p for p in (free_port("both") for _ in range(200))
-                             if _can_bind(p + 1, socket.SOCK_STREAM))
-        self.sip_address = f"{LOCALHOST}:{self.sip_port}"
+        self.sip_port = next(p for p in (free_port("both", host) for _ in range(200))
+                             if _can_bind(p + 1, socket.SOCK_STREAM, host))
+        self.sip_address = hostport(host, self.sip_port)
         self.ctrl_port = next(p for p in (free_port("tcp") for _ in range(200)) if p != self.sip_port + 1)
-        self.rtp_low, self.rtp_high = free_port_range(10)
+        self.rtp_low, self.rtp_high = free_port_range(10, host)
         self.config_dir.mkdir(parents=True, exist_ok=True)
         self.snd_dir.mkdir(parents=True, exist_ok=True)
         if audio_source_wav is None:
@@ -557,7 +572,8 @@ class Baresip:
         return "\n".join([
             "poll_method\t\tpoll",
             f"sip_listen\t\t{self.sip_address}",
-            f"net_interface\t\t{LOCALHOST}",  # 'lo' is rejected by baresip 1.0; the address works
+            f"net_interface\t\t{self.host}",  # 'lo' is rejected by baresip 1.0; the address works
+            *(["net_prefer_ipv6\t\tyes"] if ":" in self.host else []),
             "sip_trans_def\t\tudp",
             f"audio_source\t\taufile,{self.audio_source_wav}",
             "audio_player\t\taubridge,nil",  # no sound card: a player that drops frames
@@ -594,7 +610,8 @@ class Baresip:
         (self.config_dir / "accounts").write_text(self._account_line() + "\n")
         (self.config_dir / "contacts").write_text("")
         exe = shutil.which("baresip") or "baresip"
-        self._proc = _Process([exe, "-f", str(self.config_dir)], self.dir / "baresip.log", cwd=self.dir)
+        family = ["-6"] if ":" in self.host else []  # IPv6 only: its one local address is then ::1
+        self._proc = _Process([exe, *family, "-f", str(self.config_dir)], self.dir / "baresip.log", cwd=self.dir)
         deadline = time.monotonic() + BARESIP_READY_TIMEOUT_S
         while True:
             if not self._proc.alive():
@@ -1016,18 +1033,19 @@ class RtpEndpoint:
     Put ``ep.port`` in SDP (e.g. ``Sipp(..., params={"media_port": ep.port})``).
     """
 
-    def __init__(self, port: int | None = None, remote: tuple[str, int] | None = None):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    def __init__(self, port: int | None = None, remote: tuple[str, int] | None = None, host: str = LOCALHOST):
+        self.host = host  # "::1": an IPv6 endpoint
+        self.sock = socket.socket(_family(host), socket.SOCK_DGRAM)
         if port is None:
             for _ in range(50):
-                port = free_udp_port_pair()
+                port = free_udp_port_pair(host)
                 try:
-                    self.sock.bind((LOCALHOST, port))
+                    self.sock.bind((host, port))
                     break
                 except OSError:
                     continue
         else:
-            self.sock.bind((LOCALHOST, port))
+            self.sock.bind((host, port))
         self.port = self.sock.getsockname()[1]
         self.remote = remote
         self.packets: list[ReceivedPacket] = []
@@ -1382,15 +1400,16 @@ class SipMessage:
     def sdp_media(self) -> tuple[str, int] | None:
         """(ip, port) of the audio in the SDP body, or None."""
         m = re.search(r"^m=audio (\d+) ", self.body, re.M)
-        c = re.search(r"^c=IN IP4 (\S+)", self.body, re.M)
+        c = re.search(r"^c=IN IP[46] (\S+)", self.body, re.M)
         return (c.group(1), int(m.group(1))) if m and c else None
 
     def __str__(self) -> str:
         return self.start
 
 
-def _sdp(port: int, session: int) -> str:
-    return (f"v=0\r\no=pytrunk {session} {session} IN IP4 {LOCALHOST}\r\ns=-\r\nc=IN IP4 {LOCALHOST}\r\nt=0 0\r\n"
+def _sdp(port: int, session: int, host: str = LOCALHOST) -> str:
+    family = "IP6" if ":" in host else "IP4"
+    return (f"v=0\r\no=pytrunk {session} {session} IN {family} {host}\r\ns=-\r\nc=IN {family} {host}\r\nt=0 0\r\n"
             f"m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
             "a=fmtp:101 0-15\r\na=ptime:20\r\na=sendrecv\r\n")
 
@@ -1409,7 +1428,7 @@ class PyTrunkCall:
         self.call_id = call_id
         self.outgoing = outgoing
         self.peer = peer
-        self.rtp = RtpEndpoint()
+        self.rtp = RtpEndpoint(host=trunk.host)
         self.local_tag = uuid.uuid4().hex[:10]
         self.remote_tag: str | None = None
         self.state = "calling" if outgoing else "ringing"
@@ -1478,7 +1497,7 @@ class PyTrunkCall:
         """Send 200 OK with our SDP to the received INVITE (retransmitted until ACK)."""
         self.state = "confirmed"
         self.final_status = 200
-        body = _sdp(self.rtp.port, random.getrandbits(31))
+        body = _sdp(self.rtp.port, random.getrandbits(31), self.trunk.host)
         self.trunk._respond_reliably(self, self.invite, 200, "OK", body)
         self._notify()
 
@@ -1526,12 +1545,14 @@ class PyTrunk:
     ``call.wait_ended()``.  Use :attr:`address` as the trunk's ``sources``/``uri``.
     """
 
-    def __init__(self, port: int | None = None, *, auto_answer: bool = False, ring_s: float = 0.2):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((LOCALHOST, port or free_port("both")))
+    def __init__(self, port: int | None = None, *, auto_answer: bool = False, ring_s: float = 0.2,
+                 host: str = LOCALHOST):
+        self.host = host  # "::1": signalling, SDP and media over IPv6
+        self.sock = socket.socket(_family(host), socket.SOCK_DGRAM)
+        self.sock.bind((host, port or free_port("both", host)))
         self.sock.settimeout(0.1)
         self.port = self.sock.getsockname()[1]
-        self.address = f"{LOCALHOST}:{self.port}"
+        self.address = hostport(host, self.port)
         self.auto_answer = auto_answer
         self.ring_s = ring_s
         self.calls: dict[str, PyTrunkCall] = {}
@@ -1651,7 +1672,7 @@ class PyTrunk:
         elif m == "INVITE":  # retransmission or re-INVITE
             if req.tag("to") and call.state == "confirmed":
                 call.remote_media = req.sdp_media() or call.remote_media
-                self._respond(req, 200, "OK", body=_sdp(call.rtp.port, random.getrandbits(31)), to_tag=call.local_tag)
+                self._respond(req, 200, "OK", body=_sdp(call.rtp.port, random.getrandbits(31), self.host), to_tag=call.local_tag)
         elif m == "ACK":
             if call:
                 self._reliable.pop(call.call_id, None)
@@ -1731,7 +1752,7 @@ class PyTrunk:
         call.from_hdr = f"<sip:{caller}@{self.address}>;tag={call.local_tag}"
         call.to_hdr = f"<sip:{number}@{server}>"
         call.branch = "z9hG4bK" + uuid.uuid4().hex[:12]
-        body = _sdp(call.rtp.port, random.getrandbits(31))
+        body = _sdp(call.rtp.port, random.getrandbits(31), self.host)
         text = "\r\n".join([
             f"INVITE {call.request_uri} SIP/2.0",
             f"Via: SIP/2.0/UDP {self.address};branch={call.branch};rport",

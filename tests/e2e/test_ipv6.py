@@ -1,0 +1,95 @@
+"""A real recorded call over IPv6: `b2bua run` on [::1] with `media_ip = "::1"` (per-call media
+ports on the engine's batch path), a trunk (PyTrunk on ::1) calling a number routed to alice
+(baresip on ::1, registered over IPv6); audio both ways, BYE, and the recording.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+
+from tests.e2e.audio import channel, describe, has_tone, load_wav
+from tests.e2e.peers import PyTrunk, free_port, free_port_range
+
+V6 = "::1"
+RATE = 8000
+DDI = "441632960000"
+
+
+def flows(sip_port: int, rtp_low: int, rtp_high: int, trunk: str) -> str:
+    return f'''
+[server]
+listen = "[{V6}]:{sip_port}"
+rtp_ports = "{rtp_low}-{rtp_high}"
+media_ip = "{V6}"
+[organisation]
+name = "Test"
+[[trunks]]
+name = "carrier"
+sources = ["{trunk}"]
+uri = "sip:{trunk}"
+[[numbers]]
+ddi = "{DDI}"
+record = "yes"
+to = "user:alice"
+[[users]]
+name = "alice"
+extension = "201"
+password = "alice-secret"
+'''
+
+
+def test_a_trunk_call_over_ipv6_is_answered_carries_audio_both_ways_and_is_recorded(b2bua, baresip):
+    sip_port = free_port("both", V6)
+    rtp_low, rtp_high = free_port_range(40, V6)
+    while rtp_low <= sip_port <= rtp_high:
+        rtp_low, rtp_high = free_port_range(40, V6)
+    trunk = PyTrunk(host=V6)
+    try:
+        pbx = b2bua(flows(sip_port, rtp_low, rtp_high, trunk.address), extra_args=["--sip-trace"])
+        assert pbx.sip_address == f"[{V6}]:{sip_port}"
+        alice = baresip("alice", "alice-secret", pbx.sip_address, tone_hz=1000, host=V6)
+
+        call = trunk.call(pbx.sip_address, DDI)
+        assert call.wait_answered(10) == 200
+        answered = time.monotonic()
+        assert re.search(rf"^c=IN IP6 {re.escape(V6)}\r?$", call.final_response.body, re.M), call.final_response.body
+        media_host, media_port = call.remote_media
+        assert media_host == V6 and rtp_low <= media_port <= rtp_high, call.remote_media
+        call.rtp.send_tone(440, 3.0, remote=call.remote_media)
+        alice.wait_for("established", 5)
+
+        time.sleep(max(0.0, answered + 2.0 - time.monotonic()))
+        heard = call.rtp.received()
+        assert len(heard) > 50, f"the trunk hears alice through the B2BUA over IPv6: {len(heard)} packets"
+        assert {p.source[0] for p in heard} == {V6} and {p.source[1] for p in heard} == {media_port}, \
+            "symmetric RTP: from the port the B2BUA's SDP gave"
+        trunk_audio = call.rtp.audio()
+        assert has_tone(trunk_audio, RATE, 1000), describe(trunk_audio, RATE)
+        assert call.bye() == 200
+        duration = time.monotonic() - answered
+        alice.wait_for("closed", 5)
+
+        assert has_tone(*channel(alice.heard_wav()), 440), "alice hears the trunk's 440 Hz"
+        wav = pbx.wait_for_recording(timeout=10)
+        x, rate = load_wav(wav)
+        assert rate == RATE and x.shape[1] == 2
+        assert abs(len(x) / RATE - duration) < 0.5, (len(x) / RATE, duration)
+        assert has_tone(x[int(0.3 * RATE):, 0], RATE, 440), describe(x[:, 0], RATE)
+        assert has_tone(x[int(0.3 * RATE):, 1], RATE, 1000), describe(x[:, 1], RATE)
+        assert np.abs(x).max() > 0
+        meta = pbx.sidecar(wav)
+        assert wav.stem == meta["call_id"]
+        assert meta["direction"] == "inbound" and meta["ddi"] == DDI and meta["user"] == "alice"
+        assert "447700900000" in meta["from"], meta["from"]
+        assert meta["sample_rate"] == RATE and meta["channels"] == 2 and meta["events"] == []
+        assert len(meta["segments"]) == 1 and meta["segments"][0][0] == 0
+        assert meta["ended"] > meta["started"]
+
+        pbx.wait_for_log(r"event=ended cause=bye-from-caller")
+        logs = pbx.logs()
+        assert "Traceback" not in logs and " ERROR " not in logs, logs[-3000:]
+    finally:
+        trunk.close()
