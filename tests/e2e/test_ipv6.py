@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from tests.e2e.audio import channel, describe, has_tone, load_wav
-from tests.e2e.peers import PyTrunk, free_port, free_port_range
+from tests.e2e.peers import PyTrunk, alice_line, free_port, free_port_range
 
 V6 = "::1"
 RATE = 8000
@@ -22,6 +22,7 @@ DDI = "441632960000"
 
 
 def flows(sip_port: int, rtp_low: int, rtp_high: int, trunk: str) -> str:
+    """The shared organisation (number 441632960000 -> alice, recorded) with everything on ::1."""
     return f'''
 [server]
 listen = "[{V6}]:{sip_port}"
@@ -29,26 +30,20 @@ rtp_ports = "{rtp_low}-{rtp_high}"
 media_ip = "{V6}"
 [organisation]
 name = "Test"
-[[trunks]]
-name = "carrier"
-sources = ["{trunk}"]
-uri = "sip:{trunk}"
-[[numbers]]
-ddi = "{DDI}"
-record = "yes"
-to = "user:alice"
-[[users]]
-name = "alice"
-extension = "201"
-password = "alice-secret"
-'''
+{alice_line(trunk)}'''
 
 
-def test_a_trunk_call_over_ipv6_is_answered_carries_audio_both_ways_and_is_recorded(b2bua, baresip):
+def v6_ports() -> tuple[int, int, int]:
+    """The B2BUA's SIP port and a 40-port RTP range, all free on ::1 now, not overlapping."""
     sip_port = free_port("both", V6)
     rtp_low, rtp_high = free_port_range(40, V6)
     while rtp_low <= sip_port <= rtp_high:
         rtp_low, rtp_high = free_port_range(40, V6)
+    return sip_port, rtp_low, rtp_high
+
+
+def test_a_trunk_call_over_ipv6_is_answered_carries_audio_both_ways_and_is_recorded(b2bua, baresip):
+    sip_port, rtp_low, rtp_high = v6_ports()
     trunk = PyTrunk(host=V6)
     try:
         pbx = b2bua(flows(sip_port, rtp_low, rtp_high, trunk.address), extra_args=["--sip-trace"])
@@ -99,10 +94,7 @@ def test_a_trunk_call_over_ipv6_is_answered_carries_audio_both_ways_and_is_recor
 
 
 def test_an_ipv6_stranger_is_refused_then_an_outbound_call_over_ipv6_carries_audio_both_ways(b2bua, baresip):
-    sip_port = free_port("both", V6)
-    rtp_low, rtp_high = free_port_range(40, V6)
-    while rtp_low <= sip_port <= rtp_high:
-        rtp_low, rtp_high = free_port_range(40, V6)
+    sip_port, rtp_low, rtp_high = v6_ports()
     trunk = PyTrunk(host=V6, auto_answer=True)
     try:
         pbx = b2bua(flows(sip_port, rtp_low, rtp_high, trunk.address), extra_args=["--sip-trace"])
