@@ -385,6 +385,17 @@ async def test_per_call_ports_take_the_batch_path_and_still_name_the_call(tmp_pa
     assert list(tmp_path.rglob("lane.wav"))
 
 
+def v6_sockets(count: int) -> list[socket.socket]:
+    """Peers on ::1, each its own non-blocking UDP socket."""
+    socks = []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        sock.bind(("::1", 0))
+        sock.setblocking(False)
+        socks.append(sock)
+    return socks
+
+
 async def test_an_ipv6_media_ip_takes_the_batch_path_with_the_same_rules(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """An IPv6 media_ip's per-call ports are read like IPv4's (rtp.mux SharedPorts, dedicated;
@@ -395,13 +406,7 @@ async def test_an_ipv6_media_ip_takes_the_batch_path_with_the_same_rules(tmp_pat
     media = MediaEngine("::1", (low, high), tmp_path, prompts=PROMPTS)
     assert media.pool is not None and media.pool.dedicated
     lane, received = count_paths(media, monkeypatch)
-    socks = []
-    for _ in range(3):
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        sock.bind(("::1", 0))
-        sock.setblocking(False)
-        socks.append(sock)
-    ext, user, other = socks
+    ext, user, other = v6_sockets(3)
     session = media.open_session(make_call("v6"))
     rtp_ext, rtp_user = session.ports
     assert {p.port for p in media.pool.ports} == {rtp_ext, rtp_user}
@@ -507,13 +512,7 @@ async def test_an_ipv6_party_behind_nat_is_latched_and_then_on_the_lane(tmp_path
     interned, rtp.source_keys) and its steady packets the lane's."""
     media = MediaEngine("::1", free_range(4), tmp_path, prompts=PROMPTS)
     lane, received = count_paths(media, monkeypatch)
-    socks = []
-    for _ in range(2):
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        sock.bind(("::1", 0))
-        sock.setblocking(False)
-        socks.append(sock)
-    ext, user = socks
+    ext, user = socks = v6_sockets(2)
     session = media.open_session(make_call("v6nat"))
     rtp_ext, rtp_user = session.ports
     session.set_media(0, MediaEndpoint(("fd00::5", 4000), "::1"))  # not where it sends from
