@@ -406,7 +406,7 @@ async def test_an_ipv6_media_ip_takes_the_batch_path_with_the_same_rules(tmp_pat
     media = MediaEngine("::1", (low, high), tmp_path, prompts=PROMPTS)
     assert media.pool is not None and media.pool.dedicated
     lane, received = count_paths(media, monkeypatch)
-    ext, user, other = v6_sockets(3)
+    ext, user, other = socks = v6_sockets(3)
     session = media.open_session(make_call("v6"))
     rtp_ext, rtp_user = session.ports
     assert {p.port for p in media.pool.ports} == {rtp_ext, rtp_user}
