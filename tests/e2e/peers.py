@@ -116,7 +116,8 @@ def hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _can_bind(port: int, kind: int = socket.SOCK_DGRAM, host: str = LOCALHOST) -> bool:
+def _can_bind(port: int, kind: int = socket.SOCK_DGRAM, host: str | None = None) -> bool:
+    host = host or LOCALHOST
     s = socket.socket(_family(host), kind)
     try:
         s.bind((host, port))
@@ -127,9 +128,10 @@ def _can_bind(port: int, kind: int = socket.SOCK_DGRAM, host: str = LOCALHOST) -
         s.close()
 
 
-def free_port(kind: str = "udp", host: str = LOCALHOST) -> int:
+def free_port(kind: str = "udp", host: str | None = None) -> int:
     """A random port on ``host`` (127.0.0.1; "::1" for IPv6) that is free now for ``kind``: "udp",
     "tcp" or "both" (use "both" for SIP listeners, which bind UDP and TCP)."""
+    host = host or LOCALHOST
     for _ in range(200):
         port = random.randint(_RANDOM_PORT_LOW, _RANDOM_PORT_HIGH)
         if kind in ("udp", "both") and not _can_bind(port, socket.SOCK_DGRAM, host):
@@ -140,8 +142,9 @@ def free_port(kind: str = "udp", host: str = LOCALHOST) -> int:
     raise RuntimeError("no free port found")
 
 
-def free_udp_port_pair(host: str = LOCALHOST) -> int:
+def free_udp_port_pair(host: str | None = None) -> int:
     """An even UDP port p with p+1 also free on ``host`` (RTP and RTCP, RFC 3550 §11). Returns p."""
+    host = host or LOCALHOST
     for _ in range(200):
         port = random.randint(_RANDOM_PORT_LOW // 2, _RANDOM_PORT_HIGH // 2) * 2
         if _can_bind(port, host=host) and _can_bind(port + 1, host=host):
@@ -149,11 +152,12 @@ def free_udp_port_pair(host: str = LOCALHOST) -> int:
     raise RuntimeError("no free UDP port pair found")
 
 
-def free_port_range(count: int = 20, host: str = LOCALHOST) -> tuple[int, int]:
+def free_port_range(count: int = 20, host: str | None = None) -> tuple[int, int]:
     """An even-aligned range ``(low, high)`` of ``count`` UDP ports that are all free now on ``host``.
 
     For ``rtp_ports = "low-high"`` in flows.toml and for peers' RTP ranges.
     """
+    host = host or LOCALHOST
     count += count % 2
     for _ in range(100):
         low = random.randint(_RANDOM_PORT_LOW // 2, (_RANDOM_PORT_HIGH - count) // 2) * 2
@@ -516,7 +520,7 @@ class Baresip:
                  *, audio_source_wav: str | Path | None = None, tone_hz: float | None = None,
                  record_to_wav: str | Path | None = None, auto_answer: bool = True, name: str | None = None,
                  extra_config: str = "", register_timeout: float = BARESIP_READY_TIMEOUT_S,
-                 wait_registered: bool = True, host: str = LOCALHOST):
+                 wait_registered: bool = True, host: str | None = None):
         if tmp_path is None:
             raise ValueError("tmp_path is required")
         self.user = user
@@ -531,7 +535,7 @@ class Baresip:
         self.extra_config = extra_config
         self.register_timeout = register_timeout
         self.wait_registered = wait_registered
-        self.host = host  # "::1": SIP and RTP over IPv6 (baresip -6); ctrl_tcp stays on 127.0.0.1
+        self.host = host = host or LOCALHOST  # "::1": SIP and RTP over IPv6 (baresip -6); ctrl_tcp stays on 127.0.0.1
         # baresip also listens for SIP over TLS on the next port (TCP): that one must be free
         # too, or baresip exits at start ("SIP/TLS transport failed: Address already in use").
         self.sip_port = next(p for p in (free_port("both", host) for _ in range(200))
@@ -1033,8 +1037,8 @@ class RtpEndpoint:
     Put ``ep.port`` in SDP (e.g. ``Sipp(..., params={"media_port": ep.port})``).
     """
 
-    def __init__(self, port: int | None = None, remote: tuple[str, int] | None = None, host: str = LOCALHOST):
-        self.host = host  # "::1": an IPv6 endpoint
+    def __init__(self, port: int | None = None, remote: tuple[str, int] | None = None, host: str | None = None):
+        self.host = host = host or LOCALHOST  # "::1": an IPv6 endpoint
         self.sock = socket.socket(_family(host), socket.SOCK_DGRAM)
         if port is None:
             for _ in range(50):
@@ -1407,7 +1411,8 @@ class SipMessage:
         return self.start
 
 
-def _sdp(port: int, session: int, host: str = LOCALHOST) -> str:
+def _sdp(port: int, session: int, host: str | None = None) -> str:
+    host = host or LOCALHOST
     family = "IP6" if ":" in host else "IP4"
     return (f"v=0\r\no=pytrunk {session} {session} IN {family} {host}\r\ns=-\r\nc=IN {family} {host}\r\nt=0 0\r\n"
             f"m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
@@ -1546,8 +1551,8 @@ class PyTrunk:
     """
 
     def __init__(self, port: int | None = None, *, auto_answer: bool = False, ring_s: float = 0.2,
-                 host: str = LOCALHOST):
-        self.host = host  # "::1": signalling, SDP and media over IPv6
+                 host: str | None = None):
+        self.host = host = host or LOCALHOST  # "::1": signalling, SDP and media over IPv6
         self.sock = socket.socket(_family(host), socket.SOCK_DGRAM)
         self.sock.bind((host, port or free_port("both", host)))
         self.sock.settimeout(0.1)
