@@ -236,7 +236,6 @@ class MediaEngine:
         self.pool: SharedPorts | None = None
         if shared or batch_io.available():
             self.pool = SharedPorts(self, self.port_pool, poll_interval, self.leg_table, dedicated=not shared)
-        self._shared = self.pool if shared else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._next_tick = 0.0

@@ -132,7 +132,7 @@ async def core(tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[
 
 
 def shared(core: MediaEngine) -> bool:
-    return core._shared is not None
+    return core.pool is not None and not core.pool.dedicated
 
 
 async def test_audio_flows_both_ways_and_is_recorded(core: MediaEngine, tmp_path: Path) -> None:
@@ -191,7 +191,7 @@ async def test_strangers_are_not_relayed(core: MediaEngine) -> None:
     ext.sendto(build(0, 1, 160, 0x1111, b"\xff" * 160), (HOST, session.ports[0]))
     assert await drain(user, 0.1) == []
     if shared(core):  # the port does not say which leg: a source nobody may latch from is a stranger
-        assert core._shared.stats["strangers"] == 1 and session.relay.stats.forwarded == 0
+        assert core.pool.stats["strangers"] == 1 and session.relay.stats.forwarded == 0
     else:
         assert session.relay.stats.unlatched == 1
     session.close()

@@ -70,7 +70,7 @@ async def test_forty_calls_share_one_port_and_each_party_hears_only_its_own_call
         session.set_media(1, MediaEndpoint(user.getsockname(), HOST))
         session.answered()
         calls.append((session, ext, user))
-    assert len({s.ports for s, _, _ in calls}) == 1 and len(core._shared.ports) == 1
+    assert len({s.ports for s, _, _ in calls}) == 1 and len(core.pool.ports) == 1
     port = calls[0][0].ports[0]
     for k in range(5):
         for i, (_, ext, user) in enumerate(calls):
@@ -84,7 +84,7 @@ async def test_forty_calls_share_one_port_and_each_party_hears_only_its_own_call
         assert {p.ssrc for p in to_user} == {session.relay.legs[1].out.ssrc}
         assert {p.ssrc for p in to_ext} == {session.relay.legs[0].out.ssrc}
         assert session.relay.stats.forwarded == 10  # the batch lane counts in the leg table itself
-    assert core._shared.stats["strangers"] == 0
+    assert core.pool.stats["strangers"] == 0
     for session, ext, user in calls:
         session.close()
         ext.close()
@@ -106,7 +106,7 @@ async def test_a_phone_behind_nat_is_learnt_from_its_signalling_ip(core: MediaEn
     stranger = phone()  # another port on the same host, after the latch: refused
     stranger.sendto(build(0, 2, 320, 0x2222, AUDIO), (HOST, session.ports[1]))
     assert await drain(ext, 0.1) == []
-    assert core._shared.stats["strangers"] == 1
+    assert core.pool.stats["strangers"] == 1
     session.close()
     for s in (ext, user, stranger):
         s.close()
@@ -123,7 +123,7 @@ async def each_hears_only_its_own_call(core, a, b, ext_a, ext_b, same, ssrcs) ->
     to_a, to_b = await drain(ext_a, 0.1), await drain(ext_b, 0.05)
     assert len(to_a) == 3 and {p.ssrc for p in to_a} == {a.relay.legs[0].out.ssrc}
     assert len(to_b) == 3 and {p.ssrc for p in to_b} == {b.relay.legs[0].out.ssrc}
-    assert core._shared.stats["ambiguous"] == 0
+    assert core.pool.stats["ambiguous"] == 0
     a.close()
     b.close()
     for s in (ext_a, ext_b, same):
@@ -150,7 +150,7 @@ async def test_two_phones_behind_one_nat_get_their_own_ports(core: MediaEngine) 
     src_a.sendto(build(0, 1, 160, 0x2222, AUDIO), (HOST, a.ports[1]))
     src_b.sendto(build(0, 1, 160, 0x3333, AUDIO), (HOST, b.ports[1]))
     assert len(await drain(ext_a, 0.1)) == 1 and len(await drain(ext_b, 0.1)) == 1
-    assert core._shared.stats["ambiguous"] == 0
+    assert core.pool.stats["ambiguous"] == 0
     a.close()
     b.close()
     for s in (ext_a, ext_b, src_a, src_b):
@@ -170,7 +170,7 @@ async def test_two_phones_behind_one_nat_on_one_published_port_are_ambiguous_not
     assert a.ports[1] == b.ports[1]
     src.sendto(build(0, 1, 160, 0x2222, AUDIO), (HOST, a.ports[1]))
     assert await drain(ext_a, 0.1) == [] and await drain(ext_b, 0.01) == []
-    assert core._shared.stats["ambiguous"] == 1
+    assert core.pool.stats["ambiguous"] == 1
     b.close()  # once only one call waits from that IP, its phone is learnt
     src.sendto(build(0, 2, 320, 0x2222, AUDIO), (HOST, a.ports[1]))
     assert len(await drain(ext_a, 0.1)) == 1
@@ -186,7 +186,7 @@ async def test_a_party_on_its_sdp_ip_must_send_from_its_sdp_port(core: MediaEngi
     session.set_media(1, MediaEndpoint(user.getsockname(), HOST))
     other_port.sendto(build(0, 1, 160, 0x2222, AUDIO), (HOST, session.ports[1]))
     assert await drain(ext, 0.1) == []
-    assert core._shared.stats["strangers"] == 1
+    assert core.pool.stats["strangers"] == 1
     session.close()
     for s in (ext, user, other_port):
         s.close()
@@ -210,13 +210,13 @@ async def test_a_new_sdp_address_replaces_the_old_route(core: MediaEngine) -> No
 async def test_ports_open_as_legs_grow_and_close_when_empty(core: MediaEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mux, "LEGS_PER_SOCKET", 4)
     sessions = [core.open_session(call_for(f"g{i}", f"user{i}", f"trunk{i}")) for i in range(5)]  # 10 legs: 3 ports
-    assert len(core._shared.ports) == 3
+    assert len(core.pool.ports) == 3
     assert len({p for s in sessions for p in s.ports}) == 3
     for s in sessions[:4]:
         s.close()
-    assert len(core._shared.ports) == 1  # emptied ports are closed, one is kept
+    assert len(core.pool.ports) == 1  # emptied ports are closed, one is kept
     sessions[4].close()
-    assert len(core._shared.ports) == 1
+    assert len(core.pool.ports) == 1
 
 
 def test_shared_mode_needs_ipv4(tmp_path: Path) -> None:
@@ -246,7 +246,7 @@ def close_calls(calls: list) -> None:
 async def test_calls_spread_over_several_ports_all_flow(core: MediaEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mux, "LEGS_PER_SOCKET", 3)  # legs of one call land on different ports too
     calls = open_calls(core, 6, "s")
-    assert len(core._shared.ports) == 4
+    assert len(core.pool.ports) == 4
     for k in range(3):
         for session, ext, user in calls:
             ext.sendto(build(0, k, k * 160, 0x1111, AUDIO), (HOST, session.ports[0]))
@@ -266,7 +266,7 @@ async def test_a_read_bigger_than_the_receive_area_takes_every_port_in_turn(
     monkeypatch.setattr(mux, "LEGS_PER_SOCKET", 3)
     media = MediaEngine(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=True)
     calls = open_calls(media, 6, "a")
-    assert len(media._shared.ports) == 4
+    assert len(media.pool.ports) == 4
     for k in range(3):  # 4 packets per leg per step: 48 waiting for an area of 5
         for session, ext, user in calls:
             for j in range(4):
@@ -371,7 +371,7 @@ async def test_a_shared_address_on_one_published_port_is_dropped_never_crossed(c
     for seq, ssrc in ((2, 0x2222), (1, 0x3333)):
         same.sendto(build(0, seq, 160 * seq, ssrc, AUDIO), (HOST, port))
     assert await drain(ext_a, 0.1) == [] and await drain(ext_b, 0.01) == []
-    assert core._shared.stats["ambiguous"] == 2
+    assert core.pool.stats["ambiguous"] == 2
     a.close()  # one call left on the address: routed exactly again
     same.sendto(build(0, 2, 320, 0x3333, AUDIO), (HOST, port))
     assert len(await drain(ext_b, 0.1)) == 1
@@ -395,7 +395,7 @@ async def test_a_callers_own_port_gives_its_unnamed_callee_one_too(core: MediaEn
     for session in sessions:
         session.set_media(1, MediaEndpoint(callee.getsockname(), HOST))
         session.answered()
-    assert core._shared.stats["ambiguous"] == 0
+    assert core.pool.stats["ambiguous"] == 0
     for i, session in enumerate(sessions):
         callee.sendto(build(0, 1, 160, 0x5555, AUDIO), (HOST, callee_ports[i]))  # one SSRC for all, as SIPp
     got = await drain(trunk, 0.2)
@@ -435,7 +435,7 @@ async def test_many_shared_ports_are_read_through_epoll(tmp_path: Path) -> None:
         session.set_media(1, MediaEndpoint(user.getsockname(), HOST))
         session.answered()
         calls.append((session, ext, user))
-    assert len(media._shared.ports) > mux.EPOLL_FROM_PORTS
+    assert len(media.pool.ports) > mux.EPOLL_FROM_PORTS
     for session, ext, user in calls:
         ext.sendto(build(0, 1, 160, 0x1111, AUDIO), (HOST, session.ports[0]))
     for session, ext, user in calls:
@@ -459,7 +459,7 @@ async def test_a_tick_with_many_flushes_reads_the_shared_ports_between_them(tmp_
     for session in sessions:
         session.answered(now)
     reads = []
-    media._shared.read_waiting = lambda *_: reads.append(1)  # type: ignore[method-assign]
+    media.pool.read_waiting = lambda *_: reads.append(1)  # type: ignore[method-assign]
     media._tick_sessions(now + 1.5)  # every recorder's flush is due: at most MIN_FLUSHES_PER_TICK now
     flushed = sum(s.relay.next_flush > now + 1.5 for s in sessions)
     assert flushed == rtp.engine.MIN_FLUSHES_PER_TICK and len(reads) == flushed // rtp.engine.SESSIONS_PER_READ
@@ -475,7 +475,7 @@ async def test_ending_calls_leave_the_waiting_table_and_only_their_own_legs(core
     latches; a call that ends takes out exactly its two legs (in O(1): at 2,000 calls from
     one trunk a scan per hangup was the setup's hot spot), the others keep their order."""
     calls = open_calls(core, 30, "w")
-    port = core._shared.ports[0]
+    port = core.pool.ports[0]
     assert list(port.waiting[HOST]) == [(s, c) for s, _, _ in calls for c in (0, 1)]
     for session, ext, user in calls[:29:2]:  # every other call ends
         session.close()
@@ -497,18 +497,18 @@ async def test_a_read_between_flushes_takes_one_receive_area_and_the_poll_the_re
 
     monkeypatch.setattr(mux, "READ_BATCH", 5)
     media = MediaEngine(HOST, free_range(8), tmp_path, prompts=PROMPTS, shared=True)
-    media._shared.area = mux.ReceiveArea(5)
+    media.pool.area = mux.ReceiveArea(5)
     [(session, ext, user)] = open_calls(media, 1, "r")
     await asyncio.sleep(0.01)
-    media._shared._poller.cancel()  # this test makes the reads itself
+    media.pool._poller.cancel()  # this test makes the reads itself
     for seq in range(20):
         ext.sendto(build(0, seq, seq * 160, 0x1111, AUDIO), (HOST, session.ports[0]))
     await asyncio.sleep(0.01)
-    port = media._shared.ports[0]
+    port = media.pool.ports[0]
     received = port.received
-    media._shared.read_waiting(rtp.engine.AREAS_PER_READ_BETWEEN_FLUSHES)
+    media.pool.read_waiting(rtp.engine.AREAS_PER_READ_BETWEEN_FLUSHES)
     assert port.received - received == 5
-    media._shared.read_waiting()
+    media.pool.read_waiting()
     assert port.received - received == 20
     assert len(await drain(user, 0.05)) == 20
     close_calls([(session, ext, user)])
